@@ -1,0 +1,6 @@
+"""Exercises of chapter 4 (registered with diffusion_lib.exercises)."""
+from __future__ import annotations
+
+import torch
+
+from . import register

@@ -1,0 +1,130 @@
+"""Training recipes for the shipped checkpoints: one command per model, seeded.
+
+    python -m diffusion_lib.recipes shapes-evaluator
+    python -m diffusion_lib.recipes shapes-ddpm
+    python -m diffusion_lib.recipes shapes-ddpm --quick --out /tmp/ckpt   # a seconds-long smoke run
+
+Each recipe trains, measures its quality gates, and writes NAME.safetensors + NAME.json.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from dataclasses import asdict
+
+import torch
+
+from . import pretrained
+from .data import HELD_OUT, LABEL_SIZES, make_shapes, sample_labels
+from .metrics import Evaluator, EvaluatorConfig, fid_kid, prompt_accuracy, real_vs_real, train_evaluator
+from .samplers import sample
+from .schedules import NoiseSchedule
+from .train import TrainConfig, save_checkpoint, train_diffusion
+from .unet import UNet, UNetConfig, count_parameters
+
+IMAGE_SIZE = 16
+SHAPES_UNET = UNetConfig(base_channels=32, channel_mults=(1, 2, 2), attention_levels=(1, 2), label_sizes=LABEL_SIZES)
+SHAPES_TRAIN = TrainConfig(steps=8000, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, p_uncond=0.1,
+                           prediction_type="eps", loss_weighting="min_snr", seed=0)
+SCHEDULE = {"kind": "cosine", "num_timesteps": 1000}
+EVAL_SAMPLER = {"sampler": "ddim", "num_steps": 50, "guidance_scale": 3.0}
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def generate_shapes(model, schedule, labels, *, sampler="ddim", num_steps=50, guidance_scale=3.0,
+                    prediction_type="eps", seed=0, batch_size=250, progress=False):
+    """Images [N, 3, 16, 16] for label prompts [N, 4], with classifier-free guidance."""
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for chunk in labels.split(batch_size):
+        chunk = chunk.to(device)
+        out.append(sample(model, schedule, (chunk.shape[0], 3, IMAGE_SIZE, IMAGE_SIZE), sampler=sampler,
+                          num_steps=num_steps, model_kwargs={"labels": chunk},
+                          uncond_kwargs={"labels": model.null_labels(chunk.shape[0], device)},
+                          guidance_scale=guidance_scale, prediction_type=prediction_type, generator=gen,
+                          progress=progress).cpu())
+    return torch.cat(out)
+
+
+def evaluator_recipe(out_dir, quick=False, seed=0) -> dict:
+    n, steps = (512, 20) if quick else (20000, 2000)
+    train = make_shapes(n, IMAGE_SIZE, seed=seed, split="all")
+    test = make_shapes(2000 if not quick else 256, IMAGE_SIZE, seed=seed + 1000, split="all")
+    torch.manual_seed(seed)
+    model = Evaluator(EvaluatorConfig())
+    start = time.perf_counter()
+    losses = train_evaluator(model, train.images, train.labels, steps=steps, seed=seed)
+    seconds = time.perf_counter() - start
+    acc = prompt_accuracy(model, test.images, test.labels, attributes=("shape", "colour", "size", "position"))
+    print(f"evaluator held-out accuracy: {acc}")
+    info = {"recipe": "shapes-evaluator", "config": model.config.to_dict(), "seed": seed, "quick": quick,
+            "train": {"steps": steps, "images": n, "batch_size": 128, "final_loss": losses[-1]},
+            "training_seconds": round(seconds, 1), "hardware": hardware(), "image_size": IMAGE_SIZE,
+            "parameters": count_parameters(model), "metrics": {"test_accuracy": acc, "test_images": test.images.shape[0]}}
+    return save_checkpoint(pretrained.checkpoint_path("shapes-evaluator", out_dir), model, info)
+
+
+def _quality(model, schedule, evaluator, n, seed, num_steps=50, guidance_scale=3.0, split="train"):
+    labels = sample_labels(n, seed=seed + 7, split=split)
+    fake = generate_shapes(model, schedule, labels, num_steps=num_steps, guidance_scale=guidance_scale, seed=seed)
+    real = make_shapes(n, IMAGE_SIZE, seed=seed + 500, split=split).images
+    return {**prompt_accuracy(evaluator, fake, labels), **fid_kid(evaluator, fake, real, kid_subset=min(100, n))}
+
+
+def ddpm_recipe(out_dir, quick=False, seed=0) -> dict:
+    cfg = TrainConfig(**{**asdict(SHAPES_TRAIN), "seed": seed})
+    n_images, n_eval = 20000, 500
+    if quick:
+        cfg.steps, cfg.warmup, n_images, n_eval = 10, 2, 256, 16
+    data = make_shapes(n_images, IMAGE_SIZE, seed=seed, split="train")
+    schedule = NoiseSchedule.make(SCHEDULE["kind"], SCHEDULE["num_timesteps"])
+    evaluator, _ = pretrained.load_pretrained("shapes-evaluator")
+    torch.manual_seed(seed)
+    model = UNet(SHAPES_UNET)
+    history = []
+
+    def measure(step, ema_model):
+        q = _quality(ema_model, schedule, evaluator, 200 if not quick else 8, seed, num_steps=25)
+        history.append({"step": step, **q})
+        print(f"step {step}: {q}", flush=True)
+
+    result = train_diffusion(model, schedule, data.images, data.labels, cfg, callback=measure,
+                             callback_every=max(1, cfg.steps // 4))
+    ema = result.ema.model
+    metrics = {"train_prompts": _quality(ema, schedule, evaluator, n_eval, seed),
+               "held_out_prompts": _quality(ema, schedule, evaluator, n_eval, seed, split="holdout"),
+               "real_vs_real": real_vs_real(evaluator, make_shapes(n_eval, IMAGE_SIZE, seed + 500).images,
+                                            make_shapes(n_eval, IMAGE_SIZE, seed + 900).images, min(100, n_eval)),
+               "eval_samples": n_eval, "eval_sampler": EVAL_SAMPLER, "history": history}
+    print(metrics)
+    info = {"recipe": "shapes-ddpm", "config": SHAPES_UNET.to_dict(), "train": asdict(cfg), "seed": seed,
+            "quick": quick, "schedule": SCHEDULE, "prediction_type": cfg.prediction_type, "image_size": IMAGE_SIZE,
+            "held_out_combinations": HELD_OUT, "training_seconds": round(result.seconds, 1), "hardware": hardware(),
+            "parameters": count_parameters(ema), "final_loss": sum(result.losses[-100:]) / len(result.losses[-100:]),
+            "metrics": metrics}
+    return save_checkpoint(pretrained.checkpoint_path("shapes-ddpm", out_dir), ema, info)
+
+
+RECIPES = {"shapes-evaluator": evaluator_recipe, "shapes-ddpm": ddpm_recipe}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", choices=sorted(RECIPES))
+    parser.add_argument("--quick", action="store_true", help="a tiny smoke run (for tests)")
+    parser.add_argument("--out", default=None, help="output folder (default: diffusion_lib/pretrained)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    info = RECIPES[args.name](args.out, quick=args.quick, seed=args.seed)
+    print(f"wrote {info['file']} ({info['bytes'] / 1e6:.2f} MB, sha256 {info['sha256'][:12]}...)")
+
+
+if __name__ == "__main__":
+    main()

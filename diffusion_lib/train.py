@@ -1,0 +1,157 @@
+"""A plain training loop for diffusion models, with EMA, and safetensors checkpoints.
+
+  * `EMA`: an exponential moving average of the weights (used for sampling since DDPM, Ho et al.
+    2020, App. B), with the warm-up of Karras et al.'s / diffusers' EMAModel: decay_k = min(decay, (1+k)/(10+k)).
+  * `train_diffusion`: draw a batch, drop the condition with probability p_uncond (for classifier-free
+    guidance, Ho & Salimans 2022, Alg. 1), compute the loss, step AdamW with warm-up + cosine decay,
+    update the EMA. The loop is written out, not hidden in callbacks.
+  * `save_checkpoint` / `load_checkpoint`: weights as safetensors plus a JSON manifest with sha256.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .forward import diffusion_loss
+from .schedules import NoiseSchedule
+
+
+class EMA:
+    """Keeps `self.model`, a copy of the network whose weights are an exponential moving average."""
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay, self.num_updates = decay, 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.num_updates += 1
+        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        for p_ema, p in zip(self.model.parameters(), model.parameters()):
+            p_ema.lerp_(p.detach(), 1 - d)
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+def lr_at(step: int, total: int, base_lr: float, warmup: int) -> float:
+    """Linear warm-up for `warmup` steps, then cosine decay to 10% of base_lr."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    p_uncond: float = 0.1          # probability of replacing the labels by "null" (CFG training)
+    prediction_type: str = "eps"
+    loss_weighting: str = "none"
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    losses: list = field(default_factory=list)
+    seconds: float = 0.0
+    ema: EMA | None = None
+
+
+def drop_labels(labels: torch.Tensor, null: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace each row of labels [B, K] by the null row with probability p."""
+    keep = torch.rand(labels.shape[0], generator=generator, device=labels.device) >= p
+    return torch.where(keep[:, None], labels, null)
+
+
+def train_diffusion(model, schedule: NoiseSchedule, images: torch.Tensor, labels: torch.Tensor | None = None,
+                    config: TrainConfig = None, progress: bool = True, callback=None, callback_every: int = 0) -> TrainResult:
+    """Train `model` (a UNet) on images [N, C, H, W] in [-1, 1] (with optional labels [N, K]).
+
+    callback(step, ema_model) is called every `callback_every` steps (e.g. to measure FID during training).
+    Returns the per-step losses, the wall-clock seconds and the EMA of the weights.
+    """
+    cfg = config or TrainConfig()
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema, result, start = EMA(model, cfg.ema_decay), TrainResult(), time.perf_counter()
+    model.train()
+    for step in (bar := tqdm(range(cfg.steps), disable=not progress, desc="train")):
+        idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen)
+        x0 = images[idx].to(device)
+        kwargs = {}
+        if labels is not None:
+            null = model.null_labels(cfg.batch_size)
+            kwargs["labels"] = drop_labels(labels[idx], null, cfg.p_uncond, gen).to(device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+        loss = diffusion_loss(model, schedule, x0, kwargs, cfg.prediction_type, cfg.loss_weighting,
+                              generator=gen if device.type == "cpu" else None)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        ema.update(model)
+        result.losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{sum(result.losses[-50:]) / len(result.losses[-50:]):.4f}")
+        if callback is not None and callback_every and (step + 1) % callback_every == 0:
+            callback(step + 1, ema.model)
+    result.seconds, result.ema = time.perf_counter() - start, ema
+    model.eval()
+    return result
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, manifest: dict, dtype=torch.float16) -> dict:
+    """Write `path` (.safetensors, weights cast to `dtype`) and `path` with .json (the manifest + sha256)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"checkpoint path must end in .safetensors, got {path.name}")
+    state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    manifest = {**manifest, "file": path.name, "dtype": str(dtype).replace("torch.", ""),
+                "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    path.with_suffix(".json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def load_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict, dict]:
+    """Read (state_dict in float32, manifest) from `path`, checking the sha256 in its manifest."""
+    path = Path(path)
+    manifest_path = path.with_suffix(".json")
+    for p in (path, manifest_path):
+        if not p.exists():
+            raise FileNotFoundError(f"checkpoint file {p} is missing; rebuild it with `python -m diffusion_lib.recipes`")
+    manifest = json.loads(manifest_path.read_text())
+    if verify and sha256_file(path) != manifest["sha256"]:
+        raise ValueError(f"checkpoint {path} is corrupt: its sha256 does not match {manifest_path.name}; "
+                         "rebuild it with `python -m diffusion_lib.recipes`")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    return state, manifest
