@@ -1,0 +1,42 @@
+"""Every exercise checker accepts its reference and rejects a wrong answer with a message."""
+import pytest
+import torch
+
+from diffusion_lib.exercises import REGISTRY, check, compare
+
+
+def test_every_chapter_has_at_least_three_exercises():
+    for ch in ("ch01", "ch02", "ch03", "ch04", "ch05"):
+        assert sum(name.startswith(ch + ".") for name in REGISTRY) >= 3, ch
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_reference_passes_and_wrong_answers_fail(name):
+    ex = REGISTRY[name]
+    assert check(name, ex.reference, verbose=False).passed
+
+    def wrong(**kw):
+        out = ex.reference(**kw)
+        if torch.is_tensor(out):
+            return out * 1.1 + 0.1 if out.is_floating_point() else out + 1
+        if isinstance(out, (tuple, list)):
+            return type(out)(o * 1.1 + 0.1 if torch.is_tensor(o) and o.is_floating_point() else o + 1 for o in out)
+        if isinstance(out, dict):
+            return {k: v + 1 for k, v in out.items()}
+        return out + 1
+
+    result = check(name, wrong, verbose=False)
+    assert not result.passed and result.message
+
+
+def test_checker_messages():
+    def stub(**kw):
+        raise NotImplementedError
+    name = sorted(REGISTRY)[0]
+    assert "not attempted" in check(name, stub, verbose=False).message
+    assert "raised ZeroDivisionError" in check(name, lambda **kw: 1 / 0, verbose=False).message
+    assert "shape" in compare(torch.zeros(2), torch.zeros(3), 1e-5)
+    assert "largest error" in compare(torch.zeros(3), torch.ones(3), 1e-5)
+    assert compare((torch.ones(2), 1), (torch.ones(2), 1), 1e-5) is None
+    with pytest.raises(ValueError, match="unknown exercise"):
+        check("ch99.nothing", stub)

@@ -1,0 +1,65 @@
+import json
+
+import pytest
+import torch
+
+from diffusion_lib.schedules import NoiseSchedule
+from diffusion_lib.train import EMA, TrainConfig, drop_labels, load_checkpoint, lr_at, save_checkpoint, train_diffusion
+from diffusion_lib.unet import UNet, UNetConfig
+
+
+def test_ema_follows_weights():
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for _ in range(200):
+        ema.update(model)
+    torch.testing.assert_close(ema.model.weight, model.weight, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="decay"):
+        EMA(model, decay=1.0)
+
+
+def test_lr_schedule():
+    assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
+    assert lr_at(10, 100, 1.0, 10) == pytest.approx(1.0)
+    assert lr_at(100, 100, 1.0, 10) == pytest.approx(0.1)
+
+
+def test_drop_labels():
+    labels, null = torch.zeros(10000, 2, dtype=torch.long), torch.tensor([3, 6])
+    out = drop_labels(labels, null, 0.25, torch.Generator().manual_seed(0))
+    dropped = (out == null).all(dim=1).float().mean().item()
+    assert dropped == pytest.approx(0.25, abs=0.02)
+    assert ((out == 0).all(1) | (out == null).all(1)).all()  # rows dropped whole
+
+
+def test_training_reduces_the_loss():
+    torch.manual_seed(0)
+    images = torch.zeros(64, 3, 8, 8)
+    images[:, 0, 2:6, 2:6] = 1.0  # one fixed red square
+    model = UNet(UNetConfig(base_channels=16, channel_mults=(1, 2), attention_levels=(1,), label_sizes=(2,)))
+    cfg = TrainConfig(steps=150, batch_size=16, lr=2e-3, warmup=10)
+    result = train_diffusion(model, NoiseSchedule.make("cosine", 100), images, torch.zeros(64, 1, dtype=torch.long), cfg, progress=False)
+    assert len(result.losses) == 150 and result.seconds > 0
+    first, last = sum(result.losses[:20]) / 20, sum(result.losses[-20:]) / 20
+    assert last < 0.6 * first
+
+
+def test_checkpoint_round_trip_and_corruption(tmp_path):
+    model = UNet(UNetConfig(base_channels=16, channel_mults=(1,), attention_levels=()))
+    info = save_checkpoint(tmp_path / "m.safetensors", model, {"recipe": "test", "config": model.config.to_dict()})
+    assert info["sha256"] == json.loads((tmp_path / "m.json").read_text())["sha256"]
+    state, manifest = load_checkpoint(tmp_path / "m.safetensors")
+    assert manifest["recipe"] == "test" and all(v.dtype == torch.float32 for v in state.values())
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(state[k], v.half().float())
+    raw = bytearray((tmp_path / "m.safetensors").read_bytes())
+    raw[-1] ^= 0xFF
+    (tmp_path / "m.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="corrupt"):
+        load_checkpoint(tmp_path / "m.safetensors")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        load_checkpoint(tmp_path / "absent.safetensors")
+    with pytest.raises(ValueError, match=".safetensors"):
+        save_checkpoint(tmp_path / "m.pt", model, {})

@@ -1,0 +1,99 @@
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from diffusion_lib.unet import Attention, ResBlock, UNet, UNetConfig, count_parameters, timestep_embedding
+
+SMALL = UNetConfig(base_channels=16, channel_mults=(1, 2), attention_levels=(1,), heads=2)
+
+
+def randomise_zero_inits(model):
+    """Zero-initialised layers hide the effect of the inputs at initialisation: give them weights."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.1)
+    return model
+
+
+def test_timestep_embedding_values():
+    e = timestep_embedding(torch.tensor([0, 5]), 8)
+    assert e.shape == (2, 8)
+    torch.testing.assert_close(e[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+    assert e[1, 0].item() == pytest.approx(torch.cos(torch.tensor(5.0)).item(), abs=1e-6)  # lowest index: frequency 1
+    with pytest.raises(ValueError, match="even"):
+        timestep_embedding(torch.tensor([1]), 7)
+
+
+def test_unet_shapes_and_identity_init():
+    model = UNet(SMALL)
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([1, 2, 3])
+    out = model(x, t)
+    assert out.shape == x.shape
+    assert torch.count_nonzero(out) == 0  # zero-initialised output layer: starts by predicting 0
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        model(torch.randn(3, 1, 16, 16), t)
+
+
+def test_label_conditioning_and_null_labels():
+    model = UNet(UNetConfig(**{**SMALL.to_dict(), "label_sizes": (3, 6)}))
+    randomise_zero_inits(model)
+    assert model.null_labels(2).tolist() == [[3, 6], [3, 6]]
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([10, 10])
+    a = model(x, t, labels=torch.tensor([[0, 1], [0, 1]]))
+    b = model(x, t, labels=torch.tensor([[2, 5], [2, 5]]))
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(model(x, t), model(x, t, labels=model.null_labels(2)))
+    with pytest.raises(ValueError, match=r"\[B, 2\]"):
+        model(x, t, labels=torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_cross_attention_and_lora_target_names():
+    model = UNet(UNetConfig(**{**SMALL.to_dict(), "context_dim": 12}))
+    names = {n.split(".")[-1] for n, _ in model.named_modules()}
+    assert {"to_q", "to_k", "to_v", "to_out"} <= names
+    randomise_zero_inits(model)
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([1, 1])
+    a = model(x, t, context=torch.randn(2, 5, 12))
+    b = model(x, t, context=torch.randn(2, 5, 12))
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="context"):
+        model(x, t)
+
+
+def test_attention_matches_a_manual_computation():
+    attn = Attention(8, heads=2, dim_head=4)
+    x = torch.randn(1, 5, 8)
+    q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+    heads = []
+    for h in range(2):
+        sl = slice(4 * h, 4 * h + 4)
+        w = torch.softmax(q[..., sl] @ k[..., sl].transpose(1, 2) / 2.0, dim=-1)
+        heads.append(w @ v[..., sl])
+    torch.testing.assert_close(attn(x), attn.to_out(torch.cat(heads, -1)), atol=1e-5, rtol=1e-5)
+
+
+def test_resblock_uses_the_embedding():
+    block = ResBlock(4, 8, emb_dim=6, groups=2)
+    torch.nn.init.normal_(block.conv2.weight)
+    x = torch.randn(1, 4, 4, 4)
+    assert block(x, torch.zeros(1, 6)).shape == (1, 8, 4, 4)
+    assert not torch.allclose(block(x, torch.zeros(1, 6)), block(x, torch.ones(1, 6)))
+
+
+def test_flops_are_deterministic_and_scale_with_resolution():
+    model = UNet(SMALL)
+    def flops(res):
+        with FlopCounterMode(display=False) as counter:
+            model(torch.randn(1, 3, res, res), torch.tensor([0]))
+        return counter.get_total_flops()
+    assert flops(16) == flops(16)
+    assert 3.5 < flops(32) / flops(16) < 4.5  # convolutions dominate: ~4x the pixels, ~4x the FLOPs
+    assert count_parameters(model) > 0
+
+
+def test_config_round_trip():
+    cfg = UNetConfig(label_sizes=(3, 6, 2, 5), attention_levels=(2,))
+    assert UNetConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="attention_levels"):
+        UNet(UNetConfig(channel_mults=(1, 2), attention_levels=(2,)))
