@@ -12,3 +12,11 @@ def test_quick_recipes_write_loadable_checkpoints(tmp_path):
         model, info = pretrained.load_pretrained(name, directory=tmp_path)
         assert info["quick"] is True and info["recipe"] == name
         assert (tmp_path / f"{name}.json").exists()
+
+
+def test_quick_ablation_reports_every_variant():
+    from diffusion_lib.recipes import ABLATION, ablation
+
+    rows = ablation(quick=True)
+    assert set(rows) == set(ABLATION)
+    assert all(0.0 <= r["joint"] <= 1.0 and r["fid"] >= 0 for r in rows.values())
