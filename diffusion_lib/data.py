@@ -165,8 +165,9 @@ def load_torchvision_dataset(name: str, root: str, train: bool = True, download:
     steps += [transforms.ToTensor(), transforms.Normalize(0.5, 0.5)]
     try:
         return classes[name](root, train=train, download=download, transform=transforms.Compose(steps))
-    except RuntimeError as err:
-        raise RuntimeError(f"{name} not found under {root!r}; pass download=True where you are online ({err})") from err
+    except (RuntimeError, OSError) as err:
+        hint = "the download failed: are you online?" if download else "pass download=True where you are online"
+        raise RuntimeError(f"{name} not found under {root!r}; {hint} ({err})") from err
 
 
 def stack_dataset(dataset, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

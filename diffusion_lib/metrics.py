@@ -73,7 +73,10 @@ class EvaluatorFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.evaluator.features(images.float()).double()
+        """Features [B, num_features], each row rescaled to norm sqrt(num_features) (RMS 1 per coordinate),
+        so that KID's kernel (x.y / d + 1)^3 works in the same range as with Inception features."""
+        f = self.evaluator.features(images.float()).double()
+        return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12) * self.num_features**0.5
 
 
 def attribute_accuracy(predicted: torch.Tensor, labels: torch.Tensor, attributes=("shape", "colour")) -> dict:

@@ -25,8 +25,8 @@ from .train import TrainConfig, save_checkpoint, train_diffusion
 from .unet import UNet, UNetConfig, count_parameters
 
 SHAPES_UNET = UNetConfig(base_channels=32, channel_mults=(1, 2, 2), attention_levels=(1, 2), label_sizes=LABEL_SIZES)
-SHAPES_TRAIN = TrainConfig(steps=8000, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, p_uncond=0.1,
-                           prediction_type="eps", loss_weighting="min_snr", seed=0)
+SHAPES_TRAIN = TrainConfig(steps=5000, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, p_uncond=0.1,
+                           prediction_type="eps", loss_weighting="none", seed=0)
 SCHEDULE = {"kind": "cosine", "num_timesteps": 1000}
 EVAL_SAMPLER = {"sampler": "ddim", "num_steps": 50, "guidance_scale": 3.0}
 
@@ -55,9 +55,10 @@ def evaluator_recipe(out_dir, quick=False, seed=0) -> dict:
     return save_checkpoint(pretrained.checkpoint_path("shapes-evaluator", out_dir), model, info)
 
 
-def _quality(model, schedule, evaluator, n, seed, num_steps=50, guidance_scale=3.0, split="train"):
+def _quality(model, schedule, evaluator, n, seed, num_steps=50, guidance_scale=3.0, split="train", prediction_type="eps"):
     labels = sample_labels(n, seed=seed + 7, split=split)
-    fake = generate_shapes(model, schedule, labels, num_steps=num_steps, guidance_scale=guidance_scale, seed=seed)
+    fake = generate_shapes(model, schedule, labels, num_steps=num_steps, guidance_scale=guidance_scale, seed=seed,
+                           prediction_type=prediction_type)
     real = make_shapes(n, IMAGE_SIZE, seed=seed + 500, split=split).images
     return {**prompt_accuracy(evaluator, fake, labels), **fid_kid(evaluator, fake, real, kid_subset=min(100, n))}
 
@@ -75,15 +76,17 @@ def ddpm_recipe(out_dir, quick=False, seed=0) -> dict:
     history = []
 
     def measure(step, ema_model):
-        q = _quality(ema_model, schedule, evaluator, 200 if not quick else 8, seed, num_steps=25)
+        q = _quality(ema_model, schedule, evaluator, 200 if not quick else 8, seed, num_steps=25,
+                     prediction_type=cfg.prediction_type)
         history.append({"step": step, **q})
         print(f"step {step}: {q}", flush=True)
 
     result = train_diffusion(model, schedule, data.images, data.labels, cfg, callback=measure,
                              callback_every=max(1, cfg.steps // 4))
     ema = result.ema.model
-    metrics = {"train_prompts": _quality(ema, schedule, evaluator, n_eval, seed),
-               "held_out_prompts": _quality(ema, schedule, evaluator, n_eval, seed, split="holdout"),
+    pt = cfg.prediction_type
+    metrics = {"train_prompts": _quality(ema, schedule, evaluator, n_eval, seed, prediction_type=pt),
+               "held_out_prompts": _quality(ema, schedule, evaluator, n_eval, seed, split="holdout", prediction_type=pt),
                "real_vs_real": real_vs_real(evaluator, make_shapes(n_eval, IMAGE_SIZE, seed + 500).images,
                                             make_shapes(n_eval, IMAGE_SIZE, seed + 900).images, min(100, n_eval)),
                "eval_samples": n_eval, "eval_sampler": EVAL_SAMPLER, "history": history}

@@ -80,6 +80,8 @@ def ddim_step(schedule: NoiseSchedule, model_output: torch.Tensor, t: int, t_pre
     a_t, a_prev = _alpha_bars(schedule, t, t_prev)
     # 1. predict x_0 and eps from the network output
     x0_hat, eps_hat = _x0_eps(schedule, model_output, t, x_t, prediction_type, clip_sample, clip_range)
+    if clip_sample:  # keep eps consistent with the clipped x_0 (improved-diffusion; diffusers' use_clipped_model_output)
+        eps_hat = (x_t - a_t**0.5 * x0_hat) / (1 - a_t) ** 0.5
     # 2. sigma_t(eta) (Eq. 16)
     sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
     # 3. "direction pointing to x_t" (Eq. 12, middle term)

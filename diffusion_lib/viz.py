@@ -50,7 +50,7 @@ def show_row(images: torch.Tensor, titles: list, scale: float = 1.2, suptitle: s
         show_images(img[None], nrow=1, ax=ax)
         ax.set_title(title, fontsize=8)
     if suptitle:
-        fig.suptitle(suptitle)
+        fig.suptitle(suptitle, y=1.08)
     return fig
 
 

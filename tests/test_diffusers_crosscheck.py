@@ -69,8 +69,10 @@ def test_ddpm_step_with_skipped_timesteps(kind):
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 @pytest.mark.parametrize("prediction_type", ["eps", "v"])
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
-def test_ddim_step(kind, eta, prediction_type, spacing):
-    sched = in_float64(DDIMScheduler(num_train_timesteps=1000, beta_schedule=SCHEDULES[kind], clip_sample=False,
+@pytest.mark.parametrize("clip_sample", [False, True])
+def test_ddim_step(kind, eta, prediction_type, spacing, clip_sample):
+    """With clipping, the library recomputes eps from the clipped x_0 (diffusers: use_clipped_model_output=True)."""
+    sched = in_float64(DDIMScheduler(num_train_timesteps=1000, beta_schedule=SCHEDULES[kind], clip_sample=clip_sample,
                                      set_alpha_to_one=True, prediction_type=PREDICTION[prediction_type],
                                      timestep_spacing=spacing), kind)
     sched.set_timesteps(50)
@@ -81,9 +83,10 @@ def test_ddim_step(kind, eta, prediction_type, spacing):
         t = steps[i]
         t_prev = steps[i + 1] if i + 1 < len(steps) else -1
         if spacing == "leading" or i + 1 < len(steps):  # diffusers' last trailing step goes to t - ratio
-            want = sched.step(out, t, x_t, eta=eta, generator=torch.Generator().manual_seed(2)).prev_sample
+            want = sched.step(out, t, x_t, eta=eta, use_clipped_model_output=clip_sample,
+                              generator=torch.Generator().manual_seed(2)).prev_sample
             got = ddim_step(ours(kind), out, t, t_prev, x_t, eta=eta, prediction_type=prediction_type,
-                            generator=torch.Generator().manual_seed(2))
+                            clip_sample=clip_sample, generator=torch.Generator().manual_seed(2))
             torch.testing.assert_close(got, want, **TOL)
 
 

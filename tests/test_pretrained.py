@@ -55,7 +55,7 @@ def test_gate_prompt_accuracy_and_fid_of_the_shapes_model(evaluator):
     n = 300
     labels = sample_labels(n, seed=777, split="train")
     fake = generate_shapes(model, schedule, labels, num_steps=EVAL_SAMPLER["num_steps"],
-                           guidance_scale=EVAL_SAMPLER["guidance_scale"], seed=1)
+                           guidance_scale=EVAL_SAMPLER["guidance_scale"], prediction_type=info["prediction_type"], seed=1)
     acc = prompt_accuracy(evaluator, fake, labels)
     fid = fid_kid(evaluator, fake, make_shapes(n, IMAGE_SIZE, seed=31337).images)
     base = real_vs_real(evaluator, make_shapes(n, IMAGE_SIZE, seed=31337).images, make_shapes(n, IMAGE_SIZE, seed=4711).images)

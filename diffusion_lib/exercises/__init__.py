@@ -91,8 +91,11 @@ def _inputs_text(kwargs: dict) -> str:
     return ", ".join(f"{k}={_describe(v) if torch.is_tensor(v) else repr(v)}" for k, v in kwargs.items())
 
 
-def check(name: str, student_fn: Callable, trials: int = 5, seed: int = 0, verbose: bool = True) -> CheckResult:
-    """Compare `student_fn` with exercise `name`'s reference on `trials` random inputs."""
+def check(name: str, student_fn: Callable, trials: int = 5, seed: int = 0, verbose: bool = False) -> CheckResult:
+    """Compare `student_fn` with exercise `name`'s reference on `trials` random inputs.
+
+    Returns a CheckResult, which a notebook displays as "PASSED ..." or "NOT YET ...: what is wrong"
+    (verbose=True also prints it, for use inside scripts)."""
     if name not in REGISTRY:
         raise ValueError(f"unknown exercise {name!r}; expected one of {sorted(REGISTRY)}")
     ex = REGISTRY[name]
@@ -114,7 +117,8 @@ def check(name: str, student_fn: Callable, trials: int = 5, seed: int = 0, verbo
             hint = f" Hint: {ex.hint}" if ex.hint else ""
             result = CheckResult(name, False, f"trial {trial + 1} with inputs ({_inputs_text(kwargs)}): {msg}.{hint}")
             break
-    result = result or CheckResult(name, True, f"matches the reference on {trials} random inputs")
+    if result is None:
+        result = CheckResult(name, True, f"matches the reference on {trials} random inputs")
     if verbose:
         print(repr(result))
     return result
