@@ -127,16 +127,21 @@ class ShapesData:
         return self.images[i], self.labels[i]
 
 
+def render_labels(labels: torch.Tensor, image_size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Images [N, 3, H, W] in [-1, 1] of exactly these labels [N, 4], jittered by a generator seeded with `seed`."""
+    rng = np.random.default_rng(seed)
+    images = np.stack([render_shape(lab, image_size, rng) for lab in labels.cpu().numpy()])
+    return torch.from_numpy(images) * 2 - 1
+
+
 def make_shapes(n: int, image_size: int = 32, seed: int = 0, split: str = "train") -> ShapesData:
     """Generate n captioned shapes, deterministically from `seed`."""
     if n < 1 or image_size < 8:
         raise ValueError(f"need n >= 1 and image_size >= 8, got n={n}, image_size={image_size}")
     labels = sample_labels(n, seed, split)
-    rng = np.random.default_rng(seed + 1)
-    images = np.stack([render_shape(lab, image_size, rng) for lab in labels.numpy()])
     cap_rng = random.Random(seed)
     captions = [caption_from_labels(lab, cap_rng.randrange(len(_TEMPLATES))) for lab in labels]
-    return ShapesData(torch.from_numpy(images) * 2 - 1, labels, captions)
+    return ShapesData(render_labels(labels, image_size, seed + 1), labels, captions)
 
 
 def load_digits_images(image_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:

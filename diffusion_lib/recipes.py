@@ -107,7 +107,7 @@ ABLATION = {  # short runs that decided the shapes recipe: objective x loss weig
 }
 
 
-def ablation(out_dir=None, quick=False, seed=0, steps=1500) -> dict:
+def ablation(quick=False, seed=0, steps=1500) -> dict:
     """Train each ABLATION variant for `steps` steps with the recipe's other settings; measure prompt
     accuracy and FID (200 samples, DDIM-25, guidance 3). Prints a table; writes nothing to pretrained/."""
     steps, n = (4, 8) if quick else (steps, 200)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .forward import check_prediction_type, model_output_to_x0_eps
+from .forward import check_prediction_type, model_output_to_x0_eps, predict_eps_from_x0
 from .schedules import NoiseSchedule
 
 SAMPLERS = ("ddpm", "ddim")
@@ -40,8 +40,9 @@ def _alpha_bars(schedule: NoiseSchedule, t: int, t_prev: int):
 def _x0_eps(schedule, model_output, t, x_t, prediction_type, clip_sample, clip_range):
     t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
     x0_hat, eps_hat = model_output_to_x0_eps(schedule, model_output, x_t, t_batch, prediction_type)
-    if clip_sample:
+    if clip_sample:  # clip x_0 and keep eps consistent with it (improved-diffusion; diffusers' use_clipped_model_output)
         x0_hat = x0_hat.clamp(-clip_range, clip_range)
+        eps_hat = predict_eps_from_x0(schedule, x_t, t_batch, x0_hat)
     return x0_hat, eps_hat
 
 
@@ -80,8 +81,6 @@ def ddim_step(schedule: NoiseSchedule, model_output: torch.Tensor, t: int, t_pre
     a_t, a_prev = _alpha_bars(schedule, t, t_prev)
     # 1. predict x_0 and eps from the network output
     x0_hat, eps_hat = _x0_eps(schedule, model_output, t, x_t, prediction_type, clip_sample, clip_range)
-    if clip_sample:  # keep eps consistent with the clipped x_0 (improved-diffusion; diffusers' use_clipped_model_output)
-        eps_hat = (x_t - a_t**0.5 * x0_hat) / (1 - a_t) ** 0.5
     # 2. sigma_t(eta) (Eq. 16)
     sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
     # 3. "direction pointing to x_t" (Eq. 12, middle term)
@@ -122,6 +121,11 @@ def _concat_kwargs(a: dict, b: dict) -> dict:
     return {k: torch.cat([a[k], b[k]]) if torch.is_tensor(a[k]) else a[k] for k in a}
 
 
+def cfg_combine(out_cond: torch.Tensor, out_uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022, Eq. 6): out_uncond + w (out_cond - out_uncond)."""
+    return out_uncond + guidance_scale * (out_cond - out_uncond)
+
+
 def guided_model_output(model, x_t: torch.Tensor, t: torch.Tensor, model_kwargs: dict | None = None,
                         uncond_kwargs: dict | None = None, guidance_scale: float = 1.0) -> torch.Tensor:
     """Classifier-free guidance: out_uncond + w (out_cond - out_uncond), in one batched forward pass.
@@ -132,8 +136,7 @@ def guided_model_output(model, x_t: torch.Tensor, t: torch.Tensor, model_kwargs:
     if uncond_kwargs is None or guidance_scale == 1.0:
         return model(x_t, t, **model_kwargs)
     both = model(torch.cat([x_t, x_t]), torch.cat([t, t]), **_concat_kwargs(model_kwargs, uncond_kwargs))
-    out_cond, out_uncond = both.chunk(2)
-    return out_uncond + guidance_scale * (out_cond - out_uncond)
+    return cfg_combine(*both.chunk(2), guidance_scale)
 
 
 @torch.no_grad()

@@ -74,10 +74,13 @@ class TrainResult:
     ema: EMA | None = None
 
 
-def drop_labels(labels: torch.Tensor, null: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Replace each row of labels [B, K] by the null row with probability p."""
-    keep = torch.rand(labels.shape[0], generator=generator, device=labels.device) >= p
-    return torch.where(keep[:, None], labels, null)
+def drop_labels(labels: torch.Tensor, null: torch.Tensor, p: float, generator: torch.Generator | None = None,
+                u: torch.Tensor | None = None) -> torch.Tensor:
+    """Replace each row of labels [B, K] by the null row with probability p: row i is dropped when u[i] < p,
+    with u [B] ~ U(0, 1) drawn from `generator` unless given."""
+    if u is None:
+        u = torch.rand(labels.shape[0], generator=generator, device=labels.device)
+    return torch.where((u >= p)[:, None], labels, null)
 
 
 def train_diffusion(model, schedule: NoiseSchedule, images: torch.Tensor, labels: torch.Tensor | None = None,

@@ -7,14 +7,15 @@ import torch
 
 from . import register
 from ..data import ATTRIBUTES, caption_from_labels, parse_caption
-from ..samplers import guided_model_output
+from ..samplers import cfg_combine, guided_model_output
+from ..train import drop_labels
 from ..unet import UNet, UNetConfig
 
 
 # ch05.cfg_combine: eps_uncond + w (eps_cond - eps_uncond)
 
-def cfg_combine(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, w: float) -> torch.Tensor:
-    return eps_uncond + w * (eps_cond - eps_uncond)
+def reference_cfg_combine(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, w: float) -> torch.Tensor:
+    return cfg_combine(eps_cond, eps_uncond, w)
 
 
 def _cfg_inputs(gen: torch.Generator) -> dict:
@@ -23,15 +24,14 @@ def _cfg_inputs(gen: torch.Generator) -> dict:
             "w": round(float(torch.rand((), generator=gen)) * 8, 3)}
 
 
-register("ch05.cfg_combine", cfg_combine, _cfg_inputs, atol=1e-5,
+register("ch05.cfg_combine", reference_cfg_combine, _cfg_inputs, atol=1e-5,
          hint="w = 0 must give eps_uncond and w = 1 must give eps_cond.")
 
 
 # ch05.drop_labels: keep a row where u >= p, else replace it by the null row (as train.drop_labels)
 
 def drop_labels_given_u(labels: torch.Tensor, null: torch.Tensor, p: float, u: torch.Tensor) -> torch.Tensor:
-    keep = u >= p
-    return torch.where(keep[:, None], labels, null)
+    return drop_labels(labels, null, p, u=u)
 
 
 def _drop_inputs(gen: torch.Generator) -> dict:
