@@ -1,21 +1,32 @@
 """Measuring generated images: a shapes evaluator, prompt accuracy, and FID / KID on its features.
 
-  * `Evaluator`: a small CNN trained on the captioned-shapes labels (one head per attribute).
-  * prompt accuracy: the share of generated images whose predicted attributes match the prompt.
-  * FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) via torchmetrics, with the evaluator's
-    penultimate features in place of Inception's (Inception knows nothing of 16x16 shapes, and
-    would need a download). Always compare with `real_vs_real`, the score of two disjoint real sets
-    of the same size: FID is biased upwards for small samples, so only that difference means much.
+* `Evaluator`: a small CNN trained on the captioned-shapes labels (one head per attribute).
+* prompt accuracy: the share of generated images whose predicted attributes match the prompt.
+* FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) via torchmetrics, with the evaluator's
+  penultimate features in place of Inception's (Inception knows nothing of 16x16 shapes, and
+  would need a download). Always compare with `real_vs_real`, the score of two disjoint real sets
+  of the same size: FID is biased upwards for small samples, so only that difference means much.
 """
+
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import ATTRIBUTES, LABEL_SIZES
+from .data import ATTRIBUTES, BACKGROUND, LABEL_SIZES, make_shapes
+from .judge import (  # noqa: F401  (the judge is part of the metrics' interface)
+    NONE,
+    Judge,
+    JudgeConfig,
+    Verdict,
+    by_pair,
+    image_statistics,
+    judged_accuracy,
+)
 
 
 @dataclass
@@ -29,7 +40,7 @@ class EvaluatorConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EvaluatorConfig":
+    def from_dict(cls, d: dict) -> EvaluatorConfig:
         return cls(**{**d, "label_sizes": tuple(d["label_sizes"])})
 
 
@@ -41,12 +52,23 @@ class Evaluator(nn.Module):
         self.config = cfg = config or EvaluatorConfig()
         w = cfg.width
         self.body = nn.Sequential(
-            nn.Conv2d(cfg.in_channels, w, 3, padding=1), nn.GroupNorm(8, w), nn.SiLU(),
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * w), nn.SiLU(),
-            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 4 * w), nn.SiLU(),
-            nn.AdaptiveAvgPool2d(4), nn.Flatten(),  # keeps a coarse 4x4 layout, so position is learnable
-            nn.Linear(16 * 4 * w, cfg.num_features), nn.SiLU())
-        self.heads = nn.ModuleList([nn.Linear(cfg.num_features, n) for n in cfg.label_sizes])
+            nn.Conv2d(cfg.in_channels, w, 3, padding=1),
+            nn.GroupNorm(8, w),
+            nn.SiLU(),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
+            nn.GroupNorm(8, 2 * w),
+            nn.SiLU(),
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1),
+            nn.GroupNorm(8, 4 * w),
+            nn.SiLU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),  # keeps a coarse 4x4 layout, so position is learnable
+            nn.Linear(16 * 4 * w, cfg.num_features),
+            nn.SiLU(),
+        )
+        self.heads = nn.ModuleList(
+            [nn.Linear(cfg.num_features, n) for n in cfg.label_sizes]
+        )
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate features [B, num_features]."""
@@ -59,7 +81,10 @@ class Evaluator(nn.Module):
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         """Predicted labels [B, K]."""
-        outs = [torch.stack([l.argmax(-1) for l in self(chunk)], dim=1) for chunk in images.split(batch_size)]
+        outs = [
+            torch.stack([l.argmax(-1) for l in self(chunk)], dim=1)
+            for chunk in images.split(batch_size)
+        ]
         return torch.cat(outs)
 
 
@@ -79,7 +104,9 @@ class EvaluatorFeatures(nn.Module):
         return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12) * self.num_features**0.5
 
 
-def attribute_accuracy(predicted: torch.Tensor, labels: torch.Tensor, attributes=("shape", "colour")) -> dict:
+def attribute_accuracy(
+    predicted: torch.Tensor, labels: torch.Tensor, attributes=("shape", "colour")
+) -> dict:
     """Per-attribute accuracy and "joint" (all the listed attributes right at once)."""
     names = list(ATTRIBUTES)
     unknown = [a for a in attributes if a not in names]
@@ -92,24 +119,135 @@ def attribute_accuracy(predicted: torch.Tensor, labels: torch.Tensor, attributes
     return out
 
 
-def prompt_accuracy(evaluator: Evaluator, images: torch.Tensor, labels: torch.Tensor,
-                    attributes=("shape", "colour")) -> dict:
-    """Share of generated images [B, 3, H, W] whose predicted attributes match the prompt labels [B, 4]."""
+def classifier_accuracy(
+    evaluator: Evaluator,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    attributes=("shape", "colour"),
+) -> dict:
+    """Closed-set accuracy: the share of images [B, 3, H, W] whose *classified*
+    attributes match labels [B, 4]. It must name a palette colour, so it cannot see an
+    off-palette colour; use `prompt_accuracy` (the open-set judge) to score a model."""
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} label rows")
     device = next(evaluator.parameters()).device
     return attribute_accuracy(evaluator.predict(images.to(device)), labels, attributes)
 
 
-def fid_kid(evaluator: Evaluator, fake: torch.Tensor, real: torch.Tensor, kid_subset: int = 100) -> dict:
-    """FID and KID between two image sets [N, 3, H, W] in [-1, 1], on the evaluator's features."""
+def prompt_accuracy(
+    images: torch.Tensor, labels: torch.Tensor, judge: Judge | None = None
+) -> dict:
+    """Open-set prompt accuracy of images [B, 3, H, W] for prompt labels [B, 4].
+
+    Per attribute, the share of images that the judge finds valid (one object, clean
+    background) with that attribute as asked; "clean" the share of valid images;
+    "joint" the share with everything the prompt names right (the headline figure)."""
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} label rows")
+    return judged_accuracy((judge or Judge())(images), labels)
+
+
+def blur(images: torch.Tensor, sigma: float = 0.8) -> torch.Tensor:
+    """Separable Gaussian blur of images [B, C, H, W] (5 taps, edges replicated)."""
+    taps = torch.arange(-2, 3, dtype=images.dtype, device=images.device)
+    k = torch.exp(-(taps**2) / (2 * sigma**2))
+    k = (k / k.sum()).repeat(images.shape[1], 1, 1, 1)  # [C, 1, 1, 5]
+    c = images.shape[1]
+    x = F.conv2d(F.pad(images, (2, 2, 0, 0), mode="replicate"), k, groups=c)
+    return F.conv2d(
+        F.pad(x, (0, 0, 2, 2), mode="replicate"), k.transpose(2, 3), groups=c
+    )
+
+
+class AppearanceFeatures(nn.Module):
+    """Features for FID / KID that see what a reader sees, in four blocks:
+
+    * semantics: the evaluator's penultimate features (shape, colour, size, position);
+    * layout: the image averaged down to 4x4 pixels (where the colours are);
+    * colour: per-channel mean, standard deviation, maximum and minimum;
+    * texture: per-channel energy of the high frequencies (what blur removes and noise
+      adds): |x - blur(x)| and the mean difference between neighbouring pixels.
+
+    Each feature is standardised with the mean and standard deviation measured on a
+    reference set of real images, and each block scaled to the same total variance, so
+    that no block drowns the others. Images in [-1, 1]."""
+
+    def __init__(self, evaluator: Evaluator, reference: torch.Tensor):
+        super().__init__()
+        self.semantic = EvaluatorFeatures(evaluator)
+        raw = self.raw_blocks(reference)
+        self.dims = [b.shape[1] for b in raw]
+        f = torch.cat(raw, 1)
+        self.register_buffer("mean", f.mean(0))
+        # a floor keeps nearly constant features (e.g. texture of clean real images)
+        # from being blown up to infinity by the standardisation
+        self.register_buffer("std", f.std(0).clamp_min(1e-3) + 0.1 * f.std(0).mean())
+        self.num_features = f.shape[1]
+
+    @torch.no_grad()
+    def raw_blocks(self, images: torch.Tensor) -> list:
+        x = images.float()
+        high = x - blur(x, 1.0)
+        texture = [high.abs().mean((2, 3)), high.pow(2).mean((2, 3)).sqrt(),
+                   x.diff(dim=2).abs().mean((2, 3)), x.diff(dim=3).abs().mean((2, 3))]  # fmt: skip
+        colour = [x.mean((2, 3)), x.std((2, 3)), x.amax((2, 3)), x.amin((2, 3))]
+        blocks = [self.semantic(x), F.adaptive_avg_pool2d(x, 4).flatten(1),
+                  torch.cat(colour, 1), torch.cat(texture, 1)]  # fmt: skip
+        return [b.double() for b in blocks]
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Features [B, num_features]; on real images each coordinate has RMS ~1."""
+        f = (torch.cat(self.raw_blocks(images), 1) - self.mean) / self.std
+        blocks = f.split(self.dims, 1)
+        scale = (self.num_features / len(blocks)) ** 0.5
+        return torch.cat([b * scale / b.shape[1] ** 0.5 for b in blocks], 1)
+
+
+FEATURES = ("appearance", "evaluator")
+REFERENCE_SEED = 2024  # the real images that calibrate AppearanceFeatures
+
+
+@functools.lru_cache(maxsize=4)
+def reference_images(image_size: int, n: int = 1000) -> torch.Tensor:
+    """The fixed real set [n, 3, S, S] that calibrates AppearanceFeatures."""
+    return make_shapes(n, image_size, seed=REFERENCE_SEED, split="all").images
+
+
+def feature_extractor(
+    evaluator: Evaluator, image_size: int, features: str = "appearance"
+) -> nn.Module:
+    """The torchmetrics feature module for FID / KID: "appearance" (the default) or
+    "evaluator" (the evaluator's features alone, blind to noise and brightness)."""
+    if features not in FEATURES:
+        raise ValueError(f"unknown features {features!r}; expected one of {FEATURES}")
+    if features == "evaluator":
+        return EvaluatorFeatures(evaluator)
+    device = next(evaluator.parameters()).device
+    return AppearanceFeatures(evaluator, reference_images(image_size).to(device))
+
+
+def fid_kid(
+    evaluator: Evaluator,
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    kid_subset: int = 100,
+    features: str = "appearance",
+) -> dict:
+    """FID and KID between two image sets [N, 3, H, W] in [-1, 1] (see `AppearanceFeatures`)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    feats = EvaluatorFeatures(evaluator)
+    if fake.shape[1:] != real.shape[1:]:
+        raise ValueError(
+            f"image shapes differ: {tuple(fake.shape)} vs {tuple(real.shape)}"
+        )
+    feats = feature_extractor(evaluator, real.shape[-1], features)
     subset = min(kid_subset, fake.shape[0], real.shape[0])
     fid = FrechetInceptionDistance(feature=feats, reset_real_features=True)
-    kid = KernelInceptionDistance(feature=feats, subset_size=subset, reset_real_features=True)
+    kid = KernelInceptionDistance(
+        feature=feats, subset_size=subset, reset_real_features=True
+    )
     device = next(evaluator.parameters()).device
     for metric in (fid, kid):
         metric.to(device)
@@ -118,19 +256,87 @@ def fid_kid(evaluator: Evaluator, fake: torch.Tensor, real: torch.Tensor, kid_su
         for chunk in fake.split(500):
             metric.update(chunk.to(device), real=False)
     kid_mean, kid_std = kid.compute()
-    return {"fid": fid.compute().item(), "kid": kid_mean.item(), "kid_std": kid_std.item()}
+    return {
+        "fid": fid.compute().item(),
+        "kid": kid_mean.item(),
+        "kid_std": kid_std.item(),
+    }
 
 
-def real_vs_real(evaluator: Evaluator, real_a: torch.Tensor, real_b: torch.Tensor, kid_subset: int = 100) -> dict:
+def real_vs_real(
+    evaluator: Evaluator,
+    real_a: torch.Tensor,
+    real_b: torch.Tensor,
+    kid_subset: int = 100,
+    features: str = "appearance",
+) -> dict:
     """The FID / KID of two disjoint real sets of the same size: the floor a model can reach at this size."""
     if real_a.shape[0] != real_b.shape[0]:
-        raise ValueError("compare real sets of the same size: FID depends on the sample count")
-    return fid_kid(evaluator, real_a, real_b, kid_subset)
+        raise ValueError(
+            "compare real sets of the same size: FID depends on the sample count"
+        )
+    return fid_kid(evaluator, real_a, real_b, kid_subset, features)
 
 
-def train_evaluator(evaluator: Evaluator, images: torch.Tensor, labels: torch.Tensor, steps: int = 1500,
-                    batch_size: int = 128, lr: float = 2e-3, noise_std: float = 0.1, seed: int = 0,
-                    progress: bool = True) -> list:
+def _shift(images: torch.Tensor, pixels: int) -> torch.Tensor:
+    bg = torch.tensor(BACKGROUND, dtype=images.dtype).view(1, 3, 1, 1) * 2 - 1
+    out = bg.expand_as(images).clone()
+    out[:, :, pixels:, pixels:] = images[:, :, :-pixels, :-pixels]
+    return out
+
+
+def _noise(images: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (images + sigma * torch.randn(images.shape, generator=g)).clamp(-1, 1)
+
+
+DEGRADATIONS = {  # name -> f(images in [-1, 1], seed) -> degraded images
+    "darkened to 80%": lambda x, s: (x + 1) * 0.8 - 1,
+    "colour shifted": lambda x, s: (x + torch.tensor([0.15, -0.1, 0.0]).view(1, 3, 1, 1)).clamp(-1, 1),
+    "noise sigma 0.05": lambda x, s: _noise(x, 0.05, s),
+    "noise sigma 0.2": lambda x, s: _noise(x, 0.2, s),
+    "blurred": lambda x, s: blur(x, 0.8),
+    "channels swapped": lambda x, s: x.flip(1),
+    "shapes moved 2 px": lambda x, s: _shift(x, 2),
+}  # fmt: skip
+
+
+def sensitivity_table(
+    evaluator: Evaluator,
+    n: int = 500,
+    image_size: int = 16,
+    real_pairs: int = 4,
+    features: str = "appearance",
+    seed: int = 100,
+) -> list:
+    """Rows {"comparison", "fid", "kid"}: real vs `real_pairs` other real sets of n images,
+    then real vs each degraded copy of another real set (DEGRADATIONS)."""
+    real = make_shapes(n, image_size, seed=seed).images
+    rows = []
+    for i in range(real_pairs):
+        other = make_shapes(n, image_size, seed=seed + 1 + i).images
+        m = fid_kid(evaluator, other, real, features=features)
+        rows.append(
+            {"comparison": f"real vs real #{i + 1}", "fid": m["fid"], "kid": m["kid"]}
+        )
+    source = make_shapes(n, image_size, seed=seed + 1).images
+    for name, degrade in DEGRADATIONS.items():
+        m = fid_kid(evaluator, degrade(source, seed), real, features=features)
+        rows.append({"comparison": name, "fid": m["fid"], "kid": m["kid"]})
+    return rows
+
+
+def train_evaluator(
+    evaluator: Evaluator,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int = 1500,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    noise_std: float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+) -> list:
     """Cross-entropy on every attribute head, with Gaussian-noise augmentation (so that the evaluator
     is not thrown by the slight noise left in generated images). Returns the per-step losses."""
     from tqdm.auto import tqdm
@@ -142,8 +348,13 @@ def train_evaluator(evaluator: Evaluator, images: torch.Tensor, labels: torch.Te
     evaluator.train()
     for _ in tqdm(range(steps), disable=not progress, desc="evaluator"):
         idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen)
-        x = images[idx] + noise_std * torch.rand(batch_size, 1, 1, 1, generator=gen) * torch.randn(images[idx].shape, generator=gen)
-        loss = sum(F.cross_entropy(logits, labels[idx, i]) for i, logits in enumerate(evaluator(x)))
+        x = images[idx] + noise_std * torch.rand(
+            batch_size, 1, 1, 1, generator=gen
+        ) * torch.randn(images[idx].shape, generator=gen)
+        loss = sum(
+            F.cross_entropy(logits, labels[idx, i])
+            for i, logits in enumerate(evaluator(x))
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,19 +1,18 @@
 """The small checkpoints shipped with the course, in diffusion_lib/pretrained/.
 
-Each is NAME.safetensors (weights, fp16) beside NAME.json (recipe, config, seed, training time and
-hardware, measured metrics, sha256). They are written only by `python -m diffusion_lib.recipes NAME`.
-Loading verifies the hash and fails with a clear message when a file is missing or corrupt.
+Each is NAME.safetensors (weights, fp16) beside NAME.json (recipe, config, seed,
+training time and hardware, measured metrics, sha256). They are written only by
+`python -m diffusion_lib.recipes NAME`. Loading verifies the hash and fails with a clear
+message (naming that command) when a file is missing or corrupt.
 """
+
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-import torch
 
 from .metrics import Evaluator, EvaluatorConfig
 from .schedules import NoiseSchedule
-from .train import load_checkpoint
+from .train import load_checkpoint, read_manifest
 from .unet import UNet, UNetConfig
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
@@ -30,21 +29,20 @@ def available() -> list[str]:
 
 def checkpoint_path(name: str, directory: str | Path | None = None) -> Path:
     if name not in BUILDERS:
-        raise ValueError(f"unknown checkpoint {name!r}; expected one of {sorted(BUILDERS)}")
+        raise ValueError(
+            f"unknown checkpoint {name!r}; expected one of {sorted(BUILDERS)}"
+        )
     return Path(directory or PRETRAINED_DIR) / f"{name}.safetensors"
 
 
 def manifest(name: str, directory: str | Path | None = None) -> dict:
     """The manifest of a shipped checkpoint (without loading the weights)."""
-    path = checkpoint_path(name, directory).with_suffix(".json")
-    if not path.exists():
-        raise FileNotFoundError(f"no manifest {path}; build it with `python -m diffusion_lib.recipes {name}`")
-    return json.loads(path.read_text())
+    return read_manifest(checkpoint_path(name, directory).with_suffix(".json"), name)
 
 
 def load_pretrained(name: str, device=None, directory: str | Path | None = None):
     """(model in eval mode, manifest) for a shipped checkpoint, hash-checked."""
-    state, info = load_checkpoint(checkpoint_path(name, directory))
+    state, info = load_checkpoint(checkpoint_path(name, directory), recipe=name)
     model = BUILDERS[name](info["config"])
     model.load_state_dict(state)
     return model.to(device or "cpu").eval().requires_grad_(False), info
@@ -52,4 +50,6 @@ def load_pretrained(name: str, device=None, directory: str | Path | None = None)
 
 def schedule_from_manifest(info: dict) -> NoiseSchedule:
     """The noise schedule a diffusion checkpoint was trained with."""
-    return NoiseSchedule.make(info["schedule"]["kind"], info["schedule"]["num_timesteps"])
+    return NoiseSchedule.make(
+        info["schedule"]["kind"], info["schedule"]["num_timesteps"]
+    )

@@ -7,26 +7,56 @@
 
 Each recipe trains, measures its quality gates, and writes NAME.safetensors + NAME.json.
 """
+
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from . import pretrained
 from .data import HELD_OUT, LABEL_SIZES, make_shapes, sample_labels
+from .metrics import (
+    Evaluator,
+    EvaluatorConfig,
+    Judge,
+    by_pair,
+    classifier_accuracy,
+    fid_kid,
+    image_statistics,
+    judged_accuracy,
+    real_vs_real,
+    train_evaluator,
+)
 from .pipelines import IMAGE_SIZE, generate_shapes
-from .metrics import Evaluator, EvaluatorConfig, fid_kid, prompt_accuracy, real_vs_real, train_evaluator
 from .schedules import NoiseSchedule
 from .train import TrainConfig, save_checkpoint, train_diffusion
 from .unet import UNet, UNetConfig, count_parameters
 
-SHAPES_UNET = UNetConfig(base_channels=32, channel_mults=(1, 2, 2), attention_levels=(1, 2), label_sizes=LABEL_SIZES)
-SHAPES_TRAIN = TrainConfig(steps=5000, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, p_uncond=0.1,
-                           prediction_type="eps", loss_weighting="none", seed=0)
+SHAPES_UNET = UNetConfig(
+    base_channels=32,
+    channel_mults=(1, 2, 2),
+    attention_levels=(1, 2),
+    label_sizes=LABEL_SIZES,
+)
+SHAPES_TRAIN = TrainConfig(
+    steps=8000,
+    batch_size=64,
+    lr=1e-3,
+    warmup=200,
+    ema_decay=0.9995,
+    p_uncond=0.1,
+    prediction_type="eps",
+    loss_weighting="none",
+    seed=0,
+)
+STAGES = ("all", "train", "measure")
 SCHEDULE = {"kind": "cosine", "num_timesteps": 1000}
 EVAL_SAMPLER = {"sampler": "ddim", "num_steps": 50, "guidance_scale": 3.0}
 
@@ -40,63 +70,200 @@ def hardware() -> str:
 def evaluator_recipe(out_dir, quick=False, seed=0) -> dict:
     n, steps = (512, 20) if quick else (20000, 2000)
     train = make_shapes(n, IMAGE_SIZE, seed=seed, split="all")
-    test = make_shapes(2000 if not quick else 256, IMAGE_SIZE, seed=seed + 1000, split="all")
+    test = make_shapes(
+        2000 if not quick else 256, IMAGE_SIZE, seed=seed + 1000, split="all"
+    )
     torch.manual_seed(seed)
     model = Evaluator(EvaluatorConfig())
     start = time.perf_counter()
     losses = train_evaluator(model, train.images, train.labels, steps=steps, seed=seed)
     seconds = time.perf_counter() - start
-    acc = prompt_accuracy(model, test.images, test.labels, attributes=("shape", "colour", "size", "position"))
+    acc = classifier_accuracy(
+        model,
+        test.images,
+        test.labels,
+        attributes=("shape", "colour", "size", "position"),
+    )
     print(f"evaluator held-out accuracy: {acc}")
-    info = {"recipe": "shapes-evaluator", "config": model.config.to_dict(), "seed": seed, "quick": quick,
-            "train": {"steps": steps, "images": n, "batch_size": 128, "final_loss": losses[-1]},
-            "training_seconds": round(seconds, 1), "hardware": hardware(), "image_size": IMAGE_SIZE,
-            "parameters": count_parameters(model), "metrics": {"test_accuracy": acc, "test_images": test.images.shape[0]}}
-    return save_checkpoint(pretrained.checkpoint_path("shapes-evaluator", out_dir), model, info)
+    info = {
+        "recipe": "shapes-evaluator",
+        "config": model.config.to_dict(),
+        "seed": seed,
+        "quick": quick,
+        "train": {
+            "steps": steps,
+            "images": n,
+            "batch_size": 128,
+            "final_loss": losses[-1],
+        },
+        "training_seconds": round(seconds, 1),
+        "hardware": hardware(),
+        "image_size": IMAGE_SIZE,
+        "parameters": count_parameters(model),
+        "metrics": {"test_accuracy": acc, "test_images": test.images.shape[0]},
+    }
+    return save_checkpoint(
+        pretrained.checkpoint_path("shapes-evaluator", out_dir), model, info
+    )
 
 
-def _quality(model, schedule, evaluator, n, seed, num_steps=50, guidance_scale=3.0, split="train", prediction_type="eps"):
+def _quality(
+    model,
+    schedule,
+    evaluator,
+    n,
+    seed,
+    num_steps=50,
+    guidance_scale=3.0,
+    split="train",
+    prediction_type="eps",
+    sampler="ddim",
+):
+    """Open-set prompt accuracy, image statistics and FID / KID of n generated images."""
     labels = sample_labels(n, seed=seed + 7, split=split)
-    fake = generate_shapes(model, schedule, labels, num_steps=num_steps, guidance_scale=guidance_scale, seed=seed,
-                           prediction_type=prediction_type)
+    fake = generate_shapes(
+        model,
+        schedule,
+        labels,
+        sampler=sampler,
+        num_steps=num_steps,
+        guidance_scale=guidance_scale,
+        seed=seed,
+        prediction_type=prediction_type,
+    )
     real = make_shapes(n, IMAGE_SIZE, seed=seed + 500, split=split).images
-    return {**prompt_accuracy(evaluator, fake, labels), **fid_kid(evaluator, fake, real, kid_subset=min(100, n))}
+    verdict = Judge()(fake)
+    pairs = {"by_pair": by_pair(verdict, labels)} if split == "holdout" else {}
+    return {
+        **judged_accuracy(verdict, labels),
+        **image_statistics(verdict, labels),
+        **fid_kid(evaluator, fake, real, kid_subset=min(100, n)),
+        **pairs,
+    }
 
 
-def ddpm_recipe(out_dir, quick=False, seed=0) -> dict:
+def measure_ddpm(out_dir=None, quick=False, seed=0) -> dict:
+    """Measure the saved shapes model (and its training snapshots) with the current
+    metrics, and write them into its manifest; the weights are not touched."""
+    model, info = pretrained.load_pretrained("shapes-ddpm", directory=out_dir)
+    evaluator, _ = pretrained.load_pretrained("shapes-evaluator")
+    schedule = pretrained.schedule_from_manifest(info)
+    n, n_history = (16, 8) if quick else (500, 200)
+    pt = info["prediction_type"]
+    history = []
+    for path in sorted(_snapshot_dir(quick).glob("step-*.safetensors")):
+        snapshot = UNet(UNetConfig.from_dict(info["config"]))
+        snapshot.load_state_dict(load_file(str(path)))
+        q = _quality(
+            snapshot.eval(),
+            schedule,
+            evaluator,
+            n_history,
+            seed,
+            25,
+            prediction_type=pt,
+        )
+        history.append({"step": int(path.stem.split("-")[1]), **q})
+        print(f"step {history[-1]['step']}: {q}", flush=True)
+    real_verdict = Judge()(make_shapes(n, IMAGE_SIZE, seed + 500).images)
+    metrics = {
+        "judge": "open-set (diffusion_lib.judge)",
+        "features": "appearance (diffusion_lib.metrics.AppearanceFeatures)",
+        "train_prompts": _quality(
+            model, schedule, evaluator, n, seed, prediction_type=pt
+        ),
+        "held_out_prompts": _quality(
+            model, schedule, evaluator, n, seed, split="holdout", prediction_type=pt
+        ),
+        "train_prompts_ddpm_sampler": _quality(
+            model, schedule, evaluator, n, seed, sampler="ddpm", prediction_type=pt
+        ),
+        "real_images": image_statistics(real_verdict, None),
+        "real_vs_real": real_vs_real(
+            evaluator,
+            make_shapes(n, IMAGE_SIZE, seed + 500).images,
+            make_shapes(n, IMAGE_SIZE, seed + 900).images,
+            min(100, n),
+        ),
+        "eval_samples": n,
+        "eval_sampler": EVAL_SAMPLER,
+        "history": history,
+    }
+    print(json.dumps(metrics, indent=1))
+    path = pretrained.checkpoint_path("shapes-ddpm", out_dir).with_suffix(".json")
+    path.write_text(
+        json.dumps({**info, "metrics": metrics}, indent=2, sort_keys=True) + "\n"
+    )
+    return pretrained.manifest("shapes-ddpm", out_dir)
+
+
+SNAPSHOT_DIR = Path("_build") / "snapshots"  # EMA weights during training (not shipped)
+
+
+def ddpm_recipe(out_dir, quick=False, seed=0, stage="all") -> dict:
+    """Train the shapes model (stage "train"), then measure it (stage "measure").
+
+    Training saves the EMA weights at each quarter of the run under SNAPSHOT_DIR, so
+    that the measurement stage can re-measure the whole training curve with the
+    current metrics without retraining. Both stages write the manifest."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    if stage in ("all", "train"):
+        _train_ddpm(out_dir, quick, seed)
+    if stage in ("all", "measure"):
+        return measure_ddpm(out_dir, quick=quick, seed=seed)
+    return pretrained.manifest("shapes-ddpm", out_dir)
+
+
+def _snapshot_dir(quick: bool) -> Path:
+    return SNAPSHOT_DIR / ("shapes-ddpm-quick" if quick else "shapes-ddpm")
+
+
+def _train_ddpm(out_dir, quick=False, seed=0) -> dict:
     cfg = TrainConfig(**{**asdict(SHAPES_TRAIN), "seed": seed})
-    n_images, n_eval = 20000, 500
+    n_images = 20000
     if quick:
-        cfg.steps, cfg.warmup, n_images, n_eval = 10, 2, 256, 16
+        cfg.steps, cfg.warmup, n_images = 8, 2, 256
     data = make_shapes(n_images, IMAGE_SIZE, seed=seed, split="train")
     schedule = NoiseSchedule.make(SCHEDULE["kind"], SCHEDULE["num_timesteps"])
-    evaluator, _ = pretrained.load_pretrained("shapes-evaluator")
     torch.manual_seed(seed)
     model = UNet(SHAPES_UNET)
-    history = []
+    snapshots = _snapshot_dir(quick)
+    snapshots.mkdir(parents=True, exist_ok=True)
 
-    def measure(step, ema_model):
-        q = _quality(ema_model, schedule, evaluator, 200 if not quick else 8, seed, num_steps=25,
-                     prediction_type=cfg.prediction_type)
-        history.append({"step": step, **q})
-        print(f"step {step}: {q}", flush=True)
+    def snapshot(step, ema_model):
+        save_file(
+            ema_model.state_dict(), str(snapshots / f"step-{step:06d}.safetensors")
+        )
 
-    result = train_diffusion(model, schedule, data.images, data.labels, cfg, callback=measure,
-                             callback_every=max(1, cfg.steps // 4))
+    result = train_diffusion(
+        model,
+        schedule,
+        data.images,
+        data.labels,
+        cfg,
+        callback=snapshot,
+        callback_every=max(1, cfg.steps // 4),
+    )
     ema = result.ema.model
-    pt = cfg.prediction_type
-    metrics = {"train_prompts": _quality(ema, schedule, evaluator, n_eval, seed, prediction_type=pt),
-               "held_out_prompts": _quality(ema, schedule, evaluator, n_eval, seed, split="holdout", prediction_type=pt),
-               "real_vs_real": real_vs_real(evaluator, make_shapes(n_eval, IMAGE_SIZE, seed + 500).images,
-                                            make_shapes(n_eval, IMAGE_SIZE, seed + 900).images, min(100, n_eval)),
-               "eval_samples": n_eval, "eval_sampler": EVAL_SAMPLER, "history": history}
-    print(metrics)
-    info = {"recipe": "shapes-ddpm", "config": SHAPES_UNET.to_dict(), "train": asdict(cfg), "seed": seed,
-            "quick": quick, "schedule": SCHEDULE, "prediction_type": cfg.prediction_type, "image_size": IMAGE_SIZE,
-            "held_out_combinations": HELD_OUT, "training_seconds": round(result.seconds, 1), "hardware": hardware(),
-            "parameters": count_parameters(ema), "final_loss": sum(result.losses[-100:]) / len(result.losses[-100:]),
-            "metrics": metrics}
-    return save_checkpoint(pretrained.checkpoint_path("shapes-ddpm", out_dir), ema, info)
+    info = {
+        "recipe": "shapes-ddpm",
+        "config": SHAPES_UNET.to_dict(),
+        "train": asdict(cfg),
+        "seed": seed,
+        "quick": quick,
+        "schedule": SCHEDULE,
+        "prediction_type": cfg.prediction_type,
+        "image_size": IMAGE_SIZE,
+        "held_out_combinations": HELD_OUT,
+        "training_seconds": round(result.seconds, 1),
+        "hardware": hardware(),
+        "parameters": count_parameters(ema),
+        "final_loss": sum(result.losses[-100:]) / len(result.losses[-100:]),
+        "metrics": None,
+    }
+    path = pretrained.checkpoint_path("shapes-ddpm", out_dir)
+    return save_checkpoint(path, ema, info)
 
 
 ABLATION = {  # short runs that decided the shapes recipe: objective x loss weighting
@@ -117,16 +284,35 @@ def ablation(quick=False, seed=0, steps=1500) -> dict:
     rows = {}
     for name, overrides in ABLATION.items():
         torch.manual_seed(seed)
-        cfg = TrainConfig(**{**asdict(SHAPES_TRAIN), "steps": steps, "seed": seed, **overrides})
-        result = train_diffusion(UNet(SHAPES_UNET), schedule, data.images, data.labels, cfg, progress=False)
+        cfg = TrainConfig(
+            **{**asdict(SHAPES_TRAIN), "steps": steps, "seed": seed, **overrides}
+        )
+        result = train_diffusion(
+            UNet(SHAPES_UNET), schedule, data.images, data.labels, cfg, progress=False
+        )
         labels = sample_labels(n, seed=seed + 7)
-        fake = generate_shapes(result.ema.model, schedule, labels, num_steps=25, seed=seed,
-                               prediction_type=cfg.prediction_type)
+        fake = generate_shapes(
+            result.ema.model,
+            schedule,
+            labels,
+            num_steps=25,
+            seed=seed,
+            prediction_type=cfg.prediction_type,
+        )
         real = make_shapes(n, IMAGE_SIZE, seed=seed + 500).images
-        rows[name] = {**prompt_accuracy(evaluator, fake, labels), **fid_kid(evaluator, fake, real, min(100, n)),
-                      "seconds": round(result.seconds, 1)}
-        print(f"{name:12s} joint acc {rows[name]['joint']:.3f}  FID {rows[name]['fid']:8.2f}  "
-              f"({rows[name]['seconds']} s, {steps} steps)", flush=True)
+        verdict = Judge()(fake)
+        rows[name] = {
+            **judged_accuracy(verdict, labels),
+            **image_statistics(verdict, labels),
+            **fid_kid(evaluator, fake, real, min(100, n)),
+            "seconds": round(result.seconds, 1),
+        }
+        print(
+            f"{name:12s} joint acc {rows[name]['joint']:.3f}  "
+            f"background {rows[name]['background_rms_mean']:.4f}  "
+            f"FID {rows[name]['fid']:8.2f}  ({rows[name]['seconds']} s, {steps} steps)",
+            flush=True,
+        )
     return rows
 
 
@@ -134,18 +320,38 @@ RECIPES = {"shapes-evaluator": evaluator_recipe, "shapes-ddpm": ddpm_recipe}
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("name", choices=sorted(RECIPES) + ["ablation"])
-    parser.add_argument("--steps", type=int, default=1500, help="training steps per variant (ablation only)")
-    parser.add_argument("--quick", action="store_true", help="a tiny smoke run (for tests)")
-    parser.add_argument("--out", default=None, help="output folder (default: diffusion_lib/pretrained)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=1500,
+        help="training steps per variant (ablation only)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a tiny smoke run (for tests)"
+    )
+    parser.add_argument(
+        "--out", default=None, help="output folder (default: diffusion_lib/pretrained)"
+    )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--stage",
+        choices=STAGES,
+        default="all",
+        help="shapes-ddpm only: train, measure (the saved checkpoint), or all",
+    )
     args = parser.parse_args(argv)
     if args.name == "ablation":
         ablation(quick=args.quick, seed=args.seed, steps=args.steps)
         return
-    info = RECIPES[args.name](args.out, quick=args.quick, seed=args.seed)
-    print(f"wrote {info['file']} ({info['bytes'] / 1e6:.2f} MB, sha256 {info['sha256'][:12]}...)")
+    kwargs = {"stage": args.stage} if args.name == "shapes-ddpm" else {}
+    info = RECIPES[args.name](args.out, quick=args.quick, seed=args.seed, **kwargs)
+    print(
+        f"wrote {info['file']} ({info['bytes'] / 1e6:.2f} MB, sha256 {info['sha256'][:12]}...)"
+    )
 
 
 if __name__ == "__main__":

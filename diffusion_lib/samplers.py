@@ -1,17 +1,22 @@
-"""Reverse-process samplers: DDPM ancestral sampling, DDIM, and classifier-free guidance.
+"""Reverse-process samplers: DDPM ancestral sampling, DDIM, classifier-free guidance.
 
 Implements
-  * the DDPM ancestral step (Ho et al. 2020, Algorithm 2 and Eq. 6-7, 11), generalised to
-    skip from t to any earlier t_prev (as in diffusers' DDPMScheduler with few steps);
+  * the DDPM ancestral step (Ho et al. 2020, Algorithm 2 and Eq. 6-7, 11), generalised
+    to skip from t to any earlier t_prev (as diffusers' DDPMScheduler with few steps);
   * the DDIM step (Song, Meng & Ermon 2021, Eq. 12 and 16) with stochasticity eta:
     eta = 0 is deterministic, eta = 1 has the DDPM posterior variance;
   * classifier-free guidance (Ho & Salimans 2022, Eq. 6):
-    eps_guided = eps_uncond + w (eps_cond - eps_uncond);
-  * `sample`, the loop that ties them together, with `generator=` and an optional trajectory.
+    eps_guided = eps_uncond + w (eps_cond - eps_uncond). The paper writes
+    (1 + w_paper) eps_cond - w_paper eps_uncond, the same formula with w = 1 + w_paper
+    (so our w = 1 is plain conditional sampling, the paper's w = 0);
+  * `sample`, the loop that ties them together, with `generator=` and an optional
+    trajectory.
 
-Legend (see schedules.py): a_t = alpha_bar_t, a_prev = alpha_bar_{t_prev} (1 when t_prev < 0),
-x0_hat = predicted x_0, eps_hat = predicted noise. t is an integer index, 0 = first noising step.
+Legend (see schedules.py): a_t = alpha_bar_t, a_prev = alpha_bar_{t_prev} (1 when
+t_prev < 0), x0_hat = predicted x_0, eps_hat = predicted noise. t is an integer index,
+0 = first noising step.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,10 +30,15 @@ SPACINGS = ("trailing", "leading", "linspace")
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
 
 
-def randn(shape, generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Standard normal noise drawn on the generator's device (so seeds agree across devices), moved to `device`."""
+def randn(
+    shape, generator: torch.Generator | None = None, device=None, dtype=torch.float32
+) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device (so seeds agree across
+    devices), then moved to `device`."""
     gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(
+        device
+    )
 
 
 def _alpha_bars(schedule: NoiseSchedule, t: int, t_prev: int):
@@ -39,52 +49,96 @@ def _alpha_bars(schedule: NoiseSchedule, t: int, t_prev: int):
 
 def _x0_eps(schedule, model_output, t, x_t, prediction_type, clip_sample, clip_range):
     t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-    x0_hat, eps_hat = model_output_to_x0_eps(schedule, model_output, x_t, t_batch, prediction_type)
-    if clip_sample:  # clip x_0 and keep eps consistent with it (improved-diffusion; diffusers' use_clipped_model_output)
+    x0_hat, eps_hat = model_output_to_x0_eps(
+        schedule, model_output, x_t, t_batch, prediction_type
+    )
+    if clip_sample:
+        # clip x_0 and keep eps consistent with it (improved-diffusion; diffusers'
+        # use_clipped_model_output)
         x0_hat = x0_hat.clamp(-clip_range, clip_range)
         eps_hat = predict_eps_from_x0(schedule, x_t, t_batch, x0_hat)
     return x0_hat, eps_hat
 
 
-def ddpm_step(schedule: NoiseSchedule, model_output: torch.Tensor, t: int, x_t: torch.Tensor,
-              t_prev: int | None = None, prediction_type: str = "eps", variance_type: str = "fixed_small",
-              clip_sample: bool = True, clip_range: float = 1.0, noise: torch.Tensor | None = None,
-              generator: torch.Generator | None = None) -> torch.Tensor:
-    """One ancestral step x_t -> x_{t_prev} ~ p(x_{t_prev} | x_t). x_t, model_output: [B, C, H, W]."""
+def ddpm_step(
+    schedule: NoiseSchedule,
+    model_output: torch.Tensor,
+    t: int,
+    x_t: torch.Tensor,
+    t_prev: int | None = None,
+    prediction_type: str = "eps",
+    variance_type: str = "fixed_small",
+    clip_sample: bool = True,
+    clip_range: float = 1.0,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One ancestral step x_t -> x_{t_prev} ~ p(x_{t_prev} | x_t).
+
+    x_t, model_output: [B, C, H, W]."""
     if variance_type not in VARIANCE_TYPES:
-        raise ValueError(f"unknown variance_type {variance_type!r}; expected one of {VARIANCE_TYPES}")
+        raise ValueError(
+            f"unknown variance_type {variance_type!r}; expected one of {VARIANCE_TYPES}"
+        )
     t_prev = t - 1 if t_prev is None else t_prev
     a_t, a_prev = _alpha_bars(schedule, t, t_prev)
-    beta_t = 1 - a_t / a_prev  # the beta of the (possibly skipping) step; = betas[t] when t_prev = t - 1
+    # the beta of the (possibly skipping) step; = betas[t] when t_prev = t - 1
+    beta_t = 1 - a_t / a_prev
     # 1. predict x_0 from the network output (Eq. 15 for eps-prediction)
-    x0_hat, _ = _x0_eps(schedule, model_output, t, x_t, prediction_type, clip_sample, clip_range)
+    x0_hat, _ = _x0_eps(
+        schedule, model_output, t, x_t, prediction_type, clip_sample, clip_range
+    )
     # 2. posterior mean mu_tilde(x_t, x0_hat) (Eq. 7)
     coef1 = a_prev**0.5 * beta_t / (1 - a_t)
     coef2 = (1 - beta_t) ** 0.5 * (1 - a_prev) / (1 - a_t)
     mean = coef1 * x0_hat + coef2 * x_t
     if t == 0 or t_prev < 0:
         return mean  # the last step returns the mean, no noise
-    # 3. variance: beta_tilde_t (posterior, "fixed_small") or beta_t ("fixed_large") (Sec. 3.2)
-    variance = max((1 - a_prev) / (1 - a_t) * beta_t, 1e-20) if variance_type == "fixed_small" else beta_t
+    # 3. variance: beta_tilde_t (posterior, "fixed_small") or beta_t ("fixed_large")
+    #    (Sec. 3.2)
+    variance = (
+        max((1 - a_prev) / (1 - a_t) * beta_t, 1e-20)
+        if variance_type == "fixed_small"
+        else beta_t
+    )
     # 4. x_{t-1} = mu + sigma z
     if noise is None:
         noise = randn(x_t.shape, generator, x_t.device, x_t.dtype)
     return mean + variance**0.5 * noise
 
 
-def ddim_step(schedule: NoiseSchedule, model_output: torch.Tensor, t: int, t_prev: int, x_t: torch.Tensor,
-              eta: float = 0.0, prediction_type: str = "eps", clip_sample: bool = False, clip_range: float = 1.0,
-              noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One DDIM step x_t -> x_{t_prev} (t_prev = -1 means "to clean data"). x_t, model_output: [B, C, H, W]."""
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+def ddim_step(
+    schedule: NoiseSchedule,
+    model_output: torch.Tensor,
+    t: int,
+    t_prev: int,
+    x_t: torch.Tensor,
+    eta: float = 0.0,
+    prediction_type: str = "eps",
+    clip_sample: bool = False,
+    clip_range: float = 1.0,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One DDIM step x_t -> x_{t_prev} (t_prev = -1 means "to clean data").
+
+    x_t, model_output: [B, C, H, W]."""
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(
+            f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM's variance), got "
+            f"{eta}; with eta > 1 the variance 1 - a_prev - sigma^2 of the direction "
+            "term would be negative"
+        )
     a_t, a_prev = _alpha_bars(schedule, t, t_prev)
     # 1. predict x_0 and eps from the network output
-    x0_hat, eps_hat = _x0_eps(schedule, model_output, t, x_t, prediction_type, clip_sample, clip_range)
+    x0_hat, eps_hat = _x0_eps(
+        schedule, model_output, t, x_t, prediction_type, clip_sample, clip_range
+    )
     # 2. sigma_t(eta) (Eq. 16)
     sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
     # 3. "direction pointing to x_t" (Eq. 12, middle term)
-    direction = (1 - a_prev - sigma**2) ** 0.5 * eps_hat
+    #    (>= 0 for eta <= 1; max() guards against rounding to -1e-17: complex root)
+    direction = max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps_hat
     # 4. x_{t-1} = sqrt(a_prev) x0_hat + direction + sigma z  (Eq. 12)
     x_prev = a_prev**0.5 * x0_hat + direction
     if sigma > 0:
@@ -94,14 +148,18 @@ def ddim_step(schedule: NoiseSchedule, model_output: torch.Tensor, t: int, t_pre
     return x_prev
 
 
-def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "trailing") -> list[int]:
+def make_timesteps(
+    num_train_timesteps: int, num_steps: int, spacing: str = "trailing"
+) -> list[int]:
     """The descending timesteps a sampler visits.
 
-    "trailing" starts at T-1 (Lin et al. 2024 recommend it), "leading" is diffusers' DDIM default
-    (0, k, 2k, ... reversed), "linspace" rounds an even grid from T-1 to 0.
+    "trailing" starts at T-1 (Lin et al. 2024 recommend it), "leading" is diffusers'
+    DDIM default (0, k, 2k, ... reversed), "linspace" rounds an even grid from T-1 to 0.
     """
     if not 1 <= num_steps <= num_train_timesteps:
-        raise ValueError(f"num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
+        raise ValueError(
+            f"num_steps must be in [1, {num_train_timesteps}], got {num_steps}"
+        )
     if spacing == "trailing":
         ratio = num_train_timesteps / num_steps
         steps = [round(num_train_timesteps - i * ratio) - 1 for i in range(num_steps)]
@@ -109,7 +167,12 @@ def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "tra
         ratio = num_train_timesteps // num_steps
         steps = [i * ratio for i in range(num_steps)][::-1]
     elif spacing == "linspace":
-        steps = torch.linspace(num_train_timesteps - 1, 0, num_steps).round().long().tolist()
+        steps = (
+            torch.linspace(num_train_timesteps - 1, 0, num_steps)
+            .round()
+            .long()
+            .tolist()
+        )
     else:
         raise ValueError(f"unknown spacing {spacing!r}; expected one of {SPACINGS}")
     return steps
@@ -117,42 +180,84 @@ def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "tra
 
 def _concat_kwargs(a: dict, b: dict) -> dict:
     if a.keys() != b.keys():
-        raise ValueError(f"conditional and unconditional kwargs need the same keys, got {sorted(a)} and {sorted(b)}")
+        raise ValueError(
+            "conditional and unconditional kwargs need the same keys, got "
+            f"{sorted(a)} and {sorted(b)}"
+        )
     return {k: torch.cat([a[k], b[k]]) if torch.is_tensor(a[k]) else a[k] for k in a}
 
 
-def cfg_combine(out_cond: torch.Tensor, out_uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    """Classifier-free guidance (Ho & Salimans 2022, Eq. 6): out_uncond + w (out_cond - out_uncond)."""
+def cfg_combine(
+    out_cond: torch.Tensor, out_uncond: torch.Tensor, guidance_scale: float
+) -> torch.Tensor:
+    """Classifier-free guidance: out_uncond + w (out_cond - out_uncond).
+
+    This is Ho & Salimans (2022), Eq. 6, (1 + w_paper) out_cond - w_paper out_uncond,
+    with w = 1 + w_paper.
+    """
     return out_uncond + guidance_scale * (out_cond - out_uncond)
 
 
-def guided_model_output(model, x_t: torch.Tensor, t: torch.Tensor, model_kwargs: dict | None = None,
-                        uncond_kwargs: dict | None = None, guidance_scale: float = 1.0) -> torch.Tensor:
-    """Classifier-free guidance: out_uncond + w (out_cond - out_uncond), in one batched forward pass.
+def guided_model_output(
+    model,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    model_kwargs: dict | None = None,
+    uncond_kwargs: dict | None = None,
+    guidance_scale: float = 1.0,
+) -> torch.Tensor:
+    """Classifier-free guidance: out_uncond + w (out_cond - out_uncond), in one batched
+    forward pass.
 
-    w = 1 is plain conditional sampling, w = 0 unconditional, w > 1 trades diversity for fidelity.
+    w = 1 is plain conditional sampling, w = 0 unconditional, w > 1 trades diversity for
+    fidelity. Our w is 1 + the w of Ho & Salimans (2022), Eq. 6 (see `cfg_combine`).
     """
     model_kwargs = model_kwargs or {}
     if uncond_kwargs is None or guidance_scale == 1.0:
         return model(x_t, t, **model_kwargs)
-    both = model(torch.cat([x_t, x_t]), torch.cat([t, t]), **_concat_kwargs(model_kwargs, uncond_kwargs))
+    both = model(
+        torch.cat([x_t, x_t]),
+        torch.cat([t, t]),
+        **_concat_kwargs(model_kwargs, uncond_kwargs),
+    )
     return cfg_combine(*both.chunk(2), guidance_scale)
 
 
 @torch.no_grad()
-def sample(model, schedule: NoiseSchedule, shape, *, sampler: str = "ddim", num_steps: int = 50,
-           eta: float = 0.0, model_kwargs: dict | None = None, uncond_kwargs: dict | None = None,
-           guidance_scale: float = 1.0, prediction_type: str = "eps", clip_sample: bool = True,
-           spacing: str = "trailing", variance_type: str = "fixed_small", generator: torch.Generator | None = None,
-           device=None, x_T: torch.Tensor | None = None, return_trajectory: bool = False, progress: bool = False):
+def sample(
+    model,
+    schedule: NoiseSchedule,
+    shape,
+    *,
+    sampler: str = "ddim",
+    num_steps: int = 50,
+    eta: float = 0.0,
+    model_kwargs: dict | None = None,
+    uncond_kwargs: dict | None = None,
+    guidance_scale: float = 1.0,
+    prediction_type: str = "eps",
+    clip_sample: bool = True,
+    spacing: str = "trailing",
+    variance_type: str = "fixed_small",
+    generator: torch.Generator | None = None,
+    device=None,
+    x_T: torch.Tensor | None = None,
+    return_trajectory: bool = False,
+    progress: bool = False,
+):
     """Generate samples by running the reverse process from pure noise x_T ~ N(0, I).
 
-    shape: (B, C, H, W). Returns x_0 [B, C, H, W], or (x_0, trajectory) where trajectory is the list
-    of x_t (on the CPU) after each step, starting with x_T.
+    shape: (B, C, H, W). Returns x_0 [B, C, H, W], or (x_0, trajectory) where trajectory
+    is the list of x_t (on the CPU) after each step, starting with x_T.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
     check_prediction_type(prediction_type)
+    if x_T is not None and tuple(x_T.shape) != tuple(shape):
+        raise ValueError(
+            f"x_T has shape {tuple(x_T.shape)} but shape is {tuple(shape)}: "
+            "pass x_T of exactly `shape` (B, C, H, W)"
+        )
     device = device if device is not None else next(model.parameters()).device
     x = x_T.to(device) if x_T is not None else randn(tuple(shape), generator, device)
     steps = make_timesteps(schedule.num_timesteps, num_steps, spacing)
@@ -160,11 +265,33 @@ def sample(model, schedule: NoiseSchedule, shape, *, sampler: str = "ddim", num_
     for i, t in enumerate(tqdm(steps, disable=not progress, desc=sampler)):
         t_prev = steps[i + 1] if i + 1 < len(steps) else -1
         t_batch = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
-        out = guided_model_output(model, x, t_batch, model_kwargs, uncond_kwargs, guidance_scale)
+        out = guided_model_output(
+            model, x, t_batch, model_kwargs, uncond_kwargs, guidance_scale
+        )
         if sampler == "ddpm":
-            x = ddpm_step(schedule, out, t, x, t_prev, prediction_type, variance_type, clip_sample, generator=generator)
+            x = ddpm_step(
+                schedule,
+                out,
+                t,
+                x,
+                t_prev,
+                prediction_type,
+                variance_type,
+                clip_sample,
+                generator=generator,
+            )
         else:
-            x = ddim_step(schedule, out, t, t_prev, x, eta, prediction_type, clip_sample, generator=generator)
+            x = ddim_step(
+                schedule,
+                out,
+                t,
+                t_prev,
+                x,
+                eta,
+                prediction_type,
+                clip_sample,
+                generator=generator,
+            )
         if return_trajectory:
             trajectory.append(x.cpu())
     return (x, trajectory) if return_trajectory else x

@@ -1,11 +1,15 @@
-"""The one set-up call every chapter starts with: picks the run mode, seeds, device and plotting.
+"""The one set-up call every chapter starts with: picks the run mode, seeds, device and
+plotting.
 
 Run modes (see the book's "How to use" page):
-  quick  set by the test command (DIFFUSION_MODE=quick): tiny data, a handful of steps; proves every
-         cell runs. The network is blocked inside the kernel, so a notebook cannot download anything.
-  cpu    the default without CUDA: short training demonstrations, then the shipped checkpoints.
+  quick  set by the test command (DIFFUSION_MODE=quick): tiny data, a handful of steps;
+         proves every cell runs. The network is blocked inside the kernel, so a notebook
+         cannot download anything.
+  cpu    the default without CUDA: short training demonstrations, then the shipped
+         checkpoints.
   gpu    the default with CUDA (Colab): trains the chapter's models from scratch.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,22 +36,30 @@ class RunMode:
 
     @property
     def train_from_scratch(self) -> bool:
-        """True on a GPU: the chapter trains its models fully instead of loading the shipped checkpoints."""
+        """True on a GPU: the chapter trains its models fully instead of loading the
+        shipped checkpoints."""
         return self.mode == "gpu"
 
     def pick(self, quick, cpu, gpu=None):
         """The value for the current mode: cfg.pick(quick=20, cpu=500, gpu=8000)."""
-        return {"quick": quick, "cpu": cpu, "gpu": cpu if gpu is None else gpu}[self.mode]
+        return {"quick": quick, "cpu": cpu, "gpu": cpu if gpu is None else gpu}[
+            self.mode
+        ]
 
     def generator(self, offset: int = 0) -> torch.Generator:
-        """A CPU generator seeded from the chapter seed (CPU so that results agree across devices)."""
+        """A CPU generator seeded from the chapter seed (CPU so that results agree
+        across devices)."""
         return torch.Generator().manual_seed(self.seed + offset)
 
 
 def _block_network() -> None:
-    """Make any Internet connection from this process fail loudly (quick mode / tests run offline)."""
+    """Make any Internet connection from this process fail loudly (quick mode / tests
+    run offline)."""
+
     def refuse(*args, **kwargs):
-        raise RuntimeError("network access is disabled in quick mode (the tests run offline)")
+        raise RuntimeError(
+            "network access is disabled in quick mode (the tests run offline)"
+        )
 
     real_connect = socket.socket.connect
 
@@ -67,12 +79,23 @@ def seed_everything(seed: int) -> None:
 
 
 def setup(seed: int = 0, mode: str | None = None, verbose: bool = True) -> RunMode:
-    """Pick the run mode (argument, else $DIFFUSION_MODE, else gpu if CUDA else cpu), seed, and style plots."""
-    mode = mode or os.environ.get(MODE_VARIABLE) or ("gpu" if torch.cuda.is_available() else "cpu")
+    """Pick the run mode (argument, else $DIFFUSION_MODE, else gpu if CUDA else cpu),
+    seed, and style plots."""
+    mode = (
+        mode
+        or os.environ.get(MODE_VARIABLE)
+        or ("gpu" if torch.cuda.is_available() else "cpu")
+    )
     if mode not in MODES:
-        raise ValueError(f"unknown run mode {mode!r} (from ${MODE_VARIABLE} or the argument); expected one of {MODES}")
+        raise ValueError(
+            f"unknown run mode {mode!r} (from ${MODE_VARIABLE} or the argument); "
+            f"expected one of {MODES}"
+        )
     if mode == "gpu" and not torch.cuda.is_available():
-        raise ValueError("gpu mode needs CUDA; in Colab choose Runtime > Change runtime type > GPU, or use mode='cpu'")
+        raise ValueError(
+            "gpu mode needs CUDA; in Colab choose Runtime > Change runtime type > GPU, "
+            "or use mode='cpu'"
+        )
     device = torch.device("cuda" if mode == "gpu" else "cpu")
     if mode == "quick":
         _block_network()
@@ -80,9 +103,14 @@ def setup(seed: int = 0, mode: str | None = None, verbose: bool = True) -> RunMo
     try:
         import matplotlib.pyplot as plt
 
-        plt.rcParams.update({"figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False})
+        plt.rcParams.update(
+            {"figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False}
+        )
     except ImportError:
         pass
     if verbose:
-        print(f"run mode: {mode} | device: {device} | torch {torch.__version__} | seed {seed}")
+        print(
+            f"run mode: {mode} | device: {device} | torch {torch.__version__} | "
+            f"seed {seed}"
+        )
     return RunMode(mode, device, seed)

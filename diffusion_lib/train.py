@@ -1,12 +1,16 @@
 """A plain training loop for diffusion models, with EMA, and safetensors checkpoints.
 
-  * `EMA`: an exponential moving average of the weights (used for sampling since DDPM, Ho et al.
-    2020, App. B), with the warm-up of Karras et al.'s / diffusers' EMAModel: decay_k = min(decay, (1+k)/(10+k)).
-  * `train_diffusion`: draw a batch, drop the condition with probability p_uncond (for classifier-free
-    guidance, Ho & Salimans 2022, Alg. 1), compute the loss, step AdamW with warm-up + cosine decay,
-    update the EMA. The loop is written out, not hidden in callbacks.
-  * `save_checkpoint` / `load_checkpoint`: weights as safetensors plus a JSON manifest with sha256.
+* `EMA`: an exponential moving average of the weights (used for sampling since DDPM,
+  Ho et al. 2020, App. B), with the warm-up of Karras et al.'s / diffusers' EMAModel:
+  decay_k = min(decay, (1+k)/(10+k)).
+* `train_diffusion`: draw a batch, drop the condition with probability p_uncond (for
+  classifier-free guidance, Ho & Salimans 2022, Alg. 1), compute the loss, step AdamW
+  with warm-up + cosine decay, update the EMA. The loop is written out, not hidden in
+  callbacks.
+* `save_checkpoint` / `load_checkpoint`: weights as safetensors plus a JSON manifest
+  with sha256.
 """
+
 from __future__ import annotations
 
 import copy
@@ -14,7 +18,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,7 +30,8 @@ from .schedules import NoiseSchedule
 
 
 class EMA:
-    """Keeps `self.model`, a copy of the network whose weights are an exponential moving average."""
+    """Keeps `self.model`, a copy of the network whose weights are an exponential moving
+    average."""
 
     def __init__(self, model: torch.nn.Module, decay: float = 0.999):
         if not 0.0 <= decay < 1.0:
@@ -61,7 +66,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    p_uncond: float = 0.1          # probability of replacing the labels by "null" (CFG training)
+    p_uncond: float = 0.1  # probability of replacing the labels by "null" (CFG)
     prediction_type: str = "eps"
     loss_weighting: str = "none"
     seed: int = 0
@@ -74,26 +79,43 @@ class TrainResult:
     ema: EMA | None = None
 
 
-def drop_labels(labels: torch.Tensor, null: torch.Tensor, p: float, generator: torch.Generator | None = None,
-                u: torch.Tensor | None = None) -> torch.Tensor:
-    """Replace each row of labels [B, K] by the null row with probability p: row i is dropped when u[i] < p,
-    with u [B] ~ U(0, 1) drawn from `generator` unless given."""
+def drop_labels(
+    labels: torch.Tensor,
+    null: torch.Tensor,
+    p: float,
+    generator: torch.Generator | None = None,
+    u: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Replace each row of labels [B, K] by the null row with probability p: row i is
+    dropped when u[i] < p, with u [B] ~ U(0, 1) drawn from `generator` unless given."""
     if u is None:
         u = torch.rand(labels.shape[0], generator=generator, device=labels.device)
     return torch.where((u >= p)[:, None], labels, null)
 
 
-def train_diffusion(model, schedule: NoiseSchedule, images: torch.Tensor, labels: torch.Tensor | None = None,
-                    config: TrainConfig = None, progress: bool = True, callback=None, callback_every: int = 0) -> TrainResult:
-    """Train `model` (a UNet) on images [N, C, H, W] in [-1, 1] (with optional labels [N, K]).
+def train_diffusion(
+    model,
+    schedule: NoiseSchedule,
+    images: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    config: TrainConfig = None,
+    progress: bool = True,
+    callback=None,
+    callback_every: int = 0,
+) -> TrainResult:
+    """Train `model` (a UNet) on images [N, C, H, W] in [-1, 1] (with optional labels
+    [N, K]).
 
-    callback(step, ema_model) is called every `callback_every` steps (e.g. to measure FID during training).
+    callback(step, ema_model) is called every `callback_every` steps (e.g. to measure
+    FID during training).
     Returns the per-step losses, the wall-clock seconds and the EMA of the weights.
     """
     cfg = config or TrainConfig()
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     ema, result, start = EMA(model, cfg.ema_decay), TrainResult(), time.perf_counter()
     model.train()
     for step in (bar := tqdm(range(cfg.steps), disable=not progress, desc="train")):
@@ -102,11 +124,20 @@ def train_diffusion(model, schedule: NoiseSchedule, images: torch.Tensor, labels
         kwargs = {}
         if labels is not None:
             null = model.null_labels(cfg.batch_size)
-            kwargs["labels"] = drop_labels(labels[idx], null, cfg.p_uncond, gen).to(device)
+            kwargs["labels"] = drop_labels(labels[idx], null, cfg.p_uncond, gen).to(
+                device
+            )
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
-        loss = diffusion_loss(model, schedule, x0, kwargs, cfg.prediction_type, cfg.loss_weighting,
-                              generator=gen if device.type == "cpu" else None)
+        loss = diffusion_loss(
+            model,
+            schedule,
+            x0,
+            kwargs,
+            cfg.prediction_type,
+            cfg.loss_weighting,
+            generator=gen if device.type == "cpu" else None,
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -114,7 +145,9 @@ def train_diffusion(model, schedule: NoiseSchedule, images: torch.Tensor, labels
         ema.update(model)
         result.losses.append(loss.item())
         if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(result.losses[-50:]) / len(result.losses[-50:]):.4f}")
+            bar.set_postfix(
+                loss=f"{sum(result.losses[-50:]) / len(result.losses[-50:]):.4f}"
+            )
         if callback is not None and callback_every and (step + 1) % callback_every == 0:
             callback(step + 1, ema.model)
     result.seconds, result.ema = time.perf_counter() - start, ema
@@ -130,31 +163,82 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, manifest: dict, dtype=torch.float16) -> dict:
-    """Write `path` (.safetensors, weights cast to `dtype`) and `path` with .json (the manifest + sha256)."""
+def save_checkpoint(
+    path: str | Path, model: torch.nn.Module, manifest: dict, dtype=torch.float16
+) -> dict:
+    """Write `path` (.safetensors, weights cast to `dtype`) and `path` with .json (the
+    manifest + sha256)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"checkpoint path must end in .safetensors, got {path.name}")
-    state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach()
+        .to("cpu", dtype if v.is_floating_point() else v.dtype)
+        .contiguous()
+        for k, v in model.state_dict().items()
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
-    manifest = {**manifest, "file": path.name, "dtype": str(dtype).replace("torch.", ""),
-                "bytes": path.stat().st_size, "sha256": sha256_file(path)}
-    path.with_suffix(".json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    manifest = {
+        **manifest,
+        "file": path.name,
+        "dtype": str(dtype).replace("torch.", ""),
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+    }
+    path.with_suffix(".json").write_text(
+        json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    )
     return manifest
 
 
-def load_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict, dict]:
-    """Read (state_dict in float32, manifest) from `path`, checking the sha256 in its manifest."""
+def rebuild_command(recipe: str | None) -> str:
+    """The command that rebuilds a checkpoint, for error messages."""
+    return f"python -m diffusion_lib.recipes {recipe or 'NAME'}"
+
+
+def read_manifest(path: str | Path, recipe: str | None = None) -> dict:
+    """The JSON manifest at `path`; FileNotFoundError / ValueError with the command that
+    rebuilds it when it is missing, not valid JSON, or has no sha256."""
     path = Path(path)
+    hint = f"rebuild it with `{rebuild_command(recipe)}`"
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint manifest {path} is missing; {hint}")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"checkpoint manifest {path} is not valid JSON ({err}); {hint}"
+        ) from err
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("sha256"), str):
+        raise ValueError(
+            f"checkpoint manifest {path} has no sha256 (it must be a JSON object with "
+            f'a "sha256" string, as save_checkpoint writes); {hint}'
+        )
+    return manifest
+
+
+def load_checkpoint(
+    path: str | Path, verify: bool = True, recipe: str | None = None
+) -> tuple[dict, dict]:
+    """Read (state_dict in float32, manifest) from `path`, checking the sha256 in its
+    manifest. `recipe` names the recipe that rebuilds the file, for error messages."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"checkpoint file {path} is missing; rebuild it with "
+            f"`{rebuild_command(recipe)}`"
+        )
     manifest_path = path.with_suffix(".json")
-    for p in (path, manifest_path):
-        if not p.exists():
-            raise FileNotFoundError(f"checkpoint file {p} is missing; rebuild it with `python -m diffusion_lib.recipes`")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(manifest_path, recipe)
+    recipe = recipe or manifest.get("recipe")
     if verify and sha256_file(path) != manifest["sha256"]:
-        raise ValueError(f"checkpoint {path} is corrupt: its sha256 does not match {manifest_path.name}; "
-                         "rebuild it with `python -m diffusion_lib.recipes`")
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+        raise ValueError(
+            f"checkpoint {path} is corrupt: its sha256 does not match "
+            f"{manifest_path.name}; rebuild it with `{rebuild_command(recipe)}`"
+        )
+    state = {
+        k: v.float() if v.is_floating_point() else v
+        for k, v in load_file(str(path)).items()
+    }
     return state, manifest

@@ -2,32 +2,42 @@
 
 Structure follows Ho et al. (2020), Appendix B, and Rombach et al. (2022), Sec. 3.3:
   * sinusoidal timestep embedding (Vaswani et al. 2017, Sec. 3.5) -> MLP;
-  * ResBlocks (GroupNorm -> SiLU -> Conv) with the time embedding added between the convolutions;
-  * self-attention at low resolutions, and optional cross-attention to a context sequence
-    (text tokens); projections are named `to_q`, `to_k`, `to_v`, `to_out` as in diffusers,
-    so peft's LoRA can target them;
-  * optional vector conditioning: one learned embedding per label attribute, each with an extra
-    "null" index used for classifier-free guidance, added to the time embedding.
+  * ResBlocks (GroupNorm -> SiLU -> Conv) with the time embedding added between the
+    convolutions;
+  * self-attention at low resolutions, and optional cross-attention to a context
+    sequence (text tokens); projections are named `to_q`, `to_k`, `to_v`, `to_out.0` as
+    in diffusers (`to_out` = [projection, dropout]), so peft's LoRA can target them;
+  * optional vector conditioning: one learned embedding per label attribute, each with
+    an extra "null" index used for classifier-free guidance, added to the time
+    embedding.
 
 Shapes: x: [B, C, H, W]; t: [B] integer timesteps; labels: [B, K] (K label attributes);
 context: [B, L, context_dim].
 """
+
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of integer timesteps t: [B] -> [B, dim] (cos half, then sin half)."""
+def timestep_embedding(
+    t: torch.Tensor, dim: int, max_period: float = 10000.0
+) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps t: [B] -> [B, dim] (cos half, then sin
+    half)."""
     if dim % 2:
         raise ValueError(f"embedding dim must be even, got {dim}")
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    freqs = torch.exp(
+        -math.log(max_period)
+        * torch.arange(half, device=t.device, dtype=torch.float32)
+        / half
+    )
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -37,11 +47,22 @@ def _norm(channels: int, groups: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    """Two 3x3 convolutions with the embedding added in between, and a residual connection."""
+    """Two 3x3 convolutions with the embedding added in between, and a residual
+    connection."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0, groups: int = 8):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        emb_dim: int,
+        dropout: float = 0.0,
+        groups: int = 8,
+    ):
         super().__init__()
-        self.norm1, self.conv1 = _norm(in_ch, groups), nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.norm1, self.conv1 = (
+            _norm(in_ch, groups),
+            nn.Conv2d(in_ch, out_ch, 3, padding=1),
+        )
         self.emb_proj = nn.Linear(emb_dim, out_ch)
         self.norm2, self.dropout = _norm(out_ch, groups), nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
@@ -57,53 +78,95 @@ class ResBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention; self-attention when context is None, cross-attention otherwise.
+    """Multi-head attention; self-attention when context is None, cross-attention
+    otherwise.
 
     x: [B, N, query_dim], context: [B, L, context_dim] -> [B, N, query_dim].
     """
 
-    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 4, dim_head: int = 32):
+    def __init__(
+        self,
+        query_dim: int,
+        context_dim: int | None = None,
+        heads: int = 4,
+        dim_head: int = 32,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
         self.to_q = nn.Linear(query_dim, inner, bias=False)
         self.to_k = nn.Linear(context_dim or query_dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
-        self.to_out = nn.Linear(inner, query_dim)
+        # (projection, dropout) as in diffusers, so that the usual LoRA target
+        # "to_out.0" names the output projection (with a plain Linear it names
+        # nothing, and peft silently leaves the projection out)
+        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim), nn.Dropout(dropout)])
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before to_out became a ModuleList (e.g. the shipped
+        # shapes-ddpm) store the projection as "to_out.weight" / "to_out.bias":
+        # rename them to "to_out.0.*" so that old state dicts still load.
+        for name in ("weight", "bias"):
+            old = f"{prefix}to_out.{name}"
+            if old in state_dict:
+                state_dict[f"{prefix}to_out.0.{name}"] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         context = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
-        split = lambda z: z.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, heads, N, dim_head]
+        # [B, N, heads * dim_head] -> [B, heads, N, dim_head]
+        split = lambda z: z.unflatten(-1, (self.heads, -1)).transpose(1, 2)
         out = F.scaled_dot_product_attention(split(q), split(k), split(v))
-        return self.to_out(out.transpose(1, 2).flatten(2))
+        out = out.transpose(1, 2).flatten(2)  # [B, N, heads * dim_head]
+        projection, dropout = self.to_out
+        return dropout(projection(out))
 
 
 class AttentionBlock(nn.Module):
-    """GroupNorm, then self-attention (and cross-attention when context_dim is set) over the H*W positions."""
+    """GroupNorm, then self-attention (and cross-attention when context_dim is set) over
+    the H*W positions."""
 
-    def __init__(self, channels: int, context_dim: int | None = None, heads: int = 4, groups: int = 8):
+    def __init__(
+        self,
+        channels: int,
+        context_dim: int | None = None,
+        heads: int = 4,
+        groups: int = 8,
+    ):
         super().__init__()
         self.norm = _norm(channels, groups)
         self.attn1 = Attention(channels, None, heads, channels // heads)
         self.norm_cross = nn.LayerNorm(channels) if context_dim else None
-        self.attn2 = Attention(channels, context_dim, heads, channels // heads) if context_dim else None
+        self.attn2 = (
+            Attention(channels, context_dim, heads, channels // heads)
+            if context_dim
+            else None
+        )
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, H*W, C]
         delta = self.attn1(tokens)
         if self.attn2 is not None:
             if context is None:
-                raise ValueError("this block has cross-attention: pass context [B, L, context_dim]")
+                raise ValueError(
+                    "this block has cross-attention: pass context [B, L, context_dim]"
+                )
             delta = delta + self.attn2(self.norm_cross(tokens + delta), context)
         return x + delta.transpose(1, 2).reshape(b, c, h, w)
 
 
 @dataclass
 class UNetConfig:
-    """Hyper-parameters of `UNet`. channel_mults[i] scales base_channels at resolution level i;
-    attention_levels lists the levels (0 = full resolution) that get attention blocks."""
+    """Hyper-parameters of `UNet`. channel_mults[i] scales base_channels at resolution
+    level i; attention_levels lists the levels (0 = full resolution) that get attention
+    blocks."""
 
     in_channels: int = 3
     out_channels: int = 3
@@ -114,15 +177,17 @@ class UNetConfig:
     heads: int = 4
     dropout: float = 0.0
     groups: int = 8
-    label_sizes: tuple = ()          # number of classes for each label attribute, () = unconditional
-    context_dim: int | None = None   # set to enable cross-attention
-    vector_dim: int | None = None    # size of an optional global conditioning vector (e.g. a CLIP embedding)
+    # number of classes for each label attribute, () = unconditional
+    label_sizes: tuple = ()
+    context_dim: int | None = None  # set to enable cross-attention
+    # size of an optional global conditioning vector (e.g. a CLIP embedding)
+    vector_dim: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
+    def from_dict(cls, d: dict) -> UNetConfig:
         d = dict(d)
         for key in ("channel_mults", "attention_levels", "label_sizes"):
             if key in d:
@@ -131,38 +196,63 @@ class UNetConfig:
 
 
 class UNet(nn.Module):
-    """model(x [B, C, H, W], t [B], labels [B, K] | None, context [B, L, D] | None, vector [B, V] | None)."""
+    """model(x [B, C, H, W], t [B], labels [B, K] | None, context [B, L, D] | None,
+    vector [B, V] | None) -> [B, out_channels, H, W]."""
 
     def __init__(self, config: UNetConfig = None):
         super().__init__()
         self.config = cfg = config or UNetConfig()
         if any(lvl >= len(cfg.channel_mults) for lvl in cfg.attention_levels):
-            raise ValueError(f"attention_levels {cfg.attention_levels} must be < {len(cfg.channel_mults)}")
+            raise ValueError(
+                f"attention_levels {cfg.attention_levels} must be < "
+                f"{len(cfg.channel_mults)}"
+            )
         ch, emb_dim = cfg.base_channels, cfg.base_channels * 4
-        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        # one embedding per attribute; index n_classes is the "null" label used for guidance
-        self.label_embs = nn.ModuleList([nn.Embedding(n + 1, emb_dim) for n in cfg.label_sizes])
-        self.vector_proj = nn.Linear(cfg.vector_dim, emb_dim) if cfg.vector_dim else None
+        self.time_mlp = nn.Sequential(
+            nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+        # one embedding per attribute; index n_classes is the "null" label (guidance)
+        self.label_embs = nn.ModuleList(
+            [nn.Embedding(n + 1, emb_dim) for n in cfg.label_sizes]
+        )
+        self.vector_proj = (
+            nn.Linear(cfg.vector_dim, emb_dim) if cfg.vector_dim else None
+        )
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
         self.down, chans = nn.ModuleList(), [ch]
         for level, mult in enumerate(cfg.channel_mults):
             for _ in range(cfg.num_res_blocks):
-                self.down.append(self._block(ch, cfg.base_channels * mult, level, emb_dim))
+                self.down.append(
+                    self._block(ch, cfg.base_channels * mult, level, emb_dim)
+                )
                 ch = cfg.base_channels * mult
                 chans.append(ch)
             if level < len(cfg.channel_mults) - 1:
                 self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
                 chans.append(ch)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.groups),
-                                  AttentionBlock(ch, cfg.context_dim, cfg.heads, cfg.groups),
-                                  ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.groups)])
+        self.mid = nn.ModuleList(
+            [
+                ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.groups),
+                AttentionBlock(ch, cfg.context_dim, cfg.heads, cfg.groups),
+                ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.groups),
+            ]
+        )
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mults))):
             for _ in range(cfg.num_res_blocks + 1):
-                self.up.append(self._block(ch + chans.pop(), cfg.base_channels * mult, level, emb_dim))
+                self.up.append(
+                    self._block(
+                        ch + chans.pop(), cfg.base_channels * mult, level, emb_dim
+                    )
+                )
                 ch = cfg.base_channels * mult
             if level > 0:
-                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)))
+                self.up.append(
+                    nn.Sequential(
+                        nn.Upsample(scale_factor=2, mode="nearest"),
+                        nn.Conv2d(ch, ch, 3, padding=1),
+                    )
+                )
         self.norm_out = _norm(ch, cfg.groups)
         self.conv_out = nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
@@ -173,21 +263,36 @@ class UNet(nn.Module):
         res = ResBlock(in_ch, out_ch, emb_dim, cfg.dropout, cfg.groups)
         if level not in cfg.attention_levels:
             return nn.ModuleList([res])
-        return nn.ModuleList([res, AttentionBlock(out_ch, cfg.context_dim, cfg.heads, cfg.groups)])
+        return nn.ModuleList(
+            [res, AttentionBlock(out_ch, cfg.context_dim, cfg.heads, cfg.groups)]
+        )
 
     def null_labels(self, batch_size: int, device=None) -> torch.Tensor:
-        """The all-"null" label tensor [B, K] used for unconditional (guidance) passes."""
+        """The all-"null" label tensor [B, K] for unconditional (guidance) passes."""
         sizes = torch.tensor(self.config.label_sizes, dtype=torch.long, device=device)
         return sizes.expand(batch_size, -1).clone()
 
+    def _check_labels(self, labels: torch.Tensor, batch: int) -> None:
+        k = len(self.label_embs)
+        if labels.shape != (batch, k):
+            raise ValueError(
+                f"labels must have shape [B, {k}] = [{batch}, {k}], "
+                f"got {tuple(labels.shape)}"
+            )
+        if labels.dtype.is_floating_point or labels.dtype.is_complex:
+            raise ValueError(
+                f"labels must be an integer tensor (torch.long), got {labels.dtype}"
+            )
+
     def embed(self, t, labels=None, vector=None) -> torch.Tensor:
-        """Time embedding plus any label / vector conditioning: [B, 4 * base_channels]."""
+        """Time embedding plus any label / vector conditioning: [B, 4 * base_channels].
+
+        labels: integer [B, K]; labels[:, k] = label_sizes[k] is the null label."""
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
         if self.label_embs:
             if labels is None:
                 labels = self.null_labels(t.shape[0], t.device)
-            if labels.shape != (t.shape[0], len(self.label_embs)):
-                raise ValueError(f"labels must have shape [B, {len(self.label_embs)}], got {tuple(labels.shape)}")
+            self._check_labels(labels, t.shape[0])
             emb = emb + sum(e(labels[:, i]) for i, e in enumerate(self.label_embs))
         if self.vector_proj is not None and vector is not None:
             emb = emb + self.vector_proj(vector)
@@ -200,12 +305,25 @@ class UNet(nn.Module):
 
     def forward(self, x, t, labels=None, context=None, vector=None):
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"x must be [B, {self.config.in_channels}, H, W], got {tuple(x.shape)}")
+            raise ValueError(
+                f"x must be [B, {self.config.in_channels}, H, W], got {tuple(x.shape)}"
+            )
+        # every level but the last halves H and W
+        factor = 2 ** (len(self.config.channel_mults) - 1)
+        if x.shape[2] % factor or x.shape[3] % factor:
+            raise ValueError(
+                f"H and W must be multiples of {factor} (the UNet halves them "
+                f"{len(self.config.channel_mults) - 1} times), got {tuple(x.shape[2:])}"
+            )
         emb = self.embed(t, labels, vector)
         h = self.conv_in(x)
         skips = [h]
         for layer in self.down:
-            h = self._run(layer, h, emb, context) if isinstance(layer, nn.ModuleList) else layer(h)
+            h = (
+                self._run(layer, h, emb, context)
+                if isinstance(layer, nn.ModuleList)
+                else layer(h)
+            )
             skips.append(h)
         h = self._run(self.mid, h, emb, context)
         for layer in self.up:

@@ -1,4 +1,6 @@
-"""Plotting helpers: image grids, schedules, loss curves, denoising trajectories, sliders."""
+"""Plotting helpers: image grids, schedules, loss curves, denoising trajectories,
+sliders."""
+
 from __future__ import annotations
 
 import math
@@ -13,8 +15,11 @@ def to_display(images: torch.Tensor) -> torch.Tensor:
     return ((images.detach().float().cpu() + 1) / 2).clamp(0, 1)
 
 
-def make_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1, pad_value: float = 1.0) -> np.ndarray:
-    """images [B, C, H, W] in [-1, 1] -> one HxWx3 array in [0, 1] (grey images are repeated to RGB)."""
+def make_grid(
+    images: torch.Tensor, nrow: int = 8, pad: int = 1, pad_value: float = 1.0
+) -> np.ndarray:
+    """images [B, C, H, W] in [-1, 1] -> one HxWx3 array in [0, 1] (grey images are
+    repeated to RGB)."""
     if images.ndim != 4:
         raise ValueError(f"images must be [B, C, H, W], got {tuple(images.shape)}")
     x = to_display(images)
@@ -25,16 +30,29 @@ def make_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1, pad_value: floa
     grid = torch.full((c, nrows * (h + pad) + pad, ncol * (w + pad) + pad), pad_value)
     for i in range(b):
         r, k = divmod(i, nrow)
-        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + k * (w + pad): pad + k * (w + pad) + w] = x[i]
+        grid[
+            :,
+            pad + r * (h + pad) : pad + r * (h + pad) + h,
+            pad + k * (w + pad) : pad + k * (w + pad) + w,
+        ] = x[i]
     return grid.permute(1, 2, 0).numpy()
 
 
-def show_images(images: torch.Tensor, nrow: int = 8, title: str | None = None, ax=None, scale: float = 0.6):
-    """Show a grid of images [B, C, H, W] in [-1, 1] with crisp (nearest-neighbour) pixels. Returns the axes."""
+def show_images(
+    images: torch.Tensor,
+    nrow: int = 8,
+    title: str | None = None,
+    ax=None,
+    scale: float = 0.6,
+):
+    """Show a grid of images [B, C, H, W] in [-1, 1] with crisp (nearest-neighbour)
+    pixels. Returns the axes."""
     grid = make_grid(images, nrow)
     if ax is None:
         rows = math.ceil(images.shape[0] / nrow)
-        _, ax = plt.subplots(figsize=(scale * min(nrow, images.shape[0]) + 0.5, scale * rows + 0.5))
+        _, ax = plt.subplots(
+            figsize=(scale * min(nrow, images.shape[0]) + 0.5, scale * rows + 0.5)
+        )
     ax.imshow(grid, interpolation="nearest")
     ax.set_axis_off()
     if title:
@@ -42,7 +60,9 @@ def show_images(images: torch.Tensor, nrow: int = 8, title: str | None = None, a
     return ax
 
 
-def show_row(images: torch.Tensor, titles: list, scale: float = 1.2, suptitle: str | None = None):
+def show_row(
+    images: torch.Tensor, titles: list, scale: float = 1.2, suptitle: str | None = None
+):
     """One image per panel, each with its own title (e.g. one per timestep)."""
     n = images.shape[0]
     fig, axes = plt.subplots(1, n, figsize=(scale * n, scale + 0.5))
@@ -62,37 +82,65 @@ def plot_schedules(schedules: dict, axes=None):
         t = np.arange(s.num_timesteps)
         axes[0].plot(t, s.alphas_cumprod.numpy(), label=name)
         axes[1].plot(t, np.log(s.snr.numpy()), label=name)
-    axes[0].set(xlabel="t", ylabel=r"$\bar\alpha_t$", title=r"signal kept: $\bar\alpha_t$")
-    axes[1].set(xlabel="t", ylabel=r"$\log \mathrm{SNR}(t)$", title=r"$\log(\bar\alpha_t / (1-\bar\alpha_t))$")
+    axes[0].set(
+        xlabel="t", ylabel=r"$\bar\alpha_t$", title=r"signal kept: $\bar\alpha_t$"
+    )
+    axes[1].set(
+        xlabel="t",
+        ylabel=r"$\log \mathrm{SNR}(t)$",
+        title=r"$\log(\bar\alpha_t / (1-\bar\alpha_t))$",
+    )
     axes[0].legend()
     return axes
 
 
-def plot_losses(losses, smooth: int = 50, ax=None, label: str | None = None, log: bool = True):
+def plot_losses(
+    losses, smooth: int = 50, ax=None, label: str | None = None, log: bool = True
+):
     """Raw per-step losses (faint) and their moving average."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.2))
     losses = np.asarray(losses, dtype=float)
     line = ax.plot(losses, alpha=0.25)[0]
     k = max(1, min(smooth, len(losses)))
-    ax.plot(np.arange(k - 1, len(losses)), np.convolve(losses, np.ones(k) / k, mode="valid"), color=line.get_color(), label=label)
+    ax.plot(
+        np.arange(k - 1, len(losses)),
+        np.convolve(losses, np.ones(k) / k, mode="valid"),
+        color=line.get_color(),
+        label=label,
+    )
     ax.set(xlabel="step", ylabel="loss", yscale="log" if log else "linear")
     if label:
         ax.legend()
     return ax
 
 
-def show_trajectory(trajectory: list, num_frames: int = 8, rows: int = 4, scale: float = 0.9):
-    """Frames of a sampling trajectory (list of [B, C, H, W], x_T first): rows = samples, columns = time."""
+def show_trajectory(
+    trajectory: list, num_frames: int = 8, rows: int = 4, scale: float = 0.9
+):
+    """Frames of a sampling trajectory (list of [B, C, H, W], x_T first): rows =
+    samples, columns = time."""
     idx = np.linspace(0, len(trajectory) - 1, num_frames).round().astype(int)
-    frames = torch.stack([trajectory[i][:rows] for i in idx], dim=1)  # [rows, frames, C, H, W]
+    frames = torch.stack(
+        [trajectory[i][:rows] for i in idx], dim=1
+    )  # [rows, frames, C, H, W]
     ax = show_images(frames.flatten(0, 1), nrow=num_frames, scale=scale)
-    ax.set_title(f"reverse process: x_T (left) to x_0 (right), {len(trajectory) - 1} steps")
+    ax.set_title(
+        f"reverse process: x_T (left) to x_0 (right), {len(trajectory) - 1} steps"
+    )
     return ax
 
 
 def slider(fn, values, description: str = "t"):
-    """An ipywidgets slider over `values` calling fn(value) (live notebooks; the book shows static figures)."""
+    """An ipywidgets slider over `values` calling fn(value) (live notebooks; the book
+    shows static figures)."""
     import ipywidgets as widgets
 
-    return widgets.interact(fn, **{description: widgets.SelectionSlider(options=list(values), description=description)})
+    return widgets.interact(
+        fn,
+        **{
+            description: widgets.SelectionSlider(
+                options=list(values), description=description
+            )
+        },
+    )

@@ -1,6 +1,7 @@
-"""The book builds with warnings as errors (broken references, citations and TOC entries fail).
-Notebooks are not executed here: nbval runs them, and `make book` executes them in cpu mode."""
-import shutil
+"""The book builds with warnings as errors (broken references, citations and TOC
+entries fail). Notebooks are not executed here: nbval runs them, and `make book`
+executes them in cpu mode."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,19 @@ def test_book_builds_without_warnings(tmp_path):
     cfg_path = tmp_path / "_config.yml"
     cfg_path.write_text(yaml.safe_dump(config))
     jb = Path(sys.executable).parent / "jupyter-book"
-    cmd = [str(jb), "build", str(ROOT), "--config", str(cfg_path), "--path-output", str(tmp_path / "out"),
-           "--warningiserror", "--nitpick", "--keep-going", "--all"]
+    cmd = [
+        str(jb),
+        "build",
+        str(ROOT),
+        "--config",
+        str(cfg_path),
+        "--path-output",
+        str(tmp_path / "out"),
+        "--warningiserror",
+        "--nitpick",
+        "--keep-going",
+        "--all",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     html = tmp_path / "out" / "_build" / "html"

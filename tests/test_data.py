@@ -12,16 +12,22 @@ def test_shapes_are_deterministic_and_in_range():
     assert not torch.equal(a.images, data.make_shapes(32, 16, seed=6).images)
     assert a.images.shape == (32, 3, 16, 16) and a.labels.shape == (32, 4)
     assert a.images.min() >= -1 and a.images.max() <= 1
-    assert len(data.COLOURS) >= 6 and {"circle", "square", "triangle"} <= set(data.SHAPES)
+    assert len(data.COLOURS) >= 6 and {"circle", "square", "triangle"} <= set(
+        data.SHAPES
+    )
 
 
 def test_held_out_combinations_never_appear_in_training():
     train = data.make_shapes(3000, 16, seed=0, split="train")
     held = data.make_shapes(300, 16, seed=0, split="holdout")
-    pairs = lambda d: {(data.SHAPES[s], tuple(data.COLOURS)[c]) for s, c in d.labels[:, :2].tolist()}
+    pairs = lambda d: {
+        (data.SHAPES[s], tuple(data.COLOURS)[c]) for s, c in d.labels[:, :2].tolist()
+    }
     assert pairs(train).isdisjoint(data.HELD_OUT)
     assert pairs(held) == set(data.HELD_OUT)
-    assert len(pairs(train)) == len(data.SHAPES) * len(data.COLOURS) - len(data.HELD_OUT)
+    assert len(pairs(train)) == len(data.SHAPES) * len(data.COLOURS) - len(
+        data.HELD_OUT
+    )
     with pytest.raises(ValueError, match="expected one of"):
         data.sample_labels(4, split="validation")
 
@@ -31,7 +37,12 @@ def test_captions_round_trip_through_the_parser():
     assert len({c.split()[0] for c in d.captions}) > 1, "several phrasings"
     for caption, labels in zip(d.captions, d.labels):
         assert torch.equal(data.parse_caption(caption), labels), caption
-    assert data.parse_caption("A large Red circle in the CENTER").tolist() == [0, 0, 1, 4]
+    assert data.parse_caption("A large Red circle in the CENTER").tolist() == [
+        0,
+        0,
+        1,
+        4,
+    ]
     with pytest.raises(ValueError, match="exactly one colour"):
         data.parse_caption("a small circle in the centre")
 
@@ -51,12 +62,17 @@ def test_digits_offline():
 def _write_idx(path, images=None, labels=None):
     with open(path, "wb") as f:
         if images is not None:
-            f.write(struct.pack(">IIII", 0x803, len(images), 28, 28) + images.numpy().tobytes())
+            f.write(
+                struct.pack(">IIII", 0x803, len(images), 28, 28)
+                + images.numpy().tobytes()
+            )
         else:
             f.write(struct.pack(">II", 0x801, len(labels)) + labels.numpy().tobytes())
 
 
-@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+@pytest.mark.parametrize(
+    "name,folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")]
+)
 def test_torchvision_loader_on_files_written_here(tmp_path, name, folder):
     raw = tmp_path / folder / "raw"
     raw.mkdir(parents=True)

@@ -1,4 +1,8 @@
-"""Every exercise checker accepts its reference and rejects a wrong answer with a message."""
+"""Every exercise checker accepts its reference and rejects a wrong answer with a
+message."""
+
+import math
+
 import pytest
 import torch
 
@@ -20,7 +24,10 @@ def test_reference_passes_and_wrong_answers_fail(name):
         if torch.is_tensor(out):
             return out * 1.1 + 0.1 if out.is_floating_point() else out + 1
         if isinstance(out, (tuple, list)):
-            return type(out)(o * 1.1 + 0.1 if torch.is_tensor(o) and o.is_floating_point() else o + 1 for o in out)
+            return type(out)(
+                o * 1.1 + 0.1 if torch.is_tensor(o) and o.is_floating_point() else o + 1
+                for o in out
+            )
         if isinstance(out, dict):
             return {k: v + 1 for k, v in out.items()}
         return out + 1
@@ -32,11 +39,53 @@ def test_reference_passes_and_wrong_answers_fail(name):
 def test_checker_messages():
     def stub(**kw):
         raise NotImplementedError
+
     name = sorted(REGISTRY)[0]
     assert "not attempted" in check(name, stub, verbose=False).message
-    assert "raised ZeroDivisionError" in check(name, lambda **kw: 1 / 0, verbose=False).message
+    assert (
+        "raised ZeroDivisionError"
+        in check(name, lambda **kw: 1 / 0, verbose=False).message
+    )
     assert "shape" in compare(torch.zeros(2), torch.zeros(3), 1e-5)
     assert "largest error" in compare(torch.zeros(3), torch.ones(3), 1e-5)
     assert compare((torch.ones(2), 1), (torch.ones(2), 1), 1e-5) is None
     with pytest.raises(ValueError, match="unknown exercise"):
         check("ch99.nothing", stub)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_inf_in_an_answer_is_reported_not_raised(bad):
+    reference = REGISTRY["ch05.cfg_combine"].reference
+
+    def student(**kw):
+        out = reference(**kw)
+        out[0, 1, 2, 3] = bad
+        return out
+
+    result = check("ch05.cfg_combine", student)
+    kind = "NaN" if bad != bad else "inf"
+    assert not result.passed
+    assert f"your answer contains {kind} at index (0, 1, 2, 3)" in result.message
+
+
+def test_float32_answer_to_a_float64_exercise_is_told_to_use_float64():
+    reference = REGISTRY["ch02.alphas_cumprod"].reference
+    result = check("ch02.alphas_cumprod", lambda **kw: reference(**kw).float())
+    assert not result.passed and "use float64" in result.message
+
+
+def test_timesteps_accept_any_usual_rounding():
+    """Inputs avoid exact .5 ties, where round-half-even and round-half-up disagree."""
+
+    def half_up(num_train_timesteps, num_steps):
+        T, n = num_train_timesteps, num_steps
+        return torch.tensor([math.floor(T - i * T / n + 0.5) - 1 for i in range(n)])
+
+    def torch_round(num_train_timesteps, num_steps):
+        i = torch.arange(num_steps)
+        ratio = num_train_timesteps / num_steps
+        return (num_train_timesteps - i * ratio).round().long() - 1
+
+    for seed in range(5):
+        for student in (half_up, torch_round):
+            assert check("ch04.timesteps", student, trials=20, seed=seed).passed

@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from diffusion_lib.data import make_shapes
-from diffusion_lib.metrics import Evaluator, EvaluatorFeatures, attribute_accuracy, fid_kid, real_vs_real
+from diffusion_lib.metrics import (
+    Evaluator,
+    EvaluatorFeatures,
+    attribute_accuracy,
+    fid_kid,
+    real_vs_real,
+)
 
 
 def test_attribute_accuracy():

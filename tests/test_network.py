@@ -1,5 +1,7 @@
-"""No test touches the network: pytest-socket refuses connections beyond localhost (pyproject addopts),
-and quick mode blocks them inside notebook kernels (diffusion_lib.setup)."""
+"""No test touches the network: pytest-socket refuses connections beyond localhost
+(pyproject addopts), and quick mode blocks them inside notebook kernels
+(diffusion_lib.setup)."""
+
 import socket
 import subprocess
 import sys
@@ -15,17 +17,30 @@ def test_pytest_process_cannot_connect_out():
 
 
 def test_quick_mode_blocks_the_network_in_a_fresh_process():
-    code = ("import diffusion_lib as dl, socket\n"
-            "dl.setup(mode='quick', verbose=False)\n"
-            "try:\n    socket.create_connection(('93.184.216.34', 80), timeout=2)\nexcept RuntimeError as e:\n    print('blocked:', e)\n"
-            "s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n"
-            "try:\n    s.connect(('10.0.0.1', 80))\nexcept RuntimeError as e:\n    print('blocked:', e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.stdout.count("blocked: network access is disabled") == 2, out.stdout + out.stderr
+    code = (
+        "import diffusion_lib as dl, socket\n"
+        "dl.setup(mode='quick', verbose=False)\n"
+        "try:\n"
+        "    socket.create_connection(('93.184.216.34', 80), timeout=2)\n"
+        "except RuntimeError as e:\n"
+        "    print('blocked:', e)\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n"
+        "try:\n"
+        "    s.connect(('10.0.0.1', 80))\n"
+        "except RuntimeError as e:\n"
+        "    print('blocked:', e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.count("blocked: network access is disabled") == 2, (
+        out.stdout + out.stderr
+    )
 
 
 def test_setup_modes():
     import diffusion_lib as dl
+
     cfg = dl.setup(mode="cpu", verbose=False)
     assert cfg.pick(quick=1, cpu=2, gpu=3) == 2 and not cfg.train_from_scratch
     with pytest.raises(ValueError, match="expected one of"):

@@ -1,4 +1,6 @@
-"""Static checks on the chapter notebooks (nbval executes them separately, in quick mode)."""
+"""Static checks on the chapter notebooks (nbval executes them separately, in quick
+mode)."""
+
 import re
 from pathlib import Path
 
@@ -23,7 +25,9 @@ def test_notebook_is_stored_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: clear the outputs"
+            assert cell.outputs == [] and cell.execution_count is None, (
+                f"{path.name}: clear the outputs"
+            )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -32,13 +36,19 @@ def test_notebook_structure(path):
     first = nb.cells[0].source
     assert first.startswith("# "), "starts with a title"
     badge = f"https://colab.research.google.com/github/{REPO_URL.removeprefix('https://github.com/')}/blob/main/notebooks/{path.name}"
-    assert badge in first, f"Colab badge must point at {badge} (repository URL from _config.yml)"
+    assert badge in first, (
+        f"Colab badge must point at {badge} (repository URL from _config.yml)"
+    )
     assert "What you will learn" in first and "Time budget" in first
     setup = nb.cells[1].source
-    assert "dl.setup(" in setup and REPO_URL.removeprefix("https://") in setup, "one set-up cell, right after the title"
+    assert "dl.setup(" in setup and REPO_URL.removeprefix("https://") in setup, (
+        "one set-up cell, right after the title"
+    )
     text = "\n".join(c.source for c in nb.cells)
     for heading in ("## Summary", "## Exercises", "## References"):
         assert heading in text, f"{path.name} lacks {heading}"
     assert len(re.findall(r":::\{exercise\}", text)) >= 3, "at least 3 exercises"
-    assert len(re.findall(r"check\(\"ch\d\d\.", text)) >= 3, "each exercise has an automatic checker"
+    assert len(re.findall(r"check\(\"ch\d\d\.", text)) >= 3, (
+        "each exercise has an automatic checker"
+    )
     assert nb.metadata["kernelspec"]["name"] == "python3"

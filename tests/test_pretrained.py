@@ -1,5 +1,4 @@
 """The shipped checkpoints: integrity, size, and the quality gates of issue #2."""
-import json
 
 import pytest
 import torch
@@ -16,9 +15,19 @@ NAMES = ["shapes-evaluator", "shapes-ddpm"]
 @pytest.mark.parametrize("name", NAMES)
 def test_manifest_is_complete_and_hash_matches(name):
     info = pretrained.manifest(name)
-    for key in ("recipe", "config", "seed", "training_seconds", "hardware", "metrics", "sha256"):
+    for key in (
+        "recipe",
+        "config",
+        "seed",
+        "training_seconds",
+        "hardware",
+        "metrics",
+        "sha256",
+    ):
         assert key in info, f"{name}: manifest lacks {key}"
-    assert info["recipe"] == name and info["quick"] is False, "ship the full recipe, not a smoke run"
+    assert info["recipe"] == name and info["quick"] is False, (
+        "ship the full recipe, not a smoke run"
+    )
     path = pretrained.checkpoint_path(name)
     assert sha256_file(path) == info["sha256"]
     assert path.stat().st_size < 5e6, "each shipped model must be a few MB at most"
@@ -42,8 +51,12 @@ def evaluator():
 
 
 def test_gate_evaluator_accuracy_on_held_out_real_shapes(evaluator):
-    test = make_shapes(1000, IMAGE_SIZE, seed=4242, split="all")  # seeds never used in training
-    acc = prompt_accuracy(evaluator, test.images, test.labels, ("shape", "colour", "size", "position"))
+    test = make_shapes(
+        1000, IMAGE_SIZE, seed=4242, split="all"
+    )  # seeds never used in training
+    acc = prompt_accuracy(
+        evaluator, test.images, test.labels, ("shape", "colour", "size", "position")
+    )
     print("evaluator accuracy:", acc)
     assert min(acc.values()) >= 0.98
 
@@ -54,12 +67,25 @@ def test_gate_prompt_accuracy_and_fid_of_the_shapes_model(evaluator):
     schedule = pretrained.schedule_from_manifest(info)
     n = 300
     labels = sample_labels(n, seed=777, split="train")
-    fake = generate_shapes(model, schedule, labels, num_steps=EVAL_SAMPLER["num_steps"],
-                           guidance_scale=EVAL_SAMPLER["guidance_scale"], prediction_type=info["prediction_type"], seed=1)
+    fake = generate_shapes(
+        model,
+        schedule,
+        labels,
+        num_steps=EVAL_SAMPLER["num_steps"],
+        guidance_scale=EVAL_SAMPLER["guidance_scale"],
+        prediction_type=info["prediction_type"],
+        seed=1,
+    )
     acc = prompt_accuracy(evaluator, fake, labels)
     fid = fid_kid(evaluator, fake, make_shapes(n, IMAGE_SIZE, seed=31337).images)
-    base = real_vs_real(evaluator, make_shapes(n, IMAGE_SIZE, seed=31337).images, make_shapes(n, IMAGE_SIZE, seed=4711).images)
-    print(f"prompt accuracy {acc}; FID {fid['fid']:.2f} (real vs real {base['fid']:.2f}) on {n} samples")
+    base = real_vs_real(
+        evaluator,
+        make_shapes(n, IMAGE_SIZE, seed=31337).images,
+        make_shapes(n, IMAGE_SIZE, seed=4711).images,
+    )
+    print(
+        f"prompt accuracy {acc}; FID {fid['fid']:.2f} (real vs real {base['fid']:.2f}) on {n} samples"
+    )
     assert acc["joint"] >= 0.90, acc
     assert fid["fid"] < 10 * base["fid"] + 5, (fid, base)
 

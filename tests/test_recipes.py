@@ -6,8 +6,20 @@ from diffusion_lib import pretrained
 
 def test_quick_recipes_write_loadable_checkpoints(tmp_path):
     for name in ("shapes-evaluator", "shapes-ddpm"):
-        out = subprocess.run([sys.executable, "-m", "diffusion_lib.recipes", name, "--quick", "--out", str(tmp_path)],
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "diffusion_lib.recipes",
+                name,
+                "--quick",
+                "--out",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         model, info = pretrained.load_pretrained(name, directory=tmp_path)
         assert info["quick"] is True and info["recipe"] == name

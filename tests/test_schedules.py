@@ -3,7 +3,13 @@ import math
 import pytest
 import torch
 
-from diffusion_lib.schedules import SCHEDULES, NoiseSchedule, cosine_beta_schedule, extract, make_betas
+from diffusion_lib.schedules import (
+    SCHEDULES,
+    NoiseSchedule,
+    cosine_beta_schedule,
+    extract,
+    make_betas,
+)
 
 
 def test_linear_schedule_exact_values():
@@ -20,7 +26,9 @@ def test_cosine_matches_closed_form():
     sched = NoiseSchedule.make("cosine", T)
     f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
     for t in (0, 10, 500, 900):
-        assert sched.alphas_cumprod[t].item() == pytest.approx(f(t + 1) / f(0), rel=1e-9)
+        assert sched.alphas_cumprod[t].item() == pytest.approx(
+            f(t + 1) / f(0), rel=1e-9
+        )
     assert cosine_beta_schedule(T).max().item() == pytest.approx(0.999)
 
 
@@ -29,14 +37,19 @@ def test_derived_tensors_are_consistent(kind):
     s = NoiseSchedule.make(kind, 200)
     assert s.betas.dtype == torch.float64
     torch.testing.assert_close(s.alphas_cumprod, torch.cumprod(1 - s.betas, 0))
-    assert bool((s.alphas_cumprod[1:] < s.alphas_cumprod[:-1]).all()), "alpha_bar must decrease"
+    assert bool((s.alphas_cumprod[1:] < s.alphas_cumprod[:-1]).all()), (
+        "alpha_bar must decrease"
+    )
     torch.testing.assert_close(s.alphas_cumprod_prev[1:], s.alphas_cumprod[:-1])
     assert s.alphas_cumprod_prev[0].item() == 1.0
-    torch.testing.assert_close(s.posterior_variance, s.betas * (1 - s.alphas_cumprod_prev) / (1 - s.alphas_cumprod))
+    torch.testing.assert_close(
+        s.posterior_variance,
+        s.betas * (1 - s.alphas_cumprod_prev) / (1 - s.alphas_cumprod),
+    )
     assert s.posterior_variance[0].item() == 0.0
     torch.testing.assert_close(s.snr, s.alphas_cumprod / (1 - s.alphas_cumprod))
-    # the posterior mean coefficients sum to the right value for x_t = x_0 = 1 ... check one identity:
-    # coef1 * sqrt(ab_t)^-1 ... simpler: mean of q(x_{t-1}|x_t,x_0) with x_t = sqrt(ab_t) x0 (no noise) is sqrt(ab_{t-1}) x0
+    # one identity of the posterior mean coefficients: the mean of q(x_{t-1}|x_t,x_0)
+    # with x_t = sqrt(ab_t) x0 (no noise) is sqrt(ab_{t-1}) x0
     lhs = s.posterior_mean_coef1 + s.posterior_mean_coef2 * s.sqrt_alphas_cumprod
     torch.testing.assert_close(lhs, s.alphas_cumprod_prev.sqrt())
 
@@ -62,3 +75,12 @@ def test_extract_broadcasts_against_a_batch():
         extract(s.alphas_cumprod, torch.tensor([1, 2]), (3, 3, 8, 8))
     with pytest.raises(ValueError, match="integer"):
         extract(s.alphas_cumprod, torch.tensor([1.0, 2.0, 3.0]), (3, 3, 8, 8))
+
+
+def test_extract_rejects_t_outside_0_to_T():
+    """t = -1 used to mean T - 1 silently (Python indexing); t = T raised IndexError."""
+    s = NoiseSchedule.make("linear", 100)
+    for bad in ([0, -1], [99, 100]):
+        with pytest.raises(ValueError, match=r"t must be in \[0, 100\)"):
+            extract(s.alphas_cumprod, torch.tensor(bad), (2, 3, 4, 4))
+    assert extract(s.alphas_cumprod, torch.tensor([0, 99]), (2, 3)).shape == (2, 1)

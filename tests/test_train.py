@@ -1,10 +1,19 @@
 import json
+import re
 
 import pytest
 import torch
 
 from diffusion_lib.schedules import NoiseSchedule
-from diffusion_lib.train import EMA, TrainConfig, drop_labels, load_checkpoint, lr_at, save_checkpoint, train_diffusion
+from diffusion_lib.train import (
+    EMA,
+    TrainConfig,
+    drop_labels,
+    load_checkpoint,
+    lr_at,
+    save_checkpoint,
+    train_diffusion,
+)
 from diffusion_lib.unet import UNet, UNetConfig
 
 
@@ -38,9 +47,23 @@ def test_training_reduces_the_loss():
     torch.manual_seed(0)
     images = torch.zeros(64, 3, 8, 8)
     images[:, 0, 2:6, 2:6] = 1.0  # one fixed red square
-    model = UNet(UNetConfig(base_channels=16, channel_mults=(1, 2), attention_levels=(1,), label_sizes=(2,)))
+    model = UNet(
+        UNetConfig(
+            base_channels=16,
+            channel_mults=(1, 2),
+            attention_levels=(1,),
+            label_sizes=(2,),
+        )
+    )
     cfg = TrainConfig(steps=150, batch_size=16, lr=2e-3, warmup=10)
-    result = train_diffusion(model, NoiseSchedule.make("cosine", 100), images, torch.zeros(64, 1, dtype=torch.long), cfg, progress=False)
+    result = train_diffusion(
+        model,
+        NoiseSchedule.make("cosine", 100),
+        images,
+        torch.zeros(64, 1, dtype=torch.long),
+        cfg,
+        progress=False,
+    )
     assert len(result.losses) == 150 and result.seconds > 0
     first, last = sum(result.losses[:20]) / 20, sum(result.losses[-20:]) / 20
     assert last < 0.6 * first
@@ -48,10 +71,16 @@ def test_training_reduces_the_loss():
 
 def test_checkpoint_round_trip_and_corruption(tmp_path):
     model = UNet(UNetConfig(base_channels=16, channel_mults=(1,), attention_levels=()))
-    info = save_checkpoint(tmp_path / "m.safetensors", model, {"recipe": "test", "config": model.config.to_dict()})
+    info = save_checkpoint(
+        tmp_path / "m.safetensors",
+        model,
+        {"recipe": "test", "config": model.config.to_dict()},
+    )
     assert info["sha256"] == json.loads((tmp_path / "m.json").read_text())["sha256"]
     state, manifest = load_checkpoint(tmp_path / "m.safetensors")
-    assert manifest["recipe"] == "test" and all(v.dtype == torch.float32 for v in state.values())
+    assert manifest["recipe"] == "test" and all(
+        v.dtype == torch.float32 for v in state.values()
+    )
     for k, v in model.state_dict().items():
         torch.testing.assert_close(state[k], v.half().float())
     raw = bytearray((tmp_path / "m.safetensors").read_bytes())
@@ -63,3 +92,24 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
         load_checkpoint(tmp_path / "absent.safetensors")
     with pytest.raises(ValueError, match=".safetensors"):
         save_checkpoint(tmp_path / "m.pt", model, {})
+
+
+def test_bad_manifests_and_missing_files_say_how_to_rebuild(tmp_path):
+    model = UNet(UNetConfig(base_channels=16, channel_mults=(1,), attention_levels=()))
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, model, {"recipe": "shapes-ddpm"})
+    manifest = path.with_suffix(".json")
+    rebuild = re.escape("`python -m diffusion_lib.recipes shapes-ddpm`")
+    info = json.loads(manifest.read_text())
+    del info["sha256"]
+    manifest.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=f"has no sha256.*{rebuild}"):
+        load_checkpoint(path, recipe="shapes-ddpm")
+    manifest.write_text('{"sha256": "abc", ')
+    with pytest.raises(ValueError, match=f"not valid JSON.*{rebuild}"):
+        load_checkpoint(path, recipe="shapes-ddpm")
+    manifest.unlink()
+    with pytest.raises(FileNotFoundError, match=f"manifest .* is missing.*{rebuild}"):
+        load_checkpoint(path, recipe="shapes-ddpm")
+    with pytest.raises(FileNotFoundError, match=rebuild):
+        load_checkpoint(tmp_path / "absent.safetensors", recipe="shapes-ddpm")

@@ -2,13 +2,23 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffusion_lib.unet import Attention, ResBlock, UNet, UNetConfig, count_parameters, timestep_embedding
+from diffusion_lib.unet import (
+    Attention,
+    ResBlock,
+    UNet,
+    UNetConfig,
+    count_parameters,
+    timestep_embedding,
+)
 
-SMALL = UNetConfig(base_channels=16, channel_mults=(1, 2), attention_levels=(1,), heads=2)
+SMALL = UNetConfig(
+    base_channels=16, channel_mults=(1, 2), attention_levels=(1,), heads=2
+)
 
 
 def randomise_zero_inits(model):
-    """Zero-initialised layers hide the effect of the inputs at initialisation: give them weights."""
+    """Zero-initialised layers hide the effect of the inputs at initialisation: give
+    them weights."""
     with torch.no_grad():
         for p in model.parameters():
             if not p.any():
@@ -20,7 +30,9 @@ def test_timestep_embedding_values():
     e = timestep_embedding(torch.tensor([0, 5]), 8)
     assert e.shape == (2, 8)
     torch.testing.assert_close(e[0], torch.tensor([1.0] * 4 + [0.0] * 4))
-    assert e[1, 0].item() == pytest.approx(torch.cos(torch.tensor(5.0)).item(), abs=1e-6)  # lowest index: frequency 1
+    assert e[1, 0].item() == pytest.approx(
+        torch.cos(torch.tensor(5.0)).item(), abs=1e-6
+    )  # lowest index: frequency 1
     with pytest.raises(ValueError, match="even"):
         timestep_embedding(torch.tensor([1]), 7)
 
@@ -30,7 +42,9 @@ def test_unet_shapes_and_identity_init():
     x, t = torch.randn(3, 3, 16, 16), torch.tensor([1, 2, 3])
     out = model(x, t)
     assert out.shape == x.shape
-    assert torch.count_nonzero(out) == 0  # zero-initialised output layer: starts by predicting 0
+    assert (
+        torch.count_nonzero(out) == 0
+    )  # zero-initialised output layer: starts by predicting 0
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         model(torch.randn(3, 1, 16, 16), t)
 
@@ -70,7 +84,9 @@ def test_attention_matches_a_manual_computation():
         sl = slice(4 * h, 4 * h + 4)
         w = torch.softmax(q[..., sl] @ k[..., sl].transpose(1, 2) / 2.0, dim=-1)
         heads.append(w @ v[..., sl])
-    torch.testing.assert_close(attn(x), attn.to_out(torch.cat(heads, -1)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        attn(x), attn.to_out[0](torch.cat(heads, -1)), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_resblock_uses_the_embedding():
@@ -83,12 +99,16 @@ def test_resblock_uses_the_embedding():
 
 def test_flops_are_deterministic_and_scale_with_resolution():
     model = UNet(SMALL)
+
     def flops(res):
         with FlopCounterMode(display=False) as counter:
             model(torch.randn(1, 3, res, res), torch.tensor([0]))
         return counter.get_total_flops()
+
     assert flops(16) == flops(16)
-    assert 3.5 < flops(32) / flops(16) < 4.5  # convolutions dominate: ~4x the pixels, ~4x the FLOPs
+    assert (
+        3.5 < flops(32) / flops(16) < 4.5
+    )  # convolutions dominate: ~4x the pixels, ~4x the FLOPs
     assert count_parameters(model) > 0
 
 
@@ -97,3 +117,83 @@ def test_config_round_trip():
     assert UNetConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="attention_levels"):
         UNet(UNetConfig(channel_mults=(1, 2), attention_levels=(2,)))
+
+
+def test_unet_rejects_sizes_it_cannot_halve():
+    model = UNet(SMALL)  # two levels: one halving
+    with pytest.raises(ValueError, match="multiples of 2"):
+        model(torch.randn(1, 3, 15, 16), torch.tensor([1]))
+    deep = UNet(
+        UNetConfig(base_channels=8, channel_mults=(1, 2, 2), attention_levels=())
+    )
+    with pytest.raises(ValueError, match=r"multiples of 4 .*\(18, 16\)"):
+        deep(torch.randn(1, 3, 18, 16), torch.tensor([1]))
+    assert deep(torch.randn(1, 3, 20, 12), torch.tensor([1])).shape == (1, 3, 20, 12)
+
+
+def test_labels_must_be_integer_with_one_column_per_attribute():
+    model = UNet(UNetConfig(**{**SMALL.to_dict(), "label_sizes": (3, 6)}))
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([10, 10])
+    with pytest.raises(ValueError, match="integer"):
+        model(x, t, labels=torch.zeros(2, 2))
+    with pytest.raises(ValueError, match=r"\[B, 2\] = \[2, 2\]"):
+        model(x, t, labels=torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\[B, 2\] = \[2, 2\]"):
+        model(x, t, labels=torch.zeros(3, 2, dtype=torch.long))
+    model(x, t, labels=model.null_labels(2))  # the null index stays valid (guidance)
+
+
+def _renamed_to_old_keys(state: dict) -> dict:
+    """A state dict as written before Attention.to_out became a ModuleList."""
+    return {k.replace("to_out.0.", "to_out."): v for k, v in state.items()}
+
+
+def test_old_state_dicts_with_a_plain_to_out_still_load():
+    cfg = UNetConfig(**{**SMALL.to_dict(), "context_dim": 12, "label_sizes": (3,)})
+    model = randomise_zero_inits(UNet(cfg)).eval()
+    old = _renamed_to_old_keys(model.state_dict())
+    assert any(k.endswith("to_out.weight") for k in old)
+    assert not any("to_out.0" in k for k in old)
+    fresh = UNet(cfg).eval()
+    fresh.load_state_dict(old)  # strict: every key must map
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 700])
+    kwargs = {"labels": torch.tensor([[0], [2]]), "context": torch.randn(2, 5, 12)}
+    torch.testing.assert_close(
+        fresh(x, t, **kwargs), model(x, t, **kwargs), rtol=0, atol=0
+    )
+
+
+def test_the_shipped_checkpoint_with_old_to_out_keys_loads():
+    from diffusion_lib import pretrained
+    from diffusion_lib.train import load_checkpoint
+
+    state, info = load_checkpoint(pretrained.checkpoint_path("shapes-ddpm"))
+    assert any(k.endswith("attn1.to_out.weight") for k in state), "old key names"
+    model = UNet(UNetConfig.from_dict(info["config"]))
+    model.load_state_dict(state)
+    for name, module in model.named_modules():
+        if isinstance(module, Attention):
+            torch.testing.assert_close(
+                module.to_out[0].weight, state[f"{name}.to_out.weight"]
+            )
+
+
+def test_peft_lora_wraps_all_four_attention_projections():
+    """The usual LoRA targets name "to_out.0": it exists only when to_out is a
+    ModuleList (projection, dropout) as in diffusers."""
+    import peft
+    from peft.tuners.lora import LoraLayer
+
+    model = UNet(UNetConfig(**{**SMALL.to_dict(), "context_dim": 12}))
+    n_attention = sum(isinstance(m, Attention) for m in model.modules())
+    assert n_attention >= 4  # self- and cross-attention, at one level and the middle
+    config = peft.LoraConfig(
+        r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]
+    )
+    model = peft.inject_adapter_in_model(config, model)
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+    assert len(wrapped) == 4 * n_attention
+    assert {n.rsplit(".", 1)[-1] for n in wrapped} == {"to_q", "to_k", "to_v", "0"}
+    assert all(n.endswith(("to_q", "to_k", "to_v", "to_out.0")) for n in wrapped)
+    x, t = torch.randn(1, 3, 8, 8), torch.tensor([5])
+    assert model(x, t, context=torch.randn(1, 3, 12)).shape == x.shape

@@ -1,17 +1,19 @@
 """Automatic checkers for the chapters' exercises.
 
-Each exercise is registered with a reference implementation and a maker of random inputs.
-`check(name, student_fn)` runs both on several random inputs and says exactly what differs:
-an exception, a wrong shape or dtype, or wrong values (with the largest error and where).
-It never raises, so a notebook with an unanswered exercise still runs top to bottom.
+Each exercise is registered with a reference implementation and a maker of random
+inputs. `check(name, student_fn)` runs both on several random inputs and says exactly
+what differs: an exception, a wrong shape or dtype, NaN or inf, or wrong values (with
+the largest error and where). It never raises, so a notebook with an unanswered exercise
+still runs top to bottom.
 
     from diffusion_lib.exercises import check
     check("ch02.extract", my_extract)
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -22,7 +24,8 @@ REGISTRY: dict = {}
 class Exercise:
     name: str
     reference: Callable
-    make_inputs: Callable  # make_inputs(generator: torch.Generator) -> dict of keyword arguments
+    # make_inputs(generator: torch.Generator) -> dict of keyword arguments
+    make_inputs: Callable
     atol: float = 1e-5
     hint: str = ""
 
@@ -37,10 +40,18 @@ class CheckResult:
         return self.passed
 
     def __repr__(self) -> str:
-        return ("PASSED " if self.passed else "NOT YET ") + f"{self.name}: {self.message}"
+        return (
+            "PASSED " if self.passed else "NOT YET "
+        ) + f"{self.name}: {self.message}"
 
 
-def register(name: str, reference: Callable, make_inputs: Callable, atol: float = 1e-5, hint: str = "") -> Exercise:
+def register(
+    name: str,
+    reference: Callable,
+    make_inputs: Callable,
+    atol: float = 1e-5,
+    hint: str = "",
+) -> Exercise:
     """Add an exercise to the registry (chapter modules call this at import)."""
     REGISTRY[name] = Exercise(name, reference, make_inputs, atol, hint)
     return REGISTRY[name]
@@ -53,7 +64,8 @@ def _describe(value) -> str:
 
 
 def compare(got, want, atol: float, where: str = "output") -> str | None:
-    """None if got matches want (tensors within atol, recursively through tuples/lists/dicts), else why not."""
+    """None if got matches want (tensors within atol, recursively through tuples, lists
+    and dicts), else why not."""
     if torch.is_tensor(want):
         if not torch.is_tensor(got):
             return f"{where} should be a {_describe(want)}, got {_describe(got)}"
@@ -61,16 +73,13 @@ def compare(got, want, atol: float, where: str = "output") -> str | None:
             return f"{where} has shape {list(got.shape)}, expected {list(want.shape)}"
         if got.dtype.is_floating_point != want.dtype.is_floating_point:
             return f"{where} has dtype {got.dtype}, expected {want.dtype}"
-        err = (got.detach().double() - want.detach().double()).abs()
-        if not bool((err <= atol).all()):
-            idx = tuple(int(i) for i in torch.nonzero(err == err.max())[0])
-            return (f"{where} differs from the reference: largest error {err.max().item():.3g} at index {idx} "
-                    f"(got {got[idx].item():.5g}, expected {want[idx].item():.5g}); {int((err > atol).sum())} of "
-                    f"{err.numel()} values off by more than {atol:g}")
-        return None
+        return _compare_values(got.detach(), want.detach(), atol, where)
     if isinstance(want, (tuple, list)):
         if not isinstance(got, (tuple, list)) or len(got) != len(want):
-            return f"{where} should be a sequence of {len(want)} items, got {_describe(got)}"
+            return (
+                f"{where} should be a sequence of {len(want)} items, "
+                f"got {_describe(got)}"
+            )
         for i, (g, w) in enumerate(zip(got, want)):
             msg = compare(g, w, atol, f"{where}[{i}]")
             if msg:
@@ -78,8 +87,18 @@ def compare(got, want, atol: float, where: str = "output") -> str | None:
         return None
     if isinstance(want, dict):
         if not isinstance(got, dict) or set(got) != set(want):
-            return f"{where} should be a dict with keys {sorted(want)}, got {_describe(got)}"
-        return next((m for k in want if (m := compare(got[k], want[k], atol, f"{where}[{k!r}]"))), None)
+            return (
+                f"{where} should be a dict with keys {sorted(want)}, "
+                f"got {_describe(got)}"
+            )
+        return next(
+            (
+                m
+                for k in want
+                if (m := compare(got[k], want[k], atol, f"{where}[{k!r}]"))
+            ),
+            None,
+        )
     if isinstance(want, float):
         if not isinstance(got, (int, float)) or abs(got - want) > atol:
             return f"{where} is {got!r}, expected {want:.6g}"
@@ -87,41 +106,104 @@ def compare(got, want, atol: float, where: str = "output") -> str | None:
     return None if got == want else f"{where} is {got!r}, expected {want!r}"
 
 
+def _compare_values(got, want, atol: float, where: str) -> str | None:
+    """None if the same-shaped tensors agree within atol, else why not."""
+    msg = _non_finite(got, want, where)
+    if msg:
+        return msg
+    got64, want64 = got.double(), want.double()
+    err = (got64 - want64).abs().nan_to_num(nan=float("inf"))
+    # equal infinities, or NaN where the reference has NaN too, count as agreeing
+    err[(got64 == want64) | (got64.isnan() & want64.isnan())] = 0.0
+    if bool((err <= atol).all()):
+        return None
+    idx = tuple(int(i) for i in torch.nonzero(err == err.max())[0])
+    msg = (
+        f"{where} differs from the reference: largest error {err.max().item():.3g} "
+        f"at index {idx} (got {got[idx].item():.5g}, expected "
+        f"{want[idx].item():.5g}); {int((err > atol).sum())} of {err.numel()} values "
+        f"off by more than {atol:g}"
+    )
+    if want.dtype == torch.float64 and got.dtype != torch.float64:
+        return (
+            f"{where} has dtype {str(got.dtype).replace('torch.', '')}, expected "
+            f"float64: use float64 (lower precision cannot reach the tolerance "
+            f"{atol:g}). In detail: {msg}"
+        )
+    return msg
+
+
+def _non_finite(got, want, where: str) -> str | None:
+    """Say where `got` holds NaN or inf that `want` does not, else None."""
+    if not (got.is_floating_point() or got.is_complex()):
+        return None
+    bad = ~torch.isfinite(got) & torch.isfinite(want)
+    if not bool(bad.any()):
+        return None
+    idx = tuple(int(i) for i in torch.nonzero(bad)[0])
+    kind = "NaN" if bool(torch.isnan(got[idx])) else "inf"
+    return (
+        f"your answer contains {kind} at index {idx} of {where} (expected "
+        f"{want[idx].item():.5g}); {int(bad.sum())} of {bad.numel()} values are NaN "
+        "or inf. Look for a division by zero, or the log or sqrt of a value <= 0"
+    )
+
+
 def _inputs_text(kwargs: dict) -> str:
-    return ", ".join(f"{k}={_describe(v) if torch.is_tensor(v) else repr(v)}" for k, v in kwargs.items())
+    return ", ".join(
+        f"{k}={_describe(v) if torch.is_tensor(v) else repr(v)}"
+        for k, v in kwargs.items()
+    )
 
 
-def check(name: str, student_fn: Callable, trials: int = 5, seed: int = 0, verbose: bool = False) -> CheckResult:
+def check(
+    name: str,
+    student_fn: Callable,
+    trials: int = 5,
+    seed: int = 0,
+    verbose: bool = False,
+) -> CheckResult:
     """Compare `student_fn` with exercise `name`'s reference on `trials` random inputs.
 
-    Returns a CheckResult, which a notebook displays as "PASSED ..." or "NOT YET ...: what is wrong"
-    (verbose=True also prints it, for use inside scripts)."""
+    Returns a CheckResult, which a notebook displays as "PASSED ..." or "NOT YET ...:
+    what is wrong" (verbose=True also prints it, for use inside scripts)."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown exercise {name!r}; expected one of {sorted(REGISTRY)}")
+        raise ValueError(
+            f"unknown exercise {name!r}; expected one of {sorted(REGISTRY)}"
+        )
     ex = REGISTRY[name]
     gen = torch.Generator().manual_seed(seed)
-    result = None
+    result = CheckResult(name, True, f"matches the reference on {trials} random inputs")
     for trial in range(trials):
-        kwargs = ex.make_inputs(gen)
-        want = ex.reference(**_clone(kwargs))
-        try:
-            got = student_fn(**_clone(kwargs))
-        except NotImplementedError:
-            result = CheckResult(name, False, "not attempted yet (the function raises NotImplementedError)")
+        failure = _failure(ex, student_fn, ex.make_inputs(gen), trial)
+        if failure:
+            result = CheckResult(name, False, failure)
             break
-        except Exception as err:  # report any bug in the student's code, do not crash the notebook
-            result = CheckResult(name, False, f"raised {type(err).__name__}: {err} on inputs ({_inputs_text(kwargs)})")
-            break
-        msg = compare(got, want, ex.atol)
-        if msg:
-            hint = f" Hint: {ex.hint}" if ex.hint else ""
-            result = CheckResult(name, False, f"trial {trial + 1} with inputs ({_inputs_text(kwargs)}): {msg}.{hint}")
-            break
-    if result is None:
-        result = CheckResult(name, True, f"matches the reference on {trials} random inputs")
     if verbose:
         print(repr(result))
     return result
+
+
+def _failure(
+    ex: Exercise, student_fn: Callable, kwargs: dict, trial: int
+) -> str | None:
+    """Why `student_fn` fails on one trial's inputs (None: it matches the reference)."""
+    want = ex.reference(**_clone(kwargs))
+    try:
+        got = student_fn(**_clone(kwargs))
+    except NotImplementedError:
+        return "not attempted yet (the function raises NotImplementedError)"
+    except Exception as err:  # a bug in the student's code: report it, never crash
+        inputs = _inputs_text(kwargs)
+        return f"raised {type(err).__name__}: {err} on inputs ({inputs})"
+    try:
+        msg = compare(got, want, ex.atol)
+    except Exception as err:  # an answer of a type compare() does not foresee
+        msg = f"could not compare your answer with the reference ({err!r})"
+    if msg is None:
+        return None
+    hint = f" Hint: {ex.hint}" if ex.hint else ""
+    return f"trial {trial + 1} with inputs ({_inputs_text(kwargs)}): {msg}.{hint}"
 
 
 def _clone(kwargs: dict) -> dict:
