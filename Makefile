@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: book test test-lib test-notebooks checkpoints bench clean
+.PHONY: book test lint test-lib test-notebooks checkpoints bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,8 +19,13 @@ book: $(STAMP)
 	@echo "Open file://$(abspath _build/html/index.html)"
 
 ## make test: unit tests, diffusers cross-checks, quality gates, book build, every notebook in quick mode
-test: $(STAMP)
+test: $(STAMP) lint
 	DIFFUSION_MODE=quick $(PY) -m pytest tests notebooks --nbval-lax --durations=0 -q
+
+## make lint: one style for the library, tests and notebooks (ruff reads .ipynb)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check diffusion_lib tests notebooks
+	$(VENV)/bin/ruff format --check diffusion_lib tests notebooks
 
 test-lib: $(STAMP)
 	$(PY) -m pytest tests -q

@@ -1,4 +1,4 @@
-"""An open-set judge for captioned shapes: it measures an image instead of classifying it.
+"""An open-set judge for captioned shapes: it measures an image, not classifies it.
 
 A classifier must name one of the six colours, so an orange circle asked to be yellow
 is scored "yellow". The judge instead measures each image and may answer "none of
@@ -8,7 +8,8 @@ these" (`NONE`) for any attribute:
    of the image and lie within `background_tolerance` (RMS distance in RGB, images in
    [0, 1]) of the data set's background colour;
 2. objects: the connected regions of pixels that differ visibly from the background
-   (`foreground_threshold`), ignoring specks; none is "blank", two or more "extra objects";
+   (`foreground_threshold`), ignoring specks: none is "blank", two or more are
+   "extra objects";
 3. colour: the median of the object's most saturated pixels; the nearest palette colour
    if it lies within `colour_tolerance`, else NONE (an orange is no yellow);
 4. shape: the object's soft mask (each pixel's share of object colour) is compared with
@@ -34,7 +35,7 @@ from .data import _CENTRES, _RADII, ATTRIBUTES, BACKGROUND, COLOURS, _shape_mask
 
 NONE = -1  # "none of these": no value of the attribute fits the image
 # area of each shape drawn with "radius" r (see data._shape_mask): circle pi r^2,
-# square (1.7 r)^2, equilateral triangle with circumradius 1.15 r: 3 sqrt(3)/4 (1.15 r)^2
+# square (1.7 r)^2, equilateral triangle of circumradius R = 1.15 r: 3 sqrt(3)/4 R^2
 _AREA_PER_R2 = {"circle": np.pi, "square": 1.7**2, "triangle": 1.299 * 1.15**2}
 
 
@@ -124,8 +125,8 @@ class Judge:
         bg_rms = (
             np.sqrt((distance[background] ** 2).mean()) if background.any() else 0.0
         )
-        out = {"objects": len(keep), "background_rms": float(bg_rms), "labels": [NONE] * 4,
-               "background_fraction": background.mean(),
+        out = {"objects": len(keep), "background_rms": float(bg_rms),
+               "labels": [NONE] * 4, "background_fraction": background.mean(),
                "colour_rgb": [float("nan")] * 3, "colour_error": float("nan"),
                "shape_iou": 0.0}  # fmt: skip
         if len(keep) == 1:
@@ -170,7 +171,7 @@ class Judge:
         return int(radius > self.size_threshold)  # index of "small" / "large"
 
     def _fit_shape(self, alpha: np.ndarray):
-        """(shape index or NONE, radius, best IoU, centroid) of the best-fitting template."""
+        """(shape index or NONE, radius, IoU, centroid) of the best-fitting template."""
         h, s = alpha.shape[0], self.config.supersample
         area = alpha.sum() / h**2
         grid = (np.arange(h) + 0.5) / h
@@ -193,7 +194,7 @@ class Judge:
 
 
 def judged_accuracy(verdict: Verdict, labels: torch.Tensor) -> dict:
-    """Per-attribute accuracy of a verdict against prompt labels [B, 4], "clean" (share of
+    """Per-attribute accuracy of a verdict for prompt labels [B, 4], "clean" (share of
     valid images) and "joint" (valid, and every attribute right): prompt accuracy."""
     if verdict.labels.shape != labels.shape:
         raise ValueError(
@@ -230,8 +231,8 @@ def by_pair(verdict: Verdict, labels: torch.Tensor) -> dict:
     out = {}
     for s, c in sorted({tuple(p) for p in labels[:, :2].tolist()}):
         rows = (labels[:, 0] == s) & (labels[:, 1] == c)
-        part = Verdict(*(v[rows] for v in _tensor_fields(verdict)),
-                       reasons=[r for r, k in zip(verdict.reasons, rows) if k])  # fmt: skip
+        reasons = [r for r, k in zip(verdict.reasons, rows) if k]
+        part = Verdict(*(v[rows] for v in _tensor_fields(verdict)), reasons=reasons)
         out[f"{colours[c]} {shapes[s]}"] = {
             "images": int(rows.sum()),
             **judged_accuracy(part, labels[rows]),

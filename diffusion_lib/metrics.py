@@ -1,16 +1,22 @@
-"""Measuring generated images: a shapes evaluator, prompt accuracy, and FID / KID on its features.
+"""Measuring generated images: prompt accuracy with an open-set judge, FID and KID.
 
-* `Evaluator`: a small CNN trained on the captioned-shapes labels (one head per attribute).
-* prompt accuracy: the share of generated images whose predicted attributes match the prompt.
-* FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) via torchmetrics, with the evaluator's
-  penultimate features in place of Inception's (Inception knows nothing of 16x16 shapes, and
-  would need a download). Always compare with `real_vs_real`, the score of two disjoint real sets
-  of the same size: FID is biased upwards for small samples, so only that difference means much.
+* `prompt_accuracy`: the share of images that show exactly what the prompt asks, scored
+  by the open-set `Judge` (diffusion_lib/judge.py), which may answer "none of these".
+* `Evaluator`: a small CNN trained on the captioned-shapes labels (one head per
+  attribute). It is closed-set (it always names a palette colour), so it serves as a
+  feature extractor and for comparison (`classifier_accuracy`), never as the score.
+* FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) via torchmetrics, on
+  `AppearanceFeatures`: the evaluator's features plus colour layout, colour statistics
+  and texture, because features trained to recognise shapes are blind to what FID must
+  see (noise, brightness). `sensitivity_table` measures what the metric can see. Always
+  compare with `real_vs_real`, two disjoint real sets of the same size: FID is biased
+  upwards for small samples, so only that difference means much.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -45,7 +51,7 @@ class EvaluatorConfig:
 
 
 class Evaluator(nn.Module):
-    """images [B, 3, H, W] in [-1, 1] -> list of logits, one [B, n_i] per attribute of ATTRIBUTES."""
+    """images [B, 3, H, W] in [-1, 1] -> list of logits [B, n_i], one per attribute."""
 
     def __init__(self, config: EvaluatorConfig = None):
         super().__init__()
@@ -82,14 +88,14 @@ class Evaluator(nn.Module):
     def predict(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         """Predicted labels [B, K]."""
         outs = [
-            torch.stack([l.argmax(-1) for l in self(chunk)], dim=1)
+            torch.stack([z.argmax(-1) for z in self(chunk)], dim=1)
             for chunk in images.split(batch_size)
         ]
         return torch.cat(outs)
 
 
 class EvaluatorFeatures(nn.Module):
-    """The evaluator's penultimate layer as a torchmetrics feature extractor (images in [-1, 1])."""
+    """The evaluator's penultimate layer as a torchmetrics feature extractor."""
 
     def __init__(self, evaluator: Evaluator):
         super().__init__()
@@ -98,8 +104,9 @@ class EvaluatorFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Features [B, num_features], each row rescaled to norm sqrt(num_features) (RMS 1 per coordinate),
-        so that KID's kernel (x.y / d + 1)^3 works in the same range as with Inception features."""
+        """Features [B, num_features] of images in [-1, 1], each row rescaled to norm
+        sqrt(num_features) (RMS 1 per coordinate), so that KID's kernel
+        (x.y / d + 1)^3 works in the same range as with Inception features."""
         f = self.evaluator.features(images.float()).double()
         return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12) * self.num_features**0.5
 
@@ -189,7 +196,8 @@ class AppearanceFeatures(nn.Module):
         x = images.float()
         high = x - blur(x, 1.0)
         texture = [high.abs().mean((2, 3)), high.pow(2).mean((2, 3)).sqrt(),
-                   x.diff(dim=2).abs().mean((2, 3)), x.diff(dim=3).abs().mean((2, 3))]  # fmt: skip
+                   x.diff(dim=2).abs().mean((2, 3)),
+                   x.diff(dim=3).abs().mean((2, 3))]  # fmt: skip
         colour = [x.mean((2, 3)), x.std((2, 3)), x.amax((2, 3)), x.amin((2, 3))]
         blocks = [self.semantic(x), F.adaptive_avg_pool2d(x, 4).flatten(1),
                   torch.cat(colour, 1), torch.cat(texture, 1)]  # fmt: skip
@@ -234,7 +242,7 @@ def fid_kid(
     kid_subset: int = 100,
     features: str = "appearance",
 ) -> dict:
-    """FID and KID between two image sets [N, 3, H, W] in [-1, 1] (see `AppearanceFeatures`)."""
+    """FID and KID between image sets [N, 3, H, W] in [-1, 1] (AppearanceFeatures)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -245,9 +253,11 @@ def fid_kid(
     feats = feature_extractor(evaluator, real.shape[-1], features)
     subset = min(kid_subset, fake.shape[0], real.shape[0])
     fid = FrechetInceptionDistance(feature=feats, reset_real_features=True)
-    kid = KernelInceptionDistance(
-        feature=feats, subset_size=subset, reset_real_features=True
-    )
+    with warnings.catch_warnings():  # KID keeps all features: fine for a few thousand
+        warnings.filterwarnings("ignore", message=".*will save all extracted features")
+        kid = KernelInceptionDistance(
+            feature=feats, subset_size=subset, reset_real_features=True
+        )
     device = next(evaluator.parameters()).device
     for metric in (fid, kid):
         metric.to(device)
@@ -270,7 +280,8 @@ def real_vs_real(
     kid_subset: int = 100,
     features: str = "appearance",
 ) -> dict:
-    """The FID / KID of two disjoint real sets of the same size: the floor a model can reach at this size."""
+    """The FID / KID of two disjoint real sets of the same size: the floor a model
+    can reach at this sample count."""
     if real_a.shape[0] != real_b.shape[0]:
         raise ValueError(
             "compare real sets of the same size: FID depends on the sample count"
@@ -285,6 +296,9 @@ def _shift(images: torch.Tensor, pixels: int) -> torch.Tensor:
     return out
 
 
+_COLOUR_SHIFT = torch.tensor([0.15, -0.1, 0.0]).view(1, 3, 1, 1)  # redder, less green
+
+
 def _noise(images: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return (images + sigma * torch.randn(images.shape, generator=g)).clamp(-1, 1)
@@ -292,7 +306,7 @@ def _noise(images: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
 
 DEGRADATIONS = {  # name -> f(images in [-1, 1], seed) -> degraded images
     "darkened to 80%": lambda x, s: (x + 1) * 0.8 - 1,
-    "colour shifted": lambda x, s: (x + torch.tensor([0.15, -0.1, 0.0]).view(1, 3, 1, 1)).clamp(-1, 1),
+    "colour shifted": lambda x, s: (x + _COLOUR_SHIFT).clamp(-1, 1),
     "noise sigma 0.05": lambda x, s: _noise(x, 0.05, s),
     "noise sigma 0.2": lambda x, s: _noise(x, 0.2, s),
     "blurred": lambda x, s: blur(x, 0.8),
@@ -309,8 +323,8 @@ def sensitivity_table(
     features: str = "appearance",
     seed: int = 100,
 ) -> list:
-    """Rows {"comparison", "fid", "kid"}: real vs `real_pairs` other real sets of n images,
-    then real vs each degraded copy of another real set (DEGRADATIONS)."""
+    """Rows {"comparison", "fid", "kid"}: n real images against `real_pairs` other real
+    sets of n, then against each degraded copy of another real set (DEGRADATIONS)."""
     real = make_shapes(n, image_size, seed=seed).images
     rows = []
     for i in range(real_pairs):
@@ -337,8 +351,9 @@ def train_evaluator(
     seed: int = 0,
     progress: bool = True,
 ) -> list:
-    """Cross-entropy on every attribute head, with Gaussian-noise augmentation (so that the evaluator
-    is not thrown by the slight noise left in generated images). Returns the per-step losses."""
+    """Cross-entropy on every attribute head, with Gaussian-noise augmentation (so
+    that the evaluator is not thrown by the slight noise left in generated images).
+    Returns the per-step losses."""
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)

@@ -2,8 +2,9 @@
 
     python -m diffusion_lib.recipes shapes-evaluator
     python -m diffusion_lib.recipes shapes-ddpm
-    python -m diffusion_lib.recipes shapes-ddpm --quick --out /tmp/ckpt   # a seconds-long smoke run
-    python -m diffusion_lib.recipes ablation --steps 1500                 # the comparison behind the recipe
+    python -m diffusion_lib.recipes shapes-ddpm --stage measure  # re-measure only
+    python -m diffusion_lib.recipes shapes-ddpm --quick --out /tmp/ckpt  # a smoke run
+    python -m diffusion_lib.recipes ablation --steps 1500  # the comparison behind it
 
 Each recipe trains, measures its quality gates, and writes NAME.safetensors + NAME.json.
 """
@@ -119,7 +120,7 @@ def _quality(
     prediction_type="eps",
     sampler="ddim",
 ):
-    """Open-set prompt accuracy, image statistics and FID / KID of n generated images."""
+    """Open-set prompt accuracy, image statistics and FID / KID of n samples."""
     labels = sample_labels(n, seed=seed + 7, split=split)
     fake = generate_shapes(
         model,
@@ -142,16 +143,18 @@ def _quality(
     }
 
 
-def measure_ddpm(out_dir=None, quick=False, seed=0) -> dict:
-    """Measure the saved shapes model (and its training snapshots) with the current
-    metrics, and write them into its manifest; the weights are not touched."""
+def measure_ddpm(out_dir=None, quick=False, seed=0, with_history=True) -> dict:
+    """Measure the saved shapes model (and, `with_history`, its training snapshots)
+    with the current metrics, and write them into its manifest; the weights are not
+    touched."""
     model, info = pretrained.load_pretrained("shapes-ddpm", directory=out_dir)
     evaluator, _ = pretrained.load_pretrained("shapes-evaluator")
     schedule = pretrained.schedule_from_manifest(info)
     n, n_history = (16, 8) if quick else (500, 200)
     pt = info["prediction_type"]
+    snapshots = sorted(_snapshot_dir(quick).glob("step-*.safetensors"))
     history = []
-    for path in sorted(_snapshot_dir(quick).glob("step-*.safetensors")):
+    for path in snapshots if with_history else []:
         snapshot = UNet(UNetConfig.from_dict(info["config"]))
         snapshot.load_state_dict(load_file(str(path)))
         q = _quality(
@@ -275,8 +278,9 @@ ABLATION = {  # short runs that decided the shapes recipe: objective x loss weig
 
 
 def ablation(quick=False, seed=0, steps=1500) -> dict:
-    """Train each ABLATION variant for `steps` steps with the recipe's other settings; measure prompt
-    accuracy and FID (200 samples, DDIM-25, guidance 3). Prints a table; writes nothing to pretrained/."""
+    """Train each ABLATION variant for `steps` steps with the recipe's other settings;
+    measure open-set prompt accuracy, background noise and FID (200 samples, DDIM-25,
+    guidance 3). Prints a table; writes nothing to pretrained/."""
     steps, n = (4, 8) if quick else (steps, 200)
     data = make_shapes(2000 if quick else 20000, IMAGE_SIZE, seed=seed, split="train")
     schedule = NoiseSchedule.make(SCHEDULE["kind"], SCHEDULE["num_timesteps"])
@@ -350,7 +354,8 @@ def main(argv=None):
     kwargs = {"stage": args.stage} if args.name == "shapes-ddpm" else {}
     info = RECIPES[args.name](args.out, quick=args.quick, seed=args.seed, **kwargs)
     print(
-        f"wrote {info['file']} ({info['bytes'] / 1e6:.2f} MB, sha256 {info['sha256'][:12]}...)"
+        f"wrote {info['file']} ({info['bytes'] / 1e6:.2f} MB, "
+        f"sha256 {info['sha256'][:12]}...)"
     )
 
 

@@ -3,9 +3,12 @@ import torch
 
 from diffusion_lib.data import make_shapes
 from diffusion_lib.metrics import (
+    DEGRADATIONS,
     Evaluator,
     EvaluatorFeatures,
     attribute_accuracy,
+    blur,
+    feature_extractor,
     fid_kid,
     real_vs_real,
 )
@@ -25,9 +28,51 @@ def test_fid_is_zero_for_identical_sets_and_grows_with_a_shift():
     ev = Evaluator().eval()
     assert EvaluatorFeatures(ev).num_features == 128
     real = make_shapes(200, 16, seed=0).images
-    same = fid_kid(ev, real, real, kid_subset=50)
+    same = fid_kid(ev, real, real, kid_subset=50, features="evaluator")
     assert same["fid"] == pytest.approx(0.0, abs=1e-3)
-    shifted = fid_kid(ev, (real + 0.5).clamp(-1, 1), real, kid_subset=50)
+    shifted = fid_kid(
+        ev, (real + 0.5).clamp(-1, 1), real, kid_subset=50, features="evaluator"
+    )
     assert shifted["fid"] > 1.0 and shifted["kid"] > same["kid"]
     with pytest.raises(ValueError, match="same size"):
         real_vs_real(ev, real[:10], real[:20])
+
+
+def test_appearance_features_see_noise_that_evaluator_features_miss():
+    torch.manual_seed(0)
+    ev = Evaluator().eval()
+    real = make_shapes(200, 16, seed=0).images
+    other = make_shapes(200, 16, seed=1).images
+    g = torch.Generator().manual_seed(0)
+    noisy = (real + 0.05 * torch.randn(real.shape, generator=g)).clamp(-1, 1)
+    same = fid_kid(ev, real, real, kid_subset=50)
+    assert same["fid"] == pytest.approx(0.0, abs=1e-3)
+    base = fid_kid(ev, other, real, kid_subset=50)["fid"]
+    assert fid_kid(ev, noisy, real, kid_subset=50)["fid"] > 3 * base
+    feats = feature_extractor(ev, 16)
+    assert feats.num_features == 128 + 48 + 12 + 12
+    out = feats(real[:50])
+    assert out.shape == (50, feats.num_features) and torch.isfinite(out).all()
+
+
+def test_fid_arguments_are_checked():
+    ev = Evaluator().eval()
+    real = make_shapes(20, 16, seed=0).images
+    with pytest.raises(ValueError, match="expected one of"):
+        fid_kid(ev, real, real, features="inception")
+    with pytest.raises(ValueError, match="image shapes differ"):
+        fid_kid(ev, real, make_shapes(20, 32, seed=0).images)
+
+
+def test_degradations_cover_what_fid_must_see():
+    names = set(DEGRADATIONS)
+    for word in ("darkened", "colour", "noise", "blurred", "swapped", "moved"):
+        assert any(word in n for n in names), word
+    assert sum("noise" in n for n in names) >= 2
+    real = make_shapes(8, 16, seed=0).images
+    for name, degrade in DEGRADATIONS.items():
+        out = degrade(real, 0)
+        assert out.shape == real.shape and out.min() >= -1 and out.max() <= 1, name
+        assert not torch.allclose(out, real), f"{name} changed nothing"
+    # blur keeps the mean colour; shifting keeps the background colour in the corner
+    assert torch.allclose(blur(real).mean((2, 3)), real.mean((2, 3)), atol=0.02)
