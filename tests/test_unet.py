@@ -163,19 +163,16 @@ def test_old_state_dicts_with_a_plain_to_out_still_load():
     )
 
 
-def test_the_shipped_checkpoint_with_old_to_out_keys_loads():
+def test_the_shipped_checkpoint_uses_the_to_out_0_names():
+    """The shipped model was re-exported after to_out became a ModuleList (older
+    state dicts still load: see test_old_state_dicts_with_a_plain_to_out_still_load)."""
     from diffusion_lib import pretrained
     from diffusion_lib.train import load_checkpoint
 
     state, info = load_checkpoint(pretrained.checkpoint_path("shapes-ddpm"))
-    assert any(k.endswith("attn1.to_out.weight") for k in state), "old key names"
-    model = UNet(UNetConfig.from_dict(info["config"]))
-    model.load_state_dict(state)
-    for name, module in model.named_modules():
-        if isinstance(module, Attention):
-            torch.testing.assert_close(
-                module.to_out[0].weight, state[f"{name}.to_out.weight"]
-            )
+    assert any(k.endswith("attn1.to_out.0.weight") for k in state)
+    assert not any(k.endswith("to_out.weight") for k in state)
+    UNet(UNetConfig.from_dict(info["config"])).load_state_dict(state, strict=True)
 
 
 def test_peft_lora_wraps_all_four_attention_projections():
