@@ -6,12 +6,19 @@ online.
   grammar and the structured labels behind it. Generated deterministically from a seed.
   Some (shape, colour) pairs are held out of the training split (`HELD_OUT`), so that a
   model's compositional generalisation can be measured on them.
+* Captioned scenes (Part II onwards, `make_scenes`): 64x64 images of one or two such
+  shapes. One shape is captioned as above; two are related, "a small red circle to the
+  left of a large blue square" (`RELATIONS`), with a few phrasings, and placed so that
+  the relation is unambiguous and the shapes neither touch nor leave the image. The
+  structured labels (per object shape, colour and size; the relation or the position)
+  and the exact geometry (centres, radii) come with each scene. Training scenes avoid
+  both `HELD_OUT` and the colour pairings of `HELD_OUT_PAIRINGS`.
 * scikit-learn's handwritten digits (1,797 8x8 images, shipped inside scikit-learn).
 * MNIST / Fashion-MNIST / CIFAR-10 through torchvision (needs the files, or a network to
   download them).
 
-Images are float tensors in [-1, 1], shaped [N, C, H, W]; labels are [N, 4] integers in
-the order of `ATTRIBUTES`.
+Images are float tensors in [-1, 1], shaped [N, C, H, W]; the shapes' labels are [N, 4]
+integers in the order of `ATTRIBUTES`, the scenes' labels are described in `ScenesData`.
 """
 
 from __future__ import annotations
@@ -204,6 +211,350 @@ def make_shapes(
         caption_from_labels(lab, cap_rng.randrange(len(_TEMPLATES))) for lab in labels
     ]
     return ShapesData(render_labels(labels, image_size, seed + 1), labels, captions)
+
+
+# --- Scenes of one or two shapes (Part II onwards) ----------------------------------
+
+RELATIONS = ("to the left of", "to the right of", "above", "below")
+# unordered colour pairings never seen together in one training scene
+HELD_OUT_PAIRINGS = (("red", "green"), ("blue", "cyan"), ("yellow", "purple"))
+SCENE_RADII = {"small": 0.09, "large": 0.14}  # before a +-0.01 jitter
+SCENE_GAP = 1 / 16  # min distance between two objects (4 px at 64x64)
+SCENE_BORDER = 1 / 32  # min distance of every object from the edge (2 px at 64x64)
+SCENE_CROSS = 0.25  # max |cross-axis offset| / |main-axis offset| in a relation
+# radius of the circle around each shape, in units of its radius r
+_EXTENTS = {"circle": 1.0, "square": 0.85 * 2**0.5, "triangle": 1.15}
+_ITS = ("to its left", "to its right", "above it", "below it")  # object 1 named first
+_PAIR_TEMPLATES = (
+    "a {a} {relation} a {b}",
+    "a {a} is {relation} a {b}",
+    "there is a {a} {relation} a {b}",
+    "a {b} with a {a} {its}",
+)
+
+
+def scene_caption(objects, relation, position, template: int = 0) -> str:
+    """The caption of one scene (objects [2, 3], relation, position, encoded as in
+    `ScenesData`) using grammar rule `template`; one object uses Part I's rules."""
+    objects = torch.as_tensor(objects).tolist()
+    if objects[1][0] < 0:
+        return caption_from_labels([*objects[0], int(position)], template)
+    a, b = (
+        f"{SIZES[size]} {tuple(COLOURS)[colour]} {SHAPES[shape]}"
+        for shape, colour, size in objects
+    )
+    rule = _PAIR_TEMPLATES[template % len(_PAIR_TEMPLATES)]
+    r = int(relation)
+    return rule.format(a=a, b=b, relation=RELATIONS[r], its=_ITS[r])
+
+
+_FILLER = {"a", "an", "is", "there"}
+_OBJECT_WORDS = set(SHAPES) | set(COLOURS) | set(SIZES)
+_SCENE_WORDS = _OBJECT_WORDS | _FILLER | {"in", "with", "its", "it"}
+_SCENE_WORDS |= {word for phrase in POSITIONS + RELATIONS for word in phrase.split()}
+
+
+def _phrases(text: str, phrases) -> list[tuple[int, int, int]]:
+    """(start, end, index) of every whole-word occurrence of `phrases` in text."""
+    return [
+        (m.start(), m.end(), i)
+        for i, phrase in enumerate(phrases)
+        for m in re.finditer(rf"\b{phrase}\b", text)
+    ]
+
+
+def _parse_object(text: str, which: str, caption: str) -> list[int]:
+    """[shape, colour, size] of the one object described by `text`."""
+    words = text.split()
+    labels = []
+    for name, values in (("shape", SHAPES), ("colour", COLOURS), ("size", SIZES)):
+        found = [tuple(values).index(w) for w in words if w in values]
+        if len(found) != 1:
+            raise ValueError(
+                f"caption {caption!r} must name exactly one {name} out of "
+                f"{tuple(values)} for {which}, found {len(found)}"
+            )
+        labels.append(found[0])
+    extra = [w for w in words if w not in _FILLER | _OBJECT_WORDS]
+    if extra:
+        raise ValueError(f"unexpected words {extra} for {which} in {caption!r}")
+    return labels
+
+
+def _parse_pair(text: str, caption: str) -> tuple[list[list[int]], int]:
+    """Objects [[shape, colour, size]] * 2 and relation of a two-object caption."""
+    its = _phrases(text, _ITS)
+    masked = re.sub(rf"\b(?:{'|'.join(_ITS)})\b", lambda m: "#" * len(m.group()), text)
+    forward = _phrases(masked, RELATIONS)
+    if len(its) + len(forward) != 1:
+        raise ValueError(
+            f"caption {caption!r} must relate its two shapes by exactly one of "
+            f"{RELATIONS} (or {_ITS} after 'with')"
+        )
+    start, end, relation = (its + forward)[0]
+    if forward:  # "<object 0> <relation> <object 1>"
+        first, second = text[:start], text[end:]
+    else:  # "<object 1> with <object 0> to its left"
+        parts = re.split(r"\bwith\b", text[:start])
+        if len(parts) != 2 or text[end:].strip():
+            raise ValueError(
+                f"caption {caption!r}: use '<object> with <object> {_ITS[relation]}'"
+            )
+        second, first = parts
+    objects = [_parse_object(first, "object 0", caption)]
+    return objects + [_parse_object(second, "object 1", caption)], relation
+
+
+def parse_scene_caption(caption: str) -> dict[str, torch.Tensor]:
+    """Recover a scene's labels from its caption: {"objects": [2, 3], "relation": [],
+    "position": []}, long, encoded as in `ScenesData`. Raises ValueError on an unknown
+    word or a missing, repeated or misplaced attribute."""
+    words = re.findall(r"[a-z]+", caption.lower().replace("center", "centre"))
+    unknown = sorted(set(words) - _SCENE_WORDS)
+    if unknown:
+        raise ValueError(f"unknown words {unknown} in caption {caption!r}")
+    n_shapes = sum(w in SHAPES for w in words)
+    objects, relation, position = [[-1, -1, -1], [-1, -1, -1]], -1, -1
+    if n_shapes == 1:
+        if {"with", "its", "it", "to", "of", "above", "below"} & set(words):
+            raise ValueError(f"one-shape caption {caption!r} cannot have a relation")
+        *objects[0], position = parse_caption(" ".join(words)).tolist()
+    elif n_shapes == 2:
+        if {"in", "top", "bottom", "centre"} & set(words):
+            raise ValueError(f"two-shape caption {caption!r} cannot have a position")
+        objects, relation = _parse_pair(" ".join(words), caption)
+    else:
+        raise ValueError(
+            f"caption {caption!r} must name one or two shapes out of {SHAPES}, "
+            f"found {n_shapes}"
+        )
+    return {
+        "objects": torch.tensor(objects),
+        "relation": torch.tensor(relation),
+        "position": torch.tensor(position),
+    }
+
+
+def scene_held_out(objects: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which scenes (objects [N, 2, 3]) contain a held-out (shape, colour) pair of
+    `HELD_OUT`, and which a held-out colour pairing of `HELD_OUT_PAIRINGS`: bool [N]
+    each."""
+    names = tuple(COLOURS)
+    pair_table = torch.zeros(len(SHAPES), len(names), dtype=torch.bool)
+    for shape, colour in HELD_OUT:
+        pair_table[SHAPES.index(shape), names.index(colour)] = True
+    pairing_table = torch.zeros(len(names), len(names), dtype=torch.bool)
+    for a, b in HELD_OUT_PAIRINGS:
+        pairing_table[names.index(a), names.index(b)] = True
+        pairing_table[names.index(b), names.index(a)] = True
+    present = objects[..., 0] >= 0  # [N, 2]
+    shape, colour = objects[..., 0].clamp(min=0), objects[..., 1].clamp(min=0)
+    has_pair = (pair_table[shape, colour] & present).any(1)
+    has_pairing = pairing_table[colour[:, 0], colour[:, 1]] & present.all(1)
+    return has_pair, has_pairing
+
+
+def _scene_combos(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (shape, colour) pairs [K1, 2] allowed for one object, and the ordered
+    (shape, colour, shape, colour) [K2, 4] allowed for two objects, in `split`."""
+    one = np.array([(s, c) for s in range(len(SHAPES)) for c in range(len(COLOURS))])
+    two = np.concatenate([np.repeat(one, len(one), 0), np.tile(one, (len(one), 1))], 1)
+
+    def allowed(combos: np.ndarray) -> np.ndarray:
+        objects = torch.full((len(combos), 2, 3), -1)
+        k = combos.shape[1] // 2  # objects per scene
+        objects[:, :k, :2] = torch.from_numpy(combos).view(len(combos), k, 2)
+        held = torch.stack(scene_held_out(objects)).any(0).numpy()
+        return combos[{"train": ~held, "holdout": held, "all": held | ~held}[split]]
+
+    return allowed(one), allowed(two)
+
+
+def sample_scene_labels(
+    n: int, seed: int = 0, split: str = "train", two_object_fraction: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Labels of n scenes (objects [n, 2, 3], relation [n], position [n], encoded as in
+    `ScenesData`), round(n * two_object_fraction) of them with two objects, drawn
+    uniformly from the compositions allowed in `split`."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if not 0 <= two_object_fraction <= 1:
+        raise ValueError(
+            f"two_object_fraction must be in [0, 1], got {two_object_fraction}"
+        )
+    rng = np.random.default_rng(seed)
+    two = rng.permutation(n) < round(n * two_object_fraction)
+    n2 = int(two.sum())
+    singles, pairs = _scene_combos(split)
+    objects = np.full((n, 2, 3), -1)
+    objects[~two, 0, :2] = singles[rng.integers(len(singles), size=n - n2)]
+    objects[~two, 0, 2] = rng.integers(len(SIZES), size=n - n2)
+    objects[two, :, :2] = pairs[rng.integers(len(pairs), size=n2)].reshape(n2, 2, 2)
+    objects[two, :, 2] = rng.integers(len(SIZES), size=(n2, 2))
+    relation, position = np.full(n, -1), np.full(n, -1)
+    relation[two] = rng.integers(len(RELATIONS), size=n2)
+    position[~two] = rng.integers(len(POSITIONS), size=n - n2)
+    return tuple(torch.from_numpy(x).long() for x in (objects, relation, position))
+
+
+def _place_pairs(
+    relation: np.ndarray, extents: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Centres [M, 2, 2] (row, column) of M two-object scenes with extents [M, 2].
+
+    Along the relation's main axis (columns for left/right, rows for above/below) the
+    centres are d >= extent_0 + extent_1 + SCENE_GAP apart, the other axis differs by
+    at most SCENE_CROSS * d, and both objects stay SCENE_BORDER inside the image."""
+    low_first = (relation == 0) | (relation == 2)  # object 0 has the smaller coordinate
+    e_lo = np.where(low_first, extents[:, 0], extents[:, 1])
+    e_hi = np.where(low_first, extents[:, 1], extents[:, 0])
+    lo, hi = SCENE_BORDER + e_lo, 1 - SCENE_BORDER - e_hi  # allowed coordinate ranges
+    d = rng.uniform(e_lo + e_hi + SCENE_GAP, hi - e_lo - SCENE_BORDER)
+    main_lo = rng.uniform(lo, hi - d)
+    cross = rng.uniform(-SCENE_CROSS * d, SCENE_CROSS * d)
+    cross_lo = rng.uniform(
+        np.maximum(lo, SCENE_BORDER + e_hi - cross),
+        np.minimum(1 - SCENE_BORDER - e_lo, hi - cross),
+    )
+    ordered = np.stack(  # [M, 2 (low, high object), 2 (main, cross)]
+        [
+            np.stack([main_lo, cross_lo], 1),
+            np.stack([main_lo + d, cross_lo + cross], 1),
+        ],
+        1,
+    )
+    ordered = np.where(low_first[:, None, None], ordered, ordered[:, ::-1])
+    horizontal = relation[:, None, None] < 2  # left/right: main axis is the column
+    return np.where(horizontal, ordered[..., ::-1], ordered)
+
+
+def _place_objects(objects, relation, position, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Jittered centres [N, 2, 2] (row, column, fractions of the side; NaN where no
+    object) and radii [N, 2] (fractions; NaN where no object) for the labels."""
+    n = len(objects)
+    present = objects[..., 0] >= 0
+    base = np.array([SCENE_RADII[s] for s in SIZES])[objects[..., 2].clip(0)]
+    radii = np.where(present, base + rng.uniform(-0.01, 0.01, size=(n, 2)), np.nan)
+    centres = np.full((n, 2, 2), np.nan)
+    one = ~present[:, 1]
+    table = np.array([_CENTRES[p] for p in POSITIONS])
+    centres[one, 0] = table[position[one]] + rng.uniform(-0.04, 0.04, (one.sum(), 2))
+    extents = np.array([_EXTENTS[s] for s in SHAPES])[objects[~one, :, 0]]
+    centres[~one] = _place_pairs(relation[~one], extents * radii[~one], rng)
+    return centres, radii
+
+
+def scene_masks(
+    objects: torch.Tensor,
+    centres: torch.Tensor,
+    radii: torch.Tensor,
+    image_size: int = 64,
+    supersample: int = 4,
+) -> torch.Tensor:
+    """How much of each pixel each object covers: [N, 2, S, S] in [0, 1] for objects
+    [N, 2, 3], centres [N, 2, 2] and radii [N, 2] as in `ScenesData`; zeros for an
+    absent object. Each shape is evaluated on a supersampled window around it."""
+    n, s = len(objects), image_size
+    masks = np.zeros((n, 2, s, s), np.float32)
+    for i, k in zip(*np.nonzero(objects[..., 0].numpy() >= 0)):
+        (cy, cx), r = centres[i, k].tolist(), float(radii[i, k])
+        shape = SHAPES[int(objects[i, k, 0])]
+        e = _EXTENTS[shape] * r
+        r0, c0 = (max(0, int((v - e) * s)) for v in (cy, cx))
+        r1, c1 = (min(s, int(np.ceil((v + e) * s)) + 1) for v in (cy, cx))
+        ys = (np.arange(r0 * supersample, r1 * supersample) + 0.5) / (s * supersample)
+        xs = (np.arange(c0 * supersample, c1 * supersample) + 0.5) / (s * supersample)
+        inside = _shape_mask(shape, ys[:, None], xs[None, :], cy, cx, r)
+        masks[i, k, r0:r1, c0:c1] = inside.reshape(
+            r1 - r0, supersample, c1 - c0, supersample
+        ).mean(axis=(1, 3))
+    return torch.from_numpy(masks)
+
+
+def render_scenes(
+    objects: torch.Tensor,
+    relation: torch.Tensor,
+    position: torch.Tensor,
+    image_size: int = 64,
+    seed: int | np.random.SeedSequence = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images [N, 3, S, S] in [-1, 1] of exactly these scene labels, with the centres
+    [N, 2, 2] and radii [N, 2] their objects were drawn at (jittered placement, size
+    and colour from a generator seeded with `seed`)."""
+    rng = np.random.default_rng(seed)
+    labels = (x.cpu().numpy() for x in (objects, relation, position))
+    centres, radii = (torch.from_numpy(x).float() for x in _place_objects(*labels, rng))
+    masks = scene_masks(objects.cpu(), centres, radii, image_size).numpy()
+    palette = np.array(list(COLOURS.values()))[objects[..., 1].clamp(min=0).numpy()]
+    rgb = np.clip(palette + rng.uniform(-0.04, 0.04, palette.shape), 0, 1)
+    bg = np.array(BACKGROUND, np.float32)
+    images = np.empty((len(masks), 3, image_size, image_size), np.float32)
+    images[:] = bg[:, None, None]
+    for k in range(2):  # the objects never overlap
+        colour = (rgb[:, k] - bg).astype(np.float32)[:, :, None, None]
+        images += masks[:, k, None] * colour
+    return torch.from_numpy(images) * 2 - 1, centres, radii
+
+
+@dataclass
+class ScenesData:
+    """A batch of captioned scenes of one or two shapes.
+
+    images [N, 3, S, S] in [-1, 1]; objects [N, 2, 3] long: (shape, colour, size) of
+    object 0 and object 1 as indices into SHAPES, COLOURS, SIZES, the second row all -1
+    in one-object scenes; relation [N] long: "object 0 <RELATIONS[relation]> object 1",
+    -1 in one-object scenes; position [N] long: index into POSITIONS of a lone object,
+    -1 in two-object scenes; centres [N, 2, 2] float: (row, column) of each object's
+    centre as fractions of the side, NaN where absent; radii [N, 2] float: each shape's
+    radius r as a fraction of the side, NaN where absent; captions [N]."""
+
+    images: torch.Tensor
+    objects: torch.Tensor
+    relation: torch.Tensor
+    position: torch.Tensor
+    centres: torch.Tensor
+    radii: torch.Tensor
+    captions: list
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i):
+        return self.images[i], self.captions[i]
+
+    @property
+    def num_objects(self) -> torch.Tensor:
+        """[N] long: 1 or 2."""
+        return 1 + (self.objects[:, 1, 0] >= 0).long()
+
+
+def make_scenes(
+    n: int,
+    image_size: int = 64,
+    seed: int = 0,
+    split: str = "train",
+    two_object_fraction: float = 0.5,
+) -> ScenesData:
+    """Generate n captioned scenes of one or two shapes, deterministically from
+    `seed`; round(n * two_object_fraction) of them have two objects."""
+    if n < 1 or image_size < 16:
+        raise ValueError(
+            f"need n >= 1 and image_size >= 16, got n={n}, image_size={image_size}"
+        )
+    objects, relation, position = sample_scene_labels(
+        n, seed, split, two_object_fraction
+    )
+    phrasing_seed, render_seed = np.random.SeedSequence(seed).spawn(2)
+    n_rules = np.lcm(len(_TEMPLATES), len(_PAIR_TEMPLATES))
+    rules = np.random.default_rng(phrasing_seed).integers(n_rules, size=n)
+    captions = [
+        scene_caption(*labels, int(rule))
+        for *labels, rule in zip(objects, relation, position, rules)
+    ]
+    images, centres, radii = render_scenes(
+        objects, relation, position, image_size, render_seed
+    )
+    return ScenesData(images, objects, relation, position, centres, radii, captions)
 
 
 def load_digits_images(image_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
