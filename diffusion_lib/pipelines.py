@@ -62,12 +62,14 @@ def generate_shapes(
     num_steps=50,
     guidance_scale=3.0,
     prediction_type="eps",
+    eta=0.0,
     seed=0,
     batch_size=250,
     progress=False,
 ):
     """Images [N, 3, 16, 16] for label prompts [N, 4] (integers, labels[:, k] in
-    [0, model.config.label_sizes[k])), with classifier-free guidance.
+    [0, model.config.label_sizes[k])), with classifier-free guidance. `eta` is DDIM's
+    stochasticity (0 deterministic, 1 the DDPM variance; ignored by sampler="ddpm").
 
     All N images are sampled as one batch, so the random numbers depend only on `seed`
     and N: x_T [N, 3, 16, 16] is drawn first from a generator seeded with `seed`, then
@@ -88,6 +90,7 @@ def generate_shapes(
         (labels.shape[0], 3, IMAGE_SIZE, IMAGE_SIZE),
         sampler=sampler,
         num_steps=num_steps,
+        eta=eta,
         model_kwargs={"labels": labels},
         uncond_kwargs={"labels": model.null_labels(labels.shape[0], device)},
         guidance_scale=guidance_scale,

@@ -37,7 +37,7 @@ from .metrics import (
 )
 from .pipelines import IMAGE_SIZE, generate_shapes
 from .schedules import NoiseSchedule
-from .train import TrainConfig, save_checkpoint, train_diffusion
+from .train import TrainConfig, save_checkpoint, train_diffusion, write_manifest
 from .unet import UNet, UNetConfig, count_parameters
 
 SHAPES_UNET = UNetConfig(
@@ -193,10 +193,8 @@ def measure_ddpm(out_dir=None, quick=False, seed=0, with_history=True) -> dict:
         "history": history,
     }
     print(json.dumps(metrics, indent=1))
-    path = pretrained.checkpoint_path("shapes-ddpm", out_dir).with_suffix(".json")
-    path.write_text(
-        json.dumps({**info, "metrics": metrics}, indent=2, sort_keys=True) + "\n"
-    )
+    path = pretrained.checkpoint_path("shapes-ddpm", out_dir)
+    write_manifest(path, {**info, "metrics": metrics})
     return pretrained.manifest("shapes-ddpm", out_dir)
 
 

@@ -186,10 +186,16 @@ def save_checkpoint(
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),
     }
-    path.with_suffix(".json").write_text(
+    write_manifest(path, manifest)
+    return manifest
+
+
+def write_manifest(path: str | Path, manifest: dict) -> None:
+    """Write the manifest of checkpoint `path` (NAME.safetensors) to NAME.json; the
+    weights are not touched, so the sha256 inside stays valid."""
+    Path(path).with_suffix(".json").write_text(
         json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     )
-    return manifest
 
 
 def rebuild_command(recipe: str | None) -> str:
