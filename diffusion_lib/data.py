@@ -233,16 +233,35 @@ _PAIR_TEMPLATES = (
 )
 
 
-def scene_caption(objects, relation, position, template: int = 0) -> str:
+SCENE_OMIT = 0.25  # chance that a caption leaves out a size, or a lone object's place
+_BARE_TEMPLATES = ("a {obj}", "there is a {obj}")  # a lone object, no position
+
+
+def scene_caption(
+    objects, relation, position, template: int = 0, omit=(False, False, False)
+) -> str:
     """The caption of one scene (objects [2, 3], relation, position, encoded as in
-    `ScenesData`) using grammar rule `template`; one object uses Part I's rules."""
+    `ScenesData`) using grammar rule `template`; one object uses Part I's rules.
+
+    omit = (size of object 0, size of object 1, position of a lone object): leave that
+    attribute out of the caption ("a red circle above a small blue square", "a large
+    green triangle"); the image still has one, the caption just does not say which."""
     objects = torch.as_tensor(objects).tolist()
-    if objects[1][0] < 0:
-        return caption_from_labels([*objects[0], int(position)], template)
-    a, b = (
-        f"{SIZES[size]} {tuple(COLOURS)[colour]} {SHAPES[shape]}"
-        for shape, colour, size in objects
+    phrase = lambda shape, colour, size, leave_out: " ".join(
+        ([] if leave_out else [SIZES[size]]) + [tuple(COLOURS)[colour], SHAPES[shape]]
     )
+    if objects[1][0] < 0:
+        obj = phrase(*objects[0], omit[0])
+        if omit[2]:
+            return _BARE_TEMPLATES[template % len(_BARE_TEMPLATES)].format(obj=obj)
+        if not omit[0]:
+            return caption_from_labels([*objects[0], int(position)], template)
+        rule = _TEMPLATES[template % len(_TEMPLATES)].replace(", {size},", "")
+        words = {"size": "", "colour": "", "shape": "", "position": ""}
+        text = rule.replace("{size} {colour} {shape}", "{obj}")
+        text = text.replace("{colour} {shape}", "{obj}")
+        return text.format(**{**words, "obj": obj, "position": POSITIONS[position]})
+    a, b = (phrase(*o, leave_out) for o, leave_out in zip(objects, omit[:2]))
     rule = _PAIR_TEMPLATES[template % len(_PAIR_TEMPLATES)]
     r = int(relation)
     return rule.format(a=a, b=b, relation=RELATIONS[r], its=_ITS[r])
@@ -264,21 +283,42 @@ def _phrases(text: str, phrases) -> list[tuple[int, int, int]]:
 
 
 def _parse_object(text: str, which: str, caption: str) -> list[int]:
-    """[shape, colour, size] of the one object described by `text`."""
+    """[shape, colour, size] of the one object described by `text`; size -1 when the
+    text does not name one."""
     words = text.split()
     labels = []
     for name, values in (("shape", SHAPES), ("colour", COLOURS), ("size", SIZES)):
         found = [tuple(values).index(w) for w in words if w in values]
-        if len(found) != 1:
+        if name == "size" and len(found) > 1:
+            raise ValueError(
+                f"caption {caption!r} names more than one size for {which} "
+                f"(at most one of {SIZES})"
+            )
+        if name != "size" and len(found) != 1:
             raise ValueError(
                 f"caption {caption!r} must name exactly one {name} out of "
                 f"{tuple(values)} for {which}, found {len(found)}"
             )
-        labels.append(found[0])
+        labels.append(found[0] if found else -1)
     extra = [w for w in words if w not in _FILLER | _OBJECT_WORDS]
     if extra:
         raise ValueError(f"unexpected words {extra} for {which} in {caption!r}")
     return labels
+
+
+def _parse_single(text: str, caption: str) -> tuple[list[int], int]:
+    """[shape, colour, size] and position (-1 if not named) of a one-object caption."""
+    places = _phrases(text, POSITIONS)
+    if len(places) > 1:
+        raise ValueError(
+            f"caption {caption!r} names more than one position (at most one of "
+            f"{POSITIONS})"
+        )
+    position = places[0][2] if places else -1
+    if places:
+        text = text[: places[0][0]] + text[places[0][1] :]
+    rest = " ".join(w for w in text.split() if w not in ("in", "the"))
+    return _parse_object(rest, "the object", caption), position
 
 
 def _parse_pair(text: str, caption: str) -> tuple[list[list[int]], int]:
@@ -307,7 +347,8 @@ def _parse_pair(text: str, caption: str) -> tuple[list[list[int]], int]:
 
 def parse_scene_caption(caption: str) -> dict[str, torch.Tensor]:
     """Recover a scene's labels from its caption: {"objects": [2, 3], "relation": [],
-    "position": []}, long, encoded as in `ScenesData`. Raises ValueError on an unknown
+    "position": []}, long, encoded as in `ScenesData`, with -1 for a size or a lone
+    object's position that the caption leaves open. Raises ValueError on an unknown
     word or a missing, repeated or misplaced attribute."""
     words = re.findall(r"[a-z]+", caption.lower().replace("center", "centre"))
     unknown = sorted(set(words) - _SCENE_WORDS)
@@ -318,7 +359,7 @@ def parse_scene_caption(caption: str) -> dict[str, torch.Tensor]:
     if n_shapes == 1:
         if {"with", "its", "it", "to", "of", "above", "below"} & set(words):
             raise ValueError(f"one-shape caption {caption!r} cannot have a relation")
-        *objects[0], position = parse_caption(" ".join(words)).tolist()
+        objects[0], position = _parse_single(" ".join(words), caption)
     elif n_shapes == 2:
         if {"in", "top", "bottom", "centre"} & set(words):
             raise ValueError(f"two-shape caption {caption!r} cannot have a position")
@@ -545,11 +586,13 @@ def make_scenes(
         n, seed, split, two_object_fraction
     )
     phrasing_seed, render_seed = np.random.SeedSequence(seed).spawn(2)
-    n_rules = np.lcm(len(_TEMPLATES), len(_PAIR_TEMPLATES))
-    rules = np.random.default_rng(phrasing_seed).integers(n_rules, size=n)
+    n_rules = np.lcm.reduce([len(_TEMPLATES), len(_PAIR_TEMPLATES), 2])
+    phrasing = np.random.default_rng(phrasing_seed)
+    rules = phrasing.integers(n_rules, size=n)
+    omit = phrasing.random((n, 3)) < SCENE_OMIT
     captions = [
-        scene_caption(*labels, int(rule))
-        for *labels, rule in zip(objects, relation, position, rules)
+        scene_caption(*labels, int(rule), tuple(leave_out))
+        for *labels, rule, leave_out in zip(objects, relation, position, rules, omit)
     ]
     images, centres, radii = render_scenes(
         objects, relation, position, image_size, render_seed

@@ -31,7 +31,16 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .data import _CENTRES, _RADII, ATTRIBUTES, BACKGROUND, COLOURS, _shape_mask
+from .data import (
+    _CENTRES,
+    _EXTENTS,
+    _RADII,
+    ATTRIBUTES,
+    BACKGROUND,
+    COLOURS,
+    SCENE_RADII,
+    _shape_mask,
+)
 
 NONE = -1  # "none of these": no value of the attribute fits the image
 # area of each shape drawn with "radius" r (see data._shape_mask): circle pi r^2,
@@ -55,6 +64,11 @@ class JudgeConfig:
     radius_range: tuple = (0.10, 0.34)  # fitted radius outside: size NONE
     max_position_error: float = 0.12  # real shapes: <= 0.06 (jitter)
     supersample: int = 4  # anti-aliasing of the shape templates
+    radii: dict = field(default_factory=lambda: dict(_RADII))  # the grammar's sizes
+    max_objects: int = 1  # more connected regions: "extra objects"
+    # two objects are "left of" / "above" each other when the offset along the
+    # other axis is at most this share of the offset along the relation's axis
+    max_relation_cross: float = 0.5
 
 
 @dataclass
@@ -91,7 +105,7 @@ class Judge:
         self.bg = np.asarray(cfg.background, dtype=np.float64)
         self.palette = np.asarray(list(cfg.palette.values()), dtype=np.float64)
         self.centres = np.asarray([_CENTRES[p] for p in ATTRIBUTES["position"]])
-        self.size_threshold = (_RADII["small"] + _RADII["large"]) / 2
+        self.size_threshold = (cfg.radii["small"] + cfg.radii["large"]) / 2
 
     def __call__(self, images: torch.Tensor) -> Verdict:
         if images.ndim != 4 or images.shape[1] != 3:
@@ -113,6 +127,19 @@ class Judge:
 
     def measure(self, p: np.ndarray) -> dict:
         """Measure one image p [H, W, 3] in [0, 1] (see the module docstring)."""
+        distance, regions, keep, out = self._regions(p)
+        out.update({"labels": [NONE] * 4, "colour_rgb": [float("nan")] * 3,
+                    "colour_error": float("nan"), "shape_iou": 0.0})  # fmt: skip
+        if len(keep) == 1:
+            out.update(self._measure_object(p, distance, regions == keep[0]))
+        out["reason"] = self._reason(out)
+        out["valid"] = out["reason"] == ""
+        return out
+
+    def _regions(self, p: np.ndarray):
+        """(distance from the background [H, W], connected regions [H, W], the labels
+        of the regions that are objects, {"objects", "background_rms",
+        "background_fraction"})."""
         cfg, h = self.config, p.shape[0]
         distance = np.linalg.norm(p - self.bg, axis=-1)
         regions, n = ndimage.label(distance > cfg.foreground_threshold, np.ones((3, 3)))
@@ -125,20 +152,14 @@ class Judge:
         bg_rms = (
             np.sqrt((distance[background] ** 2).mean()) if background.any() else 0.0
         )
-        out = {"objects": len(keep), "background_rms": float(bg_rms),
-               "labels": [NONE] * 4, "background_fraction": background.mean(),
-               "colour_rgb": [float("nan")] * 3, "colour_error": float("nan"),
-               "shape_iou": 0.0}  # fmt: skip
-        if len(keep) == 1:
-            out.update(self._measure_object(p, distance, regions == keep[0]))
-        out["reason"] = self._reason(out)
-        out["valid"] = out["reason"] == ""
-        return out
+        stats = {"objects": len(keep), "background_rms": float(bg_rms),
+                 "background_fraction": background.mean()}  # fmt: skip
+        return distance, regions, keep, stats
 
     def _reason(self, m: dict) -> str:
         if m["objects"] == 0:
             return "blank"
-        if m["objects"] > 1:
+        if m["objects"] > self.config.max_objects:
             return f"{m['objects']} objects"
         if m["background_fraction"] < self.config.min_background_fraction:
             return "no background"
@@ -162,7 +183,8 @@ class Judge:
             int(offsets.argmin()) if offsets.min() <= cfg.max_position_error else NONE
         )
         return {"labels": [shape, colour, size, position], "colour_rgb": rgb.tolist(),
-                "colour_error": float(errors.min()), "shape_iou": iou}  # fmt: skip
+                "colour_error": float(errors.min()), "shape_iou": iou,
+                "centre": [float(cy), float(cx)]}  # fmt: skip
 
     def _size(self, radius: float) -> int:
         lo, hi = self.config.radius_range
@@ -171,22 +193,34 @@ class Judge:
         return int(radius > self.size_threshold)  # index of "small" / "large"
 
     def _fit_shape(self, alpha: np.ndarray):
-        """(shape index or NONE, radius, IoU, centroid) of the best-fitting template."""
+        """(shape index or NONE, radius, IoU, centroid) of the best-fitting template.
+
+        alpha [H, W] is the object's soft mask; templates are drawn on a window around
+        the object (wide enough for every template tried), supersampled."""
         h, s = alpha.shape[0], self.config.supersample
         area = alpha.sum() / h**2
         grid = (np.arange(h) + 0.5) / h
         cy, cx = (alpha.sum(1) @ grid, alpha.sum(0) @ grid) / max(alpha.sum(), 1e-12)
-        fine = (np.arange(h * s) + 0.5) / (h * s)
-        yy, xx = fine[:, None], fine[None, :]
+        r_max = np.sqrt(area / min(_AREA_PER_R2.values())) * 1.06
+        reach = 1.4 * r_max * max(_EXTENTS.values()) + 2 / h  # template + margin
+        (r0, r1), (c0, c1) = (
+            (max(0, int((v - reach) * h)), min(h, int(np.ceil((v + reach) * h))))
+            for v in (cy, cx)
+        )
+        window = alpha[r0:r1, c0:c1]
+        if window.sum() < 0.999 * alpha.sum():  # the mask reaches outside the window
+            window, (r0, r1, c0, c1) = alpha, (0, h, 0, h)
+        ys = ((np.arange(r0 * s, r1 * s) + 0.5) / (h * s))[:, None]
+        xs = ((np.arange(c0 * s, c1 * s) + 0.5) / (h * s))[None, :]
         best = (NONE, 0.0, 0.0)
         for index, name in enumerate(ATTRIBUTES["shape"]):
-            r0 = np.sqrt(area / _AREA_PER_R2[name])
-            for r in r0 * np.array([0.94, 1.0, 1.06]):
+            r_fit = np.sqrt(area / _AREA_PER_R2[name])
+            for r in r_fit * np.array([0.94, 1.0, 1.06]):
                 for dy, dx in np.ndindex(3, 3):
-                    oy, ox = cy + (dy - 1) * 0.1 * r0, cx + (dx - 1) * 0.1 * r0
-                    mask = _shape_mask(name, yy, xx, oy, ox, r)
-                    m = mask.reshape(h, s, h, s).mean(axis=(1, 3))
-                    iou = np.minimum(m, alpha).sum() / np.maximum(m, alpha).sum()
+                    oy, ox = cy + (dy - 1) * 0.1 * r_fit, cx + (dx - 1) * 0.1 * r_fit
+                    mask = _shape_mask(name, ys, xs, oy, ox, r)
+                    m = mask.reshape(r1 - r0, s, c1 - c0, s).mean(axis=(1, 3))
+                    iou = np.minimum(m, window).sum() / np.maximum(m, window).sum()
                     if iou > best[2]:
                         best = (index, r, iou)
         shape = best[0] if best[2] >= self.config.min_shape_iou else NONE
@@ -244,3 +278,180 @@ def by_pair(verdict: Verdict, labels: torch.Tensor) -> dict:
 def _tensor_fields(v: Verdict) -> list:
     return [v.labels, v.valid, v.objects, v.background_rms, v.colour_rgb,
             v.colour_error, v.shape_iou]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------
+# Scenes of one or two shapes (Part II onwards)
+
+
+def scene_judge_config(**overrides) -> JudgeConfig:
+    """The judge's tolerances for data.make_scenes images: the scenes' sizes, up to
+    two objects, specks below 12 pixels of a 64x64 image."""
+    scene = {"radii": dict(SCENE_RADII), "radius_range": (0.06, 0.20),
+             "min_object_fraction": 0.003, "max_objects": 2}  # fmt: skip
+    return JudgeConfig(**{**scene, **overrides})
+
+
+@dataclass
+class SceneVerdict:
+    """What the scene judge measured in B images, objects in the order they were found
+    (top to bottom by first pixel), at most two.
+
+    objects [B, 2, 3]: shape, colour, size of each found object (NONE where no value
+    fits, or no object); centres [B, 2, 2]: (row, column) of each, NaN if absent;
+    relation [B]: object 0 <RELATIONS[relation]> object 1, NONE unless two objects in
+    a clear relation; position [B]: a lone object's POSITIONS index, NONE otherwise;
+    count [B]: objects found; valid [B]: one or two objects on a clean background;
+    colour_rgb [B, 2, 3], colour_error [B, 2] (to the nearest palette colour),
+    shape_iou [B, 2]; background_rms [B]; reasons: why an image is not valid."""
+
+    objects: torch.Tensor
+    centres: torch.Tensor
+    relation: torch.Tensor
+    position: torch.Tensor
+    count: torch.Tensor
+    valid: torch.Tensor
+    colour_rgb: torch.Tensor
+    colour_error: torch.Tensor
+    shape_iou: torch.Tensor
+    background_rms: torch.Tensor
+    reasons: list
+
+
+class SceneJudge(Judge):
+    """judge(images [B, 3, 64, 64] in [-1, 1]) -> SceneVerdict: each object measured as
+    the Part I judge measures its one object (colour, shape, size; see the module
+    docstring), plus the relation between two objects from their centroids."""
+
+    def __init__(self, config: JudgeConfig | None = None):
+        super().__init__(config or scene_judge_config())
+
+    def __call__(self, images: torch.Tensor) -> SceneVerdict:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        x = torch.nan_to_num(images.detach().float().cpu(), nan=0.0).clamp(-1, 1)
+        pixels = ((x + 1) / 2).permute(0, 2, 3, 1).double().numpy()
+        rows = [self.measure(p) for p in pixels]
+        col = lambda key, dtype: torch.tensor([r[key] for r in rows], dtype=dtype)
+        return SceneVerdict(
+            objects=col("objects_found", torch.long),
+            centres=col("centres", torch.float64),
+            relation=col("relation", torch.long),
+            position=col("position", torch.long),
+            count=col("objects", torch.long),
+            valid=col("valid", torch.bool),
+            colour_rgb=col("colour_rgb", torch.float64),
+            colour_error=col("colour_error", torch.float64),
+            shape_iou=col("shape_iou", torch.float64),
+            background_rms=col("background_rms", torch.float64),
+            reasons=[r["reason"] for r in rows],
+        )
+
+    def measure(self, p: np.ndarray) -> dict:
+        """Measure one scene p [H, W, 3] in [0, 1]."""
+        distance, regions, keep, out = self._regions(p)
+        nan = float("nan")
+        out.update({"objects_found": [[NONE] * 3] * 2, "centres": [[nan] * 2] * 2,
+                    "colour_rgb": [[nan] * 3] * 2, "colour_error": [nan] * 2,
+                    "shape_iou": [0.0] * 2, "relation": NONE,
+                    "position": NONE})  # fmt: skip
+        if 1 <= len(keep) <= 2:
+            found = [self._measure_object(p, distance, regions == k) for k in keep]
+            for key in ("centre", "colour_rgb", "colour_error", "shape_iou"):
+                many = "centres" if key == "centre" else key
+                out[many] = [f[key] for f in found] + out[many][len(found) :]
+            out["objects_found"] = [f["labels"][:3] for f in found] + [[NONE] * 3] * (
+                2 - len(found)
+            )
+            if len(found) == 1:
+                out["position"] = found[0]["labels"][3]
+            else:
+                out["relation"] = self.relation(*out["centres"])
+        out["reason"] = self._reason(out)
+        out["valid"] = out["reason"] == ""
+        return out
+
+    def relation(self, a, b) -> int:
+        """Index into RELATIONS of "a <relation> b" for centres (row, column), NONE when
+        neither axis clearly dominates the offset."""
+        dy, dx = b[0] - a[0], b[1] - a[1]
+        main, cross = (dx, dy) if abs(dx) >= abs(dy) else (dy, dx)
+        if abs(cross) > self.config.max_relation_cross * abs(main):
+            return NONE
+        # b right of a: a is "to the left of" b (0); b below a: a is "above" b (2)
+        horizontal = abs(dx) >= abs(dy)
+        return (0 if main > 0 else 1) if horizontal else (2 if main > 0 else 3)
+
+
+SCENE_PARTS = ("shape", "colour", "size")  # per object, as in ScenesData.objects
+
+
+def _matches(found: torch.Tensor, asked: torch.Tensor) -> torch.Tensor:
+    """Which values fit the prompt: equal, or left open by it (-1)."""
+    return (found == asked) | (asked < 0)
+
+
+def _align(verdict: SceneVerdict, i: int, objects, relation) -> tuple:
+    """(found objects [2, 3] in the prompt's order, the relation read in that order):
+    of the two orders, the one with more (shape, colour, size) values right, then
+    with the relation right (a tie: "a red circle above a red circle")."""
+    found, rel = verdict.objects[i], int(verdict.relation[i])
+    if int(verdict.count[i]) != 2 or objects[1, 0] < 0:
+        return found, rel
+    flipped = rel ^ 1 if rel != NONE else NONE  # "a left of b" is "b right of a"
+    orders = [(found, rel), (found.flip(0), flipped)]
+    score = lambda o: (int(_matches(o[0], objects).sum()), int(o[1] == relation))
+    return max(orders, key=score)
+
+
+def scene_accuracy(
+    verdict: SceneVerdict,
+    objects: torch.Tensor,
+    relation: torch.Tensor,
+    position: torch.Tensor,
+) -> dict:
+    """How often each attribute the prompts name is right, for prompt labels encoded as
+    in data.ScenesData (objects [B, 2, 3], relation [B], position [B]); a size or a
+    lone object's position of -1 (left open by the caption) is right whatever it is.
+
+    Found objects are matched to the prompt's in the order that gets more of their
+    values right (the relation is read in that order). "shape", "colour", "size": over
+    every object the prompts name (and size where they name it); "count": the number
+    of objects; "relation" / "position": over two- / one-object prompts that name one
+    (NaN if there are none); "clean": valid
+    images; "joint" (prompt accuracy): valid, the right count and every attribute of
+    every object right."""
+    b = objects.shape[0]
+    if objects.shape != (b, 2, 3) or relation.shape != (b,) or position.shape != (b,):
+        raise ValueError(
+            "prompt labels must be objects [B, 2, 3], relation [B], position [B] "
+            f"with B = {verdict.objects.shape[0]}, got {tuple(objects.shape)}, "
+            f"{tuple(relation.shape)}, {tuple(position.shape)}"
+        )
+    objects, relation, position = (
+        x.cpu().long() for x in (objects, relation, position)
+    )
+    named = objects[..., 0] >= 0  # [B, 2]
+    right = torch.zeros(b, 2, 3, dtype=torch.bool)
+    relation_right = torch.zeros(b, dtype=torch.bool)
+    for i in range(b):
+        found, rel = _align(verdict, i, objects[i], int(relation[i]))
+        right[i] = _matches(found, objects[i])
+        relation_right[i] = rel == int(relation[i])
+    two = named[:, 1]
+    count_right = verdict.count == named.sum(1)
+    ok = verdict.valid & count_right
+    right &= ok[:, None, None]
+    placed = (verdict.position == position) | (position < 0)
+    where_right = torch.where(two, relation_right, placed) & ok
+    mean = lambda x: x.float().mean().item() if x.numel() else float("nan")
+    asked = named[..., None] & (objects >= 0)  # [B, 2, 3]: attributes the prompt names
+    out = {a: mean(right[..., k][asked[..., k]]) for k, a in enumerate(SCENE_PARTS)}
+    out.update(
+        count=mean(count_right),
+        relation=mean(where_right[two]),
+        position=mean(where_right[~two & (position >= 0)]),
+        clean=mean(verdict.valid),
+        joint=mean((right.all(-1) | ~named).all(1) & where_right),
+    )
+    return out

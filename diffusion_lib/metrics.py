@@ -28,10 +28,14 @@ from .judge import (  # noqa: F401  (the judge is part of the metrics' interface
     NONE,
     Judge,
     JudgeConfig,
+    SceneJudge,
+    SceneVerdict,
     Verdict,
     by_pair,
     image_statistics,
     judged_accuracy,
+    scene_accuracy,
+    scene_judge_config,
 )
 
 

@@ -14,11 +14,13 @@ from .metrics import Evaluator, EvaluatorConfig
 from .schedules import NoiseSchedule
 from .train import load_checkpoint, read_manifest
 from .unet import UNet, UNetConfig
+from .vae import AutoencoderKL, VAEConfig
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 BUILDERS = {
     "shapes-evaluator": lambda cfg: Evaluator(EvaluatorConfig.from_dict(cfg)),
     "shapes-ddpm": lambda cfg: UNet(UNetConfig.from_dict(cfg)),
+    "scenes-vae": lambda cfg: AutoencoderKL(VAEConfig.from_dict(cfg)),
 }
 
 

@@ -5,6 +5,7 @@
     python -m diffusion_lib.recipes shapes-ddpm --stage measure  # re-measure only
     python -m diffusion_lib.recipes shapes-ddpm --quick --out /tmp/ckpt  # a smoke run
     python -m diffusion_lib.recipes ablation --steps 1500  # the comparison behind it
+    python -m diffusion_lib.recipes scenes-vae  # chapter 6's autoencoder
 
 Each recipe trains, measures its quality gates, and writes NAME.safetensors + NAME.json.
 """
@@ -22,23 +23,34 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import pretrained
-from .data import HELD_OUT, LABEL_SIZES, make_shapes, sample_labels
+from .data import HELD_OUT, LABEL_SIZES, make_scenes, make_shapes, sample_labels
 from .metrics import (
     Evaluator,
     EvaluatorConfig,
     Judge,
+    SceneJudge,
     by_pair,
     classifier_accuracy,
     fid_kid,
     image_statistics,
     judged_accuracy,
     real_vs_real,
+    scene_accuracy,
     train_evaluator,
 )
 from .pipelines import IMAGE_SIZE, generate_shapes
 from .schedules import NoiseSchedule
 from .train import TrainConfig, save_checkpoint, train_diffusion, write_manifest
 from .unet import UNet, UNetConfig, count_parameters
+from .vae import (
+    AutoencoderKL,
+    VAEConfig,
+    VAETrainConfig,
+    latent_scaling_factor,
+    psnr,
+    reconstruct,
+    train_vae,
+)
 
 SHAPES_UNET = UNetConfig(
     base_channels=32,
@@ -318,7 +330,118 @@ def ablation(quick=False, seed=0, steps=1500) -> dict:
     return rows
 
 
-RECIPES = {"shapes-evaluator": evaluator_recipe, "shapes-ddpm": ddpm_recipe}
+# ---------------------------------------------------------------------------------
+# Part II: the scene VAE (chapter 6)
+
+SCENE_SIZE = 64
+SCENES_VAE = VAEConfig(channels=(16, 32, 64, 64), blocks_per_level=1)
+SCENES_VAE_TRAIN = VAETrainConfig(
+    steps=6000, batch_size=32, lr=2e-3, warmup=100, kl_weight=1e-6, seed=0
+)
+VAE_TRADEOFF = (1e-6, 1e-4, 1e-2, 1.0)  # kl_weight values of the trade-off sweep
+
+
+def measure_vae(model, n: int, seed: int) -> dict:
+    """Reconstruction PSNR and the scene judge on originals vs reconstructions, on n
+    real scenes of each split (seeds no training run uses)."""
+    judge, out = SceneJudge(), {}
+    for split in ("train", "holdout"):
+        real = make_scenes(n, SCENE_SIZE, seed=seed + 7000, split=split)
+        rec = reconstruct(model, real.images)
+        p = psnr(rec, real.images)
+        labels = (real.objects, real.relation, real.position)
+        out[split] = {
+            "psnr_mean": p.mean().item(),
+            "psnr_p05": p.quantile(0.05).item(),
+            "judge_originals": scene_accuracy(judge(real.images), *labels),
+            "judge_reconstructions": scene_accuracy(judge(rec), *labels),
+        }
+    return out
+
+
+def vae_tradeoff(quick=False, seed=0, steps=400) -> dict:
+    """The reconstruction / KL trade-off: the same short training for each kl_weight
+    in VAE_TRADEOFF, measured by held-out PSNR and KL per latent element."""
+    steps, n = (3, 16) if quick else (steps, 300)
+    data = make_scenes(256 if quick else 10000, SCENE_SIZE, seed=seed, split="train")
+    test = make_scenes(n, SCENE_SIZE, seed=seed + 7000, split="train").images
+    rows = {}
+    for beta in VAE_TRADEOFF:
+        torch.manual_seed(seed)
+        model = AutoencoderKL(SCENES_VAE)
+        overrides = {"steps": steps, "kl_weight": beta, "warmup": min(100, steps)}
+        cfg = VAETrainConfig(**{**asdict(SCENES_VAE_TRAIN), **overrides})
+        result = train_vae(model, data.images, cfg, progress=False)
+        with torch.no_grad():
+            posterior = result.ema.model.encode(test)
+        kl = (posterior.kl().mean() / posterior.mean[0].numel()).item()
+        rows[f"{beta:g}"] = {
+            "kl_weight": beta,
+            "psnr": psnr(reconstruct(result.ema.model, test), test).mean().item(),
+            "kl_per_latent_element": kl,
+            "latent_std": 1 / latent_scaling_factor(result.ema.model, test),
+            "steps": steps,
+        }
+        print(f"kl_weight {beta:g}: {rows[f'{beta:g}']}", flush=True)
+    return rows
+
+
+def vae_recipe(out_dir, quick=False, seed=0) -> dict:
+    """Train the scene autoencoder, measure it, and measure the KL trade-off."""
+    cfg = VAETrainConfig(**{**asdict(SCENES_VAE_TRAIN), "seed": seed})
+    n_images = 10000
+    if quick:
+        cfg.steps, cfg.warmup, n_images = 4, 2, 256
+    data = make_scenes(n_images, SCENE_SIZE, seed=seed, split="train")
+    probe = make_scenes(64 if quick else 200, SCENE_SIZE, seed=seed + 7500).images
+    curve = []
+
+    def measure(step, ema_model):
+        curve.append({"step": step, "psnr": psnr(reconstruct(ema_model, probe), probe)
+                      .mean().item()})  # fmt: skip
+        print(f"step {step}: held-out PSNR {curve[-1]['psnr']:.2f} dB", flush=True)
+
+    torch.manual_seed(seed)
+    model = AutoencoderKL(SCENES_VAE)
+    result = train_vae(
+        model,
+        data.images,
+        cfg,
+        callback=measure,
+        callback_every=max(1, cfg.steps // 12),
+    )
+    vae = result.ema.model
+    vae.config.scaling_factor = latent_scaling_factor(vae, data.images[:2000], seed)
+    n = 64 if quick else 1000
+    info = {
+        "recipe": "scenes-vae",
+        "config": vae.config.to_dict(),
+        "train": asdict(cfg),
+        "seed": seed,
+        "quick": quick,
+        "image_size": SCENE_SIZE,
+        "training_images": n_images,
+        "training_seconds": round(result.seconds, 1),
+        "hardware": hardware(),
+        "parameters": count_parameters(vae),
+        "final_loss": sum(result.losses[-100:]) / len(result.losses[-100:]),
+        "metrics": {
+            "eval_images_per_split": n,
+            "reconstruction": measure_vae(vae, n, seed),
+            "psnr_curve": curve,
+            "tradeoff": vae_tradeoff(quick, seed),
+        },
+    }
+    print(json.dumps(info["metrics"], indent=1))
+    path = pretrained.checkpoint_path("scenes-vae", out_dir)
+    return save_checkpoint(path, vae, info)
+
+
+RECIPES = {
+    "shapes-evaluator": evaluator_recipe,
+    "shapes-ddpm": ddpm_recipe,
+    "scenes-vae": vae_recipe,
+}
 
 
 def main(argv=None):

@@ -48,13 +48,13 @@ def _norm(channels: int, groups: int) -> nn.GroupNorm:
 
 class ResBlock(nn.Module):
     """Two 3x3 convolutions with the embedding added in between, and a residual
-    connection."""
+    connection. emb_dim=0 gives a block without an embedding (as in the VAE)."""
 
     def __init__(
         self,
         in_ch: int,
         out_ch: int,
-        emb_dim: int,
+        emb_dim: int = 0,
         dropout: float = 0.0,
         groups: int = 8,
     ):
@@ -63,16 +63,19 @@ class ResBlock(nn.Module):
             _norm(in_ch, groups),
             nn.Conv2d(in_ch, out_ch, 3, padding=1),
         )
-        self.emb_proj = nn.Linear(emb_dim, out_ch)
+        self.emb_proj = nn.Linear(emb_dim, out_ch) if emb_dim else None
         self.norm2, self.dropout = _norm(out_ch, groups), nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)  # each block starts as the identity
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]
+        if self.emb_proj is not None:
+            if emb is None:
+                raise ValueError("this block adds an embedding: pass emb [B, emb_dim]")
+            h = h + self.emb_proj(F.silu(emb))[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return self.skip(x) + h
 
