@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .clip import CLIP, CLIPConfig
 from .metrics import Evaluator, EvaluatorConfig
 from .schedules import NoiseSchedule
 from .train import load_checkpoint, read_manifest
@@ -21,6 +22,7 @@ BUILDERS = {
     "shapes-evaluator": lambda cfg: Evaluator(EvaluatorConfig.from_dict(cfg)),
     "shapes-ddpm": lambda cfg: UNet(UNetConfig.from_dict(cfg)),
     "scenes-vae": lambda cfg: AutoencoderKL(VAEConfig.from_dict(cfg)),
+    "scenes-clip": lambda cfg: CLIP(CLIPConfig.from_dict(cfg)),
 }
 
 

@@ -6,6 +6,7 @@
     python -m diffusion_lib.recipes shapes-ddpm --quick --out /tmp/ckpt  # a smoke run
     python -m diffusion_lib.recipes ablation --steps 1500  # the comparison behind it
     python -m diffusion_lib.recipes scenes-vae  # chapter 6's autoencoder
+    python -m diffusion_lib.recipes scenes-clip  # chapter 7's CLIP
 
 Each recipe trains, measures its quality gates, and writes NAME.safetensors + NAME.json.
 """
@@ -23,6 +24,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import pretrained
+from .clip import (
+    CLIP,
+    CLIPConfig,
+    CLIPTrainConfig,
+    WordTokenizer,
+    binding_test,
+    retrieval,
+    scene_tokenizer,
+    train_clip,
+    zero_shot_one_object,
+)
 from .data import HELD_OUT, LABEL_SIZES, make_scenes, make_shapes, sample_labels
 from .metrics import (
     Evaluator,
@@ -334,6 +346,23 @@ def ablation(quick=False, seed=0, steps=1500) -> dict:
 # Part II: the scene VAE (chapter 6)
 
 SCENE_SIZE = 64
+# The mini Stable Diffusion's denoiser (chapter 8): a cross-attention UNet on 8x8x4
+# latents, attending to the CLIP text encoder's token states (width 64).
+SCENES_LDM_UNET = UNetConfig(
+    in_channels=4,
+    out_channels=4,
+    base_channels=64,
+    channel_mults=(1, 2),
+    num_res_blocks=1,
+    attention_levels=(0, 1),
+    context_dim=64,
+)
+# For chapter 6's cost comparison: the same UNet working on 64x64x3 pixels, with the
+# three extra levels (64 -> 32 -> 16 -> 8) that the VAE's encoder and decoder replace.
+PIXEL_COMPARISON_UNET = UNetConfig(
+    **{**SCENES_LDM_UNET.to_dict(), "in_channels": 3, "out_channels": 3,
+       "channel_mults": (1, 1, 1, 1, 2), "attention_levels": (3, 4)}
+)  # fmt: skip
 SCENES_VAE = VAEConfig(channels=(16, 32, 64, 64), blocks_per_level=1)
 SCENES_VAE_TRAIN = VAETrainConfig(
     steps=6000, batch_size=32, lr=2e-3, warmup=100, kl_weight=1e-6, seed=0
@@ -437,10 +466,82 @@ def vae_recipe(out_dir, quick=False, seed=0) -> dict:
     return save_checkpoint(path, vae, info)
 
 
+# ---------------------------------------------------------------------------------
+# Part II: CLIP on scenes (chapter 7)
+
+SCENES_CLIP_TRAIN = CLIPTrainConfig(
+    steps=3000, batch_size=256, lr=1e-3, warmup=100, weight_decay=0.1, seed=0
+)
+
+
+def scenes_clip_config(tokenizer: WordTokenizer) -> CLIPConfig:
+    return CLIPConfig(
+        vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length
+    )
+
+
+def measure_clip(model, tokenizer, n: int, seed: int) -> dict:
+    """Zero-shot classification (one-object scenes), retrieval recall@1 (a pool of n
+    scenes) and the binding test (two-object scenes), per split."""
+    out = {}
+    for split in ("train", "holdout"):
+        scenes = lambda offset, two, split=split: make_scenes(
+            n, SCENE_SIZE, seed + offset, split, two_object_fraction=two
+        )
+        out[split] = {
+            "zero_shot": zero_shot_one_object(model, tokenizer, scenes(8000, 0.0)),
+            "retrieval": retrieval(model, tokenizer, scenes(8100, 0.5)),
+            "binding": binding_test(model, tokenizer, scenes(8200, 1.0)),
+        }
+    return out
+
+
+def clip_recipe(out_dir, quick=False, seed=0) -> dict:
+    """Train CLIP contrastively on training-split scenes and their captions."""
+    cfg = CLIPTrainConfig(**{**asdict(SCENES_CLIP_TRAIN), "seed": seed})
+    n_images = 20000
+    if quick:
+        cfg.steps, cfg.warmup, cfg.batch_size, n_images = 4, 2, 32, 256
+    tokenizer = scene_tokenizer()
+    data = make_scenes(n_images, SCENE_SIZE, seed=seed, split="train")
+    torch.manual_seed(seed)
+    model = CLIP(scenes_clip_config(tokenizer))
+    result = train_clip(model, data.images, tokenizer(data.captions), cfg)
+    every = max(1, cfg.steps // 30)
+    n = 64 if quick else 1000
+    info = {
+        "recipe": "scenes-clip",
+        "config": model.config.to_dict(),
+        "tokenizer": tokenizer.to_dict(),
+        "train": asdict(cfg),
+        "seed": seed,
+        "quick": quick,
+        "image_size": SCENE_SIZE,
+        "training_images": n_images,
+        "training_seconds": round(result.seconds, 1),
+        "hardware": hardware(),
+        "parameters": count_parameters(model),
+        "final_temperature": result.temperatures[-1],
+        "curve": [
+            {
+                "step": i + every,
+                "loss": sum(result.losses[i : i + every]) / every,
+                "temperature": result.temperatures[i + every - 1],
+            }
+            for i in range(0, cfg.steps - every + 1, every)
+        ],  # fmt: skip
+        "metrics": {"eval_images": n, **measure_clip(model, tokenizer, n, seed)},
+    }
+    print(json.dumps(info["metrics"], indent=1))
+    path = pretrained.checkpoint_path("scenes-clip", out_dir)
+    return save_checkpoint(path, model, info)
+
+
 RECIPES = {
     "shapes-evaluator": evaluator_recipe,
     "shapes-ddpm": ddpm_recipe,
     "scenes-vae": vae_recipe,
+    "scenes-clip": clip_recipe,
 }
 
 

@@ -117,13 +117,18 @@ class Attention(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """mask: bool [N, L] (or broadcastable), True where query n may attend to
+        key l (e.g. a causal mask in a text transformer)."""
         context = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         # [B, N, heads * dim_head] -> [B, heads, N, dim_head]
         split = lambda z: z.unflatten(-1, (self.heads, -1)).transpose(1, 2)
-        out = F.scaled_dot_product_attention(split(q), split(k), split(v))
+        out = F.scaled_dot_product_attention(split(q), split(k), split(v), mask)
         out = out.transpose(1, 2).flatten(2)  # [B, N, heads * dim_head]
         projection, dropout = self.to_out
         return dropout(projection(out))

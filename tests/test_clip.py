@@ -1,0 +1,155 @@
+"""CLIP from scratch: the word tokenizer, the causal text transformer with EOT pooling,
+the ViT, the symmetric InfoNCE loss, training, and the measurements (zero-shot,
+retrieval, binding) checked on models whose answers are known."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffusion_lib import clip
+from diffusion_lib.data import make_scenes
+
+TOK = clip.scene_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = clip.CLIPConfig(vocab_size=TOK.vocab_size, text_width=32, vision_width=32,
+                          text_layers=2, vision_layers=2, embed_dim=16)  # fmt: skip
+    return clip.CLIP(cfg).eval()
+
+
+def test_tokenizer_layout_and_round_trip():
+    tokens = TOK(["A small red circle, in the Center", "a blue square"])
+    assert tokens.shape == (2, TOK.context_length) and tokens.dtype == torch.long
+    assert tokens[0, 0] == TOK.start_id and tokens[0, 8] == TOK.end_id
+    assert (tokens[0, 9:] == TOK.pad_id).all()
+    assert TOK.decode(tokens[0]) == "a small red circle in the centre"
+    assert TOK.vocab_size == len(TOK.vocabulary) + 3
+    again = clip.WordTokenizer.from_dict(TOK.to_dict())
+    assert torch.equal(again(["a blue square"]), tokens[1:])
+
+
+def test_unknown_words_suggest_the_nearest_known_word():
+    with pytest.raises(clip.UnknownWordError, match="did you mean 'circle'"):
+        TOK("a red circel")
+    with pytest.raises(ValueError, match="the known words are a, above"):
+        TOK("a crimson circle")
+    with pytest.raises(ValueError, match="fit the context"):
+        TOK(" ".join(["red"] * TOK.context_length))
+    with pytest.raises(ValueError, match="lower-case words"):
+        clip.WordTokenizer(["Red"])
+
+
+def test_text_encoder_is_causal_and_pools_at_the_end_token(model):
+    a = TOK(["a red circle above a blue square"])
+    b = a.clone()
+    b[0, 4] = TOK.ids["green"]  # change word 4 ("above" -> "green")
+    states_a, states_b = model.text_states(a), model.text_states(b)
+    torch.testing.assert_close(states_a[:, :4], states_b[:, :4])  # earlier: unchanged
+    assert not torch.allclose(states_a[:, 4:], states_b[:, 4:])
+    # the embedding is the projected state at <end>: padding after it changes nothing
+    end = int((a[0] == TOK.end_id).nonzero())
+    padded = a.clone()
+    padded[0, end + 1 :] = TOK.ids["red"]
+    torch.testing.assert_close(model.encode_text(a), model.encode_text(padded))
+    manual = F.normalize(model.text.projection(states_a[0, end]), dim=-1)
+    torch.testing.assert_close(model.encode_text(a)[0], manual)
+    with pytest.raises(ValueError, match="<end>"):
+        model.encode_text(torch.ones(1, 5, dtype=torch.long))
+
+
+def test_embeddings_logits_and_loss(model):
+    scenes = make_scenes(6, seed=0)
+    images, tokens = scenes.images, TOK(scenes.captions)
+    img, txt = model.encode_image(images), model.encode_text(tokens)
+    torch.testing.assert_close(img.norm(dim=-1), torch.ones(6))
+    logits = model(images, tokens)
+    torch.testing.assert_close(logits, model.logit_scale.exp() * img @ txt.T)
+    assert model.logit_scale.exp().item() == pytest.approx(1 / 0.07, rel=1e-4)
+    target = torch.arange(6)
+    manual = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    torch.testing.assert_close(clip.clip_loss(logits), manual)
+    perfect = torch.eye(4) * 100
+    assert clip.clip_loss(perfect).item() < 1e-6
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)  # exp(10) > 100: clipped, as in CLIP
+        assert model(images[:1], tokens[:1]).abs().max() <= 100 + 1e-4
+        model.logit_scale.fill_(torch.tensor(1 / 0.07).log().item())
+    with pytest.raises(ValueError, match=r"\[B, 3, 64, 64\]"):
+        model.encode_image(torch.zeros(1, 3, 32, 32))
+
+
+def test_training_learns_and_is_seeded():
+    scenes = make_scenes(128, seed=1)
+    tokens = TOK(scenes.captions)
+    cfg = clip.CLIPConfig(vocab_size=TOK.vocab_size, text_width=32, vision_width=32,
+                          text_layers=1, vision_layers=1, embed_dim=16)  # fmt: skip
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        m = clip.CLIP(cfg)
+        train_cfg = clip.CLIPTrainConfig(steps=40, batch_size=32, lr=2e-3, warmup=5)
+        runs.append(
+            clip.train_clip(m, scenes.images, tokens, train_cfg, progress=False)
+        )
+    assert runs[0].losses == runs[1].losses
+    assert sum(runs[0].losses[-5:]) < 0.85 * sum(runs[0].losses[:5]), runs[0].losses
+    assert len(runs[0].temperatures) == 40
+    with pytest.raises(ValueError, match="one caption per image"):
+        clip.train_clip(m, scenes.images, tokens[:3], train_cfg, progress=False)
+
+
+class OracleCLIP(torch.nn.Module):
+    """Embeds an image by its true labels and a caption by its parsed labels (one-hot
+    per object, order-aware), or as a bag of words when `bag=True`."""
+
+    def __init__(self, scenes, bag=False):
+        super().__init__()
+        self.lookup = {img.sum().item(): i for i, img in enumerate(scenes.images)}
+        self.scenes, self.bag = scenes, bag
+
+    def _code(self, objects, relation, position):
+        from diffusion_lib.data import COLOURS, POSITIONS, SHAPES, SIZES
+
+        sizes = (len(SHAPES), len(COLOURS), len(SIZES))
+        parts = [F.one_hot(o.clamp(min=0), n) * (o >= 0)
+                 for row in objects for o, n in zip(row, sizes)]  # fmt: skip
+        if self.bag:  # which words occur, not which object they belong to
+            parts = [parts[0] + parts[3], parts[1] + parts[4], parts[2] + parts[5]]
+            return torch.cat(parts).float()
+        rel = F.one_hot(relation.clamp(min=0), 4) * (relation >= 0)
+        pos = F.one_hot(position.clamp(min=0), len(POSITIONS)) * (position >= 0)
+        return torch.cat(parts + [rel, pos]).float()
+
+    def encode_image(self, images):
+        s = self.scenes
+        rows = [self.lookup[img.sum().item()] for img in images]
+        codes = [self._code(s.objects[i], s.relation[i], s.position[i]) for i in rows]
+        return F.normalize(torch.stack(codes), dim=-1)
+
+    def encode_text(self, tokens):
+        from diffusion_lib.data import parse_scene_caption
+
+        codes = [
+            self._code(*parse_scene_caption(TOK.decode(t)).values()) for t in tokens
+        ]
+        return F.normalize(torch.stack(codes), dim=-1)
+
+
+def test_measurements_on_an_oracle_and_a_bag_of_words():
+    one = make_scenes(40, seed=2, two_object_fraction=0.0)
+    zs = clip.zero_shot_one_object(OracleCLIP(one), TOK, one)
+    assert zs["shape"] == zs["colour"] == zs["all"] == 1.0 and zs["images"] == 40
+    two = make_scenes(40, seed=3, two_object_fraction=1.0)
+    oracle = clip.binding_test(OracleCLIP(two), TOK, two)
+    bag = clip.binding_test(OracleCLIP(two, bag=True), TOK, two)
+    assert oracle["colours swapped"] == oracle["relation reversed"] == 1.0
+    assert bag["colours swapped"] == bag["shapes swapped"] == 0.5, bag
+    assert oracle["colours swapped (scenes)"] < 40  # same-colour pairs are skipped
+    mixed = make_scenes(30, seed=4)
+    r = clip.retrieval(OracleCLIP(mixed), TOK, mixed)
+    assert r["text_to_image_labels"] >= 0.9 and r["pool"] == 30, r
+    with pytest.raises(ValueError, match="one-object"):
+        clip.zero_shot_one_object(OracleCLIP(two), TOK, two)
