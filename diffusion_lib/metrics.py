@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -174,7 +175,8 @@ class AppearanceFeatures(nn.Module):
     """Features for FID / KID that see what a reader sees, in four blocks:
 
     * semantics: the evaluator's penultimate features (shape, colour, size, position);
-    * layout: the image averaged down to 4x4 pixels (where the colours are);
+    * layout: the image averaged down to 4x4 pixels (where the colours are; 8x8 for
+      64x64 scenes);
     * colour: per-channel mean, standard deviation, maximum and minimum;
     * texture: per-channel energy of the high frequencies (what blur removes and noise
       adds): |x - blur(x)| and the mean difference between neighbouring pixels.
@@ -183,9 +185,20 @@ class AppearanceFeatures(nn.Module):
     reference set of real images, and each block scaled to the same total variance, so
     that no block drowns the others. Images in [-1, 1]."""
 
-    def __init__(self, evaluator: Evaluator, reference: torch.Tensor):
+    def __init__(
+        self,
+        evaluator: Evaluator | None,
+        reference: torch.Tensor,
+        semantic: nn.Module | None = None,
+        layout_size: int = 4,
+    ):
         super().__init__()
-        self.semantic = EvaluatorFeatures(evaluator)
+        # the semantic block: the evaluator's features (Part I), or any module mapping
+        # images to [B, D] features (scenes: CLIP's image embedding)
+        self.semantic = (
+            semantic if semantic is not None else EvaluatorFeatures(evaluator)
+        )
+        self.layout_size = layout_size
         raw = self.raw_blocks(reference)
         self.dims = [b.shape[1] for b in raw]
         f = torch.cat(raw, 1)
@@ -203,7 +216,8 @@ class AppearanceFeatures(nn.Module):
                    x.diff(dim=2).abs().mean((2, 3)),
                    x.diff(dim=3).abs().mean((2, 3))]  # fmt: skip
         colour = [x.mean((2, 3)), x.std((2, 3)), x.amax((2, 3)), x.amin((2, 3))]
-        blocks = [self.semantic(x), F.adaptive_avg_pool2d(x, 4).flatten(1),
+        layout = F.adaptive_avg_pool2d(x, self.layout_size).flatten(1)
+        blocks = [self.semantic(x), layout,
                   torch.cat(colour, 1), torch.cat(texture, 1)]  # fmt: skip
         return [b.double() for b in blocks]
 
@@ -247,6 +261,19 @@ def fid_kid(
     features: str = "appearance",
 ) -> dict:
     """FID and KID between image sets [N, 3, H, W] in [-1, 1] (AppearanceFeatures)."""
+    if fake.shape[1:] != real.shape[1:]:
+        raise ValueError(
+            f"image shapes differ: {tuple(fake.shape)} vs {tuple(real.shape)}"
+        )
+    feats = feature_extractor(evaluator, real.shape[-1], features)
+    return fid_kid_with(feats, fake, real, kid_subset)
+
+
+def fid_kid_with(
+    feats: nn.Module, fake: torch.Tensor, real: torch.Tensor, kid_subset: int = 100
+) -> dict:
+    """FID and KID between image sets [N, 3, H, W] through the feature module `feats`
+    (a torchmetrics feature extractor: an nn.Module with `num_features`)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -254,7 +281,6 @@ def fid_kid(
         raise ValueError(
             f"image shapes differ: {tuple(fake.shape)} vs {tuple(real.shape)}"
         )
-    feats = feature_extractor(evaluator, real.shape[-1], features)
     subset = min(kid_subset, fake.shape[0], real.shape[0])
     fid = FrechetInceptionDistance(feature=feats, reset_real_features=True)
     with warnings.catch_warnings():  # KID keeps all features: fine for a few thousand
@@ -262,7 +288,8 @@ def fid_kid(
         kid = KernelInceptionDistance(
             feature=feats, subset_size=subset, reset_real_features=True
         )
-    device = next(evaluator.parameters()).device
+    tensors = itertools.chain(feats.parameters(), feats.buffers())
+    device = next(tensors, torch.zeros(())).device
     for metric in (fid, kid):
         metric.to(device)
         for chunk in real.split(500):
@@ -329,19 +356,82 @@ def sensitivity_table(
 ) -> list:
     """Rows {"comparison", "fid", "kid"}: n real images against `real_pairs` other real
     sets of n, then against each degraded copy of another real set (DEGRADATIONS)."""
-    real = make_shapes(n, image_size, seed=seed).images
-    rows = []
+    feats = feature_extractor(evaluator, image_size, features)
+    real = lambda k: make_shapes(n, image_size, seed=seed + k).images
+    return _sensitivity(feats, real, real_pairs, DEGRADATIONS, seed)
+
+
+def _sensitivity(feats, real, real_pairs, degradations, seed) -> list:
+    """real(k): the k-th real set (k = 0 is the reference)."""
+    reference, rows = real(0), []
     for i in range(real_pairs):
-        other = make_shapes(n, image_size, seed=seed + 1 + i).images
-        m = fid_kid(evaluator, other, real, features=features)
+        m = fid_kid_with(feats, real(1 + i), reference)
         rows.append(
             {"comparison": f"real vs real #{i + 1}", "fid": m["fid"], "kid": m["kid"]}
         )
-    source = make_shapes(n, image_size, seed=seed + 1).images
-    for name, degrade in DEGRADATIONS.items():
-        m = fid_kid(evaluator, degrade(source, seed), real, features=features)
+    source = real(1)
+    for name, degrade in degradations.items():
+        m = fid_kid_with(feats, degrade(source, seed), reference)
         rows.append({"comparison": name, "fid": m["fid"], "kid": m["kid"]})
     return rows
+
+
+# ---------------------------------------------------------------------------------
+# FID / KID for 64x64 scenes (Part II onwards): CLIP's image embedding as semantics
+
+
+class CLIPImageFeatures(nn.Module):
+    """A CLIP image encoder's embedding (before normalisation) as a feature extractor,
+    each row rescaled to RMS 1 per coordinate (as EvaluatorFeatures)."""
+
+    def __init__(self, clip_model: nn.Module):
+        super().__init__()
+        self.visual = clip_model.visual.eval()
+        self.num_features = clip_model.config.embed_dim
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        f = self.visual(images.float()).double()
+        return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12) * self.num_features**0.5
+
+
+@functools.lru_cache(maxsize=2)
+def reference_scenes(n: int = 1000) -> torch.Tensor:
+    """The fixed real scenes [n, 3, 64, 64] that calibrate the scene features."""
+    from .data import make_scenes
+
+    return make_scenes(n, 64, seed=REFERENCE_SEED, split="all").images
+
+
+def scene_features(clip_model: nn.Module) -> AppearanceFeatures:
+    """AppearanceFeatures for scenes: CLIP semantics, an 8x8 colour layout, colour and
+    texture statistics, calibrated on `reference_scenes()`."""
+    device = next(clip_model.parameters()).device
+    return AppearanceFeatures(
+        None, reference_scenes().to(device), CLIPImageFeatures(clip_model), 8
+    )
+
+
+def scene_fid_kid(clip_model, fake, real, kid_subset: int = 100) -> dict:
+    """FID and KID of 64x64 scenes [N, 3, 64, 64] on `scene_features`."""
+    return fid_kid_with(scene_features(clip_model), fake, real, kid_subset)
+
+
+SCENE_DEGRADATIONS = {  # as DEGRADATIONS, with a move visible at 64x64
+    **{k: v for k, v in DEGRADATIONS.items() if not k.startswith("shapes moved")},
+    "shapes moved 6 px": lambda x, s: _shift(x, 6),
+}
+
+
+def scene_sensitivity_table(
+    clip_model, n: int = 500, real_pairs: int = 4, seed: int = 100
+) -> list:
+    """sensitivity_table for scenes (scene_features, SCENE_DEGRADATIONS)."""
+    from .data import make_scenes
+
+    real = lambda k: make_scenes(n, 64, seed=seed + k).images
+    feats = scene_features(clip_model)
+    return _sensitivity(feats, real, real_pairs, SCENE_DEGRADATIONS, seed)
 
 
 def train_evaluator(

@@ -2,8 +2,9 @@
 
 Part I's pipeline is a label-conditional pixel-space diffusion model on 16x16 captioned
 shapes: caption -> labels (data.parse_caption) -> guided DDIM/DDPM sampling
-(samplers.sample). Later parts add text -> latent diffusion -> VAE decode (Stable
-Diffusion) and text -> prior -> decoder -> upsampler (unCLIP).
+(samplers.sample). Part II's `MiniStableDiffusion` is text -> CLIP token states ->
+latent diffusion -> VAE decode; Part III adds text -> prior -> decoder -> upsampler
+(unCLIP).
 """
 
 from __future__ import annotations
@@ -106,3 +107,121 @@ def generate_from_captions(model, schedule, captions: list, **kwargs) -> torch.T
     left"."""
     labels = torch.stack([parse_caption(c) for c in captions])
     return generate_shapes(model, schedule, labels, **kwargs)
+
+
+class MiniStableDiffusion:
+    """Stable Diffusion in miniature (Rombach et al. 2022, Sec. 3.3):
+
+        prompt -> tokenizer -> frozen CLIP text encoder -> token states c [B, L, D]
+        z_T ~ N(0, I) [B, 4, 8, 8] -> DDIM with classifier-free guidance, the UNet
+        cross-attending to c (the empty caption's states for the unconditional pass)
+        -> z_0 / scaling_factor -> VAE decoder -> images [B, 3, 64, 64] in [-1, 1].
+
+    The latents are never clipped (they are not in [-1, 1]; SD's scheduler has
+    clip_sample=False), the decoded images are."""
+
+    def __init__(
+        self,
+        unet,
+        vae,
+        text_encoder,
+        tokenizer,
+        schedule,
+        prediction_type: str = "eps",
+        guidance_scale: float = 3.0,
+    ):
+        self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
+        self.tokenizer, self.schedule = tokenizer, schedule
+        self.prediction_type, self.guidance_scale = prediction_type, guidance_scale
+
+    @classmethod
+    def from_pretrained(cls, device=None, directory=None) -> MiniStableDiffusion:
+        """The shipped scenes-ldm UNet with the scenes-vae and scenes-clip it was
+        trained on (hash-checked)."""
+        from . import pretrained
+        from .clip import tokenizer_from_manifest
+
+        unet, info = pretrained.load_pretrained("scenes-ldm", device, directory)
+        vae, _ = pretrained.load_pretrained("scenes-vae", device, directory)
+        text_encoder, clip_info = pretrained.load_pretrained(
+            "scenes-clip", device, directory
+        )
+        return cls(
+            unet,
+            vae,
+            text_encoder,
+            tokenizer_from_manifest(clip_info),
+            pretrained.schedule_from_manifest(info),
+            info["prediction_type"],
+            info.get("guidance_scale", 3.0),
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def latent_shape(self) -> tuple:
+        """(C, h, w) of one latent."""
+        f = self.vae.config.downsample_factor
+        size = self.text_encoder.config.image_size
+        return (self.vae.config.latent_channels, size // f, size // f)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts) -> torch.Tensor:
+        """Text states [B, L, D] for a prompt or a list of prompts ("" = no prompt).
+        Raises clip.UnknownWordError for a word the tokenizer does not know."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        tokens = self.tokenizer(prompts).to(self.device)
+        return self.text_encoder.text_states(tokens)
+
+    @torch.no_grad()
+    def generate_latents(
+        self,
+        prompts,
+        *,
+        num_steps: int = 50,
+        guidance_scale: float | None = None,
+        eta: float = 0.0,
+        seed: int = 0,
+        x_T: torch.Tensor | None = None,
+        batch_size: int = 250,
+        progress: bool = False,
+        return_trajectory: bool = False,
+    ):
+        """Scaled latents [B, 4, 8, 8] (or (latents, trajectory)). As in
+        `generate_shapes`, x_T is one [B, 4, 8, 8] draw from a generator seeded with
+        `seed`, so the images depend on the seed and B, not on batch_size."""
+        context = self.encode_prompts(prompts)
+        n = context.shape[0]
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        rows = batch_size * (2 if scale != 1.0 else 1)
+        return sample(
+            _in_chunks(self.unet, rows),
+            self.schedule,
+            (n, *self.latent_shape),
+            sampler="ddim",
+            num_steps=num_steps,
+            eta=eta,
+            model_kwargs={"context": context},
+            uncond_kwargs={"context": self.encode_prompts([""] * n)},
+            guidance_scale=scale,
+            prediction_type=self.prediction_type,
+            clip_sample=False,
+            generator=torch.Generator().manual_seed(seed),
+            device=self.device,
+            x_T=x_T,
+            progress=progress,
+            return_trajectory=return_trajectory,
+        )
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+        """Images [B, 3, 64, 64] in [-1, 1] (on the CPU) from scaled latents."""
+        return torch.cat(
+            [self.vae.decode_scaled(z).cpu() for z in latents.split(batch_size)]
+        )
+
+    def __call__(self, prompts, **kwargs) -> torch.Tensor:
+        """Images [B, 3, 64, 64] in [-1, 1] for the prompts (see generate_latents)."""
+        return self.decode(self.generate_latents(prompts, **kwargs))

@@ -23,6 +23,7 @@ BUILDERS = {
     "shapes-ddpm": lambda cfg: UNet(UNetConfig.from_dict(cfg)),
     "scenes-vae": lambda cfg: AutoencoderKL(VAEConfig.from_dict(cfg)),
     "scenes-clip": lambda cfg: CLIP(CLIPConfig.from_dict(cfg)),
+    "scenes-ldm": lambda cfg: UNet(UNetConfig.from_dict(cfg)),
 }
 
 

@@ -7,6 +7,7 @@
     python -m diffusion_lib.recipes ablation --steps 1500  # the comparison behind it
     python -m diffusion_lib.recipes scenes-vae  # chapter 6's autoencoder
     python -m diffusion_lib.recipes scenes-clip  # chapter 7's CLIP
+    python -m diffusion_lib.recipes scenes-ldm  # chapter 8's mini Stable Diffusion
 
 Each recipe trains, measures its quality gates, and writes NAME.safetensors + NAME.json.
 """
@@ -32,10 +33,20 @@ from .clip import (
     binding_test,
     retrieval,
     scene_tokenizer,
+    tokenizer_from_manifest,
     train_clip,
     zero_shot_one_object,
 )
-from .data import HELD_OUT, LABEL_SIZES, make_scenes, make_shapes, sample_labels
+from .data import (
+    HELD_OUT,
+    LABEL_SIZES,
+    make_scenes,
+    make_shapes,
+    render_scenes,
+    sample_labels,
+    sample_scene_labels,
+    scene_caption,
+)
 from .metrics import (
     Evaluator,
     EvaluatorConfig,
@@ -44,13 +55,15 @@ from .metrics import (
     by_pair,
     classifier_accuracy,
     fid_kid,
+    fid_kid_with,
     image_statistics,
     judged_accuracy,
     real_vs_real,
     scene_accuracy,
+    scene_features,
     train_evaluator,
 )
-from .pipelines import IMAGE_SIZE, generate_shapes
+from .pipelines import IMAGE_SIZE, MiniStableDiffusion, generate_shapes
 from .schedules import NoiseSchedule
 from .train import TrainConfig, save_checkpoint, train_diffusion, write_manifest
 from .unet import UNet, UNetConfig, count_parameters
@@ -537,11 +550,194 @@ def clip_recipe(out_dir, quick=False, seed=0) -> dict:
     return save_checkpoint(path, model, info)
 
 
+# ---------------------------------------------------------------------------------
+# Part II: the mini Stable Diffusion (chapter 8)
+
+SCENES_LDM_TRAIN = TrainConfig(
+    steps=8000,
+    batch_size=64,
+    lr=1e-3,
+    warmup=200,
+    ema_decay=0.9995,
+    p_uncond=0.1,
+    prediction_type="eps",
+    loss_weighting="none",
+    seed=0,
+)
+LDM_GUIDANCE = 3.0  # the default guidance scale of the shipped pipeline
+LDM_SWEEP = (1.0, 2.0, 3.0, 5.0, 8.0)  # guidance scales of the sweep
+LDM_GROUPS = {  # name -> (split, two_object_fraction) of the measured prompts
+    "one object, seen": ("train", 0.0),
+    "two objects, seen": ("train", 1.0),
+    "one object, held out": ("holdout", 0.0),
+    "two objects, held out": ("holdout", 1.0),
+}
+
+
+@torch.no_grad()
+def encode_scenes(vae, text_encoder, tokenizer, scenes, batch_size=500):
+    """(scaled latents [N, 4, 8, 8], text states [N, L, D]) of scenes and captions:
+    what the latent UNet trains on (computed once: both encoders are frozen)."""
+    latents, states = [], []
+    for i in range(0, len(scenes), batch_size):
+        part = slice(i, i + batch_size)
+        latents.append(vae.encode_scaled(scenes.images[part]))
+        states.append(text_encoder.text_states(tokenizer(scenes.captions[part])))
+    return torch.cat(latents), torch.cat(states)
+
+
+def _train_ldm(out_dir, quick=False, seed=0) -> dict:
+    cfg = TrainConfig(**{**asdict(SCENES_LDM_TRAIN), "seed": seed})
+    n_images = 20000
+    if quick:
+        cfg.steps, cfg.warmup, cfg.batch_size, n_images = 4, 2, 16, 128
+    vae, vae_info = pretrained.load_pretrained("scenes-vae", directory=out_dir)
+    text_encoder, clip_info = pretrained.load_pretrained(
+        "scenes-clip", directory=out_dir
+    )
+    tokenizer = tokenizer_from_manifest(clip_info)
+    scenes = make_scenes(n_images, SCENE_SIZE, seed=seed, split="train")
+    start = time.perf_counter()
+    latents, context = encode_scenes(vae, text_encoder, tokenizer, scenes)
+    encode_seconds = time.perf_counter() - start
+    null = text_encoder.text_states(tokenizer([""]))[0].detach()
+    schedule = NoiseSchedule.make(SCHEDULE["kind"], SCHEDULE["num_timesteps"])
+    torch.manual_seed(seed)
+    model = UNet(SCENES_LDM_UNET)
+    result = train_diffusion(
+        model, schedule, latents, None, cfg, context=context, null_context=null
+    )
+    ema = result.ema.model
+    info = {
+        "recipe": "scenes-ldm",
+        "config": SCENES_LDM_UNET.to_dict(),
+        "train": asdict(cfg),
+        "seed": seed,
+        "quick": quick,
+        "schedule": SCHEDULE,
+        "prediction_type": cfg.prediction_type,
+        "guidance_scale": LDM_GUIDANCE,
+        "image_size": SCENE_SIZE,
+        "latent_shape": list(latents.shape[1:]),
+        "vae_sha256": vae_info["sha256"],
+        "clip_sha256": clip_info["sha256"],
+        "training_images": n_images,
+        "encode_seconds": round(encode_seconds, 1),
+        "training_seconds": round(result.seconds, 1),
+        "hardware": hardware(),
+        "parameters": count_parameters(ema),
+        "final_loss": sum(result.losses[-100:]) / len(result.losses[-100:]),
+        "loss_curve": [
+            sum(result.losses[i : i + 100]) / len(result.losses[i : i + 100])
+            for i in range(0, cfg.steps, 100)
+        ],  # fmt: skip
+        "metrics": None,
+    }
+    return save_checkpoint(pretrained.checkpoint_path("scenes-ldm", out_dir), ema, info)
+
+
+def scene_prompts(n: int, seed: int, split: str, two_object_fraction: float):
+    """n full captions (every attribute named; the grammar's phrasings in turn) with
+    their labels (objects, relation, position)."""
+    objects, relation, position = sample_scene_labels(
+        n, seed, split, two_object_fraction
+    )
+    rows = zip(objects, relation, position)
+    captions = [scene_caption(*labels, template=i) for i, labels in enumerate(rows)]
+    return captions, (objects, relation, position)
+
+
+def diversity(images: torch.Tensor, per_prompt: int) -> float:
+    """Mean per-pixel standard deviation (on the [0, 1] scale) across the `per_prompt`
+    images of each prompt; images [P * per_prompt, 3, H, W], grouped by prompt."""
+    x = (images.float() + 1) / 2
+    return x.unflatten(0, (-1, per_prompt)).std(dim=1).mean().item()
+
+
+def measure_scene_pipeline(pipe, n: int, seed: int, num_steps: int, groups=LDM_GROUPS,
+                           guidance_scale=None) -> dict:  # fmt: skip
+    """Prompt accuracy (scene judge), FID / KID against real scenes of the same
+    prompts (beside real vs real) for each group of prompts."""
+    judge, out, feats = SceneJudge(), {}, scene_features(pipe.text_encoder)
+    for k, (name, (split, two)) in enumerate(groups.items()):
+        captions, labels = scene_prompts(n, seed + 9000 + k, split, two)
+        fake = pipe(captions, num_steps=num_steps, seed=seed + k,
+                    guidance_scale=guidance_scale)  # fmt: skip
+        real = render_scenes(*labels, SCENE_SIZE, seed=seed + 9100 + k)[0]
+        other = render_scenes(*labels, SCENE_SIZE, seed=seed + 9200 + k)[0]
+        out[name] = {
+            **scene_accuracy(judge(fake), *labels),
+            **fid_kid_with(feats, fake, real, min(100, n)),
+            "real_vs_real": fid_kid_with(feats, other, real, min(100, n)),
+            "prompts": n,
+        }
+        print(f"{name}: {out[name]}", flush=True)
+    return out
+
+
+def guidance_sweep(pipe, n: int, seed: int, num_steps: int, per_prompt: int = 4,
+                   scales=LDM_SWEEP) -> dict:  # fmt: skip
+    """Prompt accuracy, diversity and FID at each guidance scale, on n seen prompts
+    (half one-object, half two-object), each drawn `per_prompt` times."""
+    captions, labels = scene_prompts(n // per_prompt, seed + 9300, "train", 0.5)
+    captions = [c for c in captions for _ in range(per_prompt)]
+    labels = [x.repeat_interleave(per_prompt, 0) for x in labels]
+    real = render_scenes(*labels, SCENE_SIZE, seed=seed + 9400)[0]
+    judge, rows, feats = SceneJudge(), {}, scene_features(pipe.text_encoder)
+    for scale in scales:
+        fake = pipe(captions, num_steps=num_steps, seed=seed, guidance_scale=scale)
+        rows[f"{scale:g}"] = {
+            "guidance_scale": scale,
+            **scene_accuracy(judge(fake), *labels),
+            "diversity": diversity(fake, per_prompt),
+            **fid_kid_with(feats, fake, real, min(100, len(captions))),
+        }
+        print(f"guidance {scale:g}: {rows[f'{scale:g}']}", flush=True)
+    rows["real"] = {"diversity": diversity(real, per_prompt)}
+    return rows
+
+
+def measure_ldm(out_dir=None, quick=False, seed=0) -> dict:
+    """Measure the saved mini SD and write the figures into its manifest."""
+    pipe = MiniStableDiffusion.from_pretrained(directory=out_dir)
+    n, n_sweep, steps = (8, 8, 2) if quick else (200, 200, 50)
+    metrics = {
+        "judge": "open-set scene judge (diffusion_lib.judge.SceneJudge)",
+        "features": "scene appearance features (diffusion_lib.metrics.scene_features)",
+        "sampler": {
+            "sampler": "ddim",
+            "num_steps": steps,
+            "guidance_scale": pipe.guidance_scale,
+        },  # fmt: skip
+        "groups": measure_scene_pipeline(pipe, n, seed, steps),
+        "guidance_sweep": guidance_sweep(pipe, n_sweep, seed, 2 if quick else 25),
+        "guidance_sweep_steps": 2 if quick else 25,
+    }
+    print(json.dumps(metrics, indent=1))
+    info = pretrained.manifest("scenes-ldm", out_dir)
+    write_manifest(pretrained.checkpoint_path("scenes-ldm", out_dir),
+                   {**info, "metrics": metrics})  # fmt: skip
+    return pretrained.manifest("scenes-ldm", out_dir)
+
+
+def ldm_recipe(out_dir, quick=False, seed=0, stage="all") -> dict:
+    """Train the latent UNet on the shipped VAE's latents and CLIP's text states
+    (stage "train"), then measure the whole pipeline (stage "measure")."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    if stage in ("all", "train"):
+        _train_ldm(out_dir, quick, seed)
+    if stage in ("all", "measure"):
+        return measure_ldm(out_dir, quick, seed)
+    return pretrained.manifest("scenes-ldm", out_dir)
+
+
 RECIPES = {
     "shapes-evaluator": evaluator_recipe,
     "shapes-ddpm": ddpm_recipe,
     "scenes-vae": vae_recipe,
     "scenes-clip": clip_recipe,
+    "scenes-ldm": ldm_recipe,
 }
 
 
@@ -567,13 +763,14 @@ def main(argv=None):
         "--stage",
         choices=STAGES,
         default="all",
-        help="shapes-ddpm only: train, measure (the saved checkpoint), or all",
+        help="shapes-ddpm, scenes-ldm: train, measure (the saved checkpoint), or all",
     )
     args = parser.parse_args(argv)
     if args.name == "ablation":
         ablation(quick=args.quick, seed=args.seed, steps=args.steps)
         return
-    kwargs = {"stage": args.stage} if args.name == "shapes-ddpm" else {}
+    staged = ("shapes-ddpm", "scenes-ldm")
+    kwargs = {"stage": args.stage} if args.name in staged else {}
     info = RECIPES[args.name](args.out, quick=args.quick, seed=args.seed, **kwargs)
     print(
         f"wrote {info['file']} ({info['bytes'] / 1e6:.2f} MB, "

@@ -86,11 +86,13 @@ def drop_labels(
     generator: torch.Generator | None = None,
     u: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Replace each row of labels [B, K] by the null row with probability p: row i is
-    dropped when u[i] < p, with u [B] ~ U(0, 1) drawn from `generator` unless given."""
+    """Replace each row of labels [B, ...] (label vectors [B, K], or text states
+    [B, L, D]) by the null row with probability p: row i is dropped when u[i] < p, with
+    u [B] ~ U(0, 1) drawn from `generator` unless given."""
     if u is None:
         u = torch.rand(labels.shape[0], generator=generator, device=labels.device)
-    return torch.where((u >= p)[:, None], labels, null)
+    keep = (u >= p).view(-1, *[1] * (labels.ndim - 1))
+    return torch.where(keep, labels, null)
 
 
 def train_diffusion(
@@ -102,15 +104,26 @@ def train_diffusion(
     progress: bool = True,
     callback=None,
     callback_every: int = 0,
+    context: torch.Tensor | None = None,
+    null_context: torch.Tensor | None = None,
 ) -> TrainResult:
-    """Train `model` (a UNet) on images [N, C, H, W] in [-1, 1] (with optional labels
-    [N, K]).
+    """Train `model` (a UNet) on images [N, C, H, W] (pixels in [-1, 1], or scaled
+    latents) with optional labels [N, K], or text states context [N, L, D] for
+    cross-attention, replaced by null_context [L, D] (the empty caption's states) with
+    probability p_uncond (caption dropout).
 
     callback(step, ema_model) is called every `callback_every` steps (e.g. to measure
     FID during training).
     Returns the per-step losses, the wall-clock seconds and the EMA of the weights.
     """
     cfg = config or TrainConfig()
+    if context is not None and (
+        null_context is None or null_context.shape != context.shape[1:]
+    ):
+        raise ValueError(
+            "with context [N, L, D], pass null_context [L, D] (the states of the empty "
+            "caption) for caption dropout"
+        )
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(
@@ -127,6 +140,10 @@ def train_diffusion(
             kwargs["labels"] = drop_labels(labels[idx], null, cfg.p_uncond, gen).to(
                 device
             )
+        if context is not None:
+            kwargs["context"] = drop_labels(
+                context[idx], null_context[None], cfg.p_uncond, gen
+            ).to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
         loss = diffusion_loss(
