@@ -12,3 +12,44 @@ def schedule(request):
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(0)
+
+
+def write_tiny_sd(directory, seed: int = 0) -> None:
+    """Tiny untrained scenes-vae / scenes-clip / scenes-ldm checkpoints (with the
+    manifests the loaders read) in `directory`: the mini Stable Diffusion's plumbing,
+    tested without the shipped weights."""
+    from diffusion_lib.clip import CLIP, CLIPConfig, scene_tokenizer
+    from diffusion_lib.train import save_checkpoint
+    from diffusion_lib.unet import UNet, UNetConfig
+    from diffusion_lib.vae import AutoencoderKL, VAEConfig
+
+    torch.manual_seed(seed)
+    tok = scene_tokenizer()
+    clip_cfg = CLIPConfig(vocab_size=tok.vocab_size, text_width=16, text_layers=1,
+                          text_heads=2, vision_width=16, vision_layers=1,
+                          vision_heads=2, embed_dim=8)  # fmt: skip
+    vae_cfg = VAEConfig(channels=(8, 8, 8, 8), groups=4, scaling_factor=0.5)
+    unet_cfg = UNetConfig(in_channels=4, out_channels=4, base_channels=8,
+                          channel_mults=(1, 2), attention_levels=(1,), heads=2,
+                          groups=4, context_dim=16)  # fmt: skip
+    unet = UNet(unet_cfg)
+    for p in unet.conv_out.parameters():  # not the zero init: outputs depend on inputs
+        torch.nn.init.normal_(p, std=0.02)
+    models = {
+        "scenes-vae": (AutoencoderKL(vae_cfg), {"config": vae_cfg.to_dict()}),
+        "scenes-clip": (CLIP(clip_cfg), {"config": clip_cfg.to_dict(),
+                                         "tokenizer": tok.to_dict()}),
+        "scenes-ldm": (unet, {"config": unet_cfg.to_dict(),
+                              "schedule": {"kind": "cosine", "num_timesteps": 1000},
+                              "prediction_type": "eps", "guidance_scale": 3.0}),
+    }  # fmt: skip
+    for name, (model, manifest) in models.items():
+        path = f"{directory}/{name}.safetensors"
+        save_checkpoint(path, model, {"recipe": name, **manifest}, torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny_sd")
+    write_tiny_sd(directory)
+    return directory
