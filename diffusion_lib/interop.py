@@ -1,0 +1,222 @@
+"""The course's mini Stable Diffusion inside 🤗 diffusers, and the real Stable Diffusion
+1.5 for readers who are online.
+
+diffusers' `StableDiffusionPipeline` asks little of its parts: a `vae` with
+`config.block_out_channels`, `config.scaling_factor` and `decode(z, return_dict=False)`;
+a `unet` with `config.in_channels`, `config.sample_size`, `config.time_cond_proj_dim`,
+called as `unet(latents, t, encoder_hidden_states=..., return_dict=False)`; a
+scheduler. `CourseUNet` and `CourseVAE` are thin adapters (diffusers `ModelMixin` +
+`ConfigMixin`) around the course's own modules, so that
+
+* `to_diffusers(pipe)` runs the trained mini SD in `StableDiffusionPipeline`, with
+  diffusers' `DDIMScheduler` (trailing spacing, no clipping: the library's sampler);
+* `save_diffusers(pipe, folder)` writes diffusers' folder format (model_index.json,
+  unet/, vae/, scheduler/) and `load_diffusers(folder)` reads it back offline with
+  `StableDiffusionPipeline.from_pretrained`;
+* `diffusers_generate` feeds the course CLIP's token states as `prompt_embeds` (the
+  pipeline's own text encoder slot stays empty, as diffusers allows).
+
+`load_sd15` loads the real Stable Diffusion 1.5 (the maintained copy of the withdrawn
+`runwayml/stable-diffusion-v1-5`, at a pinned revision); it needs the Internet (or a
+local copy) and, in practice, a GPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.models.modeling_outputs import AutoencoderKLOutput
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+from .unet import UNet, UNetConfig
+from .vae import AutoencoderKL, VAEConfig
+
+SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SD15_REVISION = "451f4fe16113bff5a5d2269ed5ad43b0592e9a14"
+
+
+class CourseUNet(ModelMixin, ConfigMixin):
+    """diffusion_lib.unet.UNet with diffusers' UNet2DConditionModel call signature."""
+
+    @register_to_config
+    def __init__(
+        self,
+        unet_config: dict | None = None,
+        in_channels: int = 4,
+        sample_size: int = 8,
+        time_cond_proj_dim: int | None = None,
+    ):
+        super().__init__()
+        self.model = UNet(UNetConfig.from_dict(unet_config or {}))
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep,
+        encoder_hidden_states: torch.Tensor,
+        return_dict: bool = True,
+        timestep_cond=None,
+        cross_attention_kwargs=None,
+        added_cond_kwargs=None,
+        **unsupported,
+    ):
+        if unsupported or timestep_cond is not None or cross_attention_kwargs:
+            raise ValueError(
+                "CourseUNet takes (sample, timestep, encoder_hidden_states) only; got "
+                f"{sorted(unsupported) or 'timestep_cond / cross_attention_kwargs'}"
+            )
+        t = torch.as_tensor(timestep, device=sample.device).long().reshape(-1)
+        t = t.expand(sample.shape[0])
+        out = self.model(sample, t, context=encoder_hidden_states)
+        return UNet2DConditionOutput(sample=out) if return_dict else (out,)
+
+
+class CourseVAE(ModelMixin, ConfigMixin):
+    """diffusion_lib.vae.AutoencoderKL with diffusers' AutoencoderKL interface."""
+
+    @register_to_config
+    def __init__(
+        self,
+        vae_config: dict | None = None,
+        block_out_channels: tuple = (16, 32, 64, 64),
+        latent_channels: int = 4,
+        scaling_factor: float = 1.0,
+    ):
+        super().__init__()
+        self.model = AutoencoderKL(VAEConfig.from_dict(vae_config or {}))
+
+    def encode(self, x: torch.Tensor, return_dict: bool = True):
+        posterior = self.model.encode(x)  # has sample(generator) and mode()
+        return (
+            AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
+        )
+
+    def decode(self, z: torch.Tensor, return_dict: bool = True, generator=None):
+        x = self.model.decode(z)
+        return DecoderOutput(sample=x) if return_dict else (x,)
+
+
+def course_scheduler(schedule_info: dict) -> DDIMScheduler:
+    """diffusers' DDIM with the library's defaults: the same betas, trailing timestep
+    spacing, alpha_bar = 1 after the last step, no clipping (latents)."""
+    names = {"cosine": "squaredcos_cap_v2", "linear": "linear"}
+    return DDIMScheduler(
+        num_train_timesteps=schedule_info["num_timesteps"],
+        beta_schedule=names[schedule_info["kind"]],
+        set_alpha_to_one=True,
+        timestep_spacing="trailing",
+        clip_sample=False,
+        prediction_type="epsilon",
+        steps_offset=1,  # what diffusers expects; "trailing" spacing ignores it
+    )
+
+
+def to_diffusers(pipe) -> StableDiffusionPipeline:
+    """A diffusers StableDiffusionPipeline around the trained parts of a
+    pipelines.MiniStableDiffusion (same weights, no copy of the text encoder)."""
+    if pipe.prediction_type != "eps":
+        raise ValueError("only eps-prediction models are wired to diffusers' DDIM here")
+    vcfg, ucfg = pipe.vae.config, pipe.unet.config
+    unet = CourseUNet(ucfg.to_dict(), ucfg.in_channels, pipe.latent_shape[-1])
+    unet.model.load_state_dict(pipe.unet.state_dict())
+    vae = CourseVAE(vcfg.to_dict(), tuple(vcfg.channels), vcfg.latent_channels,
+                    vcfg.scaling_factor)  # fmt: skip
+    vae.model.load_state_dict(pipe.vae.state_dict())
+    schedule = {
+        "kind": pipe.schedule.kind,
+        "num_timesteps": pipe.schedule.num_timesteps,
+    }
+    sd = StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=None,
+        tokenizer=None,
+        unet=unet.eval(),
+        scheduler=course_scheduler(schedule),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    sd.set_progress_bar_config(disable=True)
+    return sd.to(pipe.device)
+
+
+def save_diffusers(pipe, folder: str | Path) -> Path:
+    """Write the mini SD in diffusers' folder format (safetensors)."""
+    to_diffusers(pipe).save_pretrained(str(folder), safe_serialization=True)
+    return Path(folder)
+
+
+def load_diffusers(folder: str | Path) -> StableDiffusionPipeline:
+    """StableDiffusionPipeline.from_pretrained on a folder written by save_diffusers
+    (offline: local files only)."""
+    sd = StableDiffusionPipeline.from_pretrained(
+        str(folder), text_encoder=None, tokenizer=None, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False, local_files_only=True,
+    )  # fmt: skip
+    sd.set_progress_bar_config(disable=True)
+    return sd
+
+
+@torch.no_grad()
+def diffusers_generate(
+    sd: StableDiffusionPipeline,
+    course_pipe,
+    prompts,
+    num_steps: int = 50,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Images [B, 3, H, W] in [-1, 1] from diffusers for the same prompts, seed and
+    scheduler as `course_pipe(prompts, ...)`: the same x_T, the course CLIP's token
+    states as prompt_embeds and the empty caption's as negative_prompt_embeds.
+    (diffusers guides only when guidance_scale > 1.)"""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    scale = course_pipe.guidance_scale if guidance_scale is None else guidance_scale
+    n, device = len(prompts), course_pipe.device
+    x_T = torch.randn((n, *course_pipe.latent_shape), generator=torch.Generator()
+                      .manual_seed(seed))  # fmt: skip
+    out = sd(
+        prompt_embeds=course_pipe.encode_prompts(prompts),
+        negative_prompt_embeds=course_pipe.encode_prompts([""] * n),
+        latents=x_T.to(device),
+        num_inference_steps=num_steps,
+        guidance_scale=scale,
+        output_type="pt",
+        height=course_pipe.text_encoder.config.image_size,
+        width=course_pipe.text_encoder.config.image_size,
+    )
+    return out.images.cpu() * 2 - 1
+
+
+def load_sd15(
+    device: str = "cuda",
+    dtype: torch.dtype = torch.float16,
+    repo: str = SD15_REPO,
+    revision: str | None = SD15_REVISION,
+    local_files_only: bool = False,
+) -> StableDiffusionPipeline:
+    """The real Stable Diffusion 1.5 (about 2 GB in float16), pinned to `revision`.
+    `repo` may also be a local folder in diffusers' format (then no revision). Raises
+    a clear error when the weights can be neither found locally nor downloaded."""
+    is_folder = Path(repo).is_dir()
+    try:
+        sd = StableDiffusionPipeline.from_pretrained(
+            repo,
+            revision=None if is_folder else revision,
+            dtype=dtype,
+            local_files_only=local_files_only or is_folder,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+    except (OSError, ValueError) as err:
+        raise RuntimeError(
+            f"could not load Stable Diffusion 1.5 from {repo!r} (revision {revision}): "
+            f"{err}. This needs the Internet (about 2 GB) or a local copy; the rest of "
+            "the course runs offline on its own mini SD."
+        ) from err
+    return sd.to(device)

@@ -1,0 +1,115 @@
+"""The mini Stable Diffusion inside diffusers: the same images as the library's own
+pipeline for the same seed and scheduler, through StableDiffusionPipeline and through
+its saved folder; the real SD 1.5 loader, exercised offline on a tiny real pipeline."""
+
+import json
+
+import pytest
+import torch
+
+from diffusion_lib.interop import (
+    diffusers_generate,
+    load_diffusers,
+    load_sd15,
+    save_diffusers,
+    to_diffusers,
+)
+from diffusion_lib.pipelines import MiniStableDiffusion
+
+PROMPTS = [
+    "a small red circle to the left of a large blue square",
+    "a large green triangle in the top right",
+    "a cyan square above a purple circle",
+]
+TOLERANCE = 1e-3  # float32, the issue's bar; measured differences are printed
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_sd_dir):
+    return MiniStableDiffusion.from_pretrained(directory=tiny_sd_dir)
+
+
+@pytest.mark.parametrize("guidance_scale", [3.0, 1.0])
+def test_diffusers_pipeline_gives_the_same_images(pipe, guidance_scale):
+    ours = pipe(PROMPTS, num_steps=10, seed=3, guidance_scale=guidance_scale)
+    theirs = diffusers_generate(
+        to_diffusers(pipe), pipe, PROMPTS, 10, guidance_scale, 3
+    )
+    diff = (ours - theirs).abs().max().item()
+    print(f"max |library - diffusers| = {diff:.2e} (guidance {guidance_scale})")
+    assert theirs.shape == ours.shape == (3, 3, 64, 64)
+    assert diff <= TOLERANCE
+
+
+def test_saved_folder_loads_offline_and_agrees(pipe, tmp_path):
+    folder = save_diffusers(pipe, tmp_path / "mini-sd")
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["unet"] == ["diffusion_lib.interop", "CourseUNet"]
+    assert index["scheduler"] == ["diffusers", "DDIMScheduler"]
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    loaded = load_diffusers(folder)
+    ours = pipe(PROMPTS[:2], num_steps=5, seed=1)
+    theirs = diffusers_generate(loaded, pipe, PROMPTS[:2], 5, None, 1)
+    assert (ours - theirs).abs().max().item() <= TOLERANCE
+    assert loaded.vae.config.scaling_factor == pipe.vae.config.scaling_factor
+
+
+def test_course_unet_rejects_what_it_cannot_do(pipe):
+    unet = to_diffusers(pipe).unet
+    x, ctx = torch.zeros(1, 4, 8, 8), pipe.encode_prompts(PROMPTS[:1])
+    assert unet(x, 10, encoder_hidden_states=ctx, return_dict=False)[0].shape == x.shape
+    with pytest.raises(ValueError, match="CourseUNet takes"):
+        unet(x, 10, encoder_hidden_states=ctx, timestep_cond=torch.zeros(1, 4))
+
+
+def tiny_real_sd_folder(folder):
+    """A real (tiny, random) SD pipeline of diffusers / transformers components with a
+    tiny CLIP BPE tokenizer, saved in diffusers' format: what load_sd15 reads."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from diffusion_lib.interop import StableDiffusionPipeline, course_scheduler
+
+    torch.manual_seed(0)
+    words = ["a</w>", "red</w>", "circle</w>", "r", "e", "re", "d</w>", "c", "i", "l"]
+    vocab = {w: i for i, w in enumerate(["<|startoftext|>", "<|endoftext|>", *words])}
+    (folder / "tok").mkdir(parents=True)
+    (folder / "tok" / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "tok" / "merges.txt").write_text("#version: 0.2\nr e\n")
+    tokenizer = CLIPTokenizer(str(folder / "tok" / "vocab.json"),
+                              str(folder / "tok" / "merges.txt"),
+                              model_max_length=77)  # fmt: skip
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=16,
+                                        intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2,
+                                        max_position_embeddings=77))  # fmt: skip
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
+        norm_num_groups=4, attention_head_dim=2,
+    )  # fmt: skip
+    vae = AutoencoderKL(block_out_channels=(8, 8), latent_channels=4, norm_num_groups=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2)  # fmt: skip
+    sd = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer,
+                                 unet=unet, safety_checker=None, feature_extractor=None,
+                                 scheduler=course_scheduler({"kind": "linear",
+                                                             "num_timesteps": 1000}),
+                                 requires_safety_checker=False)  # fmt: skip
+    sd.save_pretrained(str(folder / "sd"))
+    return folder / "sd"
+
+
+def test_sd15_loader_runs_offline_on_a_tiny_real_pipeline(tmp_path):
+    sd = load_sd15(repo=str(tiny_real_sd_folder(tmp_path)), device="cpu",
+                   dtype=torch.float32)  # fmt: skip
+    out = sd("a red circle", num_inference_steps=2, height=16, width=16,
+             output_type="pt", generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert out.images.shape == (1, 3, 16, 16)
+    assert torch.isfinite(out.images).all()
+
+
+def test_sd15_loader_explains_a_missing_model(tmp_path):
+    with pytest.raises(RuntimeError, match="needs the Internet"):
+        load_sd15(repo="no-such-org/no-such-model", device="cpu", local_files_only=True)
