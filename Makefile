@@ -34,10 +34,13 @@ test-notebooks: $(STAMP)
 	DIFFUSION_MODE=quick $(PY) -m pytest notebooks --nbval-lax --durations=0 -q
 
 ## make checkpoints: retrain every shipped checkpoint with its recipe (minutes on a GPU; on 2 CPU cores
-## about 1 min for the evaluator and ~50 min for shapes-ddpm: 8000 steps, then ~5 min of measuring)
+## about 1 min for the evaluator, ~50 min for shapes-ddpm (8000 steps, then ~5 min of measuring),
+## ~75 min for scenes-vae (6000 steps + the KL trade-off sweep), then scenes-clip)
 checkpoints: $(STAMP)
 	$(PY) -m diffusion_lib.recipes shapes-evaluator
 	$(PY) -m diffusion_lib.recipes shapes-ddpm
+	$(PY) -m diffusion_lib.recipes scenes-vae
+	$(PY) -m diffusion_lib.recipes scenes-clip
 
 ## make bench: time every notebook in quick mode
 bench: $(STAMP)

@@ -26,6 +26,28 @@ def test_quick_recipes_write_loadable_checkpoints(tmp_path):
         assert (tmp_path / f"{name}.json").exists()
 
 
+def test_quick_scene_recipes_chain_into_a_pipeline(tmp_path):
+    """vae and clip first; the latent UNet trains on them (train stage only: the
+    measuring stage is exercised on the shipped model)."""
+    runs = [["scenes-vae"], ["scenes-clip"], ["scenes-ldm", "--stage", "train"]]
+    for args in runs:
+        out = subprocess.run(
+            [sys.executable, "-m", "diffusion_lib.recipes", *args, "--quick",
+             "--out", str(tmp_path)],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+    ldm = pretrained.manifest("scenes-ldm", tmp_path)
+    assert ldm["vae_sha256"] == pretrained.manifest("scenes-vae", tmp_path)["sha256"]
+    assert ldm["latent_shape"] == [4, 8, 8]
+    vae_metrics = pretrained.manifest("scenes-vae", tmp_path)["metrics"]
+    assert set(vae_metrics["tradeoff"]) == {"1e-06", "0.0001", "0.01", "1"}
+    from diffusion_lib.pipelines import MiniStableDiffusion
+
+    pipe = MiniStableDiffusion.from_pretrained(directory=tmp_path)
+    assert pipe(["a red circle"], num_steps=2).shape == (1, 3, 64, 64)
+
+
 def test_quick_ablation_reports_every_variant():
     from diffusion_lib.recipes import ABLATION, ablation
 
