@@ -471,3 +471,21 @@ def train_evaluator(
         losses.append(loss.item())
     evaluator.eval()
     return losses
+
+
+# ---------------------------------------------------------------------------------
+# Cost
+
+
+def count_flops(fn, *args, **kwargs) -> int:
+    """Floating-point operations of fn(*args, **kwargs), counted by PyTorch's
+    FlopCounterMode (deterministic: usable in tests). Attention runs on PyTorch's
+    reference ("math") kernel while counting: FlopCounterMode does not see the fused
+    CPU attention kernel and would count attention as 0 FLOPs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        with FlopCounterMode(display=False) as counter:
+            fn(*args, **kwargs)
+    return counter.get_total_flops()

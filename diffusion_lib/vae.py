@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .samplers import randn
 from .train import EMA, lr_at
 from .unet import AttentionBlock, ResBlock, _norm
 
@@ -74,12 +75,8 @@ class DiagonalGaussian:
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """z = mean + std * e, e ~ N(0, I) (the reparameterisation trick)."""
-        e = torch.randn(
-            self.mean.shape,
-            generator=generator,
-            device=self.mean.device,
-            dtype=self.mean.dtype,
-        )
+        # drawn on the generator's device (a CPU generator works for CUDA tensors)
+        e = randn(self.mean.shape, generator, self.mean.device, self.mean.dtype)
         return self.mean + self.std * e
 
     def mode(self) -> torch.Tensor:
