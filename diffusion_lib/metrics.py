@@ -172,14 +172,17 @@ def blur(images: torch.Tensor, sigma: float = 0.8) -> torch.Tensor:
 
 
 class AppearanceFeatures(nn.Module):
-    """Features for FID / KID that see what a reader sees, in four blocks:
+    """Features for FID / KID that see what a reader sees, in four (or five) blocks:
 
     * semantics: the evaluator's penultimate features (shape, colour, size, position);
-    * layout: the image averaged down to 4x4 pixels (where the colours are; 8x8 for
-      64x64 scenes);
+    * layout: the image averaged down to 4x4 pixels (where the colours are);
     * colour: per-channel mean, standard deviation, maximum and minimum;
     * texture: per-channel energy of the high frequencies (what blur removes and noise
-      adds): |x - blur(x)| and the mean difference between neighbouring pixels.
+      adds): |x - blur(x)| and the mean difference between neighbouring pixels;
+    * edges (scenes, `edge_steepness=True`): how steep the steepest edges are (90th and
+      99th percentiles of the difference between neighbours, over the channel's range),
+      since edges are a small share of a 64x64 scene's pixels and their blur hardly
+      moves the means.
 
     Each feature is standardised with the mean and standard deviation measured on a
     reference set of real images, and each block scaled to the same total variance, so
@@ -191,6 +194,7 @@ class AppearanceFeatures(nn.Module):
         reference: torch.Tensor,
         semantic: nn.Module | None = None,
         layout_size: int = 4,
+        edge_steepness: bool = False,
     ):
         super().__init__()
         # the semantic block: the evaluator's features (Part I), or any module mapping
@@ -198,7 +202,7 @@ class AppearanceFeatures(nn.Module):
         self.semantic = (
             semantic if semantic is not None else EvaluatorFeatures(evaluator)
         )
-        self.layout_size = layout_size
+        self.layout_size, self.edge_steepness = layout_size, edge_steepness
         raw = self.raw_blocks(reference)
         self.dims = [b.shape[1] for b in raw]
         f = torch.cat(raw, 1)
@@ -219,6 +223,12 @@ class AppearanceFeatures(nn.Module):
         layout = F.adaptive_avg_pool2d(x, self.layout_size).flatten(1)
         blocks = [self.semantic(x), layout,
                   torch.cat(colour, 1), torch.cat(texture, 1)]  # fmt: skip
+        if self.edge_steepness:  # how sharp the steepest edges are (blur lowers it)
+            # relative to each channel's range, so that the colours' contrast cancels
+            span = (x.amax((2, 3)) - x.amin((2, 3))).clamp_min(0.05)
+            steps = [x.diff(dim=d).abs().flatten(2) for d in (2, 3)]
+            edges = [s.quantile(q, dim=2) / span for s in steps for q in (0.9, 0.99)]
+            blocks.append(torch.cat(edges, 1))
         return [b.double() for b in blocks]
 
     @torch.no_grad()
@@ -404,11 +414,13 @@ def reference_scenes(n: int = 1000) -> torch.Tensor:
 
 
 def scene_features(clip_model: nn.Module) -> AppearanceFeatures:
-    """AppearanceFeatures for scenes: CLIP semantics, an 8x8 colour layout, colour and
-    texture statistics, calibrated on `reference_scenes()`."""
+    """AppearanceFeatures for scenes: CLIP semantics, a 4x4 colour layout, colour and
+    texture statistics, and edge steepness, calibrated on `reference_scenes()`. (An
+    8x8 layout raises the real-vs-real floor with its 192 noisy dimensions: blur then
+    scored barely 2x real vs real at n = 300, against 2.6x with 4x4.)"""
     device = next(clip_model.parameters()).device
     return AppearanceFeatures(
-        None, reference_scenes().to(device), CLIPImageFeatures(clip_model), 8
+        None, reference_scenes().to(device), CLIPImageFeatures(clip_model), 4, True
     )
 
 
