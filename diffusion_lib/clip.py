@@ -10,8 +10,9 @@ pulls each image towards its own caption and away from the other captions of the
 a symmetric InfoNCE loss with a learned temperature (t = log(1 / 0.07) at the start,
 exp(t) clipped at 100, as in the paper, Sec. 2.5).
 
-* Tokenizer: real CLIP uses a byte-level BPE with 49,152 merges (any string has an
-  encoding), wraps a caption in <|startoftext|> ... <|endoftext|> and pads to 77
+* Tokenizer: real CLIP uses a byte-level BPE (any string has an encoding; the paper
+  gives a vocabulary of 49,152, the released tokenizer has 48,894 merges and 49,408
+  ids in all), wraps a caption in <|startoftext|> ... <|endoftext|> and pads to 77
   tokens. The course's captions come from a grammar of a few dozen words, so
   `WordTokenizer` maps each word to one id (no merges to learn, every token readable),
   with the same start / end / padding layout; a word outside the vocabulary is an
@@ -327,18 +328,26 @@ def train_clip(
     return result
 
 
+def _device(model) -> torch.device:
+    return next(model.parameters(), torch.zeros(())).device
+
+
 @torch.no_grad()
 def embed_images(model: CLIP, images: torch.Tensor, batch_size: int = 500):
+    """Unit image embeddings [N, embed_dim] on the CPU (computed on the model's
+    device)."""
+    device = _device(model)
     return torch.cat(
-        [model.encode_image(images[i : i + batch_size])
+        [model.encode_image(images[i : i + batch_size].to(device)).cpu()
          for i in range(0, images.shape[0], batch_size)])  # fmt: skip
 
 
 @torch.no_grad()
 def embed_texts(model: CLIP, tokenizer: WordTokenizer, texts, batch_size: int = 500):
-    texts = list(texts)
+    """Unit caption embeddings [N, embed_dim] on the CPU."""
+    texts, device = list(texts), _device(model)
     return torch.cat(
-        [model.encode_text(tokenizer(texts[i : i + batch_size]))
+        [model.encode_text(tokenizer(texts[i : i + batch_size]).to(device)).cpu()
          for i in range(0, len(texts), batch_size)])  # fmt: skip
 
 
