@@ -108,12 +108,7 @@ class Judge:
         self.size_threshold = (cfg.radii["small"] + cfg.radii["large"]) / 2
 
     def __call__(self, images: torch.Tensor) -> Verdict:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
-        x = torch.nan_to_num(images.detach().float().cpu(), nan=0.0).clamp(-1, 1)
-        pixels = ((x + 1) / 2).permute(0, 2, 3, 1).double().numpy()
-        rows = [self.measure(p) for p in pixels]
-        col = lambda key, dtype: torch.tensor([r[key] for r in rows], dtype=dtype)
+        rows, col = self._measure_all(images)
         return Verdict(
             labels=col("labels", torch.long),
             valid=col("valid", torch.bool),
@@ -124,6 +119,17 @@ class Judge:
             shape_iou=col("shape_iou", torch.float64),
             reasons=[r["reason"] for r in rows],
         )
+
+    def _measure_all(self, images: torch.Tensor):
+        """(one `measure` dict per image, col(key, dtype): that key of every row as a
+        tensor). NaN pixels count as 0, values outside [-1, 1] are clipped."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        x = torch.nan_to_num(images.detach().float().cpu(), nan=0.0).clamp(-1, 1)
+        pixels = ((x + 1) / 2).permute(0, 2, 3, 1).double().numpy()
+        rows = [self.measure(p) for p in pixels]
+        col = lambda key, dtype: torch.tensor([r[key] for r in rows], dtype=dtype)
+        return rows, col
 
     def measure(self, p: np.ndarray) -> dict:
         """Measure one image p [H, W, 3] in [0, 1] (see the module docstring)."""
@@ -327,12 +333,7 @@ class SceneJudge(Judge):
         super().__init__(config or scene_judge_config())
 
     def __call__(self, images: torch.Tensor) -> SceneVerdict:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
-        x = torch.nan_to_num(images.detach().float().cpu(), nan=0.0).clamp(-1, 1)
-        pixels = ((x + 1) / 2).permute(0, 2, 3, 1).double().numpy()
-        rows = [self.measure(p) for p in pixels]
-        col = lambda key, dtype: torch.tensor([r[key] for r in rows], dtype=dtype)
+        rows, col = self._measure_all(images)
         return SceneVerdict(
             objects=col("objects_found", torch.long),
             centres=col("centres", torch.float64),

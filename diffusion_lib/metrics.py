@@ -424,11 +424,6 @@ def scene_features(clip_model: nn.Module) -> AppearanceFeatures:
     )
 
 
-def scene_fid_kid(clip_model, fake, real, kid_subset: int = 100) -> dict:
-    """FID and KID of 64x64 scenes [N, 3, 64, 64] on `scene_features`."""
-    return fid_kid_with(scene_features(clip_model), fake, real, kid_subset)
-
-
 SCENE_DEGRADATIONS = {  # as DEGRADATIONS, with a move visible at 64x64
     **{k: v for k, v in DEGRADATIONS.items() if not k.startswith("shapes moved")},
     "shapes moved 6 px": lambda x, s: _shift(x, 6),
