@@ -38,7 +38,11 @@ from .data import (
     ATTRIBUTES,
     BACKGROUND,
     COLOURS,
+    POSITIONS,
+    RELATIONS,
     SCENE_RADII,
+    SHAPES,
+    SIZES,
     _shape_mask,
 )
 
@@ -405,23 +409,8 @@ def _align(verdict: SceneVerdict, i: int, objects, relation) -> tuple:
     return max(orders, key=score)
 
 
-def scene_accuracy(
-    verdict: SceneVerdict,
-    objects: torch.Tensor,
-    relation: torch.Tensor,
-    position: torch.Tensor,
-) -> dict:
-    """How often each attribute the prompts name is right, for prompt labels encoded as
-    in data.ScenesData (objects [B, 2, 3], relation [B], position [B]); a size or a
-    lone object's position of -1 (left open by the caption) is right whatever it is.
-
-    Found objects are matched to the prompt's in the order that gets more of their
-    values right (the relation is read in that order). "shape", "colour", "size": over
-    every object the prompts name (and size where they name it); "count": the number
-    of objects; "relation" / "position": over two- / one-object prompts that name one
-    (NaN if there are none); "clean": valid
-    images; "joint" (prompt accuracy): valid, the right count and every attribute of
-    every object right."""
+def _scene_checks(verdict: SceneVerdict, objects, relation, position) -> dict:
+    """Per image: which named attributes are right (see scene_accuracy)."""
     b = objects.shape[0]
     if objects.shape != (b, 2, 3) or relation.shape != (b,) or position.shape != (b,):
         raise ValueError(
@@ -445,14 +434,73 @@ def scene_accuracy(
     right &= ok[:, None, None]
     placed = (verdict.position == position) | (position < 0)
     where_right = torch.where(two, relation_right, placed) & ok
+    return {
+        "objects": objects, "position": position, "named": named, "right": right,
+        "count_right": count_right, "where_right": where_right,
+        "joint": (right.all(-1) | ~named).all(1) & where_right,
+    }  # fmt: skip
+
+
+def scene_correct(
+    verdict: SceneVerdict,
+    objects: torch.Tensor,
+    relation: torch.Tensor,
+    position: torch.Tensor,
+) -> torch.Tensor:
+    """bool [B]: image i shows its prompt (the "joint" of scene_accuracy, per image)."""
+    return _scene_checks(verdict, objects, relation, position)["joint"]
+
+
+def scene_accuracy(
+    verdict: SceneVerdict,
+    objects: torch.Tensor,
+    relation: torch.Tensor,
+    position: torch.Tensor,
+) -> dict:
+    """How often each attribute the prompts name is right, for prompt labels encoded as
+    in data.ScenesData (objects [B, 2, 3], relation [B], position [B]); a size or a
+    lone object's position of -1 (left open by the caption) is right whatever it is.
+
+    Found objects are matched to the prompt's in the order that gets more of their
+    values right (the relation is read in that order). "shape", "colour", "size": over
+    every object the prompts name (and size where they name it); "count": the number
+    of objects; "relation" / "position": over two- / one-object prompts that name one
+    (NaN if there are none); "clean": valid
+    images; "joint" (prompt accuracy): valid, the right count and every attribute of
+    every object right."""
+    c = _scene_checks(verdict, objects, relation, position)
+    named, right, where_right = c["named"], c["right"], c["where_right"]
+    two = named[:, 1]
     mean = lambda x: x.float().mean().item() if x.numel() else float("nan")
-    asked = named[..., None] & (objects >= 0)  # [B, 2, 3]: attributes the prompt names
+    asked = named[..., None] & (c["objects"] >= 0)  # [B, 2, 3]: named attributes
     out = {a: mean(right[..., k][asked[..., k]]) for k, a in enumerate(SCENE_PARTS)}
     out.update(
-        count=mean(count_right),
+        count=mean(c["count_right"]),
         relation=mean(where_right[two]),
-        position=mean(where_right[~two & (position >= 0)]),
+        position=mean(where_right[~two & (c["position"] >= 0)]),
         clean=mean(verdict.valid),
-        joint=mean((right.all(-1) | ~named).all(1) & where_right),
+        joint=mean(c["joint"]),
     )
     return out
+
+
+def describe_scene(verdict: SceneVerdict, i: int) -> str:
+    """The judge's reading of image i in words ("small red circle to the left of large
+    blue square"; "?" where no value fits), or why it is not valid."""
+    if verdict.reasons[i]:
+        return f"not valid: {verdict.reasons[i]}"
+    names = (SIZES, tuple(COLOURS), SHAPES)
+
+    def words(row):
+        shape, colour, size = row
+        return " ".join(
+            v[k] if k >= 0 else "?" for v, k in zip(names, (size, colour, shape))
+        )
+
+    first = words(verdict.objects[i, 0].tolist())
+    if int(verdict.count[i]) == 1:
+        p = int(verdict.position[i])
+        return f"{first}, {POSITIONS[p] if p >= 0 else '? position'}"
+    r = int(verdict.relation[i])
+    relation = RELATIONS[r] if r >= 0 else "? relation"
+    return f"{first} {relation} {words(verdict.objects[i, 1].tolist())}"

@@ -33,9 +33,11 @@ from .judge import (  # noqa: F401  (the judge is part of the metrics' interface
     SceneVerdict,
     Verdict,
     by_pair,
+    describe_scene,
     image_statistics,
     judged_accuracy,
     scene_accuracy,
+    scene_correct,
     scene_judge_config,
 )
 

@@ -99,9 +99,11 @@ SCHEDULE = {"kind": "cosine", "num_timesteps": 1000}
 EVAL_SAMPLER = {"sampler": "ddim", "num_steps": 50, "guidance_scale": 3.0}
 
 
-def hardware() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
+def hardware(device="cpu") -> str:
+    """Where a recipe ran: the GPU's name, or the CPU and its thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
@@ -582,28 +584,29 @@ def encode_scenes(vae, text_encoder, tokenizer, scenes, batch_size=500):
     for i in range(0, len(scenes), batch_size):
         part = slice(i, i + batch_size)
         latents.append(vae.encode_scaled(scenes.images[part]))
-        states.append(text_encoder.text_states(tokenizer(scenes.captions[part])))
+        tokens = tokenizer(scenes.captions[part]).to(scenes.images.device)
+        states.append(text_encoder.text_states(tokens))
     return torch.cat(latents), torch.cat(states)
 
 
-def _train_ldm(out_dir, quick=False, seed=0) -> dict:
+def _train_ldm(out_dir, quick=False, seed=0, device="cpu") -> dict:
     cfg = TrainConfig(**{**asdict(SCENES_LDM_TRAIN), "seed": seed})
     n_images = 20000
     if quick:
         cfg.steps, cfg.warmup, cfg.batch_size, n_images = 4, 2, 16, 128
-    vae, vae_info = pretrained.load_pretrained("scenes-vae", directory=out_dir)
-    text_encoder, clip_info = pretrained.load_pretrained(
-        "scenes-clip", directory=out_dir
-    )
+    device = torch.device(device)
+    vae, vae_info = pretrained.load_pretrained("scenes-vae", device, out_dir)
+    text_encoder, clip_info = pretrained.load_pretrained("scenes-clip", device, out_dir)
     tokenizer = tokenizer_from_manifest(clip_info)
     scenes = make_scenes(n_images, SCENE_SIZE, seed=seed, split="train")
     start = time.perf_counter()
+    scenes.images = scenes.images.to(device)
     latents, context = encode_scenes(vae, text_encoder, tokenizer, scenes)
     encode_seconds = time.perf_counter() - start
-    null = text_encoder.text_states(tokenizer([""]))[0].detach()
+    null = text_encoder.text_states(tokenizer([""]).to(device))[0].detach()
     schedule = NoiseSchedule.make(SCHEDULE["kind"], SCHEDULE["num_timesteps"])
     torch.manual_seed(seed)
-    model = UNet(SCENES_LDM_UNET)
+    model = UNet(SCENES_LDM_UNET).to(device)
     result = train_diffusion(
         model, schedule, latents, None, cfg, context=context, null_context=null
     )
@@ -624,7 +627,7 @@ def _train_ldm(out_dir, quick=False, seed=0) -> dict:
         "training_images": n_images,
         "encode_seconds": round(encode_seconds, 1),
         "training_seconds": round(result.seconds, 1),
-        "hardware": hardware(),
+        "hardware": hardware(device),
         "parameters": count_parameters(ema),
         "final_loss": sum(result.losses[-100:]) / len(result.losses[-100:]),
         "loss_curve": [
@@ -697,9 +700,9 @@ def guidance_sweep(pipe, n: int, seed: int, num_steps: int, per_prompt: int = 4,
     return rows
 
 
-def measure_ldm(out_dir=None, quick=False, seed=0) -> dict:
+def measure_ldm(out_dir=None, quick=False, seed=0, device="cpu") -> dict:
     """Measure the saved mini SD and write the figures into its manifest."""
-    pipe = MiniStableDiffusion.from_pretrained(directory=out_dir)
+    pipe = MiniStableDiffusion.from_pretrained(device, out_dir)
     n, n_sweep, steps = (8, 8, 2) if quick else (200, 200, 50)
     metrics = {
         "judge": "open-set scene judge (diffusion_lib.judge.SceneJudge)",
@@ -720,15 +723,15 @@ def measure_ldm(out_dir=None, quick=False, seed=0) -> dict:
     return pretrained.manifest("scenes-ldm", out_dir)
 
 
-def ldm_recipe(out_dir, quick=False, seed=0, stage="all") -> dict:
+def ldm_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict:
     """Train the latent UNet on the shipped VAE's latents and CLIP's text states
     (stage "train"), then measure the whole pipeline (stage "measure")."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
     if stage in ("all", "train"):
-        _train_ldm(out_dir, quick, seed)
+        _train_ldm(out_dir, quick, seed, device)
     if stage in ("all", "measure"):
-        return measure_ldm(out_dir, quick, seed)
+        return measure_ldm(out_dir, quick, seed, device)
     return pretrained.manifest("scenes-ldm", out_dir)
 
 
@@ -765,12 +768,22 @@ def main(argv=None):
         default="all",
         help="shapes-ddpm, scenes-ldm: train, measure (the saved checkpoint), or all",
     )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="scenes-ldm: where to train and measure (cpu, cuda); the manifest "
+        "records the hardware",
+    )
     args = parser.parse_args(argv)
     if args.name == "ablation":
         ablation(quick=args.quick, seed=args.seed, steps=args.steps)
         return
     staged = ("shapes-ddpm", "scenes-ldm")
     kwargs = {"stage": args.stage} if args.name in staged else {}
+    if args.name == "scenes-ldm":
+        kwargs["device"] = args.device
+    elif args.device != "cpu":
+        parser.error(f"--device is supported for scenes-ldm only, not {args.name}")
     info = RECIPES[args.name](args.out, quick=args.quick, seed=args.seed, **kwargs)
     print(
         f"wrote {info['file']} ({info['bytes'] / 1e6:.2f} MB, "

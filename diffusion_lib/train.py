@@ -90,7 +90,9 @@ def drop_labels(
     [B, L, D]) by the null row with probability p: row i is dropped when u[i] < p, with
     u [B] ~ U(0, 1) drawn from `generator` unless given."""
     if u is None:
-        u = torch.rand(labels.shape[0], generator=generator, device=labels.device)
+        # drawn on the CPU (where `generator` lives), so that the same seed drops the
+        # same rows on any device
+        u = torch.rand(labels.shape[0], generator=generator).to(labels.device)
     keep = (u >= p).view(-1, *[1] * (labels.ndim - 1))
     return torch.where(keep, labels, null)
 

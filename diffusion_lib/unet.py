@@ -18,6 +18,7 @@ context: [B, L, context_dim].
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -116,6 +117,19 @@ class Attention(nn.Module):
                 state_dict[f"{prefix}to_out.0.{name}"] = state_dict.pop(old)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def _split_heads(self, z: torch.Tensor) -> torch.Tensor:
+        # [B, N, heads * dim_head] -> [B, heads, N, dim_head]
+        return z.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+    def probabilities(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The attention weights softmax(q k^T / sqrt(dim_head)) that `forward` uses
+        (without a mask): [B, heads, N, L], each row summing to 1 over the L keys."""
+        context = x if context is None else context
+        q, k = self._split_heads(self.to_q(x)), self._split_heads(self.to_k(context))
+        return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(dim=-1)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -126,8 +140,7 @@ class Attention(nn.Module):
         key l (e.g. a causal mask in a text transformer)."""
         context = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
-        # [B, N, heads * dim_head] -> [B, heads, N, dim_head]
-        split = lambda z: z.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        split = self._split_heads
         out = F.scaled_dot_product_attention(split(q), split(k), split(v), mask)
         out = out.transpose(1, 2).flatten(2)  # [B, N, heads * dim_head]
         projection, dropout = self.to_out
@@ -168,6 +181,35 @@ class AttentionBlock(nn.Module):
                 )
             delta = delta + self.attn2(self.norm_cross(tokens + delta), context)
         return x + delta.transpose(1, 2).reshape(b, c, h, w)
+
+
+@contextmanager
+def record_cross_attention(model: nn.Module):
+    """Record what every cross-attention layer of `model` attends to. Inside the
+    `with` block each call of such a layer appends (name, probabilities [B, heads, N,
+    L]) to the yielded list: N = H*W latent positions (row-major) of the block, L text
+    tokens. The hooks are removed on exit.
+
+        with record_cross_attention(unet) as maps:
+            unet(z_t, t, context=states)
+    """
+    records, handles = [], []
+    for name, block in model.named_modules():
+        if isinstance(block, AttentionBlock) and block.attn2 is not None:
+
+            def hook(layer, args, output, name=name):
+                x, context = args[:2]
+                with torch.no_grad():
+                    records.append((name, layer.probabilities(x, context)))
+
+            handles.append(block.attn2.register_forward_hook(hook))
+    if not handles:
+        raise ValueError("the model has no cross-attention layer (context_dim unset)")
+    try:
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @dataclass

@@ -14,7 +14,13 @@ from diffusion_lib.data import (
     make_scenes,
     parse_scene_caption,
 )
-from diffusion_lib.metrics import NONE, SceneJudge, scene_accuracy
+from diffusion_lib.metrics import (
+    NONE,
+    SceneJudge,
+    describe_scene,
+    scene_accuracy,
+    scene_correct,
+)
 
 S = 64
 SMALL, LARGE = SCENE_RADII["small"], SCENE_RADII["large"]
@@ -165,3 +171,28 @@ def test_what_a_prompt_leaves_open_is_right_whatever_it_is(judge):
         assert scene_accuracy(v, *prompt(caption))["joint"] == 0.0, caption
     acc = scene_accuracy(v, *prompt("a red circle"))
     assert acc["size"] != acc["size"] and acc["position"] != acc["position"]  # NaN
+
+
+def test_scene_correct_is_the_joint_accuracy_per_image(judge):
+    orange = draw([("circle", (1.0, 0.55, 0.1), (0.5, 0.5), LARGE)], size=S)
+    yellow = draw([("circle", COLOURS["yellow"], (0.5, 0.5), LARGE)], size=S)
+    pair = two_shapes()  # large red circle to the left of a small blue square
+    images = torch.stack([yellow, orange, pair, pair])
+    labels = [torch.cat(x) for x in zip(
+        prompt("a large yellow circle in the centre", 2),
+        prompt("a large red circle to the left of a small blue square"),
+        prompt("a red circle to the right of a blue square"),
+    )]  # fmt: skip
+    v = judge(images)
+    correct = scene_correct(v, *labels)
+    assert correct.tolist() == [True, False, True, False]
+    assert scene_accuracy(v, *labels)["joint"] == correct.float().mean().item()
+
+
+def test_describe_scene_says_what_the_judge_saw(judge):
+    orange = draw([("circle", (1.0, 0.55, 0.1), (0.5, 0.5), LARGE)], size=S)
+    blank = torch.tensor(BACKGROUND).view(3, 1, 1).expand(3, S, S) * 2 - 1
+    v = judge(torch.stack([two_shapes(), orange, blank]))
+    assert describe_scene(v, 0) == "large red circle to the left of small blue square"
+    assert describe_scene(v, 1) == "large ? circle, centre"
+    assert describe_scene(v, 2).startswith("not valid: ")

@@ -9,6 +9,7 @@ from diffusion_lib.unet import (
     UNet,
     UNetConfig,
     count_parameters,
+    record_cross_attention,
     timestep_embedding,
 )
 
@@ -88,6 +89,38 @@ def test_attention_matches_a_manual_computation():
     torch.testing.assert_close(
         attn(x), attn.to_out[0](torch.cat(heads, -1)), atol=1e-5, rtol=1e-5
     )
+
+
+def test_attention_probabilities_are_what_forward_uses():
+    attn = Attention(8, context_dim=6, heads=2, dim_head=4)
+    x, context = torch.randn(3, 5, 8), torch.randn(3, 7, 6)
+    probs = attn.probabilities(x, context)
+    assert probs.shape == (3, 2, 5, 7)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(3, 2, 5))
+    v = attn.to_v(context).unflatten(-1, (2, 4)).transpose(1, 2)  # [B, heads, L, d]
+    merged = (probs @ v).transpose(1, 2).flatten(2)
+    torch.testing.assert_close(attn(x, context), attn.to_out[0](merged))
+
+
+def test_record_cross_attention_sees_every_layer_and_cleans_up():
+    cfg = UNetConfig(
+        **{**SMALL.to_dict(), "context_dim": 12, "attention_levels": (0, 1)}
+    )
+    model = randomise_zero_inits(UNet(cfg)).eval()
+    x, t, context = torch.randn(2, 3, 8, 8), torch.tensor([3, 3]), torch.randn(2, 5, 12)
+    with record_cross_attention(model) as maps:
+        out = model(x, t, context=context)
+    layers = [m for m in model.modules() if getattr(m, "attn2", None) is not None]
+    assert len(maps) == len(layers) >= 3  # down, middle and up blocks
+    assert {p.shape[-2] for _, p in maps} == {64, 16}  # 8x8 and 4x4 positions
+    for _, probs in maps:
+        assert probs.shape[:2] == (2, 2) and probs.shape[-1] == 5
+        torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
+    assert all(not layer.attn2._forward_hooks for layer in layers)  # hooks removed
+    torch.testing.assert_close(model(x, t, context=context), out)  # unchanged output
+    with pytest.raises(ValueError, match="no cross-attention"):
+        with record_cross_attention(UNet(SMALL)):
+            pass
 
 
 def test_resblock_uses_the_embedding():
