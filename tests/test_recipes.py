@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from diffusion_lib import pretrained
 
 
@@ -54,3 +56,12 @@ def test_quick_ablation_reports_every_variant():
     rows = ablation(quick=True)
     assert set(rows) == set(ABLATION)
     assert all(0.0 <= r["joint"] <= 1.0 and r["fid"] >= 0 for r in rows.values())
+
+
+def test_device_option_is_checked_and_named_in_the_manifest(capsys):
+    from diffusion_lib.recipes import hardware, main
+
+    with pytest.raises(SystemExit):
+        main(["scenes-vae", "--device", "cuda"])
+    assert "--device is supported for scenes-ldm only" in capsys.readouterr().err
+    assert hardware("cpu").startswith("CPU (")  # not the GPU's name, even if one exists
