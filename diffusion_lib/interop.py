@@ -104,10 +104,22 @@ class CourseVAE(ModelMixin, ConfigMixin):
 def course_scheduler(schedule_info: dict) -> DDIMScheduler:
     """diffusers' DDIM with the library's defaults: the same betas, trailing timestep
     spacing, alpha_bar = 1 after the last step, no clipping (latents)."""
-    names = {"cosine": "squaredcos_cap_v2", "linear": "linear"}
+    # diffusers' name for each library schedule, with the library's beta range
+    names = {
+        "cosine": ("squaredcos_cap_v2", {}),
+        "linear": ("linear", {"beta_start": 1e-4, "beta_end": 0.02}),
+        "scaled_linear": ("scaled_linear", {"beta_start": 0.00085, "beta_end": 0.012}),
+    }
+    if schedule_info["kind"] not in names:
+        raise ValueError(
+            f"schedule {schedule_info['kind']!r} has no diffusers DDIM equivalent "
+            f"here; expected one of {sorted(names)}"
+        )
+    beta_schedule, betas = names[schedule_info["kind"]]
     return DDIMScheduler(
         num_train_timesteps=schedule_info["num_timesteps"],
-        beta_schedule=names[schedule_info["kind"]],
+        beta_schedule=beta_schedule,
+        **betas,
         set_alpha_to_one=True,
         timestep_spacing="trailing",
         clip_sample=False,

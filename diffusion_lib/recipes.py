@@ -566,6 +566,11 @@ SCENES_LDM_TRAIN = TrainConfig(
     loss_weighting="none",
     seed=0,
 )
+# Stable Diffusion's "scaled linear" betas (0.00085 -> 0.012): alpha_bar_T = 0.0047.
+# Not Part I's cosine schedule: its alpha_bar_T = 2.4e-9, and a DDIM step from T with
+# eps-prediction divides by sqrt(alpha_bar_T), which pixels survive only because x0 is
+# clipped to [-1, 1]; latents are not clipped, and the samples diverge (chapter 8).
+LDM_SCHEDULE = {"kind": "scaled_linear", "num_timesteps": 1000}
 LDM_GUIDANCE = 3.0  # the default guidance scale of the shipped pipeline
 LDM_SWEEP = (1.0, 2.0, 3.0, 5.0, 8.0)  # guidance scales of the sweep
 LDM_GROUPS = {  # name -> (split, two_object_fraction) of the measured prompts
@@ -604,7 +609,7 @@ def _train_ldm(out_dir, quick=False, seed=0, device="cpu") -> dict:
     latents, context = encode_scenes(vae, text_encoder, tokenizer, scenes)
     encode_seconds = time.perf_counter() - start
     null = text_encoder.text_states(tokenizer([""]).to(device))[0].detach()
-    schedule = NoiseSchedule.make(SCHEDULE["kind"], SCHEDULE["num_timesteps"])
+    schedule = NoiseSchedule.make(LDM_SCHEDULE["kind"], LDM_SCHEDULE["num_timesteps"])
     torch.manual_seed(seed)
     model = UNet(SCENES_LDM_UNET).to(device)
     result = train_diffusion(
@@ -617,7 +622,7 @@ def _train_ldm(out_dir, quick=False, seed=0, device="cpu") -> dict:
         "train": asdict(cfg),
         "seed": seed,
         "quick": quick,
-        "schedule": SCHEDULE,
+        "schedule": LDM_SCHEDULE,
         "prediction_type": cfg.prediction_type,
         "guidance_scale": LDM_GUIDANCE,
         "image_size": SCENE_SIZE,
@@ -658,7 +663,7 @@ def diversity(images: torch.Tensor, per_prompt: int) -> float:
 
 
 def measure_scene_pipeline(pipe, n: int, seed: int, num_steps: int, groups=LDM_GROUPS,
-                           guidance_scale=None) -> dict:  # fmt: skip
+                           guidance_scale=None, verbose=True) -> dict:  # fmt: skip
     """Prompt accuracy (scene judge), FID / KID against real scenes of the same
     prompts (beside real vs real) for each group of prompts."""
     judge, out, feats = SceneJudge(), {}, scene_features(pipe.text_encoder)
@@ -674,12 +679,13 @@ def measure_scene_pipeline(pipe, n: int, seed: int, num_steps: int, groups=LDM_G
             "real_vs_real": fid_kid_with(feats, other, real, min(100, n)),
             "prompts": n,
         }
-        print(f"{name}: {out[name]}", flush=True)
+        if verbose:
+            print(f"{name}: {out[name]}", flush=True)
     return out
 
 
 def guidance_sweep(pipe, n: int, seed: int, num_steps: int, per_prompt: int = 4,
-                   scales=LDM_SWEEP) -> dict:  # fmt: skip
+                   scales=LDM_SWEEP, verbose=True) -> dict:  # fmt: skip
     """Prompt accuracy, diversity and FID at each guidance scale, on n seen prompts
     (half one-object, half two-object), each drawn `per_prompt` times."""
     captions, labels = scene_prompts(n // per_prompt, seed + 9300, "train", 0.5)
@@ -695,7 +701,8 @@ def guidance_sweep(pipe, n: int, seed: int, num_steps: int, per_prompt: int = 4,
             "diversity": diversity(fake, per_prompt),
             **fid_kid_with(feats, fake, real, min(100, len(captions))),
         }
-        print(f"guidance {scale:g}: {rows[f'{scale:g}']}", flush=True)
+        if verbose:
+            print(f"guidance {scale:g}: {rows[f'{scale:g}']}", flush=True)
     rows["real"] = {"diversity": diversity(real, per_prompt)}
     return rows
 

@@ -40,7 +40,8 @@ def write_tiny_sd(directory, seed: int = 0) -> None:
         "scenes-clip": (CLIP(clip_cfg), {"config": clip_cfg.to_dict(),
                                          "tokenizer": tok.to_dict()}),
         "scenes-ldm": (unet, {"config": unet_cfg.to_dict(),
-                              "schedule": {"kind": "cosine", "num_timesteps": 1000},
+                              "schedule": {"kind": "scaled_linear",
+                                           "num_timesteps": 1000},
                               "prediction_type": "eps", "guidance_scale": 3.0}),
     }  # fmt: skip
     for name, (model, manifest) in models.items():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from diffusion_lib.interop import (
+    course_scheduler,
     diffusers_generate,
     load_diffusers,
     load_sd15,
@@ -15,6 +16,7 @@ from diffusion_lib.interop import (
     to_diffusers,
 )
 from diffusion_lib.pipelines import MiniStableDiffusion
+from diffusion_lib.schedules import NoiseSchedule
 
 PROMPTS = [
     "a small red circle to the left of a large blue square",
@@ -39,6 +41,18 @@ def test_diffusers_pipeline_gives_the_same_images(pipe, guidance_scale):
     print(f"max |library - diffusers| = {diff:.2e} (guidance {guidance_scale})")
     assert theirs.shape == ours.shape == (3, 3, 64, 64)
     assert diff <= TOLERANCE
+
+
+@pytest.mark.parametrize("kind", ["scaled_linear", "cosine", "linear"])
+def test_course_scheduler_has_the_library_schedule(kind):
+    ours = NoiseSchedule.make(kind, 1000).alphas_cumprod
+    theirs = course_scheduler({"kind": kind, "num_timesteps": 1000}).alphas_cumprod
+    torch.testing.assert_close(theirs.double(), ours, atol=1e-6, rtol=1e-5)
+
+
+def test_course_scheduler_rejects_an_unknown_schedule():
+    with pytest.raises(ValueError, match="no diffusers DDIM equivalent"):
+        course_scheduler({"kind": "sigmoid", "num_timesteps": 1000})
 
 
 def test_saved_folder_loads_offline_and_agrees(pipe, tmp_path):
