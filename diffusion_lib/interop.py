@@ -186,7 +186,20 @@ def diffusers_generate(
     """Images [B, 3, H, W] in [-1, 1] from diffusers for the same prompts, seed and
     scheduler as `course_pipe(prompts, ...)`: the same x_T, the course CLIP's token
     states as prompt_embeds and the empty caption's as negative_prompt_embeds.
-    (diffusers guides only when guidance_scale > 1.)"""
+    (diffusers guides only when guidance_scale > 1.)
+
+    num_steps must divide the number of training timesteps T: diffusers' DDIMScheduler
+    steps from t to t - T // num_steps, which is the next "trailing" timestep (the
+    course's, and diffusers' own timestep list) only then; otherwise the two samplers
+    differ (by about 0.02 at 3 steps), and this function refuses."""
+    total = course_pipe.schedule.num_timesteps
+    if total % num_steps:
+        divisors = [k for k in range(1, 101) if total % k == 0]
+        raise ValueError(
+            f"num_steps={num_steps} does not divide the {total} training timesteps: "
+            f"diffusers' DDIM would step from t to t - {total // num_steps}, not to "
+            f"the course's next trailing timestep; use one of {divisors}"
+        )
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     scale = course_pipe.guidance_scale if guidance_scale is None else guidance_scale
     n, device = len(prompts), course_pipe.device

@@ -50,6 +50,19 @@ def test_course_scheduler_has_the_library_schedule(kind):
     torch.testing.assert_close(theirs.double(), ours, atol=1e-6, rtol=1e-5)
 
 
+def test_step_counts_that_do_not_divide_t_are_refused(pipe):
+    """diffusers' DDIM steps from t to t - T // n: with n = 3 that is 666 -> 333, but
+    the trailing timesteps are 999, 666, 332, so the images would differ."""
+    from diffusers import DDIMScheduler
+
+    scheduler = to_diffusers(pipe).scheduler
+    assert isinstance(scheduler, DDIMScheduler)
+    scheduler.set_timesteps(3)
+    assert scheduler.timesteps.tolist() == [999, 666, 332]
+    with pytest.raises(ValueError, match="does not divide the 1000 training timesteps"):
+        diffusers_generate(to_diffusers(pipe), pipe, PROMPTS[:1], num_steps=3)
+
+
 def test_course_scheduler_rejects_an_unknown_schedule():
     with pytest.raises(ValueError, match="no diffusers DDIM equivalent"):
         course_scheduler({"kind": "sigmoid", "num_timesteps": 1000})

@@ -1,26 +1,36 @@
-"""The shipped Part II checkpoints (scene VAE, CLIP): integrity and their quality gates,
-which the tests also show can fail."""
+"""The shipped Part II checkpoints (scene VAE, CLIP, the mini SD's latent UNet):
+integrity and their quality gates, which the tests also show can fail."""
 
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from diffusion_lib import pretrained
+from diffusion_lib import interop, pretrained
 from diffusion_lib.clip import CLIP, tokenizer_from_manifest, zero_shot_one_object
-from diffusion_lib.data import make_scenes
+from diffusion_lib.data import make_scenes, parse_scene_caption
 from diffusion_lib.metrics import (
     SCENE_DEGRADATIONS,
     SceneJudge,
     blur,
     scene_accuracy,
+    scene_correct,
     scene_sensitivity_table,
 )
+from diffusion_lib.pipelines import MiniStableDiffusion
+from diffusion_lib.recipes import scene_prompts
 from diffusion_lib.train import sha256_file
 from diffusion_lib.vae import psnr, reconstruct
 
-NAMES = ["scenes-vae", "scenes-clip"]
+NAMES = ["scenes-vae", "scenes-clip", "scenes-ldm"]
+MAX_BYTES = {"scenes-vae": 5e6, "scenes-clip": 5e6, "scenes-ldm": 8e6}
 PSNR_GATE = 30.0  # dB, held-out scenes at 64x64
 RECONSTRUCTION_JUDGE_GATE = 0.01  # judge accuracy on reconstructions vs originals
 ZERO_SHOT_GATE = 0.95  # CLIP zero-shot shape and colour, one-object scenes
+LDM_GATES = {"one object, seen": 0.90, "two objects, seen": 0.70}  # prompt accuracy
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -31,7 +41,7 @@ def test_manifest_is_complete_and_hash_matches(name):
     assert info["recipe"] == name and info["quick"] is False
     path = pretrained.checkpoint_path(name)
     assert sha256_file(path) == info["sha256"]
-    assert path.stat().st_size < 5e6, "each shipped model must be a few MB at most"
+    assert path.stat().st_size < MAX_BYTES[name], "each shipped model: a few MB at most"
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +112,103 @@ def test_gate_scene_fid_sees_every_degradation(clip_model):
     assert len(degraded) == len(SCENE_DEGRADATIONS)
     for r in degraded:
         assert r["fid"] > 2 * fid_floor and r["kid"] > kid_floor + 0.02, r
+
+
+@pytest.fixture(scope="module")
+def sd():
+    return MiniStableDiffusion.from_pretrained()
+
+
+def test_ldm_was_trained_on_the_shipped_vae_and_clip():
+    info = pretrained.manifest("scenes-ldm")
+    assert info["vae_sha256"] == pretrained.manifest("scenes-vae")["sha256"]
+    assert info["clip_sha256"] == pretrained.manifest("scenes-clip")["sha256"]
+    assert info["latent_shape"] == [4, 8, 8]
+
+
+def test_gate_mini_sd_prompt_accuracy_in_the_manifest():
+    """The recipe's measurement (200 prompts per group, 50 DDIM steps, the default
+    guidance): the gates on seen prompts; held-out groups and FID beside real-vs-real
+    are reported."""
+    metrics = pretrained.manifest("scenes-ldm")["metrics"]
+    groups = metrics["groups"]
+    assert set(groups) == {"one object, seen", "two objects, seen",
+                           "one object, held out", "two objects, held out"}  # fmt: skip
+    for name, row in groups.items():
+        assert row["prompts"] >= 200 and 0 <= row["joint"] <= 1, name
+        assert row["fid"] > 0 and row["real_vs_real"]["fid"] >= 0, name
+    name = "one object, seen"
+    assert groups[name]["joint"] >= LDM_GATES[name], groups[name]
+    sweep = metrics["guidance_sweep"]
+    assert {"1", "3", "8", "real"} <= set(sweep)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 6 gate NOT MET: two-object prompt accuracy 0.535 measured (gate "
+    "0.70); every attribute of every object is right in >= 98% of the images, but the "
+    "relation's direction is at chance (0.57). Reported, not lowered; strict, so that "
+    "a model that meets the gate turns this test red until the mark is removed.",
+)
+def test_gate_mini_sd_two_object_prompt_accuracy():
+    groups = pretrained.manifest("scenes-ldm")["metrics"]["groups"]
+    name = "two objects, seen"
+    assert groups[name]["joint"] >= LDM_GATES[name], groups[name]
+
+
+def test_mini_sd_two_object_failure_is_the_relation_direction():
+    """What the two-object shortfall consists of (the chapter says so): the objects and
+    their attributes are right, the relation's direction is a coin flip."""
+    row = pretrained.manifest("scenes-ldm")["metrics"]["groups"]["two objects, seen"]
+    assert min(row[a] for a in ("shape", "colour", "size", "count", "clean")) >= 0.95
+    assert abs(row["relation"] - 0.5) < 0.15, row
+
+
+def live_accuracy(sd, n, two, guidance_scale=None, steps=50):
+    captions, labels = scene_prompts(n, 4747, "train", two)  # seeds no recipe uses
+    images = sd(captions, num_steps=steps, seed=4848, guidance_scale=guidance_scale)
+    return scene_correct(SceneJudge()(images), *labels).float().mean().item()
+
+
+def test_mini_sd_accuracy_reproduces_on_fresh_prompts_and_can_fail(sd):
+    """Fresh seen one-object prompts: within sampling error of the gate (n = 100, the
+    standard error at 0.9 is 0.03, so the bound is the gate minus two of them); with
+    the prompt left out (the unconditional model) the same check fails."""
+    n = 100
+    acc = live_accuracy(sd, n, 0.0)
+    gate = LDM_GATES["one object, seen"]
+    bound = gate - 2 * (gate * (1 - gate) / n) ** 0.5
+    _, labels = scene_prompts(n, 4747, "train", 0.0)
+    blind = sd([""] * n, num_steps=50, seed=4848, guidance_scale=1.0)  # no prompt
+    blind_acc = scene_correct(SceneJudge()(blind), *labels).float().mean().item()
+    print(f"fresh one-object prompts: {acc:.3f} (bound {bound:.3f}); "
+          f"unconditional: {blind_acc:.3f}")  # fmt: skip
+    assert acc >= bound
+    assert blind_acc < bound
+
+
+def test_mini_sd_runs_the_same_inside_diffusers(sd):
+    prompts = ["a large green triangle above a small red square", "a blue circle"]
+    ours = sd(prompts, num_steps=20, seed=3)
+    theirs = interop.diffusers_generate(interop.to_diffusers(sd), sd, prompts,
+                                        num_steps=20, seed=3)  # fmt: skip
+    assert (ours - theirs).abs().max().item() <= 1e-3
+
+
+def test_generate_command_with_the_shipped_model(tmp_path):
+    out = tmp_path / "images"
+    prompt = "a large red circle to the left of a small blue square"
+    done = subprocess.run(
+        [sys.executable, "-m", "diffusion_lib", "generate", prompt,
+         "--num-images", "4", "--seed", "0", "--steps", "50", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    files = sorted(out.glob("*.png"))
+    assert len(files) == 4 and all(Image.open(f).size == (64, 64) for f in files)
+    pixels = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    p = parse_scene_caption(prompt)
+    labels = [p[k].expand(4, *p[k].shape) for k in ("objects", "relation", "position")]
+    right = scene_correct(SceneJudge()(images), *labels)
+    assert right.sum() >= 2, right  # the command draws the prompt, not just anything
