@@ -81,6 +81,12 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+def attention_probabilities(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) for queries [..., N, d] and keys [..., L, d]:
+    [..., N, L], each row summing to 1 over the L keys."""
+    return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(dim=-1)
+
+
 class Attention(nn.Module):
     """Multi-head attention; self-attention when context is None, cross-attention
     otherwise.
@@ -128,7 +134,7 @@ class Attention(nn.Module):
         (without a mask): [B, heads, N, L], each row summing to 1 over the L keys."""
         context = x if context is None else context
         q, k = self._split_heads(self.to_q(x)), self._split_heads(self.to_k(context))
-        return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(dim=-1)
+        return attention_probabilities(q, k)
 
     def forward(
         self,

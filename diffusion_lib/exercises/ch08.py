@@ -7,6 +7,7 @@ import math
 import torch
 
 from ..recipes import diversity
+from ..unet import attention_probabilities
 from . import register
 
 # ch08.cross_attention_probs: queries [B, heads, N, d] (one per latent position),
@@ -15,7 +16,7 @@ from . import register
 
 
 def reference_cross_attention_probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(dim=-1)
+    return attention_probabilities(q, k)
 
 
 def _probs_inputs(gen: torch.Generator) -> dict:
