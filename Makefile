@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: book test lint test-lib test-notebooks checkpoints bench clean
+.PHONY: book test lint test-lib test-notebooks checkpoints bench clean handouts
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,12 +20,12 @@ book: $(STAMP)
 
 ## make test: unit tests, diffusers cross-checks, quality gates, book build, every notebook in quick mode
 test: $(STAMP) lint
-	DIFFUSION_MODE=quick $(PY) -m pytest tests notebooks --nbval-lax --durations=0 -q
+	DIFFUSION_MODE=quick $(PY) -m pytest tests notebooks book/instructor_guide.ipynb --nbval-lax --durations=0 -q
 
 ## make lint: one style for the library, tests and notebooks (ruff reads .ipynb)
 lint: $(STAMP)
-	$(VENV)/bin/ruff check diffusion_lib tests notebooks
-	$(VENV)/bin/ruff format --check diffusion_lib tests notebooks
+	$(VENV)/bin/ruff check diffusion_lib tests notebooks book/instructor_guide.ipynb
+	$(VENV)/bin/ruff format --check diffusion_lib tests notebooks book/instructor_guide.ipynb
 
 test-lib: $(STAMP)
 	$(PY) -m pytest tests -q
@@ -43,6 +43,11 @@ checkpoints: $(STAMP)
 	$(PY) -m diffusion_lib.recipes scenes-vae
 	$(PY) -m diffusion_lib.recipes scenes-clip
 	$(PY) -m diffusion_lib.recipes scenes-ldm
+
+## make handouts: student versions of every chapter (solutions removed) in _build/handouts;
+## grade a class with: python -m diffusion_lib.classroom grade SUBMISSIONS (see the instructor guide)
+handouts: $(STAMP)
+	$(PY) -m diffusion_lib.classroom handouts --out _build/handouts
 
 ## make bench: time every notebook in quick mode
 bench: $(STAMP)

@@ -89,3 +89,26 @@ def test_timesteps_accept_any_usual_rounding():
     for seed in range(5):
         for student in (half_up, torch_round):
             assert check("ch04.timesteps", student, trials=20, seed=seed).passed
+
+
+def test_every_exercise_has_a_common_mistake():
+    assert all(REGISTRY[name].mistakes for name in REGISTRY), [
+        name for name in sorted(REGISTRY) if not REGISTRY[name].mistakes
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_checker_rejects_every_common_mistake(name):
+    """Each catalogued student mistake is told apart from the reference, with a real
+    explanation (not "not attempted")."""
+    mistakes = REGISTRY[name].mistakes
+    assert mistakes, f"{name} lists no common mistakes"
+    for description, mistake in mistakes.items():
+        assert isinstance(description, str) and description, name
+        result = check(name, mistake)
+        assert not result.passed, f"{name}: the mistake {description!r} passes"
+        assert result.message and "not attempted" not in result.message, (
+            name,
+            description,
+            result.message,
+        )

@@ -12,8 +12,10 @@ still runs top to bottom.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -28,6 +30,8 @@ class Exercise:
     make_inputs: Callable
     atol: float = 1e-5
     hint: str = ""
+    # description of a typical student mistake -> a function that makes exactly it
+    mistakes: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -51,9 +55,22 @@ def register(
     make_inputs: Callable,
     atol: float = 1e-5,
     hint: str = "",
+    mistakes: dict | None = None,
 ) -> Exercise:
-    """Add an exercise to the registry (chapter modules call this at import)."""
-    REGISTRY[name] = Exercise(name, reference, make_inputs, atol, hint)
+    """Add an exercise to the registry (chapter modules call this at import).
+
+    reference: the right answer, called with the keyword arguments of make_inputs.
+    make_inputs(generator) -> dict: one trial's random inputs.
+    atol: the largest absolute error that still counts as agreeing.
+    hint: a sentence appended to every failure message (name the usual pitfalls).
+    mistakes: common student mistakes, {a plain-English description (e.g. "uses
+        exp(logvar) as the standard deviation"): a function with the reference's
+        signature that makes exactly that mistake}; the instructor guide shows what
+        `check` says to each, and the tests make sure that `check` rejects every one.
+    """
+    REGISTRY[name] = Exercise(
+        name, reference, make_inputs, atol, hint, dict(mistakes or {})
+    )
     return REGISTRY[name]
 
 
@@ -181,7 +198,17 @@ def check(
             break
     if verbose:
         print(repr(result))
+    _log_for_grading(result)
     return result
+
+
+def _log_for_grading(result: CheckResult) -> None:
+    """Append the verdict to the file named by $DIFFUSION_GRADING_LOG, if set (the
+    grading command of `diffusion_lib.classroom` sets it)."""
+    path = os.environ.get("DIFFUSION_GRADING_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(asdict(result)) + "\n")
 
 
 def _failure(

@@ -21,12 +21,26 @@ def to_model_space(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1
 
 
+def _mistake_to_model_space_unit_range(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 255  # [0, 1], not [-1, 1]
+
+
+def _mistake_to_model_space_divides_by_128(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 128 - 1  # 255 -> 0.992, not 1
+
+
 register(
     "ch01.to_model_space",
     to_model_space,
     _uint8_images,
     atol=1e-6,
     hint="divide by 127.5 and subtract 1, after converting the uint8 tensor to float",
+    mistakes={
+        "divides by 255 only, giving [0, 1] instead of [-1, 1]": (
+            _mistake_to_model_space_unit_range
+        ),
+        "divides by 128 instead of 127.5": _mistake_to_model_space_divides_by_128,
+    },
 )
 
 
@@ -45,12 +59,30 @@ def vp_mix(x: torch.Tensor, eps: torch.Tensor, a: float) -> torch.Tensor:
     return math.sqrt(a) * x + math.sqrt(1 - a) * eps
 
 
+def _mistake_vp_mix_no_sqrt(
+    x: torch.Tensor, eps: torch.Tensor, a: float
+) -> torch.Tensor:
+    return a * x + (1 - a) * eps
+
+
+def _mistake_vp_mix_swapped(
+    x: torch.Tensor, eps: torch.Tensor, a: float
+) -> torch.Tensor:
+    return math.sqrt(1 - a) * x + math.sqrt(a) * eps
+
+
 register(
     "ch01.vp_mix",
     vp_mix,
     _mix_inputs,
     hint="both weights are square roots: sqrt(a) on the image, sqrt(1 - a) on the "
     "noise",
+    mistakes={
+        "forgets the square roots (a x + (1 - a) eps)": _mistake_vp_mix_no_sqrt,
+        "swaps the weights: sqrt(1 - a) on the image, sqrt(a) on the noise": (
+            _mistake_vp_mix_swapped
+        ),
+    },
 )
 
 
@@ -77,6 +109,20 @@ def denoise_step(
     return math.sqrt(a_prev) * x0_hat + math.sqrt(1 - a_prev) * eps_hat
 
 
+def _mistake_denoise_step_no_division(
+    x_t: torch.Tensor, eps_hat: torch.Tensor, a_t: float, a_prev: float
+) -> torch.Tensor:
+    x0_hat = x_t - math.sqrt(1 - a_t) * eps_hat  # forgot "/ sqrt(a_t)"
+    return math.sqrt(a_prev) * x0_hat + math.sqrt(1 - a_prev) * eps_hat
+
+
+def _mistake_denoise_step_renoise_to_a_t(
+    x_t: torch.Tensor, eps_hat: torch.Tensor, a_t: float, a_prev: float
+) -> torch.Tensor:
+    x0_hat = (x_t - math.sqrt(1 - a_t) * eps_hat) / math.sqrt(a_t)
+    return math.sqrt(a_t) * x0_hat + math.sqrt(1 - a_t) * eps_hat  # a_t, not a_prev
+
+
 register(
     "ch01.denoise_step",
     denoise_step,
@@ -84,6 +130,14 @@ register(
     atol=1e-4,
     hint="first solve x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps_hat for x0, then mix x0 "
     "and eps_hat with a_prev",
+    mistakes={
+        "forgets to divide by sqrt(a_t) when solving for x0": (
+            _mistake_denoise_step_no_division
+        ),
+        "re-noises to the current level a_t instead of a_prev (returns x_t)": (
+            _mistake_denoise_step_renoise_to_a_t
+        ),
+    },
 )
 
 
@@ -103,6 +157,14 @@ def caption_to_labels(caption: str) -> torch.Tensor:
     return parse_caption(caption)
 
 
+def _mistake_caption_to_labels_list(caption: str) -> list:
+    return parse_caption(caption).tolist()  # a Python list, not a tensor
+
+
+def _mistake_caption_to_labels_float(caption: str) -> torch.Tensor:
+    return torch.tensor(parse_caption(caption).tolist(), dtype=torch.float32)
+
+
 register(
     "ch01.caption_to_labels",
     caption_to_labels,
@@ -110,4 +172,10 @@ register(
     hint=f"for each attribute of data.ATTRIBUTES ({', '.join(ATTRIBUTES)}), find which "
     "of its values appears in the caption; return the four indices as a torch.long "
     "tensor",
+    mistakes={
+        "returns a Python list instead of a tensor": _mistake_caption_to_labels_list,
+        "returns float indices instead of torch.long": (
+            _mistake_caption_to_labels_float
+        ),
+    },
 )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..forward import q_posterior
 from ..samplers import ddim_step, ddpm_step, make_timesteps
-from ..schedules import NoiseSchedule
+from ..schedules import NoiseSchedule, extract
 from . import register
 
 _SCHEDULE = NoiseSchedule.make("linear", 1000)
@@ -30,6 +32,26 @@ def _posterior_inputs(generator: torch.Generator) -> dict:
     }
 
 
+def _mistake_posterior_mean_alpha_bar_t(schedule, x0, x_t, t):
+    a_t = extract(schedule.alphas_cumprod, t, x_t.shape, x_t)
+    a_prev = extract(schedule.alphas_cumprod, t, x_t.shape, x_t)  # not ..._prev
+    beta = extract(schedule.betas, t, x_t.shape, x_t)
+    return (
+        a_prev.sqrt() * beta / (1 - a_t) * x0
+        + (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * x_t
+    )
+
+
+def _mistake_posterior_mean_no_sqrt_alpha(schedule, x0, x_t, t):
+    a_t = extract(schedule.alphas_cumprod, t, x_t.shape, x_t)
+    a_prev = extract(schedule.alphas_cumprod_prev, t, x_t.shape, x_t)
+    beta = extract(schedule.betas, t, x_t.shape, x_t)
+    return (
+        a_prev.sqrt() * beta / (1 - a_t) * x0
+        + (1 - beta) * (1 - a_prev) / (1 - a_t) * x_t  # alpha_t, not sqrt(alpha_t)
+    )
+
+
 register(
     "ch04.posterior_mean",
     lambda schedule, x0, x_t, t: q_posterior(schedule, x0, x_t, t)[0],
@@ -38,6 +60,14 @@ register(
     "(1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * x_t; schedule.alphas_cumprod_prev[t] "
     "is alpha_bar_{t-1}; reshape each coefficient to [B, 1, 1, 1] and cast to float32 "
     "(dl.extract does both).",
+    mistakes={
+        "uses alpha_bar_t where alpha_bar_{t-1} belongs (alphas_cumprod[t])": (
+            _mistake_posterior_mean_alpha_bar_t
+        ),
+        "forgets the square root of alpha_t in the coefficient of x_t": (
+            _mistake_posterior_mean_no_sqrt_alpha
+        ),
+    },
 )
 
 
@@ -60,6 +90,23 @@ def _step_inputs(generator: torch.Generator) -> dict:
     }
 
 
+def _mistake_ddpm_step_variance_not_std(schedule, eps_hat, t, x_t, noise):
+    beta, a_t = schedule.betas[t].item(), schedule.alphas_cumprod[t].item()
+    mean = (x_t - beta / math.sqrt(1 - a_t) * eps_hat) / math.sqrt(1 - beta)
+    if t == 0:
+        return mean
+    return mean + schedule.posterior_variance[t].item() * noise  # sigma^2, not sigma
+
+
+def _mistake_ddpm_step_t_minus_1(schedule, eps_hat, t, x_t, noise):
+    # the paper's 1-based t: index t - 1 (which wraps round to T - 1 at t = 0)
+    beta, a_t = schedule.betas[t - 1].item(), schedule.alphas_cumprod[t - 1].item()
+    mean = (x_t - beta / math.sqrt(1 - a_t) * eps_hat) / math.sqrt(1 - beta)
+    if t == 0:
+        return mean
+    return mean + math.sqrt(schedule.posterior_variance[t - 1].item()) * noise
+
+
 register(
     "ch04.ddpm_step",
     lambda schedule, eps_hat, t, x_t, noise: ddpm_step(
@@ -70,6 +117,14 @@ register(
     hint="x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) * eps_hat) / sqrt(alpha_t) + "
     "sqrt(beta_tilde_t) * noise (Eq. 11 and Algorithm 2) with beta_tilde_t = "
     "schedule.posterior_variance[t]; at t = 0 return the mean only (no noise).",
+    mistakes={
+        "adds beta_tilde_t times the noise: the variance, not the standard deviation": (
+            _mistake_ddpm_step_variance_not_std
+        ),
+        "indexes the schedule with t - 1 (the paper's 1-based t)": (
+            _mistake_ddpm_step_t_minus_1
+        ),
+    },
 )
 
 
@@ -89,6 +144,21 @@ def _ddim_inputs(generator: torch.Generator) -> dict:
     }
 
 
+def _mistake_ddim_step_alphas(schedule, eps_hat, t, t_prev, x_t):
+    # schedule.alphas (alpha_t = 1 - beta_t) where alphas_cumprod belongs
+    a_t = schedule.alphas[t].item()
+    a_prev = schedule.alphas[t_prev].item() if t_prev >= 0 else 1.0
+    x0_hat = (x_t - math.sqrt(1 - a_t) * eps_hat) / math.sqrt(a_t)
+    return math.sqrt(a_prev) * x0_hat + math.sqrt(1 - a_prev) * eps_hat
+
+
+def _mistake_ddim_step_prev_wraps(schedule, eps_hat, t, t_prev, x_t):
+    a_t = schedule.alphas_cumprod[t].item()
+    a_prev = schedule.alphas_cumprod[t_prev].item()  # [-1] is alpha_bar_{T-1}, not 1
+    x0_hat = (x_t - math.sqrt(1 - a_t) * eps_hat) / math.sqrt(a_t)
+    return math.sqrt(a_prev) * x0_hat + math.sqrt(1 - a_prev) * eps_hat
+
+
 register(
     "ch04.ddim_step",
     lambda schedule, eps_hat, t, t_prev, x_t: ddim_step(
@@ -99,6 +169,14 @@ register(
     hint="x0_hat = (x_t - sqrt(1 - a_t) eps_hat) / sqrt(a_t); x_prev = sqrt(a_prev) "
     "x0_hat + sqrt(1 - a_prev) eps_hat, with a_t = alpha_bar_t and a_prev = "
     "alpha_bar_{t_prev}, taken as 1 when t_prev = -1.",
+    mistakes={
+        "uses alpha_t (schedule.alphas) instead of alpha_bar_t (alphas_cumprod)": (
+            _mistake_ddim_step_alphas
+        ),
+        "forgets the t_prev = -1 case: alphas_cumprod[-1] is the noisiest level": (
+            _mistake_ddim_step_prev_wraps
+        ),
+    },
 )
 
 
@@ -118,6 +196,16 @@ def _timestep_inputs(generator: torch.Generator) -> dict:
             return {"num_train_timesteps": total, "num_steps": num_steps}
 
 
+def _mistake_timesteps_no_minus_1(num_train_timesteps, num_steps):
+    T, n = num_train_timesteps, num_steps
+    return torch.tensor([round(T - i * T / n) for i in range(n)])  # starts at T
+
+
+def _mistake_timesteps_floor_stride(num_train_timesteps, num_steps):
+    T, n = num_train_timesteps, num_steps
+    return torch.tensor([T - 1 - i * (T // n) for i in range(n)])
+
+
 register(
     "ch04.timesteps",
     lambda num_train_timesteps, num_steps: torch.tensor(
@@ -126,4 +214,12 @@ register(
     _timestep_inputs,
     hint="return a 1-D integer tensor (torch.long) of num_steps descending timesteps, "
     "element i = round(T - i * T / num_steps) - 1, so that the first one is T - 1.",
+    mistakes={
+        "forgets the - 1, so that the first timestep is T (out of range)": (
+            _mistake_timesteps_no_minus_1
+        ),
+        "steps by the integer stride T // num_steps instead of rounding": (
+            _mistake_timesteps_floor_stride
+        ),
+    },
 )

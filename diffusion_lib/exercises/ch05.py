@@ -31,6 +31,14 @@ def _cfg_inputs(gen: torch.Generator) -> dict:
     }
 
 
+def _mistake_cfg_combine_swapped(eps_cond, eps_uncond, w: float) -> torch.Tensor:
+    return eps_cond + w * (eps_uncond - eps_cond)
+
+
+def _mistake_cfg_combine_paper_w(eps_cond, eps_uncond, w: float) -> torch.Tensor:
+    return (1 + w) * eps_cond - w * eps_uncond  # the paper's formula with our w
+
+
 register(
     "ch05.cfg_combine",
     reference_cfg_combine,
@@ -39,6 +47,14 @@ register(
     hint="w = 0 must give eps_uncond and w = 1 must give eps_cond. (This w is "
     "1 + w_paper, where Ho & Salimans' Eq. 6 reads (1 + w_paper) eps_cond - w_paper "
     "eps_uncond.)",
+    mistakes={
+        "swaps the roles: eps_cond + w (eps_uncond - eps_cond)": (
+            _mistake_cfg_combine_swapped
+        ),
+        "plugs our w into the paper's (1 + w) eps_cond - w eps_uncond": (
+            _mistake_cfg_combine_paper_w
+        ),
+    },
 )
 
 
@@ -64,12 +80,30 @@ def _drop_inputs(gen: torch.Generator) -> dict:
     }
 
 
+def _mistake_drop_labels_reversed(labels, null, p: float, u) -> torch.Tensor:
+    keep = (u < p).view(-1, 1)  # keeps the rows it should drop
+    return torch.where(keep, labels, null)
+
+
+def _mistake_drop_labels_zeros(labels, null, p: float, u) -> torch.Tensor:
+    keep = (u >= p).view(-1, 1)
+    return torch.where(keep, labels, torch.zeros_like(labels))  # 0 is a real class
+
+
 register(
     "ch05.drop_labels",
     drop_labels_given_u,
     _drop_inputs,
     hint="drop row i when u[i] < p (so that p = 0 drops nothing); keep the dtype "
     "(long) of the labels.",
+    mistakes={
+        "reverses the condition: drops the rows where u >= p": (
+            _mistake_drop_labels_reversed
+        ),
+        "puts 0 (a real class) in the dropped rows instead of the null row": (
+            _mistake_drop_labels_zeros
+        ),
+    },
 )
 
 
@@ -92,12 +126,28 @@ def _caption_inputs(gen: torch.Generator) -> dict:
     }
 
 
+def _mistake_captions_to_labels_list(captions: list) -> list:
+    return [parse_caption(c) for c in captions]  # not stacked into a tensor
+
+
+def _mistake_captions_to_labels_cat(captions: list) -> torch.Tensor:
+    return torch.cat([parse_caption(c) for c in captions])  # [4 B], not [B, 4]
+
+
 register(
     "ch05.captions_to_labels",
     captions_to_labels,
     _caption_inputs,
     hint="the order of the columns is shape, colour, size, position (data.ATTRIBUTES); "
     "the words can come in any order in a caption.",
+    mistakes={
+        "returns a list of label tensors instead of stacking them": (
+            _mistake_captions_to_labels_list
+        ),
+        "uses torch.cat instead of torch.stack, giving [4 B] instead of [B, 4]": (
+            _mistake_captions_to_labels_cat
+        ),
+    },
 )
 
 
@@ -149,6 +199,18 @@ def _guided_inputs(gen: torch.Generator) -> dict:
     }
 
 
+def _mistake_guided_output_swapped(model, x_t, t, labels, w: float) -> torch.Tensor:
+    eps_cond = model(x_t, t, labels=labels)
+    eps_uncond = model(x_t, t, labels=model.null_labels(x_t.shape[0]))
+    return eps_cond + w * (eps_uncond - eps_cond)  # guides away from the labels
+
+
+def _mistake_guided_output_zero_null(model, x_t, t, labels, w: float) -> torch.Tensor:
+    eps_cond = model(x_t, t, labels=labels)
+    eps_uncond = model(x_t, t, labels=torch.zeros_like(labels))  # class 0, not null
+    return eps_uncond + w * (eps_cond - eps_uncond)
+
+
 register(
     "ch05.guided_output",
     guided_output,
@@ -156,4 +218,12 @@ register(
     atol=1e-4,
     hint="run the model twice (or once on a doubled batch): with `labels` and with "
     "model.null_labels(B); then combine eps_uncond + w (eps_cond - eps_uncond).",
+    mistakes={
+        "swaps the conditional and the unconditional pass": (
+            _mistake_guided_output_swapped
+        ),
+        "uses all-zero labels (real classes) as the unconditional labels": (
+            _mistake_guided_output_zero_null
+        ),
+    },
 )

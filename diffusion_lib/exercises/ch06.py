@@ -30,6 +30,15 @@ def reference_gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Ten
     return DiagonalGaussian(torch.cat([mean, logvar], dim=1)).kl()
 
 
+def _mistake_gaussian_kl_mean(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    terms = 0.5 * (mean**2 + logvar.exp() - 1 - logvar)
+    return terms.flatten(1).mean(dim=1)  # averaged, not summed, over the latent
+
+
+def _mistake_gaussian_kl_no_half(mean: torch.Tensor, logvar: torch.Tensor):
+    return (mean**2 + logvar.exp() - 1 - logvar).flatten(1).sum(dim=1)
+
+
 register(
     "ch06.gaussian_kl",
     reference_gaussian_kl,
@@ -37,6 +46,12 @@ register(
     atol=1e-3,
     hint="per element 0.5 * (mean**2 + exp(logvar) - 1 - logvar); then sum over every "
     "dimension but the batch (flatten(1).sum(1)), giving a tensor [B].",
+    mistakes={
+        "averages over the latent elements instead of summing": (
+            _mistake_gaussian_kl_mean
+        ),
+        "forgets the factor 0.5": _mistake_gaussian_kl_no_half,
+    },
 )
 
 
@@ -54,6 +69,14 @@ def _reparameterize_inputs(gen: torch.Generator) -> dict:
     return {**moments, "eps": torch.randn(moments["mean"].shape, generator=gen)}
 
 
+def _mistake_reparameterize_exp_logvar(mean, logvar, eps) -> torch.Tensor:
+    return mean + torch.exp(logvar) * eps  # the variance, not the std
+
+
+def _mistake_reparameterize_sqrt_logvar(mean, logvar, eps) -> torch.Tensor:
+    return mean + logvar.sqrt() * eps  # treats logvar as the variance: NaN if < 0
+
+
 register(
     "ch06.reparameterize",
     reference_reparameterize,
@@ -61,6 +84,14 @@ register(
     atol=1e-5,
     hint="logvar is the log of the variance, so the standard deviation is "
     "exp(0.5 * logvar), not exp(logvar).",
+    mistakes={
+        "uses exp(logvar) as the standard deviation": (
+            _mistake_reparameterize_exp_logvar
+        ),
+        "takes sqrt(logvar) as the std, as if logvar were the variance": (
+            _mistake_reparameterize_sqrt_logvar
+        ),
+    },
 )
 
 
@@ -76,6 +107,16 @@ def _psnr_inputs(gen: torch.Generator) -> dict:
     return {"x_hat": (x + noise).clamp(-1, 1), "x": x}
 
 
+def _mistake_psnr_pm1_scale(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    mse = ((x_hat - x) ** 2).flatten(1).mean(dim=1)  # on [-1, 1]: 4 times too big
+    return 10 * torch.log10(1 / mse)
+
+
+def _mistake_psnr_whole_batch(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    mse = (((x_hat - x) / 2) ** 2).mean()  # one number for the whole batch
+    return 10 * torch.log10(1 / mse)
+
+
 register(
     "ch06.psnr",
     lambda x_hat, x: psnr(x_hat, x),
@@ -84,6 +125,14 @@ register(
     hint="map both images to [0, 1] first ((x + 1) / 2, so the error halves), take the "
     "mean squared error per image over C, H, W, then 10 * log10(1 / mse): a tensor "
     "[N].",
+    mistakes={
+        "measures on the [-1, 1] scale (forgets to halve the error)": (
+            _mistake_psnr_pm1_scale
+        ),
+        "takes one mean squared error over the whole batch, not one per image": (
+            _mistake_psnr_whole_batch
+        ),
+    },
 )
 
 
@@ -102,6 +151,14 @@ def _latent_inputs(gen: torch.Generator) -> dict:
     return {"latents": mean + std * torch.randn(b, 4, 8, 8, generator=gen)}
 
 
+def _mistake_scaling_factor_std(latents: torch.Tensor) -> float:
+    return latents.flatten().std().item()  # the std itself, not 1 / std
+
+
+def _mistake_scaling_factor_tensor(latents: torch.Tensor) -> torch.Tensor:
+    return 1.0 / latents.flatten().std()  # forgot .item()
+
+
 register(
     "ch06.scaling_factor",
     reference_scaling_factor,
@@ -110,6 +167,14 @@ register(
     hint="one standard deviation over every element of the tensor (all images, "
     "channels and positions together), then 1 / std; return a Python float "
     "(.item()).",
+    mistakes={
+        "returns the standard deviation instead of 1 / std": (
+            _mistake_scaling_factor_std
+        ),
+        "returns a 0-dimensional tensor instead of a Python float": (
+            _mistake_scaling_factor_tensor
+        ),
+    },
 )
 
 
@@ -137,6 +202,22 @@ def _loss_inputs(gen: torch.Generator) -> dict:
     }
 
 
+def _mistake_vae_loss_kl_not_per_value(x_hat, x, mean, logvar, kl_weight):
+    d = x[0].numel()
+    rec = (x_hat - x).abs().flatten(1).sum(dim=1).mean() / d
+    terms = 0.5 * (mean**2 + logvar.exp() - 1 - logvar)
+    kl = terms.flatten(1).sum(dim=1).mean()  # not divided by D
+    return rec + kl_weight * kl, rec, kl
+
+
+def _mistake_vae_loss_l2(x_hat, x, mean, logvar, kl_weight):
+    d = x[0].numel()
+    rec = ((x_hat - x) ** 2).flatten(1).sum(dim=1).mean() / d  # L2, not L1
+    terms = 0.5 * (mean**2 + logvar.exp() - 1 - logvar)
+    kl = terms.flatten(1).sum(dim=1).mean() / d
+    return rec + kl_weight * kl, rec, kl
+
+
 register(
     "ch06.vae_loss",
     reference_vae_loss,
@@ -146,4 +227,12 @@ register(
     "averaged over the batch, / D; kl = KL per image (summed over latent elements), "
     "averaged over the batch, / D; loss = reconstruction + kl_weight * kl. Return "
     "the tuple (loss, reconstruction, kl) of 0-dimensional tensors.",
+    mistakes={
+        "divides the reconstruction by D but not the KL": (
+            _mistake_vae_loss_kl_not_per_value
+        ),
+        "uses the squared error (L2) instead of the absolute error (L1)": (
+            _mistake_vae_loss_l2
+        ),
+    },
 )

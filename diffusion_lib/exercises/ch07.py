@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..clip import SPECIAL_TOKENS, clip_loss
 from . import register
@@ -21,12 +22,28 @@ def _mask_inputs(gen: torch.Generator) -> dict:
     return {"length": int(torch.randint(1, 25, (), generator=gen))}
 
 
+def _mistake_causal_mask_no_diagonal(length: int) -> torch.Tensor:
+    return torch.ones(length, length, dtype=torch.bool).tril(diagonal=-1)
+
+
+def _mistake_causal_mask_float(length: int) -> torch.Tensor:
+    return torch.ones(length, length).tril()  # 0.0 / 1.0, not False / True
+
+
 register(
     "ch07.causal_mask",
     reference_causal_mask,
     _mask_inputs,
     hint="entry [i, j] is True when j <= i (the diagonal included: a token sees "
     "itself); torch.tril keeps the lower triangle. Return dtype torch.bool.",
+    mistakes={
+        "leaves out the diagonal (a token cannot see itself)": (
+            _mistake_causal_mask_no_diagonal
+        ),
+        "returns a float mask of 0s and 1s instead of torch.bool": (
+            _mistake_causal_mask_float
+        ),
+    },
 )
 
 
@@ -43,6 +60,15 @@ def _loss_inputs(gen: torch.Generator) -> dict:
     return {"logits": scale * (2 * torch.rand(b, b, generator=gen) - 1)}
 
 
+def _mistake_clip_loss_rows_only(logits: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, torch.arange(logits.shape[0]))  # image -> text
+
+
+def _mistake_clip_loss_sum(logits: torch.Tensor) -> torch.Tensor:
+    target = torch.arange(logits.shape[0])
+    return F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)
+
+
 register(
     "ch07.clip_loss",
     reference_clip_loss,
@@ -50,6 +76,14 @@ register(
     hint="the right answer of row i (and of column i) is i: average the cross-entropy "
     "of the rows and that of the columns (F.cross_entropy(logits.T, ...)), each a mean "
     "over the batch.",
+    mistakes={
+        "uses only the rows (image -> text), not the columns": (
+            _mistake_clip_loss_rows_only
+        ),
+        "adds the two cross-entropies instead of averaging them": (
+            _mistake_clip_loss_sum
+        ),
+    },
 )
 
 
@@ -81,12 +115,29 @@ def _pool_inputs(gen: torch.Generator) -> dict:
     }
 
 
+def _mistake_eot_pool_last(states, tokens, end_id: int) -> torch.Tensor:
+    return states[:, -1]  # the last position is usually <pad>, not <end>
+
+
+def _mistake_eot_pool_no_row_index(states, tokens, end_id: int) -> torch.Tensor:
+    end = (tokens == end_id).long().argmax(dim=1)
+    return states[:, end]  # every row at every row's <end>: [B, B, D]
+
+
 register(
     "ch07.eot_pool",
     reference_eot_pool,
     _pool_inputs,
     hint="find the position of end_id in each row ((tokens == end_id).long().argmax(1) "
     "gives the first), then index states with (row numbers, those positions).",
+    mistakes={
+        "takes the state at the last position instead of at the end token": (
+            _mistake_eot_pool_last
+        ),
+        "indexes states[:, end] without the row numbers, giving [B, B, D]": (
+            _mistake_eot_pool_no_row_index
+        ),
+    },
 )
 
 
@@ -107,12 +158,30 @@ def _recall_inputs(gen: torch.Generator) -> dict:
     return {"similarity": sim}
 
 
+def _mistake_recall_at_1_columns(similarity: torch.Tensor) -> float:
+    n = similarity.shape[0]
+    return (similarity.argmax(dim=0) == torch.arange(n)).float().mean().item()
+
+
+def _mistake_recall_at_1_count(similarity: torch.Tensor) -> float:
+    n = similarity.shape[0]
+    return (similarity.argmax(dim=1) == torch.arange(n)).sum().item()  # not mean
+
+
 register(
     "ch07.recall_at_1",
     reference_recall_at_1,
     _recall_inputs,
     hint="compare each row's argmax with its row number (torch.arange(N)) and return "
     "the mean as a Python float (.item()).",
+    mistakes={
+        "takes the argmax over the columns (dim 0) instead of the rows": (
+            _mistake_recall_at_1_columns
+        ),
+        "returns the number of hits instead of the fraction": (
+            _mistake_recall_at_1_count
+        ),
+    },
 )
 
 
@@ -136,10 +205,32 @@ def _patch_inputs(gen: torch.Generator) -> dict:
             "patch_size": p}  # fmt: skip
 
 
+def _mistake_patchify_plain_reshape(images: torch.Tensor, patch_size: int):
+    b, c, h, w = images.shape
+    p = patch_size
+    return images.reshape(b, (h // p) * (w // p), c * p * p)  # rows, not patches
+
+
+def _mistake_patchify_channel_last(images: torch.Tensor, patch_size: int):
+    b, c, h, w = images.shape
+    p = patch_size
+    x = images.unfold(2, p, p).unfold(3, p, p)  # [B, C, H/p, W/p, p, p]
+    # each patch flattened in (row, column, channel) order
+    return x.permute(0, 2, 3, 4, 5, 1).reshape(b, (h // p) * (w // p), c * p * p)
+
+
 register(
     "ch07.patchify",
     reference_patchify,
     _patch_inputs,
     hint="images.unfold(2, p, p).unfold(3, p, p) gives [B, C, H/p, W/p, p, p]; move "
     "the channel axis behind the two patch-grid axes before flattening.",
+    mistakes={
+        "reshapes the image straight to [B, N, C p p] without cutting patches": (
+            _mistake_patchify_plain_reshape
+        ),
+        "flattens each patch in (row, column, channel) order": (
+            _mistake_patchify_channel_last
+        ),
+    },
 )

@@ -26,6 +26,15 @@ def _probs_inputs(gen: torch.Generator) -> dict:
             "k": torch.randn(b, h, length, d, generator=gen)}  # fmt: skip
 
 
+def _mistake_cross_attention_probs_query_axis(q, k) -> torch.Tensor:
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    return scores.softmax(dim=-2)  # over the latent positions, not the tokens
+
+
+def _mistake_cross_attention_probs_unscaled(q, k) -> torch.Tensor:
+    return (q @ k.transpose(-1, -2)).softmax(dim=-1)  # forgot / sqrt(d)
+
+
 register(
     "ch08.cross_attention_probs",
     reference_cross_attention_probs,
@@ -33,6 +42,14 @@ register(
     hint="scores = q @ k.transpose(-1, -2) / sqrt(d), with d = q.shape[-1] (the "
     "size of one head); the softmax runs over the last axis (the text tokens), so "
     "that each latent position's weights sum to 1.",
+    mistakes={
+        "takes the softmax over the queries (dim -2) instead of the keys": (
+            _mistake_cross_attention_probs_query_axis
+        ),
+        "forgets to divide the scores by sqrt(d)": (
+            _mistake_cross_attention_probs_unscaled
+        ),
+    },
 )
 
 
@@ -54,6 +71,17 @@ def _heatmap_inputs(gen: torch.Generator) -> dict:
     return {"probs": logits.softmax(-1), "token": token}
 
 
+def _mistake_word_heatmap_sum_heads(probs: torch.Tensor, token: int) -> torch.Tensor:
+    size = math.isqrt(probs.shape[2])
+    return probs[..., token].sum(dim=1).unflatten(-1, (size, size))
+
+
+def _mistake_word_heatmap_transposed(probs: torch.Tensor, token: int):
+    size = math.isqrt(probs.shape[2])
+    heat = probs[..., token].mean(dim=1).unflatten(-1, (size, size))
+    return heat.transpose(-1, -2)  # column-major: the grid's x and y swapped
+
+
 register(
     "ch08.word_heatmap",
     reference_word_heatmap,
@@ -61,6 +89,12 @@ register(
     hint="take the token's column (probs[..., token]: [B, heads, N]), average over "
     "the heads (dim 1), and reshape N into (size, size) with size = sqrt(N); "
     "positions are row-major, so unflatten(-1, (size, size)) restores the grid.",
+    mistakes={
+        "sums over the heads instead of averaging": _mistake_word_heatmap_sum_heads,
+        "restores the grid column-major (transposed)": (
+            _mistake_word_heatmap_transposed
+        ),
+    },
 )
 
 
@@ -87,6 +121,21 @@ def _step_inputs(gen: torch.Generator) -> dict:
             "alpha_bar_prev": a_prev}  # fmt: skip
 
 
+def _mistake_guided_ddim_step_clipped(z_t, eps_cond, eps_uncond, guidance_scale,
+                                      alpha_bar_t, alpha_bar_prev):  # fmt: skip
+    eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+    z0_hat = (z_t - (1 - alpha_bar_t) ** 0.5 * eps) / alpha_bar_t**0.5
+    z0_hat = z0_hat.clamp(-1, 1)  # right for pixels, wrong for latents
+    return alpha_bar_prev**0.5 * z0_hat + (1 - alpha_bar_prev) ** 0.5 * eps
+
+
+def _mistake_guided_ddim_step_swapped(z_t, eps_cond, eps_uncond, guidance_scale,
+                                      alpha_bar_t, alpha_bar_prev):  # fmt: skip
+    eps = eps_cond + guidance_scale * (eps_uncond - eps_cond)
+    z0_hat = (z_t - (1 - alpha_bar_t) ** 0.5 * eps) / alpha_bar_t**0.5
+    return alpha_bar_prev**0.5 * z0_hat + (1 - alpha_bar_prev) ** 0.5 * eps
+
+
 register(
     "ch08.guided_ddim_step",
     reference_guided_ddim_step,
@@ -94,6 +143,12 @@ register(
     hint="three lines: eps = eps_uncond + s (eps_cond - eps_uncond); z0 = (z_t - "
     "sqrt(1 - a_t) eps) / sqrt(a_t); z_prev = sqrt(a_prev) z0 + sqrt(1 - a_prev) eps. "
     "Latents are not clipped (they are not in [-1, 1]).",
+    mistakes={
+        "clips z0_hat to [-1, 1], as for pixels": _mistake_guided_ddim_step_clipped,
+        "swaps the conditional and the unconditional noise in the guidance": (
+            _mistake_guided_ddim_step_swapped
+        ),
+    },
 )
 
 
@@ -113,6 +168,16 @@ def _diversity_inputs(gen: torch.Generator) -> dict:
     return {"images": images, "per_prompt": k}
 
 
+def _mistake_diversity_biased_std(images: torch.Tensor, per_prompt: int) -> float:
+    x = (images + 1) / 2
+    return x.unflatten(0, (-1, per_prompt)).std(dim=1, unbiased=False).mean().item()
+
+
+def _mistake_diversity_pm1_scale(images: torch.Tensor, per_prompt: int) -> float:
+    # on the [-1, 1] scale: twice too large
+    return images.unflatten(0, (-1, per_prompt)).std(dim=1).mean().item()
+
+
 register(
     "ch08.diversity",
     reference_diversity,
@@ -120,4 +185,12 @@ register(
     hint="map to [0, 1] with (x + 1) / 2, group with unflatten(0, (-1, per_prompt)), "
     "take .std(dim=1) (the unbiased standard deviation, torch's default) across each "
     "prompt's images, then the mean of everything; return .item().",
+    mistakes={
+        "uses the biased standard deviation (unbiased=False)": (
+            _mistake_diversity_biased_std
+        ),
+        "measures on the [-1, 1] scale (forgets (x + 1) / 2)": (
+            _mistake_diversity_pm1_scale
+        ),
+    },
 )
