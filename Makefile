@@ -35,8 +35,8 @@ test-notebooks: $(STAMP)
 
 ## make checkpoints: retrain every shipped checkpoint with its recipe (minutes on a GPU; on 2 CPU cores
 ## about 1 min for the evaluator, ~50 min for shapes-ddpm (8000 steps, then ~5 min of measuring),
-## ~75 min for scenes-vae (6000 steps + the KL trade-off sweep), ~25 min for scenes-clip, ~35 min for
-## scenes-ldm (8000 steps) plus ~15 min measuring it)
+## ~75 min for scenes-vae (6000 steps + the KL trade-off sweep), ~25 min for scenes-clip, ~80 min for
+## scenes-ldm (10000 steps of batch 128) plus ~5 min measuring it)
 checkpoints: $(STAMP)
 	$(PY) -m diffusion_lib.recipes shapes-evaluator
 	$(PY) -m diffusion_lib.recipes shapes-ddpm

@@ -409,6 +409,24 @@ def _align(verdict: SceneVerdict, i: int, objects, relation) -> tuple:
     return max(orders, key=score)
 
 
+def relation_as_asked(verdict: SceneVerdict, objects: torch.Tensor) -> torch.Tensor:
+    """long [B]: the relation the judge found, read in the prompt's object order
+    ("object 0 <relation> object 1" with objects [B, 2, 3] as in data.ScenesData);
+    NONE where it found no two objects or no clear relation. The judge numbers the
+    objects it finds in its own order, so its `relation` alone cannot be compared
+    across images; this can."""
+    if objects.ndim != 3 or objects.shape[0] != verdict.relation.shape[0]:
+        raise ValueError(
+            f"objects must be [B, 2, 3] with B = {verdict.relation.shape[0]}, "
+            f"got {tuple(objects.shape)}"
+        )
+    two = (verdict.count == 2) & (objects[:, 1, 0] >= 0)
+    # -2: no asked relation to break a tie with (two identical objects stay as found)
+    rows = [_align(verdict, i, objects[i], -2)[1] if two[i] else NONE
+            for i in range(objects.shape[0])]  # fmt: skip
+    return torch.tensor(rows, dtype=torch.long)
+
+
 def _scene_checks(verdict: SceneVerdict, objects, relation, position) -> dict:
     """Per image: which named attributes are right (see scene_accuracy)."""
     b = objects.shape[0]

@@ -18,6 +18,7 @@ from diffusion_lib.metrics import (
     NONE,
     SceneJudge,
     describe_scene,
+    relation_as_asked,
     scene_accuracy,
     scene_correct,
 )
@@ -83,6 +84,27 @@ def test_relations_and_their_ambiguity(judge):
     acc = scene_accuracy(v, *prompt(caption, 5))
     assert acc["relation"] == pytest.approx(1 / 5)
     assert acc["shape"] == acc["colour"] == acc["size"] == 1.0
+
+
+def test_relation_as_asked_reads_the_prompts_object_order(judge):
+    """The judge numbers objects in its own order; relation_as_asked reads the relation
+    as "prompt object 0 <relation> prompt object 1", so mirrored images differ."""
+    images = torch.stack([two_shapes(dx=0.45), two_shapes(dx=-0.45),
+                          two_shapes(dx=0.0, dy=0.45), two_shapes(dx=0.0, dy=-0.45),
+                          two_shapes(dx=0.4, dy=0.4)])  # fmt: skip
+    v = judge(images)
+    circle_then_square = prompt(
+        f"a large red circle {RELATIONS[0]} a small blue square", 5
+    )
+    square_then_circle = prompt(
+        f"a small blue square {RELATIONS[0]} a large red circle", 5
+    )
+    assert relation_as_asked(v, circle_then_square[0]).tolist() == [0, 1, 2, 3, NONE]
+    assert relation_as_asked(v, square_then_circle[0]).tolist() == [1, 0, 3, 2, NONE]
+    one = prompt("a large red circle in the top left", 5)[0]
+    assert (relation_as_asked(v, one) == NONE).all()
+    with pytest.raises(ValueError, match=r"\[B, 2, 3\]"):
+        relation_as_asked(v, one[:2])
 
 
 def test_either_order_of_the_found_objects_scores_the_same(judge):
