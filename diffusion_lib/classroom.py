@@ -243,11 +243,14 @@ class Mark:
     message: str
 
 
-def run_notebook(path, log_path, mode: str = "quick", timeout: float = 600.0) -> dict:
+def run_notebook(path, log_path, mode: str = "quick", timeout: float = 600.0,
+                 threads: int | None = None) -> dict:  # fmt: skip
     """Run a notebook top to bottom in a fresh kernel (its own process group), with the
     checkers' verdicts appended to `log_path`. Returns {"seconds", "timed_out",
     "errors": [(cell index, error name, message)], "failed": why it could not run}."""
     env = {**os.environ, "DIFFUSION_MODE": mode, LOG_VARIABLE: str(log_path)}
+    if threads:  # several notebooks at once: share the cores instead of oversubscribing
+        env["OMP_NUM_THREADS"] = str(threads)
     command = [sys.executable, "-m", "diffusion_lib.classroom", "_run", str(path)]
     start = time.perf_counter()
     proc = subprocess.Popen(
@@ -363,11 +366,13 @@ def grade(submissions, out_dir, mode="quick", timeout=600.0, root=None, jobs=1,
     runs = [{"student": s.name, "notebook": n, "unknown": True}
             for s, n in submitted if n not in chapters]  # fmt: skip
     tasks = [(s, n) for s, n in submitted if n in chapters]
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
 
     def run_one(task):
         folder, notebook = task
         with tempfile.TemporaryDirectory() as tmp:
-            run = run_notebook(folder / notebook, Path(tmp) / "log", mode, timeout)
+            run = run_notebook(folder / notebook, Path(tmp) / "log", mode, timeout,
+                               threads)  # fmt: skip
             marks = mark_notebook(folder.name, notebook, chapters[notebook],
                                   read_log(Path(tmp) / "log"), run)  # fmt: skip
         if verbose:
