@@ -72,22 +72,27 @@ def _target_inputs(generator: torch.Generator) -> dict:
     return {"schedule": _SCHEDULE, **_images(generator), "prediction_type": kind}
 
 
-def _mistake_training_target_v_sign(schedule, x0, eps, t, prediction_type):
-    if prediction_type == "eps":
-        return eps
-    if prediction_type == "x0":
-        return x0
-    a = extract(schedule.alphas_cumprod, t, x0.shape, x0)
-    return (1 - a).sqrt() * x0 - a.sqrt() * eps  # the sign of v flipped
+def _v_mistake(wrong_v):
+    """A student whose eps and x0 targets are right but whose v is wrong_v(a, x0, eps)
+    (a = alpha_bar_t, reshaped)."""
+
+    def target(schedule, x0, eps, t, prediction_type):
+        if prediction_type != "v":
+            return training_target(schedule, x0, eps, t, prediction_type)
+        a = extract(schedule.alphas_cumprod, t, x0.shape, x0)
+        return wrong_v(a, x0, eps)
+
+    return target
 
 
-def _mistake_training_target_v_no_sqrt(schedule, x0, eps, t, prediction_type):
-    if prediction_type == "eps":
-        return eps
-    if prediction_type == "x0":
-        return x0
-    a = extract(schedule.alphas_cumprod, t, x0.shape, x0)
-    return a * eps - (1 - a) * x0
+# the sign of v flipped
+_mistake_training_target_v_sign = _v_mistake(
+    lambda a, x0, eps: (1 - a).sqrt() * x0 - a.sqrt() * eps
+)
+# alpha_bar where its square root belongs
+_mistake_training_target_v_no_sqrt = _v_mistake(
+    lambda a, x0, eps: a * eps - (1 - a) * x0
+)
 
 
 register(
