@@ -8,8 +8,11 @@
 
 OUT ending in .png receives one grid image; any other OUT is a folder that receives one
 PNG per image (img_000.png, ...) at the model's resolution. Runs offline, on the CPU
-unless --device says otherwise. `--model` picks the pipeline (Part II: "sd", the mini
-Stable Diffusion).
+unless --device says otherwise. `--model` picks the pipeline: "sd", the mini Stable
+Diffusion (Part II), or "dalle2", the mini DALL-E 2 / unCLIP (Part III), which can also
+make variations of an image instead of following a prompt:
+
+    python -m diffusion_lib generate --model dalle2 --variations scene.png --out var.png
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-MODELS = ("sd",)  # Part III adds "unclip"
+MODELS = ("sd", "dalle2")
 
 
 def load_pipeline(model: str, device: str, checkpoints: str | None):
@@ -31,6 +34,10 @@ def load_pipeline(model: str, device: str, checkpoints: str | None):
         from .pipelines import MiniStableDiffusion
 
         return MiniStableDiffusion.from_pretrained(device, checkpoints)
+    if model == "dalle2":
+        from .pipelines import MiniDALLE2
+
+        return MiniDALLE2.from_pretrained(device, checkpoints)
     raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
 
 
@@ -59,7 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="images from a prompt")
-    gen.add_argument("prompt", help='e.g. "a large green triangle above a red circle"')
+    gen.add_argument(
+        "prompt",
+        nargs="?",
+        help='e.g. "a large green triangle above a red circle" (or use --variations)',
+    )
+    gen.add_argument(
+        "--variations",
+        metavar="IMAGE",
+        default=None,
+        help="dalle2 only: variations of this image (PNG/JPEG, resized to 64x64) "
+        "instead of a prompt",
+    )
     gen.add_argument(
         "--num-images", type=_positive(int), default=8, help="how many (default 8)"
     )
@@ -75,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="classifier-free guidance scale (default: the model's)",
     )
     gen.add_argument(
-        "--model", choices=MODELS, default="sd", help="sd: the mini Stable Diffusion"
+        "--model",
+        choices=MODELS,
+        default="sd",
+        help="sd: the mini Stable Diffusion; dalle2: the mini DALL-E 2 (unCLIP)",
     )
     gen.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     gen.add_argument(
@@ -106,22 +127,47 @@ def save_images(images: torch.Tensor, out: str | Path) -> list[Path]:
     return paths
 
 
+def load_image(path: str | Path, size: int = 64) -> torch.Tensor:
+    """An image file as [1, 3, size, size] in [-1, 1] (RGB, resized with
+    antialiasing)."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.functional import pil_to_tensor, resize
+
+    try:
+        with Image.open(path) as image:
+            x = pil_to_tensor(image.convert("RGB")).float() / 255
+    except (FileNotFoundError, UnidentifiedImageError, IsADirectoryError) as err:
+        raise ValueError(f"cannot read an image from {path}: {err}") from err
+    x = resize(x, [size, size], antialias=True)
+    return (x * 2 - 1).clamp(-1, 1)[None]
+
+
+def _check_request(args, parser) -> None:
+    if args.variations is not None and args.model != "dalle2":
+        parser.error("--variations needs --model dalle2 (only unCLIP decodes images)")
+    if (args.prompt is None) == (args.variations is None):
+        parser.error("give a prompt or --variations IMAGE (one of them)")
+
+
+def _run(pipe, args) -> torch.Tensor:
+    kwargs = {"num_steps": args.steps, "guidance_scale": args.guidance_scale,
+              "seed": args.seed, "progress": True}  # fmt: skip
+    if args.variations is not None:
+        return pipe.variations(load_image(args.variations), args.num_images, **kwargs)
+    return pipe([args.prompt] * args.num_images, **kwargs)
+
+
 def generate(args, parser) -> list[Path]:
     from .clip import UnknownWordError
 
+    _check_request(args, parser)
     try:
         pipe = load_pipeline(args.model, args.device, args.checkpoints)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     start = time.perf_counter()
     try:
-        images = pipe(
-            [args.prompt] * args.num_images,
-            num_steps=args.steps,
-            guidance_scale=args.guidance_scale,
-            seed=args.seed,
-            progress=True,
-        )
+        images = _run(pipe, args)
     except UnknownWordError as err:
         parser.error(str(err))
     except ValueError as err:  # e.g. a prompt too long for the context

@@ -459,6 +459,19 @@ def _scene_checks(verdict: SceneVerdict, objects, relation, position) -> dict:
     }  # fmt: skip
 
 
+def keeps_objects(
+    verdict: SceneVerdict,
+    objects: torch.Tensor,
+    relation: torch.Tensor,
+    position: torch.Tensor,
+) -> torch.Tensor:
+    """bool [B]: image i is clean, has the right number of objects and every object
+    has its shape and colour (size and layout may differ): what an image variation
+    should keep of its source."""
+    c = _scene_checks(verdict, objects, relation, position)
+    return (c["right"][..., :2].all(-1) | ~c["named"]).all(1)
+
+
 def scene_correct(
     verdict: SceneVerdict,
     objects: torch.Tensor,

@@ -36,6 +36,7 @@ from .judge import (  # noqa: F401  (the judge is part of the metrics' interface
     describe_scene,
     image_statistics,
     judged_accuracy,
+    keeps_objects,
     relation_as_asked,
     scene_accuracy,
     scene_correct,

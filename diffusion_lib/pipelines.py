@@ -10,9 +10,12 @@ latent diffusion -> VAE decode; Part III adds text -> prior -> decoder -> upsamp
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .data import parse_caption
+from .prior import pick_closest
 from .samplers import sample
+from .unclip import enlarge
 
 IMAGE_SIZE = 16
 
@@ -225,3 +228,201 @@ class MiniStableDiffusion:
     def __call__(self, prompts, **kwargs) -> torch.Tensor:
         """Images [B, 3, 64, 64] in [-1, 1] for the prompts (see generate_latents)."""
         return self.decode(self.generate_latents(prompts, **kwargs))
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
+    """Spherical interpolation between unit vectors a, b [B, D] (weight 0 -> a,
+    1 -> b), as unCLIP interpolates CLIP image embeddings (Ramesh et al. 2022, Sec.
+    3.2)."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    theta = torch.arccos((a * b).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
+    return (
+        torch.sin((1 - weight) * theta) * a + torch.sin(weight * theta) * b
+    ) / torch.sin(theta)
+
+
+EMBEDDINGS = ("prior", "text")  # what the decoder is given in `MiniDALLE2.__call__`
+
+
+class MiniDALLE2:
+    """DALL-E 2 / unCLIP in miniature (Ramesh et al. 2022):
+
+        prompt -> tokenizer -> frozen CLIP text encoder -> (token states, text
+        embedding) -> diffusion prior (DDIM, guidance; best of two candidates by dot
+        product with the text embedding) -> CLIP image embedding e [B, D]
+        -> decoder: pixel DDIM at 32x32 with guidance (e zeroed for the unconditional
+        pass) -> upsampler: DDIM at 64x64 conditioned on the 32x32 image, no guidance
+        -> images [B, 3, 64, 64] in [-1, 1].
+
+    Image variations and interpolations skip the prior: they start from the CLIP image
+    embedding of real images."""
+
+    def __init__(self, prior, decoder, upsampler, clip_model, tokenizer, schedules,
+                 prior_guidance=2.0, decoder_guidance=3.0, prior_steps=25,
+                 upsampler_steps=10, candidates=2):  # fmt: skip
+        self.prior, self.decoder, self.upsampler = prior, decoder, upsampler
+        self.clip, self.tokenizer = clip_model, tokenizer
+        self.prior_schedule, self.decoder_schedule, self.upsampler_schedule = schedules
+        self.prior_guidance, self.guidance_scale = prior_guidance, decoder_guidance
+        self.prior_steps, self.upsampler_steps = prior_steps, upsampler_steps
+        self.candidates = candidates
+
+    @property
+    def text_encoder(self):
+        """The CLIP model (the same attribute name as MiniStableDiffusion's, so that
+        the two pipelines are measured by the same code)."""
+        return self.clip
+
+    @classmethod
+    def from_pretrained(cls, device=None, directory=None) -> MiniDALLE2:
+        """The shipped scenes-prior, scenes-decoder and scenes-upsampler with the
+        scenes-clip they were trained on (hash-checked)."""
+        from . import pretrained
+        from .clip import tokenizer_from_manifest
+
+        models, infos = {}, {}
+        for name in ("prior", "decoder", "upsampler", "clip"):
+            models[name], infos[name] = pretrained.load_pretrained(
+                f"scenes-{name}", device, directory
+            )
+        for name in ("prior", "decoder"):
+            if infos[name]["clip_sha256"] != infos["clip"]["sha256"]:
+                raise ValueError(
+                    f"scenes-{name} was trained on another scenes-clip (sha256 "
+                    f"{infos[name]['clip_sha256'][:12]}...); rebuild it with "
+                    f"`python -m diffusion_lib.recipes scenes-{name}`"
+                )
+        schedules = [pretrained.schedule_from_manifest(infos[n])
+                     for n in ("prior", "decoder", "upsampler")]  # fmt: skip
+        return cls(
+            models["prior"], models["decoder"], models["upsampler"], models["clip"],
+            tokenizer_from_manifest(infos["clip"]), schedules,
+            prior_guidance=infos["prior"].get("guidance_scale", 2.0),
+            decoder_guidance=infos["decoder"].get("guidance_scale", 3.0),
+            upsampler_steps=infos["upsampler"].get("sampling_steps", 10),
+        )  # fmt: skip
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the pipeline's models (a pipeline may hold only some of
+        them, e.g. for measuring one component)."""
+        models = (self.decoder, self.prior, self.upsampler, self.clip)
+        return next(next(m.parameters()).device for m in models if m is not None)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts) -> dict:
+        """{"text_states" [B, L, W], "text_embed" [B, D] (unit), "text_mask" [B, L]}
+        for a prompt or a list of prompts ("" = no prompt)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        tokens = self.tokenizer(prompts).to(self.device)
+        states, embed = self.clip.text(tokens)
+        mask = tokens != self.tokenizer.pad_id
+        return {"text_states": states, "text_embed": F.normalize(embed, dim=-1),
+                "text_mask": mask}  # fmt: skip
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit CLIP image embeddings [B, D] of images [B, 3, 64, 64] in [-1, 1]."""
+        return self.clip.encode_image(images.to(self.device))
+
+    @torch.no_grad()
+    def prior_embeddings(self, prompts, *, num_steps=None, guidance_scale=None,
+                         candidates=None, seed=0) -> torch.Tensor:  # fmt: skip
+        """Unit image embeddings [B, D] sampled by the prior: `candidates` draws per
+        prompt, keeping the one closest to the prompt's text embedding."""
+        cond = self.encode_prompts(prompts)
+        b = cond["text_embed"].shape[0]
+        k = self.candidates if candidates is None else candidates
+        if k < 1:
+            raise ValueError(f"candidates must be >= 1, got {k}")
+        null = self.encode_prompts([""] * b)
+        repeat = lambda d: {n: v.repeat(k, *[1] * (v.ndim - 1)) for n, v in d.items()}  # noqa: E731
+        z = sample(
+            self.prior, self.prior_schedule, (k * b, self.prior.config.embed_dim),
+            sampler="ddim", num_steps=num_steps or self.prior_steps,
+            model_kwargs=repeat(cond), uncond_kwargs=repeat(null),
+            guidance_scale=self.prior_guidance if guidance_scale is None
+            else guidance_scale,
+            prediction_type="x0", clip_sample=False,
+            generator=torch.Generator().manual_seed(seed), device=self.device,
+        )  # fmt: skip
+        embeds = self.prior.unstandardise(z).unflatten(0, (k, b))  # [k, B, D]
+        return pick_closest(embeds, cond["text_embed"])
+
+    @torch.no_grad()
+    def decode(self, image_embed: torch.Tensor, *, num_steps=50, guidance_scale=None,
+               seed=0, batch_size=250, progress=False) -> torch.Tensor:  # fmt: skip
+        """Images [B, 3, 32, 32] in [-1, 1] from unit image embeddings [B, D]."""
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        e = image_embed.to(self.device)
+        size = self.decoder.config.image_size
+        return sample(
+            _in_chunks(self.decoder, batch_size * 2), self.decoder_schedule,
+            (e.shape[0], 3, size, size), sampler="ddim", num_steps=num_steps,
+            model_kwargs={"image_embed": e},
+            uncond_kwargs={"image_embed": torch.zeros_like(e)},
+            guidance_scale=scale, generator=torch.Generator().manual_seed(seed + 1),
+            device=self.device, progress=progress,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def upsample(self, low_res: torch.Tensor, *, num_steps=None, seed=0,
+                 factor=2, batch_size=250) -> torch.Tensor:  # fmt: skip
+        """Images [B, 3, f H, f W] from low-resolution images [B, 3, H, W] (no
+        guidance: the upsampler is not conditioned on the prompt)."""
+        low = low_res.to(self.device)
+        shape = (low.shape[0], 3, low.shape[2] * factor, low.shape[3] * factor)
+        return sample(
+            _in_chunks(self.upsampler, batch_size), self.upsampler_schedule, shape,
+            sampler="ddim", num_steps=num_steps or self.upsampler_steps,
+            model_kwargs={"low_res": enlarge(low, shape[-1])},
+            generator=torch.Generator().manual_seed(seed + 2), device=self.device,
+        ).cpu()  # fmt: skip
+
+    def from_embeddings(self, image_embed, *, num_steps=50, guidance_scale=None,
+                        seed=0, progress=False) -> torch.Tensor:  # fmt: skip
+        """Decoder + upsampler: images [B, 3, 64, 64] from image embeddings."""
+        low = self.decode(image_embed, num_steps=num_steps, seed=seed,
+                          guidance_scale=guidance_scale, progress=progress)  # fmt: skip
+        return self.upsample(low, seed=seed)
+
+    def __call__(self, prompts, *, num_steps=50, guidance_scale=None, seed=0,
+                 embedding="prior", progress=False) -> torch.Tensor:  # fmt: skip
+        """Images [B, 3, 64, 64] in [-1, 1] for the prompts. embedding="prior" is
+        unCLIP; "text" feeds the text embedding to the decoder in place of an image
+        embedding (the paper's ablation)."""
+        if embedding not in EMBEDDINGS:
+            raise ValueError(
+                f"unknown embedding {embedding!r}; expected one of {EMBEDDINGS}"
+            )
+        if embedding == "prior":
+            e = self.prior_embeddings(prompts, seed=seed)
+        else:
+            e = self.encode_prompts(prompts)["text_embed"]
+        return self.from_embeddings(
+            e,
+            num_steps=num_steps,
+            seed=seed,
+            guidance_scale=guidance_scale,
+            progress=progress,
+        )
+
+    def variations(self, images: torch.Tensor, n: int = 4, **kwargs) -> torch.Tensor:
+        """n variations of each image [B, 3, 64, 64]: [B * n, 3, 64, 64], grouped by
+        source (decoded from each image's CLIP embedding with different noise)."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        e = self.encode_images(images).repeat_interleave(n, 0)
+        return self.from_embeddings(e, **kwargs)
+
+    def interpolate(self, image_a, image_b, steps: int = 5, **kwargs) -> torch.Tensor:
+        """Images [steps, 3, 64, 64] decoded from slerp between the CLIP embeddings of
+        two images [1, 3, 64, 64] (one noise draw for all, as in the paper)."""
+        if steps < 2:
+            raise ValueError(f"steps must be >= 2, got {steps}")
+        a, b = self.encode_images(image_a), self.encode_images(image_b)
+        e = torch.cat([slerp(a, b, w) for w in torch.linspace(0, 1, steps).tolist()])
+        # one at a time, each with the same seed: the same noise for every step
+        return torch.cat(
+            [self.from_embeddings(e[i : i + 1], **kwargs) for i in range(steps)]
+        )

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from .clip import CLIP, CLIPConfig
 from .metrics import Evaluator, EvaluatorConfig
+from .prior import DiffusionPrior, PriorConfig
 from .schedules import NoiseSchedule
 from .train import load_checkpoint, read_manifest
+from .unclip import DecoderConfig, UnCLIPDecoder, UnCLIPUpsampler
 from .unet import UNet, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
 
@@ -24,6 +26,9 @@ BUILDERS = {
     "scenes-vae": lambda cfg: AutoencoderKL(VAEConfig.from_dict(cfg)),
     "scenes-clip": lambda cfg: CLIP(CLIPConfig.from_dict(cfg)),
     "scenes-ldm": lambda cfg: UNet(UNetConfig.from_dict(cfg)),
+    "scenes-decoder": lambda cfg: UnCLIPDecoder(DecoderConfig.from_dict(cfg)),
+    "scenes-prior": lambda cfg: DiffusionPrior(PriorConfig.from_dict(cfg)),
+    "scenes-upsampler": lambda cfg: UnCLIPUpsampler(UNetConfig.from_dict(cfg)),
 }
 
 

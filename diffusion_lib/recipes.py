@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from . import pretrained
@@ -58,14 +59,25 @@ from .metrics import (
     fid_kid_with,
     image_statistics,
     judged_accuracy,
+    keeps_objects,
     real_vs_real,
     scene_accuracy,
     scene_features,
     train_evaluator,
 )
-from .pipelines import IMAGE_SIZE, MiniStableDiffusion, generate_shapes
+from .pipelines import IMAGE_SIZE, MiniDALLE2, MiniStableDiffusion, generate_shapes
+from .prior import DiffusionPrior, PriorConfig
 from .schedules import NoiseSchedule
 from .train import TrainConfig, save_checkpoint, train_diffusion, write_manifest
+from .unclip import (
+    DecoderConfig,
+    UnCLIPDecoder,
+    UnCLIPUpsampler,
+    UpsamplerTrainConfig,
+    downsample,
+    enlarge,
+    train_upsampler,
+)
 from .unet import UNet, UNetConfig, count_parameters
 from .vae import (
     AutoencoderKL,
@@ -747,12 +759,462 @@ def ldm_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict:
     return pretrained.manifest("scenes-ldm", out_dir)
 
 
+# ---------------------------------------------------------------------------------
+# Part III: the mini DALL-E 2 / unCLIP (chapter 9): prior, decoder, upsampler
+
+UNCLIP_BASE_SIZE = 32  # the decoder's resolution; the upsampler doubles it to 64
+# The decoder: a pixel UNet at 32x32 that sees the CLIP image embedding twice (added to
+# the time embedding, and as four context tokens for the attention at 8x8).
+SCENES_DECODER = DecoderConfig(
+    unet=UNetConfig(
+        base_channels=32,
+        channel_mults=(1, 2, 2),
+        attention_levels=(2,),
+        context_dim=64,
+    ).to_dict(),
+    embed_dim=64,
+    num_tokens=4,
+)
+SCENES_DECODER_TRAIN = TrainConfig(
+    steps=3500,
+    batch_size=64,
+    lr=1e-3,
+    warmup=200,
+    ema_decay=0.999,
+    p_uncond=0.1,  # the image embedding is zeroed 10% of the time (guidance)
+    prediction_type="eps",
+    loss_weighting="none",
+    seed=0,
+)
+UNCLIP_SCHEDULE = {"kind": "cosine", "num_timesteps": 1000}
+UNCLIP_TRAINING_IMAGES = 20000  # the mini SD's data: same size, same two-object share
+
+
+@torch.no_grad()
+def clip_embeddings(clip_model, tokenizer, scenes, batch_size=500) -> dict:
+    """What the unCLIP models train on, computed once (CLIP is frozen): unit image
+    embeddings [N, D], unit text embeddings [N, D], token states [N, L, W] and the
+    caption mask [N, L] (True at real tokens)."""
+    out = {"image_embed": [], "text_embed": [], "text_states": [], "text_mask": []}
+    device = next(clip_model.parameters()).device
+    for i in range(0, len(scenes), batch_size):
+        part = slice(i, i + batch_size)
+        tokens = tokenizer(scenes.captions[part]).to(device)
+        states, embed = clip_model.text(tokens)
+        out["image_embed"].append(
+            clip_model.encode_image(scenes.images[part].to(device))
+        )
+        out["text_embed"].append(F.normalize(embed, dim=-1))
+        out["text_states"].append(states)
+        out["text_mask"].append(tokens != tokenizer.pad_id)
+    return {k: torch.cat(v).cpu() for k, v in out.items()}
+
+
+def unclip_training_scenes(quick: bool, seed: int):
+    n = 128 if quick else UNCLIP_TRAINING_IMAGES
+    return make_scenes(n, SCENE_SIZE, seed=seed, split="train",
+                       two_object_fraction=LDM_TWO_OBJECT_FRACTION)  # fmt: skip
+
+
+def _unclip_info(name, cfg, model, result, seed, quick, device, extra) -> dict:
+    return {
+        "recipe": name,
+        "train": asdict(cfg),
+        "seed": seed,
+        "quick": quick,
+        "schedule": UNCLIP_SCHEDULE,
+        "prediction_type": cfg.prediction_type,
+        "training_seconds": round(result.seconds, 1),
+        "hardware": hardware(device),
+        "parameters": count_parameters(model),
+        "final_loss": sum(result.losses[-100:]) / len(result.losses[-100:]),
+        "loss_curve": [
+            sum(result.losses[i : i + 100]) / len(result.losses[i : i + 100])
+            for i in range(0, cfg.steps, 100)
+        ],  # fmt: skip
+        "metrics": None,
+        **extra,
+    }
+
+
+def decoder_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict:
+    """Train the unCLIP decoder (stage "train"); measure the whole mini DALL-E 2 with
+    the prior and upsampler from the same folder (stage "measure")."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    if stage in ("all", "train"):
+        _train_decoder(out_dir, quick, seed, device)
+    if stage in ("all", "measure"):
+        return measure_dalle2(out_dir, quick, seed)
+    return pretrained.manifest("scenes-decoder", out_dir)
+
+
+def _train_decoder(out_dir, quick=False, seed=0, device="cpu") -> dict:
+    """32x32 scenes from their CLIP image embeddings."""
+    cfg = TrainConfig(**{**asdict(SCENES_DECODER_TRAIN), "seed": seed})
+    if quick:
+        cfg.steps, cfg.warmup, cfg.batch_size = 4, 2, 16
+    device = torch.device(device)
+    clip_model, clip_info = pretrained.load_pretrained("scenes-clip", device, out_dir)
+    scenes = unclip_training_scenes(quick, seed)
+    start = time.perf_counter()
+    embeds = clip_embeddings(clip_model, tokenizer_from_manifest(clip_info), scenes)
+    encode_seconds = time.perf_counter() - start
+    images = downsample(scenes.images, SCENE_SIZE // UNCLIP_BASE_SIZE)
+    schedule = NoiseSchedule.make(
+        UNCLIP_SCHEDULE["kind"], UNCLIP_SCHEDULE["num_timesteps"]
+    )
+    torch.manual_seed(seed)
+    model = UnCLIPDecoder(SCENES_DECODER).to(device)
+    null = torch.zeros(SCENES_DECODER.embed_dim)
+    result = train_diffusion(
+        model, schedule, images, config=cfg,
+        conditions={"image_embed": (embeds["image_embed"], null)},
+    )  # fmt: skip
+    info = _unclip_info(
+        "scenes-decoder",
+        cfg,
+        result.ema.model,
+        result,
+        seed,
+        quick,
+        device,
+        {  # fmt: skip
+            "config": SCENES_DECODER.to_dict(),
+            "image_size": UNCLIP_BASE_SIZE,
+            "clip_sha256": clip_info["sha256"],
+            "training_images": len(scenes),
+            "two_object_fraction": LDM_TWO_OBJECT_FRACTION,
+            "encode_seconds": round(encode_seconds, 1),
+            "guidance_scale": DECODER_GUIDANCE,
+        },
+    )
+    path = pretrained.checkpoint_path("scenes-decoder", out_dir)
+    return save_checkpoint(path, result.ema.model, info)
+
+
+SCENES_PRIOR = PriorConfig(embed_dim=64, text_width=64, context_length=20,
+                           width=128, layers=4, heads=4)  # fmt: skip
+SCENES_PRIOR_TRAIN = TrainConfig(
+    steps=3000,
+    batch_size=128,
+    lr=5e-4,
+    warmup=200,
+    weight_decay=0.0,
+    ema_decay=0.999,
+    p_uncond=0.1,  # the caption is dropped 10% of the time (guidance)
+    prediction_type="x0",  # the paper's prior predicts the clean embedding
+    loss_weighting="none",
+    seed=0,
+)
+PRIOR_GUIDANCE = 2.0
+PRIOR_SWEEP = (1.0, 2.0, 4.0)
+
+
+def prior_recipe(out_dir, quick=False, seed=0, stage="all") -> dict:
+    """Train the unCLIP prior: caption -> CLIP image embedding (stage "train"), then
+    measure it (stage "measure")."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    if stage in ("all", "train"):
+        _train_prior(out_dir, quick, seed)
+    if stage in ("all", "measure"):
+        return measure_prior(out_dir, quick, seed)
+    return pretrained.manifest("scenes-prior", out_dir)
+
+
+def _train_prior(out_dir, quick=False, seed=0) -> dict:
+    cfg = TrainConfig(**{**asdict(SCENES_PRIOR_TRAIN), "seed": seed})
+    if quick:
+        cfg.steps, cfg.warmup, cfg.batch_size = 4, 2, 16
+    clip_model, clip_info = pretrained.load_pretrained("scenes-clip", None, out_dir)
+    tokenizer = tokenizer_from_manifest(clip_info)
+    scenes = unclip_training_scenes(quick, seed)
+    e = clip_embeddings(clip_model, tokenizer, scenes)
+    null = clip_embeddings(clip_model, tokenizer, _one_caption(""))
+    torch.manual_seed(seed)
+    model = DiffusionPrior(SCENES_PRIOR)
+    model.fit_standardisation(e["image_embed"])
+    schedule = NoiseSchedule.make(
+        UNCLIP_SCHEDULE["kind"], UNCLIP_SCHEDULE["num_timesteps"]
+    )
+    names = ("text_states", "text_embed", "text_mask")
+    result = train_diffusion(
+        model, schedule, model.standardise(e["image_embed"]), config=cfg,
+        conditions={k: (e[k], null[k][0]) for k in names},
+    )  # fmt: skip
+    info = _unclip_info(
+        "scenes-prior",
+        cfg,
+        result.ema.model,
+        result,
+        seed,
+        quick,
+        "cpu",
+        {  # fmt: skip
+            "config": SCENES_PRIOR.to_dict(),
+            "guidance_scale": PRIOR_GUIDANCE,
+            "candidates": 2,
+            "sampling_steps": 25,
+            "clip_sha256": clip_info["sha256"],
+            "training_images": len(scenes),
+            "two_object_fraction": LDM_TWO_OBJECT_FRACTION,
+        },
+    )
+    path = pretrained.checkpoint_path("scenes-prior", out_dir)
+    return save_checkpoint(path, result.ema.model, info)
+
+
+def _one_caption(caption: str):
+    """A stand-in scene list with one caption (for the null caption's states)."""
+    blank = make_scenes(1, SCENE_SIZE, seed=0)
+    blank.captions = [caption]
+    return blank
+
+
+PRIOR_GROUPS = {  # name -> (split, two_object_fraction) of the held-out captions
+    "fresh captions, seen compositions": ("train", LDM_TWO_OBJECT_FRACTION),
+    "held-out compositions": ("holdout", LDM_TWO_OBJECT_FRACTION),
+}
+
+
+def _cosine(a, b) -> float:
+    return F.cosine_similarity(a, b, dim=-1).mean().item()
+
+
+def measure_prior_on(pipe, scenes, guidance_scale=None, candidates=None, seed=0):
+    """Mean cosine(prior's embedding, the true image's embedding) over scenes, beside
+    the text-embedding baseline and a second rendering of the same captions."""
+    true = pipe.encode_images(scenes.images).cpu()
+    text = pipe.encode_prompts(scenes.captions)["text_embed"].cpu()
+    pred = pipe.prior_embeddings(scenes.captions, guidance_scale=guidance_scale,
+                                 candidates=candidates, seed=seed).cpu()  # fmt: skip
+    return {"prior": _cosine(pred, true), "text_embedding": _cosine(text, true)}
+
+
+def measure_prior(out_dir=None, quick=False, seed=0) -> dict:
+    """Cosine of the prior's samples with the true image embeddings of captions it
+    never saw, beside the text-embedding baseline and real-vs-real."""
+    clip_model, clip_info = pretrained.load_pretrained("scenes-clip", None, out_dir)
+    prior, info = pretrained.load_pretrained("scenes-prior", None, out_dir)
+    schedule = pretrained.schedule_from_manifest(info)
+    pipe = MiniDALLE2(
+        prior,
+        None,
+        None,
+        clip_model,
+        tokenizer_from_manifest(clip_info),
+        (schedule, None, None),
+        prior_guidance=info["guidance_scale"],
+    )
+    n, groups = (16 if quick else 1000), {}
+    for k, (name, (split, two)) in enumerate(PRIOR_GROUPS.items()):
+        scenes = make_scenes(n, SCENE_SIZE, seed=seed + 7000 + k, split=split,
+                             two_object_fraction=two)  # fmt: skip
+        again = render_scenes(scenes.objects, scenes.relation, scenes.position,
+                              SCENE_SIZE, seed=seed + 7100 + k)[0]  # fmt: skip
+        row = measure_prior_on(pipe, scenes, seed=seed)
+        row["one_candidate"] = measure_prior_on(pipe, scenes, candidates=1, seed=seed)[
+            "prior"
+        ]
+        row["sweep"] = {f"{w:g}": measure_prior_on(pipe, scenes, guidance_scale=w,
+                                                   seed=seed)["prior"]
+                        for w in PRIOR_SWEEP}  # fmt: skip
+        row["real_vs_real"] = _cosine(
+            pipe.encode_images(again).cpu(), pipe.encode_images(scenes.images).cpu()
+        )
+        row["captions"] = n
+        groups[name] = row
+        print(f"{name}: {row}", flush=True)
+    metrics = {"groups": groups, "sampler": {"num_steps": 25,
+               "guidance_scale": info["guidance_scale"], "candidates": 2}}  # fmt: skip
+    write_manifest(pretrained.checkpoint_path("scenes-prior", out_dir),
+                   {**info, "metrics": metrics})  # fmt: skip
+    return pretrained.manifest("scenes-prior", out_dir)
+
+
+SCENES_UPSAMPLER = UNetConfig(
+    in_channels=6,  # the noisy 64x64 image + the enlarged 32x32 one
+    out_channels=3,
+    base_channels=32,
+    channel_mults=(1, 2, 2),
+    attention_levels=(),
+    mid_attention=False,
+)
+SCENES_UPSAMPLER_TRAIN = UpsamplerTrainConfig(
+    steps=1500,
+    batch_size=64,
+    lr=1e-3,
+    warmup=100,
+    ema_decay=0.999,
+    p_uncond=0.0,  # no guidance
+    prediction_type="eps",
+    loss_weighting="none",
+    seed=0,
+    crop=32,
+    factor=2,
+)
+UPSAMPLER_STEPS = (5, 10, 25)  # DDIM steps measured
+UPSAMPLER_DEFAULT_STEPS = 10
+
+
+def upsampler_recipe(out_dir, quick=False, seed=0, stage="all") -> dict:
+    """Train the 32 -> 64 upsampler on the scenes, then measure its PSNR against
+    bicubic enlargement."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    if stage in ("all", "train"):
+        cfg = UpsamplerTrainConfig(**{**asdict(SCENES_UPSAMPLER_TRAIN), "seed": seed})
+        if quick:
+            cfg.steps, cfg.warmup, cfg.batch_size = 4, 2, 8
+        scenes = unclip_training_scenes(quick, seed)
+        schedule = NoiseSchedule.make(UNCLIP_SCHEDULE["kind"],
+                                      UNCLIP_SCHEDULE["num_timesteps"])  # fmt: skip
+        torch.manual_seed(seed)
+        model = UnCLIPUpsampler(SCENES_UPSAMPLER)
+        result = train_upsampler(model, schedule, scenes.images, cfg)
+        info = _unclip_info(
+            "scenes-upsampler",
+            cfg,
+            result.ema.model,
+            result,
+            seed,
+            quick,
+            "cpu",
+            {  # fmt: skip
+                "config": SCENES_UPSAMPLER.to_dict(),
+                "image_size": SCENE_SIZE,
+                "sampling_steps": UPSAMPLER_DEFAULT_STEPS,
+                "training_images": len(scenes),
+            },
+        )
+        save_checkpoint(pretrained.checkpoint_path("scenes-upsampler", out_dir),
+                        result.ema.model, info)  # fmt: skip
+    if stage in ("all", "measure"):
+        return measure_upsampler(out_dir, quick, seed)
+    return pretrained.manifest("scenes-upsampler", out_dir)
+
+
+def upsampler_psnr(pipe, high: torch.Tensor, num_steps: int, seed=0) -> dict:
+    """PSNR (dB) against the real 64x64 images of the upsampler's and bicubic's
+    enlargements of their 32x32 box-downsampled copies."""
+    low = downsample(high, 2)
+    up = pipe.upsample(low, num_steps=num_steps, seed=seed)
+    bicubic = enlarge(low, high.shape[-1])
+    return {"upsampler": psnr(up, high).mean().item(),
+            "bicubic": psnr(bicubic, high).mean().item()}  # fmt: skip
+
+
+def measure_upsampler(out_dir=None, quick=False, seed=0) -> dict:
+    model, info = pretrained.load_pretrained("scenes-upsampler", None, out_dir)
+    schedule = pretrained.schedule_from_manifest(info)
+    pipe = MiniDALLE2(None, None, model, None, None, (None, None, schedule))
+    n = 16 if quick else 500
+    high = make_scenes(n, SCENE_SIZE, seed=seed + 8000, split="all").images
+    rows = {f"{k}": upsampler_psnr(pipe, high, 2 if quick else k, seed)
+            for k in UPSAMPLER_STEPS}  # fmt: skip
+    print(json.dumps(rows, indent=1))
+    metrics = {"psnr_by_steps": rows, "images": n,
+               "gain_db": rows[f"{UPSAMPLER_DEFAULT_STEPS}"]["upsampler"]
+               - rows[f"{UPSAMPLER_DEFAULT_STEPS}"]["bicubic"]}  # fmt: skip
+    write_manifest(pretrained.checkpoint_path("scenes-upsampler", out_dir),
+                   {**info, "metrics": metrics})  # fmt: skip
+    return pretrained.manifest("scenes-upsampler", out_dir)
+
+
+DECODER_GUIDANCE = 3.0
+DECODER_SWEEP = (1.0, 3.0, 5.0)
+ABLATION_GROUPS = {k: LDM_GROUPS[k] for k in ("one object, seen", "two objects, seen")}
+
+
+def _ablation(pipe, n, seed, steps) -> dict:
+    """The paper's Table 1 in miniature: the decoder given (a) the true image embedding
+    of a real scene with the prompt's labels, (b) the prior's sample, (c) the text
+    embedding in place of an image embedding: prompt accuracy and FID of each."""
+    judge, feats, out = SceneJudge(), scene_features(pipe.clip), {}
+    for k, (name, (split, two)) in enumerate(ABLATION_GROUPS.items()):
+        captions, labels = scene_prompts(n, seed + 9000 + k, split, two)
+        real = render_scenes(*labels, SCENE_SIZE, seed=seed + 9100 + k)[0]
+        source = render_scenes(*labels, SCENE_SIZE, seed=seed + 9500 + k)[0]
+        embeddings = {
+            "true image embedding": pipe.encode_images(source),
+            "prior": pipe.prior_embeddings(captions, seed=seed + k),
+            "text embedding": pipe.encode_prompts(captions)["text_embed"],
+        }
+        out[name] = {}
+        for what, e in embeddings.items():
+            fake = pipe.from_embeddings(e, num_steps=steps, seed=seed + k)
+            out[name][what] = {
+                **scene_accuracy(judge(fake), *labels),
+                **fid_kid_with(feats, fake, real, min(100, n)),
+            }
+            print(f"ablation {name}, {what}: {out[name][what]}", flush=True)
+    return out
+
+
+def measure_variations(pipe, n, seed, steps, per_source=2) -> dict:
+    """Variations of n real scenes (one and two objects): the share that keeps every
+    object's shape and colour (open-set judge), and the whole-scene accuracy."""
+    captions, labels = scene_prompts(n, seed + 9600, "train", 0.5)
+    source = render_scenes(*labels, SCENE_SIZE, seed=seed + 9700)[0]
+    fake = pipe.variations(source, per_source, num_steps=steps, seed=seed)
+    repeated = [x.repeat_interleave(per_source, 0) for x in labels]
+    verdict = SceneJudge()(fake)
+    kept = keeps_objects(verdict, *repeated)
+    two = repeated[0][:, 1, 0] >= 0
+    return {"sources": n, "per_source": per_source,
+            "shape_and_colour": kept.float().mean().item(),
+            "shape_and_colour_one_object": kept[~two].float().mean().item(),
+            "shape_and_colour_two_objects": kept[two].float().mean().item(),
+            **scene_accuracy(verdict, *repeated)}  # fmt: skip
+
+
+def measure_dalle2(out_dir=None, quick=False, seed=0) -> dict:
+    """Measure the whole mini DALL-E 2 (text -> prior -> decoder -> upsampler) as the
+    mini SD is measured, plus the ablation and variations; the figures go into the
+    decoder's manifest."""
+    pipe = MiniDALLE2.from_pretrained(None, out_dir)
+    n, steps = (8, 2) if quick else (200, 50)
+    metrics = {
+        "judge": "open-set scene judge (diffusion_lib.judge.SceneJudge)",
+        "features": "scene appearance features (diffusion_lib.metrics.scene_features)",
+        "sampler": {
+            "decoder": {
+                "sampler": "ddim",
+                "num_steps": steps,
+                "guidance_scale": pipe.guidance_scale,
+            },
+            "prior": {
+                "num_steps": pipe.prior_steps,
+                "guidance_scale": pipe.prior_guidance,
+                "candidates": pipe.candidates,
+            },
+            "upsampler": {"num_steps": pipe.upsampler_steps},
+        },  # fmt: skip
+        "groups": measure_scene_pipeline(pipe, n, seed, steps),
+        "ablation": _ablation(pipe, n, seed, steps),
+        "variations": measure_variations(pipe, n // 2, seed, steps),
+        "guidance_sweep": guidance_sweep(
+            pipe, n, seed, 2 if quick else 25, scales=DECODER_SWEEP
+        ),  # fmt: skip
+        "guidance_sweep_steps": 2 if quick else 25,
+    }
+    print(json.dumps(metrics, indent=1))
+    info = pretrained.manifest("scenes-decoder", out_dir)
+    write_manifest(pretrained.checkpoint_path("scenes-decoder", out_dir),
+                   {**info, "metrics": metrics})  # fmt: skip
+    return pretrained.manifest("scenes-decoder", out_dir)
+
+
 RECIPES = {
     "shapes-evaluator": evaluator_recipe,
     "shapes-ddpm": ddpm_recipe,
     "scenes-vae": vae_recipe,
     "scenes-clip": clip_recipe,
     "scenes-ldm": ldm_recipe,
+    "scenes-decoder": decoder_recipe,
+    "scenes-prior": prior_recipe,
+    "scenes-upsampler": upsampler_recipe,
 }
 
 
@@ -790,9 +1252,10 @@ def main(argv=None):
     if args.name == "ablation":
         ablation(quick=args.quick, seed=args.seed, steps=args.steps)
         return
-    staged = ("shapes-ddpm", "scenes-ldm")
+    staged = ("shapes-ddpm", "scenes-ldm", "scenes-prior", "scenes-upsampler",
+              "scenes-decoder")  # fmt: skip
     kwargs = {"stage": args.stage} if args.name in staged else {}
-    if args.name == "scenes-ldm":
+    if args.name in ("scenes-ldm", "scenes-decoder"):
         kwargs["device"] = args.device
     elif args.device != "cpu":
         parser.error(f"--device is supported for scenes-ldm only, not {args.name}")

@@ -108,11 +108,15 @@ def train_diffusion(
     callback_every: int = 0,
     context: torch.Tensor | None = None,
     null_context: torch.Tensor | None = None,
+    conditions: dict | None = None,
 ) -> TrainResult:
     """Train `model` (a UNet) on images [N, C, H, W] (pixels in [-1, 1], or scaled
     latents) with optional labels [N, K], or text states context [N, L, D] for
     cross-attention, replaced by null_context [L, D] (the empty caption's states) with
     probability p_uncond (caption dropout).
+    conditions: any other model keyword arguments, {name: (values [N, ...], null
+    [...])}, e.g. unCLIP's {"image_embed": (embeddings [N, D], zeros [D])}; in each
+    batch the same rows of all of them are replaced by their nulls (p_uncond).
 
     callback(step, ema_model) is called every `callback_every` steps (e.g. to measure
     FID during training).
@@ -126,6 +130,14 @@ def train_diffusion(
             "with context [N, L, D], pass null_context [L, D] (the states of the empty "
             "caption) for caption dropout"
         )
+    conditions = conditions or {}
+    for name, (values, null) in conditions.items():
+        if values.shape[0] != images.shape[0] or null.shape != values.shape[1:]:
+            raise ValueError(
+                f"condition {name!r}: values must be [N = {images.shape[0]}, ...] and "
+                f"null one row of them; got {tuple(values.shape)} and "
+                f"{tuple(null.shape)}"
+            )
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(
@@ -146,6 +158,11 @@ def train_diffusion(
             kwargs["context"] = drop_labels(
                 context[idx], null_context[None], cfg.p_uncond, gen
             ).to(device)
+        if conditions:  # one draw per row: all conditions dropped together
+            u = torch.rand(cfg.batch_size, generator=gen)
+            for name, (values, null) in conditions.items():
+                kwargs[name] = drop_labels(values[idx], null[None], cfg.p_uncond, u=u)
+                kwargs[name] = kwargs[name].to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
         loss = diffusion_loss(

@@ -238,6 +238,9 @@ class UNetConfig:
     context_dim: int | None = None  # set to enable cross-attention
     # size of an optional global conditioning vector (e.g. a CLIP embedding)
     vector_dim: int | None = None
+    # self-attention in the middle block; off for a purely convolutional UNet (e.g. an
+    # upsampler trained on crops and run on whole images, as in unCLIP)
+    mid_attention: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -286,10 +289,15 @@ class UNet(nn.Module):
             if level < len(cfg.channel_mults) - 1:
                 self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
                 chans.append(ch)
+        mid_attention = (
+            [AttentionBlock(ch, cfg.context_dim, cfg.heads, cfg.groups)]
+            if cfg.mid_attention
+            else []
+        )
         self.mid = nn.ModuleList(
             [
                 ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.groups),
-                AttentionBlock(ch, cfg.context_dim, cfg.heads, cfg.groups),
+                *mid_attention,
                 ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.groups),
             ]
         )

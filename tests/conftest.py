@@ -47,6 +47,45 @@ def write_tiny_sd(directory, seed: int = 0) -> None:
     for name, (model, manifest) in models.items():
         path = f"{directory}/{name}.safetensors"
         save_checkpoint(path, model, {"recipe": name, **manifest}, torch.float32)
+    write_tiny_dalle2(directory, clip_cfg)
+
+
+def write_tiny_dalle2(directory, clip_cfg) -> None:
+    """Tiny untrained scenes-prior / scenes-decoder / scenes-upsampler beside the tiny
+    scenes-clip: the mini DALL-E 2's plumbing, without the shipped weights."""
+    from diffusion_lib.prior import DiffusionPrior, PriorConfig
+    from diffusion_lib.train import read_manifest, save_checkpoint
+    from diffusion_lib.unclip import DecoderConfig, UnCLIPDecoder, UnCLIPUpsampler
+    from diffusion_lib.unet import UNetConfig
+
+    clip_sha = read_manifest(f"{directory}/scenes-clip.json")["sha256"]
+    prior_cfg = PriorConfig(
+        embed_dim=clip_cfg.embed_dim,
+        text_width=clip_cfg.text_width,
+        width=16,
+        layers=1,
+        heads=2,
+    )
+    dec_cfg = DecoderConfig(
+        unet=UNetConfig(base_channels=8, channel_mults=(1, 2), attention_levels=(1,),
+                        heads=2, groups=4, context_dim=8).to_dict(),
+        embed_dim=clip_cfg.embed_dim, image_size=32)  # fmt: skip
+    up_cfg = UNetConfig(in_channels=6, base_channels=8, channel_mults=(1, 2), groups=4,
+                        attention_levels=(), mid_attention=False)  # fmt: skip
+    cosine = {"schedule": {"kind": "cosine", "num_timesteps": 1000}}
+    models = {
+        "scenes-prior": (DiffusionPrior(prior_cfg), {"config": prior_cfg.to_dict(),
+                         "clip_sha256": clip_sha, "guidance_scale": 2.0}),
+        "scenes-decoder": (UnCLIPDecoder(dec_cfg), {"config": dec_cfg.to_dict(),
+                           "clip_sha256": clip_sha, "guidance_scale": 3.0}),
+        "scenes-upsampler": (UnCLIPUpsampler(up_cfg), {"config": up_cfg.to_dict(),
+                             "sampling_steps": 2}),
+    }  # fmt: skip
+    for name, (model, manifest) in models.items():
+        path = f"{directory}/{name}.safetensors"
+        save_checkpoint(
+            path, model, {"recipe": name, **cosine, **manifest}, torch.float32
+        )
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,24 @@ def test_same_seed_same_images_other_seed_other_images(tiny_sd_dir, tmp_path):
         (["generate", PROMPT, "--guidance-scale", "nan"], "finite number"),
         (["generate", PROMPT, "--out", "x.jpg", "--steps", "1"], "must end in .png"),
         (["generate", PROMPT, "--model", "dalle"], "invalid choice"),
+        (["generate", "--variations", "x.png"], "needs --model dalle2"),
+        (["generate", "--model", "dalle2"], "give a prompt or --variations"),
+        (
+            ["generate", PROMPT, "--model", "dalle2", "--variations", "x.png"],
+            "give a prompt or --variations",
+        ),
+        (
+            [
+                "generate",
+                "--model",
+                "dalle2",
+                "--variations",
+                "missing.png",
+                "--steps",
+                "1",
+            ],
+            "cannot read an image",
+        ),
     ],
 )
 def test_bad_input_exits_with_a_clear_message(tiny_sd_dir, tmp_path, args, message,
@@ -86,3 +104,30 @@ def test_pipeline_is_batch_size_independent_and_guided(tiny_sd_dir):
     latents = pipe.generate_latents(prompts, num_steps=3, seed=5)
     assert latents.shape == (3, *pipe.latent_shape) == (3, 4, 8, 8)
     torch.testing.assert_close(pipe.decode(latents), one)
+
+
+def test_dalle2_prompt_and_variations(tiny_sd_dir, tmp_path):
+    main(
+        [
+            "generate",
+            PROMPT,
+            "--model",
+            "dalle2",
+            "--checkpoints",
+            str(tiny_sd_dir),
+            "--steps",
+            "2",
+            "--num-images",
+            "2",
+            "--out",
+            str(tmp_path / "t.png"),
+        ]
+    )
+    assert Image.open(tmp_path / "t.png").size == (2 * 66 + 2, 66 + 2)
+    source = tmp_path / "source.png"
+    Image.new("RGB", (48, 48), (200, 30, 30)).save(source)  # resized to 64x64
+    main(["generate", "--model", "dalle2", "--variations", str(source),
+          "--checkpoints", str(tiny_sd_dir), "--steps", "2", "--num-images", "3",
+          "--out", str(tmp_path / "v")])  # fmt: skip
+    files = sorted((tmp_path / "v").glob("*.png"))
+    assert len(files) == 3 and all(Image.open(f).size == (64, 64) for f in files)
