@@ -167,6 +167,7 @@ CHECKPOINT_USE = re.compile(r"""(?:load_pretrained|manifest)\(\s*["']([\w-]+)["'
 # (what, path of keys into manifest["metrics"])
 LDM_GROUPS = ("one object, seen", "two objects, seen", "one object, held out",
               "two objects, held out")  # fmt: skip
+PRIOR_GROUPS = ("fresh captions, seen compositions", "held-out compositions")
 HEADLINES = {
     "shapes-evaluator": [("test accuracy, all attributes", ("test_accuracy", "joint"))],
     "shapes-ddpm": [
@@ -188,6 +189,20 @@ HEADLINES = {
     "scenes-ldm": [
         (f"prompt accuracy, {g}", ("groups", g, "joint")) for g in LDM_GROUPS
     ],
+    "scenes-prior": [
+        (f"cosine to the true image embedding, {g}", ("groups", g, "prior"))
+        for g in PRIOR_GROUPS
+    ]
+    + [
+        (f"text embedding's cosine (baseline), {g}", ("groups", g, "text_embedding"))
+        for g in PRIOR_GROUPS
+    ],
+    "scenes-decoder": [
+        (f"mini DALL-E 2 prompt accuracy, {g}", ("groups", g, "joint"))
+        for g in LDM_GROUPS
+    ]
+    + [("variations keep shape and colour", ("variations", "shape_and_colour"))],
+    "scenes-upsampler": [("PSNR gain over bicubic (dB)", ("gain_db",))],
 }
 
 

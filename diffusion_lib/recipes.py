@@ -931,7 +931,7 @@ def _train_prior(out_dir, quick=False, seed=0) -> dict:
     tokenizer = tokenizer_from_manifest(clip_info)
     scenes = unclip_training_scenes(quick, seed)
     e = clip_embeddings(clip_model, tokenizer, scenes)
-    null = clip_embeddings(clip_model, tokenizer, _one_caption(""))
+    null = empty_caption_embeddings(clip_model, tokenizer)
     torch.manual_seed(seed)
     model = DiffusionPrior(SCENES_PRIOR)
     model.fit_standardisation(e["image_embed"])
@@ -941,7 +941,7 @@ def _train_prior(out_dir, quick=False, seed=0) -> dict:
     names = ("text_states", "text_embed", "text_mask")
     result = train_diffusion(
         model, schedule, model.standardise(e["image_embed"]), config=cfg,
-        conditions={k: (e[k], null[k][0]) for k in names},
+        conditions={k: (e[k], null[k]) for k in names},
     )  # fmt: skip
     info = _unclip_info(
         "scenes-prior",
@@ -965,11 +965,13 @@ def _train_prior(out_dir, quick=False, seed=0) -> dict:
     return save_checkpoint(path, result.ema.model, info)
 
 
-def _one_caption(caption: str):
-    """A stand-in scene list with one caption (for the null caption's states)."""
+def empty_caption_embeddings(clip_model, tokenizer) -> dict:
+    """The empty caption's text_states [L, W], text_embed [D] and text_mask [L]: what
+    caption dropout puts in place of a caption (the prior's "null" condition)."""
     blank = make_scenes(1, SCENE_SIZE, seed=0)
-    blank.captions = [caption]
-    return blank
+    blank.captions = [""]
+    e = clip_embeddings(clip_model, tokenizer, blank)
+    return {k: e[k][0] for k in ("text_states", "text_embed", "text_mask")}
 
 
 PRIOR_GROUPS = {  # name -> (split, two_object_fraction) of the held-out captions
