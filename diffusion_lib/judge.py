@@ -472,6 +472,42 @@ def keeps_objects(
     return (c["right"][..., :2].all(-1) | ~c["named"]).all(1)
 
 
+BINDINGS = ("bound right", "attributes swapped", "other")
+
+
+def attribute_binding(verdict: SceneVerdict, objects: torch.Tensor) -> torch.Tensor:
+    """long [B]: for two-object prompts with two different shapes and two different
+    colours ("a red circle ... a blue square"), whether the image binds each colour
+    to its shape: 0 = "bound right" (a red circle and a blue square, in any place),
+    1 = "attributes swapped" (a blue circle and a red square), 2 = anything else (an
+    object missing or extra, a wrong shape or colour, an unclean image); -1 where the
+    prompt is not such a pair. Sizes and places are not looked at: this isolates the
+    binding of attributes to objects (Ramesh et al. 2022, Fig. 14)."""
+    if objects.ndim != 3 or objects.shape[0] != verdict.count.shape[0]:
+        raise ValueError(
+            f"objects must be [B, 2, 3] with B = {verdict.count.shape[0]}, "
+            f"got {tuple(objects.shape)}"
+        )
+    out = torch.full((objects.shape[0],), -1, dtype=torch.long)
+    for i, asked in enumerate(objects.cpu().long()):
+        (s0, c0), (s1, c1) = asked[0, :2].tolist(), asked[1, :2].tolist()
+        if min(s0, s1) < 0 or s0 == s1 or c0 == c1:
+            continue
+        found = verdict.objects[i, :, :2].tolist()
+        found = (
+            sorted(map(tuple, found))
+            if verdict.valid[i] and verdict.count[i] == 2
+            else []
+        )
+        if found == sorted([(s0, c0), (s1, c1)]):
+            out[i] = 0
+        elif found == sorted([(s0, c1), (s1, c0)]):
+            out[i] = 1
+        else:
+            out[i] = 2
+    return out
+
+
 def scene_correct(
     verdict: SceneVerdict,
     objects: torch.Tensor,

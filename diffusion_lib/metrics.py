@@ -26,12 +26,14 @@ import torch.nn.functional as F
 
 from .data import ATTRIBUTES, BACKGROUND, LABEL_SIZES, make_shapes
 from .judge import (  # noqa: F401  (the judge is part of the metrics' interface)
+    BINDINGS,
     NONE,
     Judge,
     JudgeConfig,
     SceneJudge,
     SceneVerdict,
     Verdict,
+    attribute_binding,
     by_pair,
     describe_scene,
     image_statistics,

@@ -49,10 +49,12 @@ from .data import (
     scene_caption,
 )
 from .metrics import (
+    BINDINGS,
     Evaluator,
     EvaluatorConfig,
     Judge,
     SceneJudge,
+    attribute_binding,
     by_pair,
     classifier_accuracy,
     fid_kid,
@@ -1129,8 +1131,8 @@ DECODER_SWEEP = (1.0, 3.0, 5.0)
 ABLATION_GROUPS = {k: LDM_GROUPS[k] for k in ("one object, seen", "two objects, seen")}
 
 
-def _ablation(pipe, n, seed, steps) -> dict:
-    """The paper's Table 1 in miniature: the decoder given (a) the true image embedding
+def _ablation(pipe, n, seed, steps, groups=None) -> dict:
+    """The paper's Sec. 5.1 in miniature: the decoder given (a) the true image embedding
     of a real scene with the prompt's labels, (b) the prior's sample, (c) the text
     embedding in place of an image embedding: prompt accuracy and FID of each."""
     judge, feats, out = SceneJudge(), scene_features(pipe.clip), {}
@@ -1138,13 +1140,19 @@ def _ablation(pipe, n, seed, steps) -> dict:
         captions, labels = scene_prompts(n, seed + 9000 + k, split, two)
         real = render_scenes(*labels, SCENE_SIZE, seed=seed + 9100 + k)[0]
         source = render_scenes(*labels, SCENE_SIZE, seed=seed + 9500 + k)[0]
-        embeddings = {
-            "true image embedding": pipe.encode_images(source),
-            "prior": pipe.prior_embeddings(captions, seed=seed + k),
-            "text embedding": pipe.encode_prompts(captions)["text_embed"],
-        }
-        out[name] = {}
-        for what, e in embeddings.items():
+        out[name], whats = {}, ["true image embedding", "prior", "text embedding"]
+        if groups is not None:  # the same prompts, seeds and real images: reuse them
+            drop = ("prompts", "real_vs_real")
+            row = groups[name]
+            out[name]["prior"] = {key: v for key, v in row.items() if key not in drop}
+            whats.remove("prior")
+        for what in whats:
+            if what == "true image embedding":
+                e = pipe.encode_images(source)
+            elif what == "prior":
+                e = pipe.prior_embeddings(captions, seed=seed + k)
+            else:
+                e = pipe.encode_prompts(captions)["text_embed"]
             fake = pipe.from_embeddings(e, num_steps=steps, seed=seed + k)
             out[name][what] = {
                 **scene_accuracy(judge(fake), *labels),
@@ -1171,6 +1179,38 @@ def measure_variations(pipe, n, seed, steps, per_source=2) -> dict:
             **scene_accuracy(verdict, *repeated)}  # fmt: skip
 
 
+def binding_prompts(n: int, seed: int, split: str = "train"):
+    """n two-object prompts whose objects differ in shape and in colour ("a red circle
+    ... a blue square"): the prompts on which attribute binding can be seen."""
+    captions, labels, k = [], [], 0
+    while len(captions) < n:
+        c, (objects, relation, position) = scene_prompts(2 * n, seed + k, split, 1.0)
+        keep = (objects[:, 0, :2] != objects[:, 1, :2]).all(1)
+        captions += [x for x, ok in zip(c, keep) if ok]
+        labels.append((objects[keep], relation[keep], position[keep]))
+        k += 1
+    labels = [torch.cat(parts)[:n] for parts in zip(*labels)]
+    return captions[:n], labels
+
+
+def measure_binding(pipes: dict, n: int, seed: int, steps: int) -> dict:
+    """For each pipeline, on the same n binding prompts and seeds: the share of images
+    that bind each colour to its shape, swap the two colours, or fail otherwise
+    (metrics.attribute_binding), and the full prompt accuracy."""
+    captions, labels = binding_prompts(n, seed + 9800)
+    judge, out = SceneJudge(), {}
+    for name, pipe in pipes.items():
+        verdict = judge(pipe(captions, num_steps=steps, seed=seed))
+        kind = attribute_binding(verdict, labels[0])
+        out[name] = {
+            b: (kind == i).float().mean().item() for i, b in enumerate(BINDINGS)
+        }
+        out[name]["joint"] = scene_accuracy(verdict, *labels)["joint"]
+        out[name]["prompts"] = n
+        print(f"binding, {name}: {out[name]}", flush=True)
+    return out
+
+
 def measure_dalle2(out_dir=None, quick=False, seed=0) -> dict:
     """Measure the whole mini DALL-E 2 (text -> prior -> decoder -> upsampler) as the
     mini SD is measured, plus the ablation and variations; the figures go into the
@@ -1193,13 +1233,23 @@ def measure_dalle2(out_dir=None, quick=False, seed=0) -> dict:
             },
             "upsampler": {"num_steps": pipe.upsampler_steps},
         },  # fmt: skip
-        "groups": measure_scene_pipeline(pipe, n, seed, steps),
-        "ablation": _ablation(pipe, n, seed, steps),
+        "groups": (groups := measure_scene_pipeline(pipe, n, seed, steps)),
+        "ablation": _ablation(pipe, n, seed, steps, groups),
         "variations": measure_variations(pipe, n // 2, seed, steps),
         "guidance_sweep": guidance_sweep(
             pipe, n, seed, 2 if quick else 25, scales=DECODER_SWEEP
         ),  # fmt: skip
         "guidance_sweep_steps": 2 if quick else 25,
+        # measured here for both minis, on the same prompts and seeds (chapter 10)
+        "binding": measure_binding(
+            {
+                "mini DALL-E 2": pipe,
+                "mini SD": MiniStableDiffusion.from_pretrained(None, out_dir),
+            },
+            n,
+            seed,
+            steps,
+        ),  # fmt: skip
     }
     print(json.dumps(metrics, indent=1))
     info = pretrained.manifest("scenes-decoder", out_dir)

@@ -218,3 +218,31 @@ def test_describe_scene_says_what_the_judge_saw(judge):
     assert describe_scene(v, 0) == "large red circle to the left of small blue square"
     assert describe_scene(v, 1) == "large ? circle, centre"
     assert describe_scene(v, 2).startswith("not valid: ")
+
+
+def test_attribute_binding_tells_swapped_colours_from_right_and_wrong():
+    from diffusion_lib.data import render_scenes, sample_scene_labels
+    from diffusion_lib.metrics import SceneJudge, attribute_binding
+
+    objects, relation, position = sample_scene_labels(60, 77, "train", 1.0)
+    pairs = (objects[:, 0, 0] != objects[:, 1, 0]) & (
+        objects[:, 0, 1] != objects[:, 1, 1]
+    )
+    objects, relation, position = objects[pairs], relation[pairs], position[pairs]
+    judge = SceneJudge()
+    right = render_scenes(objects, relation, position, 64, seed=1)[0]
+    swapped_objects = objects.clone()
+    swapped_objects[:, 0, 1], swapped_objects[:, 1, 1] = (
+        objects[:, 1, 1],
+        objects[:, 0, 1],
+    )
+    swapped = render_scenes(swapped_objects, relation, position, 64, seed=1)[0]
+    lone = objects.clone()
+    lone[:, 1] = -1  # one object only in the image
+    single = render_scenes(lone, torch.full_like(relation, -1), position, 64, seed=1)[0]
+    n = len(objects)
+    assert (attribute_binding(judge(right), objects) == 0).float().mean() > 0.95
+    assert (attribute_binding(judge(swapped), objects) == 1).float().mean() > 0.95
+    assert (attribute_binding(judge(single), objects) == 2).all()
+    assert (attribute_binding(judge(single), lone) == -1).all()
+    assert n > 20
