@@ -36,13 +36,18 @@ test-notebooks: $(STAMP)
 ## make checkpoints: retrain every shipped checkpoint with its recipe (minutes on a GPU; on 2 CPU cores
 ## about 1 min for the evaluator, ~50 min for shapes-ddpm (8000 steps, then ~5 min of measuring),
 ## ~75 min for scenes-vae (6000 steps + the KL trade-off sweep), ~25 min for scenes-clip, ~80 min for
-## scenes-ldm (10000 steps of batch 128) plus ~5 min measuring it)
+## scenes-ldm (10000 steps of batch 128) plus ~5 min measuring it, ~9 min for scenes-prior (+ ~8 min
+## measuring), ~18 min for scenes-upsampler (+ ~4), ~49 min for scenes-decoder plus ~25 min measuring the
+## whole mini DALL-E 2)
 checkpoints: $(STAMP)
 	$(PY) -m diffusion_lib.recipes shapes-evaluator
 	$(PY) -m diffusion_lib.recipes shapes-ddpm
 	$(PY) -m diffusion_lib.recipes scenes-vae
 	$(PY) -m diffusion_lib.recipes scenes-clip
 	$(PY) -m diffusion_lib.recipes scenes-ldm
+	$(PY) -m diffusion_lib.recipes scenes-prior
+	$(PY) -m diffusion_lib.recipes scenes-upsampler
+	$(PY) -m diffusion_lib.recipes scenes-decoder
 
 ## make handouts: student versions of every chapter (solutions removed) in _build/handouts;
 ## grade a class with: python -m diffusion_lib.classroom grade SUBMISSIONS (see the instructor guide)

@@ -201,7 +201,12 @@ HEADLINES = {
         (f"mini DALL-E 2 prompt accuracy, {g}", ("groups", g, "joint"))
         for g in LDM_GROUPS
     ]
-    + [("variations keep shape and colour", ("variations", "shape_and_colour"))],
+    + [
+        (
+            "variations keep shape and colour, one-object sources",
+            ("variations", "shape_and_colour_one_object"),
+        )
+    ],
     "scenes-upsampler": [("PSNR gain over bicubic (dB)", ("gain_db",))],
 }
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import parse_caption
+from .forward import q_sample
 from .prior import pick_closest
 from .samplers import sample
 from .unclip import enlarge
@@ -259,13 +260,15 @@ class MiniDALLE2:
 
     def __init__(self, prior, decoder, upsampler, clip_model, tokenizer, schedules,
                  prior_guidance=2.0, decoder_guidance=3.0, prior_steps=25,
-                 upsampler_steps=10, candidates=2):  # fmt: skip
+                 upsampler_steps=10, candidates=2, upsampler_start=None):  # fmt: skip
         self.prior, self.decoder, self.upsampler = prior, decoder, upsampler
         self.clip, self.tokenizer = clip_model, tokenizer
         self.prior_schedule, self.decoder_schedule, self.upsampler_schedule = schedules
         self.prior_guidance, self.guidance_scale = prior_guidance, decoder_guidance
         self.prior_steps, self.upsampler_steps = prior_steps, upsampler_steps
         self.candidates = candidates
+        # the upsampler's first timestep (None: the last one, from pure noise)
+        self.upsampler_start = upsampler_start
 
     @property
     def text_encoder(self):
@@ -300,6 +303,7 @@ class MiniDALLE2:
             prior_guidance=infos["prior"].get("guidance_scale", 2.0),
             decoder_guidance=infos["decoder"].get("guidance_scale", 3.0),
             upsampler_steps=infos["upsampler"].get("sampling_steps", 10),
+            upsampler_start=infos["upsampler"].get("sampling_start"),
         )  # fmt: skip
 
     @property
@@ -366,17 +370,30 @@ class MiniDALLE2:
         )  # fmt: skip
 
     @torch.no_grad()
-    def upsample(self, low_res: torch.Tensor, *, num_steps=None, seed=0,
-                 factor=2, batch_size=250) -> torch.Tensor:  # fmt: skip
+    def upsample(self, low_res: torch.Tensor, *, num_steps=None, seed=0, factor=2,
+                 batch_size=250, start_step=None) -> torch.Tensor:  # fmt: skip
         """Images [B, 3, f H, f W] from low-resolution images [B, 3, H, W] (no
-        guidance: the upsampler is not conditioned on the prompt)."""
+        guidance: the upsampler is not conditioned on the prompt). The reverse process
+        starts at `start_step` (default: the pipeline's upsampler_start) from the
+        enlarged low-resolution image noised to that step (SDEdit), or from pure noise
+        when it is the last timestep."""
         low = low_res.to(self.device)
         shape = (low.shape[0], 3, low.shape[2] * factor, low.shape[3] * factor)
+        cond = enlarge(low, shape[-1])
+        gen = torch.Generator().manual_seed(seed + 2)
+        start = self.upsampler_start if start_step is None else start_step
+        x_T = None
+        if start is not None and start < self.upsampler_schedule.num_timesteps - 1:
+            t = torch.full((shape[0],), start, device=self.device, dtype=torch.long)
+            noise = torch.randn(shape, generator=gen).to(self.device)
+            x_T = q_sample(self.upsampler_schedule, cond, t, noise)
+        else:
+            start = None
         return sample(
             _in_chunks(self.upsampler, batch_size), self.upsampler_schedule, shape,
             sampler="ddim", num_steps=num_steps or self.upsampler_steps,
-            model_kwargs={"low_res": enlarge(low, shape[-1])},
-            generator=torch.Generator().manual_seed(seed + 2), device=self.device,
+            model_kwargs={"low_res": cond}, generator=gen, device=self.device,
+            x_T=x_T, start_step=start,
         ).cpu()  # fmt: skip
 
     def from_embeddings(self, image_embed, *, num_steps=50, guidance_scale=None,

@@ -244,11 +244,15 @@ def sample(
     x_T: torch.Tensor | None = None,
     return_trajectory: bool = False,
     progress: bool = False,
+    start_step: int | None = None,
 ):
     """Generate samples by running the reverse process from pure noise x_T ~ N(0, I).
 
     shape: (B, C, H, W). Returns x_0 [B, C, H, W], or (x_0, trajectory) where trajectory
     is the list of x_t (on the CPU) after each step, starting with x_T.
+    start_step: begin at this timestep instead of T - 1, the num_steps spread over
+    [0, start_step]; x_T must then be a sample of x_{start_step}, e.g. a noised image
+    (SDEdit, Meng et al. 2022).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
@@ -260,7 +264,14 @@ def sample(
         )
     device = device if device is not None else next(model.parameters()).device
     x = x_T.to(device) if x_T is not None else randn(tuple(shape), generator, device)
-    steps = make_timesteps(schedule.num_timesteps, num_steps, spacing)
+    if start_step is not None and not 0 <= start_step < schedule.num_timesteps:
+        raise ValueError(
+            f"start_step must be in [0, {schedule.num_timesteps - 1}], got {start_step}"
+        )
+    if start_step is not None and x_T is None:
+        raise ValueError("with start_step, pass x_T: a sample of x_{start_step}")
+    span = schedule.num_timesteps if start_step is None else start_step + 1
+    steps = make_timesteps(span, num_steps, spacing)
     trajectory = [x.cpu()] if return_trajectory else None
     for i, t in enumerate(tqdm(steps, disable=not progress, desc=sampler)):
         t_prev = steps[i + 1] if i + 1 < len(steps) else -1

@@ -31,7 +31,10 @@ def test_quick_recipes_write_loadable_checkpoints(tmp_path):
 def test_quick_scene_recipes_chain_into_a_pipeline(tmp_path):
     """vae and clip first; the latent UNet trains on them (train stage only: the
     measuring stage is exercised on the shipped model)."""
-    runs = [["scenes-vae"], ["scenes-clip"], ["scenes-ldm", "--stage", "train"]]
+    runs = [["scenes-vae"], ["scenes-clip"], ["scenes-ldm", "--stage", "train"],
+            ["scenes-prior", "--stage", "train"],
+            ["scenes-upsampler", "--stage", "train"],
+            ["scenes-decoder", "--stage", "train"]]  # fmt: skip
     for args in runs:
         out = subprocess.run(
             [sys.executable, "-m", "diffusion_lib.recipes", *args, "--quick",
@@ -48,6 +51,15 @@ def test_quick_scene_recipes_chain_into_a_pipeline(tmp_path):
 
     pipe = MiniStableDiffusion.from_pretrained(directory=tmp_path)
     assert pipe(["a red circle"], num_steps=2).shape == (1, 3, 64, 64)
+    from diffusion_lib.pipelines import MiniDALLE2
+
+    clip_sha = pretrained.manifest("scenes-clip", tmp_path)["sha256"]
+    for name in ("scenes-prior", "scenes-decoder"):
+        assert pretrained.manifest(name, tmp_path)["clip_sha256"] == clip_sha
+    up = pretrained.manifest("scenes-upsampler", tmp_path)
+    assert up["sampling_start"] < 999 and up["train"]["crop"] == 32
+    dalle2 = MiniDALLE2.from_pretrained(directory=tmp_path)
+    assert dalle2(["a red circle"], num_steps=2).shape == (1, 3, 64, 64)
 
 
 def test_quick_ablation_reports_every_variant():

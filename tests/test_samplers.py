@@ -161,3 +161,24 @@ def test_sample_rejects_x_T_of_the_wrong_shape():
     model = GaussianDataDenoiser(s)
     with pytest.raises(ValueError, match=r"x_T has shape \(3, 1, 2, 2\)"):
         sample(model, s, (2, 1, 2, 2), num_steps=2, x_T=torch.randn(3, 1, 2, 2))
+
+
+def test_sample_can_start_part_way_from_a_noised_image():
+    """start_step (SDEdit): the steps spread over [0, start_step], x_T is required, and
+    starting at the last timestep is the ordinary sampler."""
+    s = NoiseSchedule.make("cosine", 1000)
+    model = GaussianDataDenoiser(s, mean=0.3, std=0.5)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    x_T = torch.randn(4, 1, 2, 2, generator=g())
+    full = sample(model, s, x_T.shape, num_steps=10, x_T=x_T, generator=g(),
+                  clip_sample=False)  # fmt: skip
+    same = sample(model, s, x_T.shape, num_steps=10, x_T=x_T, generator=g(),
+                  clip_sample=False, start_step=999)  # fmt: skip
+    assert torch.equal(full, same)
+    _, traj = sample(model, s, x_T.shape, num_steps=4, x_T=x_T, start_step=99,
+                     return_trajectory=True, clip_sample=False)  # fmt: skip
+    assert len(traj) == 5
+    with pytest.raises(ValueError, match="pass x_T"):
+        sample(model, s, x_T.shape, num_steps=4, start_step=99)
+    with pytest.raises(ValueError, match=r"start_step must be in \[0, 999\]"):
+        sample(model, s, x_T.shape, num_steps=4, x_T=x_T, start_step=1000)
