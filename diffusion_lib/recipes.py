@@ -653,11 +653,7 @@ def _train_ldm(out_dir, quick=False, seed=0, device="cpu") -> dict:
         "training_seconds": round(result.seconds, 1),
         "hardware": hardware(device),
         "parameters": count_parameters(ema),
-        "final_loss": sum(result.losses[-100:]) / len(result.losses[-100:]),
-        "loss_curve": [
-            sum(result.losses[i : i + 100]) / len(result.losses[i : i + 100])
-            for i in range(0, cfg.steps, 100)
-        ],  # fmt: skip
+        **loss_summary(result.losses),
         "metrics": None,
     }
     return save_checkpoint(pretrained.checkpoint_path("scenes-ldm", out_dir), ema, info)
@@ -818,6 +814,14 @@ def unclip_training_scenes(quick: bool, seed: int):
                        two_object_fraction=LDM_TWO_OBJECT_FRACTION)  # fmt: skip
 
 
+def loss_summary(losses: list, every: int = 100) -> dict:
+    """The manifest's "final_loss" (mean of the last `every` steps) and "loss_curve"
+    (the mean of each block of `every` steps)."""
+    blocks = [losses[i : i + every] for i in range(0, len(losses), every)]
+    return {"final_loss": sum(losses[-every:]) / len(losses[-every:]),
+            "loss_curve": [sum(b) / len(b) for b in blocks]}  # fmt: skip
+
+
 def _unclip_info(name, cfg, model, result, seed, quick, device, extra) -> dict:
     return {
         "recipe": name,
@@ -829,11 +833,7 @@ def _unclip_info(name, cfg, model, result, seed, quick, device, extra) -> dict:
         "training_seconds": round(result.seconds, 1),
         "hardware": hardware(device),
         "parameters": count_parameters(model),
-        "final_loss": sum(result.losses[-100:]) / len(result.losses[-100:]),
-        "loss_curve": [
-            sum(result.losses[i : i + 100]) / len(result.losses[i : i + 100])
-            for i in range(0, cfg.steps, 100)
-        ],  # fmt: skip
+        **loss_summary(result.losses),
         "metrics": None,
         **extra,
     }
