@@ -56,13 +56,28 @@ class WordTokenizer:
     """One id per word of a fixed vocabulary: "a red circle" -> [<start>, a, red,
     circle, <end>, <pad>, ...], padded to `context_length`."""
 
-    def __init__(self, vocabulary, context_length: int = 20):
+    def __init__(self, vocabulary, context_length: int = 20, added=()):
         words = sorted(set(vocabulary))
-        if not words or any(not re.fullmatch(r"[a-z]+", w) for w in words):
+        added = list(dict.fromkeys(added))
+        if not words or any(not re.fullmatch(r"[a-z]+", w) for w in words + added):
             raise ValueError("vocabulary must be a non-empty list of lower-case words")
-        self.vocabulary, self.context_length = words, context_length
-        self.ids = {w: i for i, w in enumerate(SPECIAL_TOKENS + tuple(words))}
+        if set(added) & set(words):
+            raise ValueError(f"added words {sorted(set(added) & set(words))} are "
+                             "already in the vocabulary")  # fmt: skip
+        # words added later (textual inversion) come after the sorted vocabulary, so
+        # that every old word keeps its id
+        self.vocabulary, self.added = words + added, added
+        self.context_length = context_length
+        self.ids = {w: i for i, w in enumerate(SPECIAL_TOKENS + tuple(self.vocabulary))}
         self.pad_id, self.start_id, self.end_id = range(3)
+
+    def with_words(self, words) -> WordTokenizer:
+        """A copy that also knows `words` (new ids after every existing one)."""
+        return WordTokenizer(
+            [w for w in self.vocabulary if w not in self.added],
+            self.context_length,
+            self.added + list(words),
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -107,11 +122,13 @@ class WordTokenizer:
         return " ".join(names[i] for i in ids if i >= len(SPECIAL_TOKENS))
 
     def to_dict(self) -> dict:
-        return {"vocabulary": self.vocabulary, "context_length": self.context_length}
+        base = [w for w in self.vocabulary if w not in self.added]
+        d = {"vocabulary": base, "context_length": self.context_length}
+        return {**d, "added": self.added} if self.added else d
 
     @classmethod
     def from_dict(cls, d: dict) -> WordTokenizer:
-        return cls(d["vocabulary"], d["context_length"])
+        return cls(d["vocabulary"], d["context_length"], d.get("added", ()))
 
 
 def scene_tokenizer(context_length: int = 20) -> WordTokenizer:

@@ -39,6 +39,10 @@ COLOURS = {  # name -> RGB in [0, 1]
     "purple": (0.60, 0.25, 0.85),
     "cyan": (0.15, 0.80, 0.85),
 }
+# a colour no scene model was trained on, for teaching one a new word (chapter 11);
+# indices 0-5 of ALL_COLOURS are COLOURS, so labels of the usual scenes do not change
+NEW_COLOURS = {"orange": (0.95, 0.55, 0.15)}
+ALL_COLOURS = {**COLOURS, **NEW_COLOURS}
 SIZES = ("small", "large")
 POSITIONS = ("top left", "top right", "bottom left", "bottom right", "centre")
 ATTRIBUTES = {
@@ -71,9 +75,8 @@ _TEMPLATES = (
 def caption_from_labels(labels, template: int = 0) -> str:
     """The caption for one label vector [shape, colour, size, position] using grammar
     rule `template`."""
-    words = {
-        name: values[int(i)] for (name, values), i in zip(ATTRIBUTES.items(), labels)
-    }
+    names = {**ATTRIBUTES, "colour": tuple(ALL_COLOURS)}  # any colour can be named
+    words = {name: values[int(i)] for (name, values), i in zip(names.items(), labels)}
     return _TEMPLATES[template % len(_TEMPLATES)].format(**words)
 
 
@@ -248,7 +251,8 @@ def scene_caption(
     green triangle"); the image still has one, the caption just does not say which."""
     objects = torch.as_tensor(objects).tolist()
     phrase = lambda shape, colour, size, leave_out: " ".join(
-        ([] if leave_out else [SIZES[size]]) + [tuple(COLOURS)[colour], SHAPES[shape]]
+        ([] if leave_out else [SIZES[size]])
+        + [tuple(ALL_COLOURS)[colour], SHAPES[shape]]
     )
     if objects[1][0] < 0:
         obj = phrase(*objects[0], omit[0])
@@ -526,7 +530,8 @@ def render_scenes(
     labels = (x.cpu().numpy() for x in (objects, relation, position))
     centres, radii = (torch.from_numpy(x).float() for x in _place_objects(*labels, rng))
     masks = scene_masks(objects.cpu(), centres, radii, image_size).numpy()
-    palette = np.array(list(COLOURS.values()))[objects[..., 1].clamp(min=0).numpy()]
+    palette = np.array(list(ALL_COLOURS.values()))
+    palette = palette[objects[..., 1].clamp(min=0).numpy()]
     rgb = np.clip(palette + rng.uniform(-0.04, 0.04, palette.shape), 0, 1)
     bg = np.array(BACKGROUND, np.float32)
     images = np.empty((len(masks), 3, image_size, image_size), np.float32)
@@ -585,11 +590,16 @@ def make_scenes(
     objects, relation, position = sample_scene_labels(
         n, seed, split, two_object_fraction
     )
+    return _scenes_of(objects, relation, position, image_size, seed)
+
+
+def _scenes_of(objects, relation, position, image_size, seed) -> ScenesData:
+    """ScenesData of these labels: phrasings and rendering drawn from `seed`."""
     phrasing_seed, render_seed = np.random.SeedSequence(seed).spawn(2)
     n_rules = np.lcm.reduce([len(_TEMPLATES), len(_PAIR_TEMPLATES), 2])
     phrasing = np.random.default_rng(phrasing_seed)
-    rules = phrasing.integers(n_rules, size=n)
-    omit = phrasing.random((n, 3)) < SCENE_OMIT
+    rules = phrasing.integers(n_rules, size=len(objects))
+    omit = phrasing.random((len(objects), 3)) < SCENE_OMIT
     captions = [
         scene_caption(*labels, int(rule), tuple(leave_out))
         for *labels, rule, leave_out in zip(objects, relation, position, rules, omit)
@@ -598,6 +608,25 @@ def make_scenes(
         objects, relation, position, image_size, render_seed
     )
     return ScenesData(images, objects, relation, position, centres, radii, captions)
+
+
+def concept_scenes(
+    n: int, seed: int = 0, colour: str = "orange", image_size: int = 64
+) -> ScenesData:
+    """n one-object scenes (any shape, size and place) in a colour of NEW_COLOURS,
+    captioned with its name ("a large orange circle in the top left"); the objects'
+    colour index points into ALL_COLOURS."""
+    if colour not in NEW_COLOURS:
+        raise ValueError(f"unknown new colour {colour!r}; expected one of "
+                         f"{tuple(NEW_COLOURS)}")  # fmt: skip
+    if n < 1:
+        raise ValueError(f"need n >= 1, got {n}")
+    objects, relation, position = sample_scene_labels(n, seed, "all", 0.0)
+    objects[:, 0, 1] = tuple(ALL_COLOURS).index(colour)
+    scenes = _scenes_of(objects, relation, position, image_size, seed)
+    # "a orange circle" -> "an orange circle"
+    scenes.captions = [re.sub(r"\ba (?=[aeiou])", "an ", c) for c in scenes.captions]
+    return scenes
 
 
 def load_digits_images(image_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:

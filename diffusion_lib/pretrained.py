@@ -31,6 +31,10 @@ BUILDERS = {
     "scenes-upsampler": lambda cfg: UnCLIPUpsampler(UNetConfig.from_dict(cfg)),
 }
 
+# adapters of the mini SD (chapter 11): tensors, not whole models; loaded by
+# adapters.load_lora_weights / adapters.load_textual_inversion
+ADAPTERS = ("scenes-lora", "scenes-inversion")
+
 
 def available() -> list[str]:
     """Names of the checkpoints present in the pretrained folder."""
@@ -38,9 +42,10 @@ def available() -> list[str]:
 
 
 def checkpoint_path(name: str, directory: str | Path | None = None) -> Path:
-    if name not in BUILDERS:
+    if name not in BUILDERS and name not in ADAPTERS:
         raise ValueError(
-            f"unknown checkpoint {name!r}; expected one of {sorted(BUILDERS)}"
+            f"unknown checkpoint {name!r}; expected one of "
+            f"{sorted(BUILDERS) + list(ADAPTERS)}"
         )
     return Path(directory or PRETRAINED_DIR) / f"{name}.safetensors"
 
@@ -52,6 +57,10 @@ def manifest(name: str, directory: str | Path | None = None) -> dict:
 
 def load_pretrained(name: str, device=None, directory: str | Path | None = None):
     """(model in eval mode, manifest) for a shipped checkpoint, hash-checked."""
+    if name in ADAPTERS:
+        raise ValueError(f"{name} is an adapter, not a model: load it into a pipeline "
+                         "(MiniStableDiffusion.load_lora_weights / "
+                         "load_textual_inversion)")  # fmt: skip
     state, info = load_checkpoint(checkpoint_path(name, directory), recipe=name)
     model = BUILDERS[name](info["config"])
     model.load_state_dict(state)

@@ -200,10 +200,10 @@ def sha256_file(path: str | Path) -> str:
 
 
 def save_checkpoint(
-    path: str | Path, model: torch.nn.Module, manifest: dict, dtype=torch.float16
+    path: str | Path, model, manifest: dict, dtype=torch.float16
 ) -> dict:
     """Write `path` (.safetensors, weights cast to `dtype`) and `path` with .json (the
-    manifest + sha256)."""
+    manifest + sha256). `model`: a module, or a dict of tensors (e.g. an adapter)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"checkpoint path must end in .safetensors, got {path.name}")
@@ -211,7 +211,7 @@ def save_checkpoint(
         k: v.detach()
         .to("cpu", dtype if v.is_floating_point() else v.dtype)
         .contiguous()
-        for k, v in model.state_dict().items()
+        for k, v in (model if isinstance(model, dict) else model.state_dict()).items()
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))

@@ -1,0 +1,314 @@
+"""Part IV, chapter 11: teaching the trained mini SD a new word.
+
+The mini SD (scenes-ldm) never saw the colour orange and its tokenizer does not know
+the word. Two ways to teach it, from CONCEPT_IMAGES captioned pictures:
+
+- **LoRA** (`train_lora`): the word gets a new, *frozen* embedding row (the mean of the
+  colour words', so it starts as "some colour"), and low-rank updates of the UNet's
+  attention projections learn what it means. Batches mix the concept pictures with the
+  usual scenes (DreamBooth's "prior preservation", Ruiz et al. 2023) so that the old
+  prompts are not forgotten.
+- **Textual inversion** (`train_textual_inversion`): the word's embedding row is the
+  only thing trained; the text encoder and the UNet stay frozen, so old prompts are
+  exactly as before, and the word can only mean something the frozen UNet can draw.
+
+Both are measured the same way (`measure_concept`): prompt accuracy on fresh concept
+prompts (the open-set judge with the new colour added to its palette) and on the usual
+seen prompts, before and after.
+
+Recipes: `python -m diffusion_lib.recipes scenes-lora` / `scenes-inversion`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+import torch
+
+from . import pretrained
+from .adapters import (
+    LORA_TARGETS,
+    TrainableWords,
+    add_lora,
+    add_words,
+    count_trainable,
+    load_lora_state_dict,
+    lora_state_dict,
+    set_lora_scale,
+)
+from .data import ALL_COLOURS, COLOURS, concept_scenes, make_scenes
+from .forward import diffusion_loss
+from .judge import SceneJudge, scene_accuracy, scene_judge_config
+from .train import TrainConfig, TrainResult, save_checkpoint, train_diffusion
+
+CONCEPT = "orange"  # a colour of data.NEW_COLOURS
+INIT_WORDS = tuple(COLOURS)  # the new row starts at the mean of the colour words
+CONCEPT_IMAGES = 48  # "a few dozen" pictures of the new concept
+PRESERVATION_IMAGES = 2000  # usual scenes mixed in (LoRA only)
+CONCEPT_SHARE = 0.5  # share of each LoRA batch drawn from the concept pictures
+LORA_RANK, LORA_ALPHA = 4, 4.0
+LORA_TRAIN = TrainConfig(
+    steps=800, batch_size=32, lr=1e-3, warmup=50, ema_decay=0.99, p_uncond=0.1
+)
+INVERSION_TRAIN = TrainConfig(steps=800, batch_size=32, lr=1e-2, warmup=50)
+CONCEPT_SEED = 1100  # concept pictures for training; measurement uses other seeds
+OLD_GROUPS = {"one object, seen": 0.0, "two objects, seen": 1.0}
+STRENGTHS = (0.0, 0.5, 1.0, 1.5)
+
+
+def concept_judge() -> SceneJudge:
+    """The open-set scene judge that also knows the new colours (ALL_COLOURS)."""
+    return SceneJudge(scene_judge_config(palette=dict(ALL_COLOURS)))
+
+
+def teach_word(pipe, word: str = CONCEPT) -> TrainableWords:
+    """Add `word` to the pipeline's tokenizer and text encoder (a new row at the mean
+    of the colour words); returns the table that holds the new row."""
+    pipe.tokenizer, table = add_words(
+        pipe.tokenizer, pipe.text_encoder.text, word, INIT_WORDS
+    )
+    return table
+
+
+@torch.no_grad()
+def _encode(pipe, scenes) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scaled latents [N, 4, 8, 8], text states [N, L, D])."""
+    latents = pipe.vae.encode_scaled(scenes.images.to(pipe.device))
+    return latents, pipe.encode_prompts(scenes.captions)
+
+
+def train_lora(pipe, concept, regular, config: TrainConfig = LORA_TRAIN,
+               r: int = LORA_RANK, alpha: float = LORA_ALPHA,
+               share: float = CONCEPT_SHARE) -> TrainResult:  # fmt: skip
+    """Add LoRA (rank r) to pipe.unet's attention projections and train it on the
+    concept scenes mixed with `regular` scenes (a `share` of each batch from the
+    concept, on average). The pipeline must know the concept's word (teach_word). The
+    UNet ends with the EMA of the adapter."""
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    add_lora(pipe.unet, r, alpha)
+    c_lat, c_ctx = _encode(pipe, concept)
+    repeat = 1
+    if regular is not None and share < 1:
+        repeat = max(1, round(share / (1 - share) * len(regular) / len(concept)))
+    parts = [(c_lat.repeat(repeat, 1, 1, 1), c_ctx.repeat(repeat, 1, 1))]
+    if regular is not None and share < 1:
+        parts.append(_encode(pipe, regular))
+    latents, context = (torch.cat(x) for x in zip(*parts))
+    null = pipe.encode_prompts([""])[0]
+    result = train_diffusion(pipe.unet, pipe.schedule, latents, None, config,
+                             context=context, null_context=null,
+                             progress=False)  # fmt: skip
+    load_lora_state_dict(pipe.unet, lora_state_dict(result.ema.model))
+    pipe.unet.eval()
+    return result
+
+
+def train_textual_inversion(
+    pipe, concept, config: TrainConfig = INVERSION_TRAIN
+) -> TrainResult:
+    """Train only the new word's embedding row (teach_word first) on the concept
+    scenes, the UNet and the rest of the text encoder frozen: a visible loop, since
+    the text states now depend on the trained row."""
+    table = pipe.text_encoder.text.token_embedding
+    if not isinstance(table, TrainableWords):
+        raise ValueError("teach the pipeline its new word first (teach_word)")
+    pipe.unet.requires_grad_(False).eval()
+    pipe.text_encoder.requires_grad_(False).eval()
+    table.new.requires_grad_(True)
+    with torch.no_grad():
+        latents = pipe.vae.encode_scaled(concept.images.to(pipe.device))
+    tokens = pipe.tokenizer(concept.captions).to(pipe.device)
+    gen = torch.Generator().manual_seed(config.seed)
+    opt = torch.optim.AdamW([table.new], lr=config.lr, weight_decay=0.0)
+    result, start = TrainResult(), time.perf_counter()
+    for _ in range(config.steps):
+        idx = torch.randint(0, len(latents), (config.batch_size,), generator=gen)
+        context = pipe.text_encoder.text_states(tokens[idx])  # grad reaches the row
+        loss = diffusion_loss(pipe.unet, pipe.schedule, latents[idx],
+                              {"context": context}, pipe.prediction_type,
+                              generator=gen)  # fmt: skip
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        result.losses.append(loss.item())
+    table.new.requires_grad_(False)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def concept_prompts(n: int, seed: int, word: str = CONCEPT):
+    """n fresh concept captions with their labels (objects, relation, position)."""
+    s = concept_scenes(n, seed, word)
+    return s.captions, (s.objects, s.relation, s.position)
+
+
+def measure_concept(pipe, n: int, seed: int, num_steps: int) -> dict:
+    """Prompt accuracy on n fresh concept prompts (judge with the new colour) and on n
+    seen prompts of each OLD_GROUPS group (the usual judge)."""
+    captions, labels = concept_prompts(n, seed + 7000)
+    fake = pipe(captions, num_steps=num_steps, seed=seed)
+    row = {"concept": scene_accuracy(concept_judge()(fake), *labels)}
+    from .recipes import scene_prompts  # recipes imports this module lazily
+
+    for k, (name, two) in enumerate(OLD_GROUPS.items()):
+        old_captions, old_labels = scene_prompts(n, seed + 7100 + k, "train", two)
+        fake = pipe(old_captions, num_steps=num_steps, seed=seed + 1 + k)
+        row[name] = scene_accuracy(SceneJudge()(fake), *old_labels)
+    return row
+
+
+def _summary(row: dict) -> dict:
+    return {"concept": row["concept"]["joint"],
+            **{k: row[k]["joint"] for k in OLD_GROUPS}}  # fmt: skip
+
+
+def _base_pipe(out_dir):
+    from .pipelines import MiniStableDiffusion
+
+    return MiniStableDiffusion.from_pretrained(None, out_dir)
+
+
+def _settings(quick):
+    """(concept images, preservation images, training config patch, prompts, steps)."""
+    if quick:
+        return 8, 32, {"steps": 3, "warmup": 1, "batch_size": 8}, 6, 2
+    return CONCEPT_IMAGES, PRESERVATION_IMAGES, {}, 100, 50
+
+
+def lora_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict:
+    """Teach the mini SD the word "orange" with LoRA; measure before, after and at
+    several adapter strengths; ship the adapter (and the word's frozen row)."""
+    from .recipes import SCENE_SIZE, hardware, loss_summary
+
+    n_concept, n_regular, patch, n, steps = _settings(quick)
+    cfg = TrainConfig(**{**asdict(LORA_TRAIN), **patch, "seed": seed})
+    pipe = _base_pipe(out_dir)
+    teach_word(pipe)  # old prompts read exactly as before (tested)
+    before = measure_concept(pipe, n, seed, steps)
+    concept = concept_scenes(n_concept, CONCEPT_SEED + seed, CONCEPT, SCENE_SIZE)
+    regular = make_scenes(n_regular, SCENE_SIZE, seed=seed + 1, split="train")
+    result = train_lora(pipe, concept, regular, cfg)
+    after = measure_concept(pipe, n, seed, steps)
+    sweep = {}
+    for s in STRENGTHS:
+        set_lora_scale(pipe.unet, s)
+        sweep[f"{s:g}"] = _summary(measure_concept(pipe, n, seed, steps))
+    set_lora_scale(pipe.unet, 1.0)
+    trainable, total = count_trainable(pipe.unet)
+    word_row = pipe.text_encoder.text.token_embedding.new.detach()  # [1, W]
+    state = {**lora_state_dict(pipe.unet), f"word.{CONCEPT}": word_row}
+    info = {
+        "recipe": "scenes-lora",
+        "kind": "lora",
+        "word": CONCEPT,
+        "init_words": list(INIT_WORDS),
+        "rank": LORA_RANK,
+        "alpha": LORA_ALPHA,
+        "targets": list(LORA_TARGETS),
+        "train": asdict(cfg),
+        "seed": seed,
+        "quick": quick,
+        "concept_images": n_concept,
+        "preservation_images": n_regular,
+        "concept_share": CONCEPT_SHARE,
+        "trainable_parameters": trainable,
+        "unet_parameters": total - trainable,
+        "training_seconds": round(result.seconds, 1),
+        "hardware": hardware(torch.device(device)),
+        "ldm_sha256": pretrained.manifest("scenes-ldm", out_dir)["sha256"],
+        **loss_summary(result.losses),
+        "metrics": {
+            "prompts": n,
+            "num_steps": steps,
+            "before (new word, no adapter)": before,
+            "after": after,
+            "strength_sweep": sweep,
+        },
+    }
+    path = pretrained.checkpoint_path("scenes-lora", out_dir)
+    return save_checkpoint(path, state, info)
+
+
+def inversion_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict:
+    """Teach the mini SD the word "orange" by textual inversion (one embedding row);
+    measure before and after; ship the row."""
+    from .recipes import SCENE_SIZE, hardware, loss_summary
+
+    n_concept, _, patch, n, steps = _settings(quick)
+    cfg = TrainConfig(**{**asdict(INVERSION_TRAIN), **patch, "seed": seed})
+    pipe = _base_pipe(out_dir)
+    table = teach_word(pipe)
+    before = measure_concept(pipe, n, seed, steps)
+    concept = concept_scenes(n_concept, CONCEPT_SEED + seed, CONCEPT, SCENE_SIZE)
+    result = train_textual_inversion(pipe, concept, cfg)
+    after = measure_concept(pipe, n, seed, steps)
+    info = {
+        "recipe": "scenes-inversion",
+        "kind": "textual inversion",
+        "word": CONCEPT,
+        "init_words": list(INIT_WORDS),
+        "train": asdict(cfg),
+        "seed": seed,
+        "quick": quick,
+        "concept_images": n_concept,
+        "trainable_parameters": table.new.numel(),
+        "text_encoder_parameters": count_trainable(pipe.text_encoder)[1],
+        "training_seconds": round(result.seconds, 1),
+        "hardware": hardware(torch.device(device)),
+        "ldm_sha256": pretrained.manifest("scenes-ldm", out_dir)["sha256"],
+        "clip_sha256": pretrained.manifest("scenes-clip", out_dir)["sha256"],
+        **loss_summary(result.losses),
+        "metrics": {
+            "prompts": n,
+            "num_steps": steps,
+            "before": before,
+            "after": after,
+        },  # fmt: skip
+    }
+    # the diffusers convention for a learned embedding: {word: row [W]}
+    state = {CONCEPT: table.new.detach()[0]}
+    path = pretrained.checkpoint_path("scenes-inversion", out_dir)
+    return save_checkpoint(path, state, info)
+
+
+def load_lora_weights(pipe, name: str = "scenes-lora", directory=None) -> dict:
+    """Load a shipped LoRA adapter into a MiniStableDiffusion (hash-checked): its word
+    joins the tokenizer with the stored row, the UNet gets the LoRA layers. Returns
+    the manifest."""
+    from .train import load_checkpoint
+
+    state, info = load_checkpoint(pretrained.checkpoint_path(name, directory),
+                                  recipe=name)  # fmt: skip
+    if info.get("kind") != "lora":
+        raise ValueError(f"{name} is not a LoRA adapter (kind {info.get('kind')!r})")
+    word = info["word"]
+    table = teach_word(pipe, word)
+    with torch.no_grad():
+        table.new.copy_(state.pop(f"word.{word}"))
+    add_lora(pipe.unet, info["rank"], info["alpha"], info["targets"])
+    load_lora_state_dict(pipe.unet, state)
+    return info
+
+
+def load_textual_inversion(
+    pipe, name: str = "scenes-inversion", directory=None
+) -> dict:
+    """Load a shipped learned word into a MiniStableDiffusion (hash-checked), as
+    diffusers' `load_textual_inversion` does for SD. Returns the manifest."""
+    from .train import load_checkpoint
+
+    state, info = load_checkpoint(pretrained.checkpoint_path(name, directory),
+                                  recipe=name)  # fmt: skip
+    if info.get("kind") != "textual inversion":
+        raise ValueError(f"{name} is not a textual inversion embedding "
+                         f"(kind {info.get('kind')!r})")  # fmt: skip
+    word = info["word"]
+    table = teach_word(pipe, word)
+    with torch.no_grad():
+        table.new.copy_(state[word][None])
+    return info
+
+
+RECIPES = {"scenes-lora": lora_recipe, "scenes-inversion": inversion_recipe}
