@@ -312,3 +312,287 @@ def load_textual_inversion(
 
 
 RECIPES = {"scenes-lora": lora_recipe, "scenes-inversion": inversion_recipe}
+
+
+# ----------------------------------------------------------------------------------
+# Chapter 12: image-to-image and inpainting
+
+INPAINT_TRAIN = TrainConfig(steps=3000, batch_size=64, lr=2e-4, warmup=100,
+                            ema_decay=0.999, p_uncond=0.1)  # fmt: skip
+EDIT_IMAGES = 20000  # the mini SD's training scenes, each with one mask
+IMG2IMG_STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
+REPAINT_RESAMPLE = 5
+
+
+def edit_task(n: int, seed: int):
+    """n seen scenes (half with two objects), one object of each to be replaced by
+    another shape and colour: (scenes, which [n], edited objects [n, 2, 3], mask
+    [n, 1, 64, 64], captions of the edited scenes)."""
+    from .data import scene_caption
+    from .editing import edit_labels, object_masks
+
+    scenes = make_scenes(n, seed=seed, split="train", two_object_fraction=0.5)
+    rng = torch.Generator().manual_seed(seed)
+    two = scenes.objects[:, 1, 0] >= 0
+    which = torch.where(two, torch.randint(0, 2, (n,), generator=rng), 0)
+    edited = edit_labels(scenes.objects, which, seed)
+    captions = [scene_caption(o, r, p, template=i) for i, (o, r, p) in
+                enumerate(zip(edited, scenes.relation, scenes.position))]  # fmt: skip
+    return scenes, which, edited, object_masks(scenes, which), captions
+
+
+def measure_edits(fake, scenes, which, edited, mask) -> dict:
+    """What an inpainting did: the edited object right inside the mask (open-set
+    judge), the whole edited caption right, PSNR outside the mask (beyond the seam
+    band) and in the 2-pixel band just outside its edge."""
+    from .editing import edited_object_right, psnr_where, seam_band
+
+    verdict = SceneJudge()(fake)
+    band = seam_band(mask)
+    far = (mask < 0.5) & ~band
+    return {
+        "inside": edited_object_right(verdict, edited, which, mask)
+        .float()
+        .mean()
+        .item(),
+        "joint": scene_accuracy(verdict, edited, scenes.relation, scenes.position)[
+            "joint"
+        ],
+        "psnr_outside": psnr_where(fake, scenes.images, far).mean().item(),
+        "psnr_seam": psnr_where(fake, scenes.images, band).mean().item(),
+    }
+
+
+def measure_img2img(pipe, n: int, seed: int, steps: int, strengths=IMG2IMG_STRENGTHS):
+    """SDEdit on one-object scenes with a prompt that changes the object's shape and
+    colour (size and place kept): per strength, faithful to the prompt (shape and
+    colour as asked) and to the source (size and place kept, and PSNR to it)."""
+    from .data import scene_caption
+    from .editing import edit_labels, psnr_where
+
+    scenes = make_scenes(n, seed=seed, split="train", two_object_fraction=0.0)
+    edited = edit_labels(scenes.objects, torch.zeros(n, dtype=torch.long), seed)
+    captions = [scene_caption(o, r, p, template=i) for i, (o, r, p) in
+                enumerate(zip(edited, scenes.relation, scenes.position))]  # fmt: skip
+    judge, rows = SceneJudge(), {}
+    for s in strengths:
+        fake = pipe.img2img(scenes.images, captions, s, num_steps=steps, seed=seed)
+        v = judge(fake)
+        found = v.objects[:, 0]
+        rows[f"{s:g}"] = {
+            "prompt (shape and colour)": ((found[:, 0] == edited[:, 0, 0])
+                                          & (found[:, 1] == edited[:, 0, 1])
+                                          & v.valid).float().mean().item(),
+            "source (size and place)": ((found[:, 2] == scenes.objects[:, 0, 2])
+                                        & (v.position == scenes.position)
+                                        & v.valid).float().mean().item(),
+            "psnr_to_source": psnr_where(fake, scenes.images,
+                                         torch.ones_like(fake[:, :1])).mean().item(),
+        }  # fmt: skip
+    return rows
+
+
+def inpaint_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict:
+    """Fine-tune the mini SD's UNet into a mask-conditioned inpainting UNet (9 input
+    channels) on the mini SD's scenes with object / rectangle / full masks; measure it
+    beside training-free RePaint, and measure image-to-image's strength sweep."""
+    from .editing import (
+        InpaintingUNet,
+        inpaint,
+        inpaint_condition,
+        repaint,
+        training_masks,
+    )
+    from .recipes import SCENE_SIZE, encode_scenes, hardware, loss_summary
+
+    n_images, n, steps = (EDIT_IMAGES, 100, 50) if not quick else (64, 4, 2)
+    patch = {"steps": 3, "warmup": 1, "batch_size": 8} if quick else {}
+    cfg = TrainConfig(**{**asdict(INPAINT_TRAIN), **patch, "seed": seed})
+    pipe = _base_pipe(out_dir)
+    scenes = make_scenes(n_images, SCENE_SIZE, seed=seed, split="train")
+    masks = training_masks(scenes, seed)
+    start = time.perf_counter()
+    latents, context = encode_scenes(
+        pipe.vae, pipe.text_encoder, pipe.tokenizer, scenes
+    )
+    parts = [slice(i, i + 500) for i in range(0, n_images, 500)]
+    cond = torch.cat([inpaint_condition(pipe, scenes.images[p], masks[p])
+                      for p in parts])  # fmt: skip
+    encode_seconds = time.perf_counter() - start
+    model = InpaintingUNet.from_text_to_image(pipe.unet)
+    null = pipe.encode_prompts([""])[0]
+    result = train_diffusion(model, pipe.schedule, latents, None, cfg, context=context,
+                             null_context=null, conditions={"cond": (cond, None)},
+                             progress=False)  # fmt: skip
+    model = result.ema.model.eval()
+    task = edit_task(n, seed + 8000)
+    fakes = {
+        "mask-conditioned UNet": inpaint(pipe, model, task[0].images, task[3], task[4],
+                                         num_steps=steps, seed=seed),
+        f"RePaint (U = {REPAINT_RESAMPLE})": repaint(
+            pipe, task[0].images, task[3], task[4], num_steps=steps,
+            resample=1 if quick else REPAINT_RESAMPLE, seed=seed),
+        "RePaint without resampling (U = 1)": repaint(
+            pipe, task[0].images, task[3], task[4], num_steps=steps, resample=1,
+            seed=seed),
+    }  # fmt: skip
+    methods = {k: measure_edits(v, *task[:4]) for k, v in fakes.items()}
+    recon = pipe.decode(pipe.vae.encode_scaled(task[0].images))
+    from .editing import psnr_where, seam_band
+
+    far = (task[3] < 0.5) & ~seam_band(task[3])
+    info = {
+        "recipe": "scenes-inpaint",
+        "config": model.unet.config.to_dict(),
+        "train": asdict(cfg),
+        "seed": seed,
+        "quick": quick,
+        "schedule": pretrained.manifest("scenes-ldm", out_dir)["schedule"],
+        "prediction_type": pipe.prediction_type,
+        "guidance_scale": pipe.guidance_scale,
+        "training_images": n_images,
+        "masks": "1/2 a box around one object, 1/4 a random rectangle, 1/4 all",
+        "encode_seconds": round(encode_seconds, 1),
+        "training_seconds": round(result.seconds, 1),
+        "hardware": hardware(torch.device(device)),
+        "ldm_sha256": pretrained.manifest("scenes-ldm", out_dir)["sha256"],
+        "parameters": count_trainable(model)[1],
+        **loss_summary(result.losses),
+        "metrics": {
+            "prompts": n,
+            "num_steps": steps,
+            "inpainting": methods,
+            "vae_psnr_outside": psnr_where(recon, task[0].images, far).mean().item(),
+            "img2img_sweep": measure_img2img(pipe, n, seed + 8500, steps),
+        },
+    }
+    path = pretrained.checkpoint_path("scenes-inpaint", out_dir)
+    return save_checkpoint(path, model.unet, info)
+
+
+def load_inpainting(directory=None, device=None):
+    """(InpaintingUNet, manifest) of the shipped scenes-inpaint (hash-checked)."""
+    from .editing import InpaintingUNet
+
+    unet, info = pretrained.load_pretrained("scenes-inpaint", device, directory)
+    return InpaintingUNet(unet).eval(), info
+
+
+# ----------------------------------------------------------------------------------
+# Chapter 13: ControlNet
+
+CONTROL_IMAGES = 20000
+CONTROL_WATCH = 250  # measure the IoU of a fixed batch every this many steps
+
+
+def measure_control(pipe, n: int, seed: int, steps: int, scale: float = 1.0) -> dict:
+    """On n fresh seen scenes (half two objects): mask IoU with the control and prompt
+    accuracy, with the control (and the caption), with the control and no caption,
+    and without control (the mini SD alone)."""
+    from .controlnet import layout_masks, mask_iou
+    from .data import BACKGROUND
+
+    scenes = make_scenes(n, seed=seed, split="train", two_object_fraction=0.5)
+    control = layout_masks(scenes)
+    labels = (scenes.objects, scenes.relation, scenes.position)
+    rows = {}
+    for name, prompts, ctl in (
+        ("control + caption", scenes.captions, control),
+        ("control, empty caption", [""] * n, control),
+        ("caption only (no ControlNet)", scenes.captions, None),
+    ):
+        fake = pipe(
+            prompts, num_steps=steps, seed=seed, control=ctl, control_scale=scale
+        )
+        iou = mask_iou(fake, control, BACKGROUND)
+        rows[name] = {"mask_iou": iou.mean().item(),
+                      "mask_iou_p10": iou.quantile(0.1).item(),
+                      **scene_accuracy(SceneJudge()(fake), *labels)}  # fmt: skip
+    return rows
+
+
+def controlnet_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict:
+    """Train a ControlNet (layout masks) for the frozen mini SD; watch the IoU during
+    training (the paper's "sudden convergence"); measure with and without control."""
+    from .controlnet import (
+        CONTROL_TRAIN,
+        controlnet_parameters,
+        layout_masks,
+        mask_iou,
+        train_controlnet,
+    )
+    from .data import BACKGROUND
+    from .recipes import SCENE_SIZE, encode_scenes, hardware, loss_summary
+
+    n_images, n, steps = (CONTROL_IMAGES, 100, 50) if not quick else (64, 4, 2)
+    patch = {"steps": 4, "warmup": 1, "batch_size": 8} if quick else {}
+    cfg = TrainConfig(**{**asdict(CONTROL_TRAIN), **patch, "seed": seed})
+    pipe = _base_pipe(out_dir)
+    scenes = make_scenes(n_images, SCENE_SIZE, seed=seed, split="train")
+    latents, context = encode_scenes(
+        pipe.vae, pipe.text_encoder, pipe.tokenizer, scenes
+    )
+    control = layout_masks(scenes)
+    null = pipe.encode_prompts([""])[0]
+    watch = make_scenes(8 if quick else 32, seed=seed + 8800, split="train")
+    watch_control, curve = layout_masks(watch), []
+
+    def callback(step, net):
+        pipe.controlnet = net
+        fake = pipe(watch.captions, num_steps=steps if quick else 20, seed=seed,
+                    control=watch_control)  # fmt: skip
+        curve.append(
+            {
+                "step": step,
+                "mask_iou": mask_iou(fake, watch_control, BACKGROUND).mean().item(),
+            }
+        )
+        print(f"step {step}: IoU {curve[-1]['mask_iou']:.3f}", flush=True)
+
+    net, result = train_controlnet(pipe.unet, pipe.schedule, latents, context, null,
+                                   control, cfg, pipe.prediction_type, callback,
+                                   2 if quick else CONTROL_WATCH)  # fmt: skip
+    pipe.controlnet = net
+    info = {
+        "recipe": "scenes-controlnet",
+        "kind": "controlnet",
+        "control": "layout mask [1, 64, 64]: how much of each pixel the shapes cover",
+        "train": asdict(cfg),
+        "seed": seed,
+        "quick": quick,
+        "training_images": n_images,
+        "training_seconds": round(result.seconds, 1),
+        "hardware": hardware(torch.device(device)),
+        "ldm_sha256": pretrained.manifest("scenes-ldm", out_dir)["sha256"],
+        "parameters": controlnet_parameters(net),
+        "unet_parameters": count_trainable(pipe.unet)[1],
+        **loss_summary(result.losses),
+        "iou_curve": curve,
+        "iou_curve_steps": steps if quick else 20,
+        "metrics": {
+            "prompts": n,
+            "num_steps": steps,
+            "control": measure_control(pipe, n, seed + 8900, steps),
+        },  # fmt: skip
+    }
+    path = pretrained.checkpoint_path("scenes-controlnet", out_dir)
+    return save_checkpoint(path, net, info)
+
+
+def load_controlnet(pipe, name: str = "scenes-controlnet", directory=None) -> dict:
+    """Attach the shipped ControlNet to a MiniStableDiffusion (pipe.controlnet),
+    hash-checked; it must have been trained for this pipeline's UNet."""
+    from .controlnet import ControlNet
+    from .train import load_checkpoint
+
+    state, info = load_checkpoint(pretrained.checkpoint_path(name, directory),
+                                  recipe=name)  # fmt: skip
+    net = ControlNet(pipe.unet)
+    net.load_state_dict(state)
+    pipe.controlnet = net.to(pipe.device).eval().requires_grad_(False)
+    return info
+
+
+RECIPES.update(
+    {"scenes-inpaint": inpaint_recipe, "scenes-controlnet": controlnet_recipe}
+)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .controlnet import ControlledUNet
 from .data import parse_caption
 from .forward import q_sample
 from .prior import pick_closest
@@ -137,6 +138,7 @@ class MiniStableDiffusion:
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.tokenizer, self.schedule = tokenizer, schedule
         self.prediction_type, self.guidance_scale = prediction_type, guidance_scale
+        self.controlnet = None  # set to a controlnet.ControlNet (chapter 13)
 
     @classmethod
     def from_pretrained(cls, device=None, directory=None) -> MiniStableDiffusion:
@@ -192,23 +194,38 @@ class MiniStableDiffusion:
         batch_size: int = 250,
         progress: bool = False,
         return_trajectory: bool = False,
+        control: torch.Tensor | None = None,
+        control_scale: float = 1.0,
+        start_step: int | None = None,
     ):
         """Scaled latents [B, 4, 8, 8] (or (latents, trajectory)). As in
         `generate_shapes`, x_T is one [B, 4, 8, 8] draw from a generator seeded with
-        `seed`, so the images depend on the seed and B, not on batch_size."""
+        `seed`, so the images depend on the seed and B, not on batch_size.
+        control [B, 1, 64, 64]: a control image for `self.controlnet` (chapter 13),
+        given to the guided and the unguided pass alike, scaled by control_scale.
+        start_step: start there from x_T, a noised latent (image-to-image)."""
         context = self.encode_prompts(prompts)
         n = context.shape[0]
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
         rows = batch_size * (2 if scale != 1.0 else 1)
+        model, extra = self.unet, {}
+        if control is not None:
+            if self.controlnet is None:
+                raise ValueError(
+                    "this pipeline has no controlnet: set pipe.controlnet "
+                    "(see diffusion_lib.controlnet)"
+                )
+            model = ControlledUNet(self.unet, self.controlnet, control_scale)
+            extra = {"control": control.to(self.device)}
         return sample(
-            _in_chunks(self.unet, rows),
+            _in_chunks(model, rows),
             self.schedule,
             (n, *self.latent_shape),
             sampler="ddim",
             num_steps=num_steps,
             eta=eta,
-            model_kwargs={"context": context},
-            uncond_kwargs={"context": self.encode_prompts([""] * n)},
+            model_kwargs={"context": context, **extra},
+            uncond_kwargs={"context": self.encode_prompts([""] * n), **extra},
             guidance_scale=scale,
             prediction_type=self.prediction_type,
             clip_sample=False,
@@ -217,6 +234,7 @@ class MiniStableDiffusion:
             x_T=x_T,
             progress=progress,
             return_trajectory=return_trajectory,
+            start_step=start_step,
         )
 
     @torch.no_grad()
@@ -229,6 +247,26 @@ class MiniStableDiffusion:
     def __call__(self, prompts, **kwargs) -> torch.Tensor:
         """Images [B, 3, 64, 64] in [-1, 1] for the prompts (see generate_latents)."""
         return self.decode(self.generate_latents(prompts, **kwargs))
+
+    @torch.no_grad()
+    def img2img(self, images, prompts, strength: float = 0.6, *, num_steps: int = 50,
+                seed: int = 0, **kwargs) -> torch.Tensor:  # fmt: skip
+        """Image-to-image (SDEdit, Meng et al. 2022): encode images [B, 3, 64, 64],
+        noise the latents to timestep t = round(strength * (T - 1)) and denoise them
+        with the prompts over round(num_steps * strength) DDIM steps (as diffusers'
+        img2img pipeline does). strength near 0 keeps the source, 1 ignores it."""
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        z0 = self.vae.encode_scaled(images.to(self.device))
+        t = round(strength * (self.schedule.num_timesteps - 1))
+        gen = torch.Generator().manual_seed(seed + 3)
+        noise = torch.randn(z0.shape, generator=gen).to(self.device)
+        t_batch = torch.full((z0.shape[0],), t, device=self.device)
+        x_t = q_sample(self.schedule, z0, t_batch, noise)
+        steps = max(1, round(num_steps * strength))
+        latents = self.generate_latents(prompts, num_steps=steps, seed=seed, x_T=x_t,
+                                        start_step=t, **kwargs)  # fmt: skip
+        return self.decode(latents)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:

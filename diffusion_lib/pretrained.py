@@ -29,11 +29,12 @@ BUILDERS = {
     "scenes-decoder": lambda cfg: UnCLIPDecoder(DecoderConfig.from_dict(cfg)),
     "scenes-prior": lambda cfg: DiffusionPrior(PriorConfig.from_dict(cfg)),
     "scenes-upsampler": lambda cfg: UnCLIPUpsampler(UNetConfig.from_dict(cfg)),
+    "scenes-inpaint": lambda cfg: UNet(UNetConfig.from_dict(cfg)),
 }
 
 # adapters of the mini SD (chapter 11): tensors, not whole models; loaded by
 # adapters.load_lora_weights / adapters.load_textual_inversion
-ADAPTERS = ("scenes-lora", "scenes-inversion")
+ADAPTERS = ("scenes-lora", "scenes-inversion", "scenes-controlnet")
 
 
 def available() -> list[str]:
@@ -59,8 +60,8 @@ def load_pretrained(name: str, device=None, directory: str | Path | None = None)
     """(model in eval mode, manifest) for a shipped checkpoint, hash-checked."""
     if name in ADAPTERS:
         raise ValueError(f"{name} is an adapter, not a model: load it into a pipeline "
-                         "(MiniStableDiffusion.load_lora_weights / "
-                         "load_textual_inversion)")  # fmt: skip
+                         "(finetune.load_lora_weights / "
+                         "load_textual_inversion / load_controlnet)")  # fmt: skip
     state, info = load_checkpoint(checkpoint_path(name, directory), recipe=name)
     model = BUILDERS[name](info["config"])
     model.load_state_dict(state)

@@ -116,7 +116,8 @@ def train_diffusion(
     probability p_uncond (caption dropout).
     conditions: any other model keyword arguments, {name: (values [N, ...], null
     [...])}, e.g. unCLIP's {"image_embed": (embeddings [N, D], zeros [D])}; in each
-    batch the same rows of all of them are replaced by their nulls (p_uncond).
+    batch the same rows of all of them are replaced by their nulls (p_uncond); a
+    condition whose null is None is never dropped.
 
     callback(step, ema_model) is called every `callback_every` steps (e.g. to measure
     FID during training).
@@ -132,7 +133,9 @@ def train_diffusion(
         )
     conditions = conditions or {}
     for name, (values, null) in conditions.items():
-        if values.shape[0] != images.shape[0] or null.shape != values.shape[1:]:
+        if values.shape[0] != images.shape[0] or (
+            null is not None and null.shape != values.shape[1:]
+        ):
             raise ValueError(
                 f"condition {name!r}: values must be [N = {images.shape[0]}, ...] and "
                 f"null one row of them; got {tuple(values.shape)} and "
@@ -161,8 +164,11 @@ def train_diffusion(
         if conditions:  # one draw per row: all conditions dropped together
             u = torch.rand(cfg.batch_size, generator=gen)
             for name, (values, null) in conditions.items():
-                kwargs[name] = drop_labels(values[idx], null[None], cfg.p_uncond, u=u)
-                kwargs[name] = kwargs[name].to(device)
+                kwargs[name] = (
+                    values[idx]
+                    if null is None  # never dropped (e.g. an inpainting mask)
+                    else drop_labels(values[idx], null[None], cfg.p_uncond, u=u)
+                ).to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
         loss = diffusion_loss(

@@ -331,6 +331,16 @@ class UNet(nn.Module):
             [res, AttentionBlock(out_ch, cfg.context_dim, cfg.heads, cfg.groups)]
         )
 
+    @property
+    def skip_channels(self) -> list[int]:
+        """Channels of each skip connection, in the order the encoder makes them."""
+        cfg, out = self.config, [self.config.base_channels]
+        for level, mult in enumerate(cfg.channel_mults):
+            out += [cfg.base_channels * mult] * cfg.num_res_blocks
+            if level < len(cfg.channel_mults) - 1:
+                out.append(cfg.base_channels * mult)
+        return out
+
     def null_labels(self, batch_size: int, device=None) -> torch.Tensor:
         """The all-"null" label tensor [B, K] for unconditional (guidance) passes."""
         sizes = torch.tensor(self.config.label_sizes, dtype=torch.long, device=device)
@@ -367,7 +377,12 @@ class UNet(nn.Module):
             h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h, context)
         return h
 
-    def forward(self, x, t, labels=None, context=None, vector=None):
+    def forward(self, x, t, labels=None, context=None, vector=None,
+                down_residuals=None, mid_residual=None):  # fmt: skip
+        """down_residuals (one per skip connection, see `skip_channels`) and
+        mid_residual are added to the skips and to the middle block's output: how a
+        ControlNet steers a frozen UNet (diffusers' down_block_additional_residuals,
+        mid_block_additional_residual)."""
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(
                 f"x must be [B, {self.config.in_channels}, H, W], got {tuple(x.shape)}"
@@ -390,6 +405,13 @@ class UNet(nn.Module):
             )
             skips.append(h)
         h = self._run(self.mid, h, emb, context)
+        if down_residuals is not None:
+            if len(down_residuals) != len(skips):
+                raise ValueError(f"down_residuals: expected {len(skips)} tensors (one "
+                                 f"per skip), got {len(down_residuals)}")  # fmt: skip
+            skips = [s + r for s, r in zip(skips, down_residuals)]
+        if mid_residual is not None:
+            h = h + mid_residual
         for layer in self.up:
             if isinstance(layer, nn.ModuleList):
                 h = self._run(layer, torch.cat([h, skips.pop()], dim=1), emb, context)

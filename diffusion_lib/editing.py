@@ -1,0 +1,245 @@
+"""Editing images with the mini SD (chapter 12): image-to-image and inpainting.
+
+- **Image-to-image** (SDEdit, Meng et al. 2022) is `MiniStableDiffusion.img2img`:
+  noise the source's latent to a strength s and denoise it with a new prompt.
+- **Training-free inpainting** (RePaint, Lugmayr et al. 2022, Alg. 1), `repaint`: at
+  every reverse step the known region (mask = 0) is replaced by the source's latent
+  noised to the same step, so only the masked region is generated; after each step the
+  sample is noised back U - 1 times and the step redone ("resampling"), which lets the
+  generated region agree with the pasted one. Works on any trained model; here in
+  latent space, where the mask is only 8x8.
+- **A mask-conditioned UNet** (Stable Diffusion's inpainting model), `InpaintingUNet`:
+  the UNet's input gains 5 channels, the latent of the masked image (4) and the mask
+  at latent resolution (1), initialised at zero so that the fine-tuning starts from
+  the text-to-image model; trained on scenes with masks over an object, a random
+  rectangle or the whole image.
+
+Convention: mask [B, 1, 64, 64] is 1 where the image is to be generated (as in
+diffusers' inpainting pipelines), 0 where it is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import _EXTENTS, COLOURS, SHAPES, scene_held_out
+from .forward import q_sample
+from .samplers import ddim_step, guided_model_output, make_timesteps
+from .unet import UNet
+
+MAX_EXTENT = max(_EXTENTS.values())  # any shape fits in a box of half-side 1.2 r
+MASK_MARGIN = 2 / 64  # grown by 2 pixels at 64x64
+
+
+def object_masks(scenes, which, margin: float = MASK_MARGIN) -> torch.Tensor:
+    """[N, 1, S, S] float: 1 inside a square box around object which[i] of scene i
+    that any shape of the same size would fit in (half-side MAX_EXTENT * r + margin),
+    0 elsewhere."""
+    n, s = len(scenes), scenes.images.shape[-1]
+    which = torch.as_tensor(which).long().expand(n)
+    centre = scenes.centres[torch.arange(n), which]  # [N, 2] (row, column)
+    half = MAX_EXTENT * scenes.radii[torch.arange(n), which] + margin  # [N]
+    if torch.isnan(half).any():
+        raise ValueError("object_masks: a chosen object is absent from its scene")
+    grid = (torch.arange(s) + 0.5) / s
+    rows = (grid[None] - centre[:, :1]).abs() <= half[:, None]
+    cols = (grid[None] - centre[:, 1:]).abs() <= half[:, None]
+    return (rows[:, :, None] & cols[:, None, :]).float()[:, None]
+
+
+def latent_mask(mask: torch.Tensor, factor: int = 8) -> torch.Tensor:
+    """Pixel mask [B, 1, S, S] -> latent mask [B, 1, S / f, S / f]: a latent cell is
+    generated when any of its f x f pixels is (max-pooling)."""
+    return F.max_pool2d(mask.float(), factor)
+
+
+def masked_images(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The images with the masked region set to 0 (grey in [-1, 1]), as Stable
+    Diffusion's inpainting model sees them."""
+    return images * (mask < 0.5)
+
+
+@torch.no_grad()
+def repaint(pipe, images, mask, prompts, *, num_steps: int = 50, resample: int = 5,
+            guidance_scale=None, seed: int = 0) -> torch.Tensor:  # fmt: skip
+    """Training-free inpainting (RePaint, Alg. 1) with the pipeline's own UNet in
+    latent space: images [B, 3, 64, 64], mask [B, 1, 64, 64] (1 = generate), prompts
+    describing the whole result. Returns images [B, 3, 64, 64]. resample = U, the
+    number of times each step is done (1 = no resampling)."""
+    if resample < 1:
+        raise ValueError(f"resample must be >= 1, got {resample}")
+    device, sched = pipe.device, pipe.schedule
+    known = pipe.vae.encode_scaled(images.to(device))  # z_0 of the source
+    keep = 1 - latent_mask(mask).to(device)  # 1 where the source is kept
+    context = pipe.encode_prompts(prompts)
+    null = pipe.encode_prompts([""] * len(context))
+    scale = pipe.guidance_scale if guidance_scale is None else guidance_scale
+    gen = torch.Generator().manual_seed(seed)
+    randn = lambda: torch.randn(known.shape, generator=gen).to(device)  # noqa: E731
+    a = sched.alphas_cumprod.to(device)
+    steps = make_timesteps(sched.num_timesteps, num_steps, "trailing")
+    x = randn()
+    for i, t in enumerate(steps):
+        t_prev = steps[i + 1] if i + 1 < len(steps) else -1
+        for u in range(resample):
+            tt = torch.full((len(x),), t, device=device, dtype=torch.long)
+            out = guided_model_output(pipe.unet, x, tt, {"context": context},
+                                      {"context": null}, scale)  # fmt: skip
+            # unknown part: one ancestral step (DDIM with eta = 1 = DDPM's variance)
+            x_unknown = ddim_step(
+                sched, out, t, t_prev, x, 1.0, pipe.prediction_type, False,
+                generator=gen,
+            )  # fmt: skip
+            # known part: the source noised to t_prev (Alg. 1, line 5)
+            if t_prev >= 0:
+                tp = torch.full((len(x),), t_prev, device=device, dtype=torch.long)
+                x_known = q_sample(sched, known, tp, randn())
+            else:
+                x_known = known
+            x = keep * x_known + (1 - keep) * x_unknown
+            if u < resample - 1 and t_prev >= 0:  # noise back to t (Alg. 1, line 10)
+                ratio = a[t] / a[t_prev]
+                x = ratio.sqrt() * x + (1 - ratio).sqrt() * randn()
+    return pipe.decode(x)
+
+
+class InpaintingUNet(nn.Module):
+    """Stable Diffusion's inpainting UNet: model(x_t [B, 4, h, w], t, context=...,
+    cond=[B, 5, h, w]) = unet(concat(x_t, masked-image latent, latent mask)), the
+    UNet built with 9 input channels."""
+
+    def __init__(self, unet: UNet):
+        super().__init__()
+        self.unet, self.config = unet, unet.config
+
+    @classmethod
+    def from_text_to_image(cls, unet: UNet, extra_channels: int = 5) -> InpaintingUNet:
+        """A copy of a trained text-to-image UNet whose first convolution takes
+        `extra_channels` more inputs, with zero weights (the model starts as the
+        text-to-image one)."""
+        cfg = copy.deepcopy(unet.config)
+        cfg.in_channels = unet.config.in_channels + extra_channels
+        new = UNet(cfg).to(next(unet.parameters()).device)
+        state = unet.state_dict()
+        w = state["conv_in.weight"]
+        state["conv_in.weight"] = torch.cat(
+            [w, w.new_zeros(w.shape[0], extra_channels, *w.shape[2:])], dim=1
+        )
+        new.load_state_dict(state)
+        return cls(new)
+
+    def forward(self, x, t, context=None, cond=None):
+        if cond is None:
+            raise ValueError("the inpainting UNet needs cond [B, 5, h, w] (the masked "
+                             "image's latent and the latent mask)")  # fmt: skip
+        return self.unet(torch.cat([x, cond], dim=1), t, context=context)
+
+
+@torch.no_grad()
+def inpaint_condition(pipe, images, mask) -> torch.Tensor:
+    """cond [B, 5, h, w]: the scaled latent of the masked images and the latent
+    mask."""
+    device = pipe.device
+    z = pipe.vae.encode_scaled(masked_images(images, mask).to(device))
+    return torch.cat([z, latent_mask(mask).to(device)], dim=1)
+
+
+@torch.no_grad()
+def inpaint(pipe, model: InpaintingUNet, images, mask, prompts, *, num_steps=50,
+            guidance_scale=None, seed: int = 0) -> torch.Tensor:  # fmt: skip
+    """Inpainting with a mask-conditioned UNet: images [B, 3, 64, 64] -> images; the
+    unguided pass sees the same masked image, with the empty caption."""
+    from .samplers import sample
+
+    cond = inpaint_condition(pipe, images, mask)
+    context = pipe.encode_prompts(prompts)
+    z = sample(
+        model, pipe.schedule, (len(cond), *pipe.latent_shape), sampler="ddim",
+        num_steps=num_steps,
+        model_kwargs={"context": context, "cond": cond},
+        uncond_kwargs={"context": pipe.encode_prompts([""] * len(cond)), "cond": cond},
+        guidance_scale=pipe.guidance_scale if guidance_scale is None
+        else guidance_scale,
+        prediction_type=pipe.prediction_type, clip_sample=False,
+        generator=torch.Generator().manual_seed(seed), device=pipe.device,
+    )  # fmt: skip
+    return pipe.decode(z)
+
+
+def training_masks(scenes, seed: int = 0) -> torch.Tensor:
+    """One mask per training scene [N, 1, S, S]: half a box around one of its objects,
+    a quarter a random rectangle, a quarter the whole image (then the model is a
+    text-to-image model again)."""
+    rng = np.random.default_rng(seed)
+    n, s = len(scenes), scenes.images.shape[-1]
+    kind = rng.choice(3, size=n, p=[0.5, 0.25, 0.25])
+    two = (scenes.objects[:, 1, 0] >= 0).numpy()
+    which = np.where(two, rng.integers(2, size=n), 0)
+    masks = object_masks(scenes, torch.from_numpy(which))
+    for i in np.nonzero(kind == 1)[0]:
+        h, w = rng.integers(s // 4, s // 2 + 1, size=2)
+        r, c = rng.integers(0, s - h + 1), rng.integers(0, s - w + 1)
+        masks[i] = 0
+        masks[i, 0, r : r + h, c : c + w] = 1
+    masks[torch.from_numpy(kind == 2)] = 1
+    return masks
+
+
+def psnr_where(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """PSNR [B] in dB between images a and b [B, 3, H, W] in [-1, 1] over the pixels
+    where `where` [B, 1, H, W] is true (on the [0, 1] scale, peak 1)."""
+    err = ((a.float() - b.float()) / 2) ** 2 * where
+    mse = err.flatten(1).sum(1) / (3 * where.flatten(1).sum(1)).clamp(min=1)
+    return 10 * torch.log10(1 / mse.clamp(min=1e-10))
+
+
+def seam_band(mask: torch.Tensor, width: int = 2) -> torch.Tensor:
+    """The `width`-pixel band just outside the mask's edge [B, 1, H, W] (bool): where
+    a pasted-in region and its surroundings meet."""
+    grown = F.max_pool2d(mask.float(), 2 * width + 1, stride=1, padding=width)
+    return (grown > 0.5) & (mask < 0.5)
+
+
+def edit_labels(objects, which, seed: int = 0):
+    """Labels of the edited scenes: object which[i] of scene i gets another shape and
+    another colour (size and place kept), chosen uniformly among the compositions the
+    models were trained on (no held-out pair)."""
+    rng = np.random.default_rng(seed)
+    new = objects.clone()
+    for i, k in enumerate(torch.as_tensor(which).tolist()):
+        shape, colour = int(objects[i, k, 0]), int(objects[i, k, 1])
+        for _ in range(100):
+            shapes = [x for x in range(len(SHAPES)) if x != shape]
+            colours = [x for x in range(len(COLOURS)) if x != colour]
+            new[i, k, 0], new[i, k, 1] = (
+                int(rng.choice(shapes)),
+                int(rng.choice(colours)),
+            )
+            pair, pairing = scene_held_out(new[i : i + 1])
+            if not (pair[0] or pairing[0]):
+                break
+    return new
+
+
+def edited_object_right(verdict, objects, which, mask) -> torch.Tensor:
+    """bool [B]: the image is clean, and an object whose centre lies inside the mask
+    has the shape, colour and size asked for object which[i] (objects [B, 2, 3])."""
+    s = mask.shape[-1]
+    out = torch.zeros(len(objects), dtype=torch.bool)
+    for i, k in enumerate(torch.as_tensor(which).tolist()):
+        if not verdict.valid[i]:
+            continue
+        for j in range(2):
+            row, col = verdict.centres[i, j].tolist()
+            if row != row:  # NaN: no object j
+                continue
+            r, c = min(int(row * s), s - 1), min(int(col * s), s - 1)
+            inside = mask[i, 0, r, c] > 0.5
+            if inside and torch.equal(verdict.objects[i, j], objects[i, k]):
+                out[i] = True
+    return out
