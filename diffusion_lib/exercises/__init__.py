@@ -237,4 +237,19 @@ def _clone(kwargs: dict) -> dict:
     return {k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()}
 
 
-from . import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10  # noqa: E402,F401  (registers every chapter's exercises)
+# importing the chapter modules registers every chapter's exercises
+from . import (  # noqa: E402,F401
+    ch01,
+    ch02,
+    ch03,
+    ch04,
+    ch05,
+    ch06,
+    ch07,
+    ch08,
+    ch09,
+    ch10,
+    ch11,
+    ch12,
+    ch13,
+)
