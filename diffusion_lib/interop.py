@@ -245,3 +245,32 @@ def load_sd15(
             "the course runs offline on its own mini SD."
         ) from err
     return sd.to(device)
+
+
+def load_adapters(
+    sd: StableDiffusionPipeline,
+    lora=None,
+    lora_scale: float = 1.0,
+    embedding=None,
+    token: str | None = None,
+    adapter_name: str = "course",
+) -> StableDiffusionPipeline:
+    """Chapter 11 on the real model: diffusers' native adapter loading.
+
+    lora: a LoRA in diffusers' or kohya's format (a file, a folder, a Hub id or a state
+    dict), loaded with `load_lora_weights` and weighted by lora_scale with
+    `set_adapters`; embedding: a textual-inversion embedding (file, Hub id, or a
+    {token: tensor} dict) loaded with `load_textual_inversion` under `token`. Returns
+    the pipeline (changed in place)."""
+    if lora is None and embedding is None:
+        raise ValueError("pass a lora, an embedding, or both")
+    if lora is not None:
+        sd.load_lora_weights(lora, adapter_name=adapter_name)
+        sd.set_adapters([adapter_name], adapter_weights=[lora_scale])
+    if embedding is not None:
+        if token is None and not isinstance(embedding, dict):
+            raise ValueError(
+                "name the token the embedding stands for, e.g. '<cat-toy>'"
+            )
+        sd.load_textual_inversion(embedding, token=token)
+    return sd

@@ -140,3 +140,45 @@ def test_sd15_loader_runs_offline_on_a_tiny_real_pipeline(tmp_path):
 def test_sd15_loader_explains_a_missing_model(tmp_path):
     with pytest.raises(RuntimeError, match="needs the Internet"):
         load_sd15(repo="no-such-org/no-such-model", device="cpu", local_files_only=True)
+
+
+def test_diffusers_adapter_loading_runs_offline_on_a_tiny_real_pipeline(tmp_path):
+    """What chapter 11 runs on SD 1.5 online: a LoRA of the UNet's attention
+    projections saved in diffusers' format and loaded with load_lora_weights (it
+    changes the output, and strength 0 undoes it), and a textual-inversion embedding
+    loaded with load_textual_inversion (the token gets exactly that row)."""
+    from peft import LoraConfig, get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from diffusion_lib.adapters import LORA_TARGETS
+    from diffusion_lib.interop import StableDiffusionPipeline, load_adapters
+
+    folder = tiny_real_sd_folder(tmp_path)
+    trainer = load_sd15(repo=str(folder), device="cpu", dtype=torch.float32)
+    trainer.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian",
+                                        target_modules=list(LORA_TARGETS)))  # fmt: skip
+    for name, p in trainer.unet.named_parameters():
+        if "lora_B" in name:  # as if trained: B is no longer zero
+            torch.nn.init.normal_(p, std=0.5)
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(trainer.unet)
+    )
+    kw = dict(num_inference_steps=2, height=16, width=16, output_type="pt")
+    run = lambda sd: sd("a red circle", generator=torch.Generator().manual_seed(0),  # noqa: E731
+                        **kw).images  # fmt: skip
+    sd = load_sd15(repo=str(folder), device="cpu", dtype=torch.float32)
+    base = run(sd)
+    load_adapters(sd, lora=str(tmp_path / "lora"))
+    adapted = run(sd)
+    assert (adapted - base).abs().max() > 1e-3
+    torch.testing.assert_close(adapted, run(trainer), atol=1e-4, rtol=0)
+    sd.set_adapters(["course"], adapter_weights=[0.0])
+    torch.testing.assert_close(run(sd), base, atol=1e-5, rtol=0)
+    row = torch.randn(16)
+    save_file({"emb_params": row[None]}, str(tmp_path / "orange.safetensors"))
+    load_adapters(sd, embedding=str(tmp_path / "orange.safetensors"), token="<orange>")
+    token_id = sd.tokenizer.convert_tokens_to_ids("<orange>")
+    table = sd.text_encoder.get_input_embeddings().weight
+    torch.testing.assert_close(table[token_id], row)
+    with pytest.raises(ValueError, match="pass a lora"):
+        load_adapters(sd)
