@@ -13,6 +13,16 @@ Diffusion (Part II), or "dalle2", the mini DALL-E 2 / unCLIP (Part III), which c
 make variations of an image instead of following a prompt:
 
     python -m diffusion_lib generate --model dalle2 --variations scene.png --out var.png
+
+The mini SD also takes Part IV's adapters and editing modes (chapters 11-13):
+
+    python -m diffusion_lib generate "an orange circle" --lora            # new word
+    python -m diffusion_lib generate "a blue square" --init-image a.png --strength 0.6
+    python -m diffusion_lib generate "a red circle above a green square" \\
+        --init-image a.png --mask mask.png       # inpaint where the mask is white
+    python -m diffusion_lib generate "a yellow triangle" --control layout.png
+
+A mask or control image is read as grey levels (white = 1) at 64x64.
 """
 
 from __future__ import annotations
@@ -98,6 +108,36 @@ def build_parser() -> argparse.ArgumentParser:
         default="sd",
         help="sd: the mini Stable Diffusion; dalle2: the mini DALL-E 2 (unCLIP)",
     )
+    part4 = gen.add_argument_group("sd only (chapters 11-13)")
+    part4.add_argument("--lora", nargs="?", const="scenes-lora", default=None,
+                       metavar="NAME", help="load a shipped LoRA adapter (default "
+                       "scenes-lora, which knows the word 'orange')")  # fmt: skip
+    part4.add_argument("--lora-scale", type=_non_negative, default=1.0,
+                       help="the adapter's strength (default 1)")  # fmt: skip
+    part4.add_argument("--embedding", nargs="?", const="scenes-inversion",
+                       default=None, metavar="NAME", help="load a shipped textual-"
+                       "inversion word (default scenes-inversion)")  # fmt: skip
+    part4.add_argument("--init-image", metavar="IMAGE", default=None,
+                       help="image-to-image (with --strength) or inpainting (with "
+                       "--mask) from this image")  # fmt: skip
+    part4.add_argument(
+        "--strength",
+        type=float,
+        default=0.6,
+        help="image-to-image: how far to noise the image, in (0, 1]",
+    )
+    part4.add_argument(
+        "--mask",
+        metavar="IMAGE",
+        default=None,
+        help="inpaint where this mask is white (needs --init-image)",
+    )
+    part4.add_argument("--inpaint-method", choices=("unet", "repaint"), default="unet",
+                       help="unet: the shipped mask-conditioned scenes-inpaint; "
+                       "repaint: training-free, with the mini SD itself")  # fmt: skip
+    part4.add_argument("--control", metavar="IMAGE", default=None,
+                       help="a layout mask (white = shapes) for the shipped "
+                       "scenes-controlnet")  # fmt: skip
     gen.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     gen.add_argument(
         "--checkpoints",
@@ -142,19 +182,64 @@ def load_image(path: str | Path, size: int = 64) -> torch.Tensor:
     return (x * 2 - 1).clamp(-1, 1)[None]
 
 
+def load_mask(path: str | Path, size: int = 64) -> torch.Tensor:
+    """A mask or control image as [1, 1, size, size] grey levels in [0, 1]."""
+    return ((load_image(path, size) + 1) / 2).mean(1, keepdim=True)
+
+
+SD_ONLY = ("lora", "embedding", "init_image", "mask", "control")
+
+
 def _check_request(args, parser) -> None:
     if args.variations is not None and args.model != "dalle2":
         parser.error("--variations needs --model dalle2 (only unCLIP decodes images)")
     if (args.prompt is None) == (args.variations is None):
         parser.error("give a prompt or --variations IMAGE (one of them)")
+    used = [f"--{k.replace('_', '-')}" for k in SD_ONLY if getattr(args, k) is not None]
+    if used and args.model != "sd":
+        parser.error(f"{', '.join(used)} work with --model sd only")
+    if args.mask is not None and args.init_image is None:
+        parser.error("--mask needs --init-image (the image to inpaint)")
+    if not 0 < args.strength <= 1:
+        parser.error(f"--strength must be in (0, 1], got {args.strength}")
+    if args.control is not None and args.init_image is not None:
+        parser.error("--control cannot be combined with --init-image")
+
+
+def _add_adapters(pipe, args) -> None:
+    from . import adapters, finetune
+
+    if args.lora is not None:
+        finetune.load_lora_weights(pipe, args.lora, args.checkpoints)
+        adapters.set_lora_scale(pipe.unet, args.lora_scale)
+    if args.embedding is not None:
+        finetune.load_textual_inversion(pipe, args.embedding, args.checkpoints)
+    if args.control is not None:
+        finetune.load_controlnet(pipe, directory=args.checkpoints)
 
 
 def _run(pipe, args) -> torch.Tensor:
     kwargs = {"num_steps": args.steps, "guidance_scale": args.guidance_scale,
-              "seed": args.seed, "progress": True}  # fmt: skip
+              "seed": args.seed}  # fmt: skip
+    n = args.num_images
     if args.variations is not None:
-        return pipe.variations(load_image(args.variations), args.num_images, **kwargs)
-    return pipe([args.prompt] * args.num_images, **kwargs)
+        return pipe.variations(load_image(args.variations), n, progress=True, **kwargs)
+    prompts = [args.prompt] * n
+    if args.control is not None:
+        control = load_mask(args.control).repeat(n, 1, 1, 1)
+        return pipe(prompts, control=control, progress=True, **kwargs)
+    if args.init_image is None:
+        return pipe(prompts, progress=True, **kwargs)
+    image = load_image(args.init_image).repeat(n, 1, 1, 1)
+    if args.mask is None:
+        return pipe.img2img(image, prompts, args.strength, **kwargs)
+    from . import editing, finetune
+
+    mask = (load_mask(args.mask) > 0.5).float().repeat(n, 1, 1, 1)
+    if args.inpaint_method == "repaint":
+        return editing.repaint(pipe, image, mask, prompts, **kwargs)
+    model, _ = finetune.load_inpainting(args.checkpoints, pipe.device)
+    return editing.inpaint(pipe, model, image, mask, prompts, **kwargs)
 
 
 def generate(args, parser) -> list[Path]:
@@ -163,6 +248,8 @@ def generate(args, parser) -> list[Path]:
     _check_request(args, parser)
     try:
         pipe = load_pipeline(args.model, args.device, args.checkpoints)
+        if args.model == "sd":
+            _add_adapters(pipe, args)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     start = time.perf_counter()

@@ -93,3 +93,19 @@ def tiny_sd_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny_sd")
     write_tiny_sd(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_part4_dir(tmp_path_factory, tiny_sd_dir):
+    """The tiny mini SD plus Part IV's adapters and models from their quick recipes
+    (LoRA, textual inversion, inpainting UNet, ControlNet)."""
+    import shutil
+
+    from diffusion_lib import finetune
+
+    directory = tmp_path_factory.mktemp("tiny_part4")
+    for f in tiny_sd_dir.iterdir():
+        shutil.copy(f, directory)
+    for recipe in finetune.RECIPES.values():
+        recipe(directory, quick=True)
+    return directory

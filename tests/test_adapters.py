@@ -199,27 +199,24 @@ def test_concept_scenes_are_orange_and_only_the_extended_judge_names_them():
         data.concept_scenes(4, colour="red")
 
 
-def test_quick_adapter_recipes_load_into_a_pipeline(tmp_path, tiny_sd_dir):
-    import shutil
-
+def test_quick_adapter_recipes_load_into_a_pipeline(tiny_part4_dir):
     from diffusion_lib import pretrained
     from diffusion_lib.pipelines import MiniStableDiffusion
 
-    for f in tiny_sd_dir.iterdir():
-        shutil.copy(f, tmp_path)
-    lora = finetune.lora_recipe(tmp_path, quick=True)
-    inversion = finetune.inversion_recipe(tmp_path, quick=True)
+    d = tiny_part4_dir
+    lora = pretrained.manifest("scenes-lora", d)
+    inversion = pretrained.manifest("scenes-inversion", d)
     assert lora["trainable_parameters"] < 0.1 * lora["unet_parameters"]
     assert set(lora["metrics"]["strength_sweep"]) == {"0", "0.5", "1", "1.5"}
-    pipe = MiniStableDiffusion.from_pretrained(directory=tmp_path)
-    finetune.load_lora_weights(pipe, directory=tmp_path)
+    pipe = MiniStableDiffusion.from_pretrained(directory=d)
+    finetune.load_lora_weights(pipe, directory=d)
     assert pipe(["an orange circle"], num_steps=2).shape == (1, 3, 64, 64)
     assert count_trainable(pipe.unet)[0] == lora["trainable_parameters"]
-    pipe = MiniStableDiffusion.from_pretrained(directory=tmp_path)
-    finetune.load_textual_inversion(pipe, directory=tmp_path)
+    pipe = MiniStableDiffusion.from_pretrained(directory=d)
+    finetune.load_textual_inversion(pipe, directory=d)
     assert pipe(["an orange circle"], num_steps=2).shape == (1, 3, 64, 64)
     assert inversion["trainable_parameters"] == pipe.text_encoder.config.text_width
     with pytest.raises(ValueError, match="not a LoRA"):
-        finetune.load_lora_weights(pipe, "scenes-inversion", tmp_path)
+        finetune.load_lora_weights(pipe, "scenes-inversion", d)
     with pytest.raises(ValueError, match="adapter, not a model"):
-        pretrained.load_pretrained("scenes-lora", directory=tmp_path)
+        pretrained.load_pretrained("scenes-lora", directory=d)

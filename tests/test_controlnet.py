@@ -101,23 +101,20 @@ def test_layout_masks_and_iou_see_a_moved_or_missing_shape():
     assert blank.max() == 0
 
 
-def test_quick_controlnet_recipe_and_loader(tmp_path, tiny_sd_dir):
-    import shutil
-
+def test_quick_controlnet_recipe_and_loader(tiny_part4_dir):
+    from diffusion_lib import pretrained
     from diffusion_lib.pipelines import MiniStableDiffusion
 
-    for f in tiny_sd_dir.iterdir():
-        shutil.copy(f, tmp_path)
-    info = finetune.controlnet_recipe(tmp_path, quick=True)
+    info = pretrained.manifest("scenes-controlnet", tiny_part4_dir)
     assert [row["step"] for row in info["iou_curve"]] == [2, 4]
     assert set(info["metrics"]["control"]) == {
         "control + caption",
         "control, empty caption",
         "caption only (no ControlNet)",
     }
-    pipe = MiniStableDiffusion.from_pretrained(directory=tmp_path)
+    pipe = MiniStableDiffusion.from_pretrained(directory=tiny_part4_dir)
     with pytest.raises(ValueError, match="no controlnet"):
         pipe(["a red circle"], num_steps=2, control=torch.zeros(1, 1, 64, 64))
-    finetune.load_controlnet(pipe, directory=tmp_path)
+    finetune.load_controlnet(pipe, directory=tiny_part4_dir)
     out = pipe(["a red circle"], num_steps=2, control=torch.zeros(1, 1, 64, 64))
     assert out.shape == (1, 3, 64, 64)

@@ -133,17 +133,15 @@ def test_img2img_checks_strength_and_inpaint_runs(tiny_pipe, scenes):
     assert out.shape == (2, 3, 64, 64)
 
 
-def test_quick_inpaint_recipe_measures_every_method(tmp_path, tiny_sd_dir):
-    import shutil
+def test_quick_inpaint_recipe_measures_every_method(tiny_part4_dir):
+    from diffusion_lib import pretrained
 
-    for f in tiny_sd_dir.iterdir():
-        shutil.copy(f, tmp_path)
-    info = finetune.inpaint_recipe(tmp_path, quick=True)
+    info = pretrained.manifest("scenes-inpaint", tiny_part4_dir)
     assert set(info["metrics"]["inpainting"]) == {
         "mask-conditioned UNet",
         f"RePaint (U = {finetune.REPAINT_RESAMPLE})",
         "RePaint without resampling (U = 1)",
     }
     assert set(info["metrics"]["img2img_sweep"]) == {"0.2", "0.4", "0.6", "0.8", "1"}
-    model, manifest = finetune.load_inpainting(tmp_path)
+    model, manifest = finetune.load_inpainting(tiny_part4_dir)
     assert model.unet.config.in_channels == 9 and manifest["sha256"] == info["sha256"]

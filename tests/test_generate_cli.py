@@ -131,3 +131,44 @@ def test_dalle2_prompt_and_variations(tiny_sd_dir, tmp_path):
           "--out", str(tmp_path / "v")])  # fmt: skip
     files = sorted((tmp_path / "v").glob("*.png"))
     assert len(files) == 3 and all(Image.open(f).size == (64, 64) for f in files)
+
+
+def test_part_four_options(tiny_part4_dir, tmp_path):
+    """--lora / --embedding, --init-image with --strength or --mask, --control: each
+    writes its images; misuse is refused with a clear message."""
+    source, mask = tmp_path / "source.png", tmp_path / "mask.png"
+    Image.new("RGB", (64, 64), (20, 20, 26)).save(source)
+    m = Image.new("L", (64, 64), 0)
+    m.paste(255, (16, 16, 40, 40))
+    m.save(mask)
+    common = ["--checkpoints", str(tiny_part4_dir), "--steps", "2", "--num-images", "2"]
+    runs = {
+        "lora": ["an orange circle", "--lora", "--lora-scale", "0.5"],
+        "embedding": ["an orange circle", "--embedding"],
+        "img2img": [PROMPT, "--init-image", str(source), "--strength", "0.5"],
+        "inpaint": [PROMPT, "--init-image", str(source), "--mask", str(mask)],
+        "repaint": [PROMPT, "--init-image", str(source), "--mask", str(mask),
+                    "--inpaint-method", "repaint"],
+        "control": [PROMPT, "--control", str(mask)],
+    }  # fmt: skip
+    for name, args in runs.items():
+        out = tmp_path / f"{name}.png"
+        main(["generate", *args, *common, "--out", str(out)])
+        assert Image.open(out).size == (2 * 66 + 2, 66 + 2), name
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([PROMPT, "--mask", "m.png"], "--mask needs --init-image"),
+        ([PROMPT, "--model", "dalle2", "--lora"], "work with --model sd only"),
+        ([PROMPT, "--init-image", "a.png", "--strength", "1.5"], "must be in (0, 1]"),
+        ([PROMPT, "--init-image", "a.png", "--control", "c.png"], "cannot be combined"),
+        (["an orange circle"], "unknown word 'orange'"),
+    ],
+)
+def test_part_four_misuse_is_explained(tiny_part4_dir, args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", *args, "--checkpoints", str(tiny_part4_dir), "--steps", "1"])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
