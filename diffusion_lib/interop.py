@@ -274,3 +274,39 @@ def load_adapters(
             )
         sd.load_textual_inversion(embedding, token=token)
     return sd
+
+
+def sd15_editors(sd: StableDiffusionPipeline) -> tuple:
+    """Chapter 12 on the real model: (image-to-image, inpainting) pipelines that share
+    `sd`'s components (`from_pipe`: no second download). With SD 1.5's own 4-channel
+    UNet, diffusers' inpainting pipeline blends the known region into the latents at
+    every step (training-free, like RePaint without resampling); a 9-channel UNet such
+    as stable-diffusion-inpainting's is the mask-conditioned kind."""
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+
+    return (StableDiffusionImg2ImgPipeline.from_pipe(sd),
+            StableDiffusionInpaintPipeline.from_pipe(sd))  # fmt: skip
+
+
+SD15_CONTROLNET = "lllyasviel/sd-controlnet-canny"  # edges (e.g. a layout's outlines)
+
+
+def sd15_with_controlnet(sd: StableDiffusionPipeline, controlnet=SD15_CONTROLNET):
+    """Chapter 13 on the real model: a StableDiffusionControlNetPipeline sharing `sd`'s
+    components, with `controlnet` (a Hub id or a diffusers ControlNetModel, e.g.
+    `ControlNetModel.from_unet(sd.unet)`, the same copy-and-zero-convolutions start as
+    the course's)."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    if isinstance(controlnet, str):
+        controlnet = ControlNetModel.from_pretrained(controlnet, dtype=sd.unet.dtype)
+    controlnet = controlnet.to(device=sd.device, dtype=sd.unet.dtype)
+    return StableDiffusionControlNetPipeline.from_pipe(sd, controlnet=controlnet)
+
+
+def outlines(mask: torch.Tensor, width: int = 1) -> torch.Tensor:
+    """The edges of masks [B, 1, H, W] in [0, 1] (a pixel inside whose neighbourhood
+    leaves the mask), as 3-channel images in [0, 1]: a canny-like control image."""
+    inside = mask > 0.5
+    eroded = -torch.nn.functional.max_pool2d(-inside.float(), 2 * width + 1, 1, width)
+    return (inside.float() - eroded).clamp(0, 1).repeat(1, 3, 1, 1)

@@ -182,3 +182,36 @@ def test_diffusers_adapter_loading_runs_offline_on_a_tiny_real_pipeline(tmp_path
     torch.testing.assert_close(table[token_id], row)
     with pytest.raises(ValueError, match="pass a lora"):
         load_adapters(sd)
+
+
+def test_real_editing_and_controlnet_pipelines_run_offline(tmp_path):
+    """Chapters 12 and 13 on the real model, run on the tiny real pipeline: img2img and
+    inpainting share its components; a ControlNetModel made from its UNet adds nothing
+    at the start (zero convolutions), as the course's does."""
+    from diffusers import ControlNetModel
+
+    from diffusion_lib.interop import outlines, sd15_editors, sd15_with_controlnet
+
+    sd = load_sd15(repo=str(tiny_real_sd_folder(tmp_path)), device="cpu",
+                   dtype=torch.float32)  # fmt: skip
+    img2img, inpaint = sd15_editors(sd)
+    assert img2img.unet is sd.unet and inpaint.vae is sd.vae
+    image = torch.rand(1, 3, 16, 16)
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 1
+    kw = dict(num_inference_steps=4, output_type="pt", height=16, width=16)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    out = img2img("a red circle", image=image, strength=0.5, generator=g(),
+                  output_type="pt", num_inference_steps=4).images  # fmt: skip
+    assert out.shape == (1, 3, 16, 16) and torch.isfinite(out).all()
+    out = inpaint(
+        "a red circle", image=image, mask_image=mask, generator=g(), **kw
+    ).images
+    assert out.shape == (1, 3, 16, 16) and torch.isfinite(out).all()
+    control = outlines(mask)
+    assert control.shape == (1, 3, 16, 16) and control.sum() == 3 * (64 - 36)
+    net = ControlNetModel.from_unet(sd.unet, conditioning_embedding_out_channels=(4, 8))
+    cn = sd15_with_controlnet(sd, net)
+    base = sd("a red circle", generator=g(), **kw).images
+    steered = cn("a red circle", image=control, generator=g(), **kw).images
+    torch.testing.assert_close(steered, base, atol=1e-5, rtol=0)
