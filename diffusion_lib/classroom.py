@@ -168,6 +168,7 @@ CHECKPOINT_USE = re.compile(r"""(?:load_pretrained|manifest)\(\s*["']([\w-]+)["'
 LDM_GROUPS = ("one object, seen", "two objects, seen", "one object, held out",
               "two objects, held out")  # fmt: skip
 PRIOR_GROUPS = ("fresh captions, seen compositions", "held-out compositions")
+NEW_WORD_OLD_GROUPS = ("one object, seen", "two objects, seen")  # finetune.OLD_GROUPS
 HEADLINES = {
     "shapes-evaluator": [("test accuracy, all attributes", ("test_accuracy", "joint"))],
     "shapes-ddpm": [
@@ -208,7 +209,30 @@ HEADLINES = {
         )
     ],
     "scenes-upsampler": [("PSNR gain over bicubic (dB)", ("gain_db",))],
-}
+    "scenes-lora": [
+        ("new word, prompt accuracy before",
+         ("before (new word, no adapter)", "concept", "joint")),
+        ("new word, prompt accuracy with LoRA", ("after", "concept", "joint")),
+    ]
+    + [(f"{g}, with LoRA", ("after", g, "joint")) for g in NEW_WORD_OLD_GROUPS],
+    "scenes-inversion": [
+        ("new word, prompt accuracy, learned row", ("after", "concept", "joint")),
+    ],
+    "scenes-inpaint": [
+        ("edited object right inside the mask", ("inpainting", "mask-conditioned UNet",
+                                                  "inside")),
+        ("PSNR outside the mask (dB)", ("inpainting", "mask-conditioned UNet",
+                                         "psnr_outside")),
+        ("RePaint (training-free): inside the mask", ("inpainting", "RePaint (U = 5)",
+                                                      "inside")),
+    ],
+    "scenes-controlnet": [
+        ("mask IoU with the control", ("control", "control + caption", "mask_iou")),
+        ("prompt accuracy with the control", ("control", "control + caption", "joint")),
+        ("mask IoU without ControlNet", ("control", "caption only (no ControlNet)",
+                                          "mask_iou")),
+    ],
+}  # fmt: skip
 
 
 def chapter_title(nb) -> str:
@@ -231,6 +255,13 @@ def checkpoints_used(nb) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _parameters(info: dict) -> int:
+    """A checkpoint's parameters: a model's count, the sum of a ControlNet's parts, or
+    an adapter's trainable parameters."""
+    p = info.get("parameters", info.get("trainable_parameters"))
+    return sum(p.values()) if isinstance(p, dict) else p
+
+
 def headline_results(name: str, directory=None) -> list[tuple[str, float]]:
     """(what, value) for a shipped checkpoint: its HEADLINES metrics, read from the
     manifest, then its size and training time."""
@@ -244,7 +275,7 @@ def headline_results(name: str, directory=None) -> list[tuple[str, float]]:
             value = value.get(key, {}) if isinstance(value, dict) else {}
         if isinstance(value, (int, float)):
             rows.append((what, float(value)))
-    rows.append(("parameters", float(info["parameters"])))
+    rows.append(("parameters", float(_parameters(info))))
     rows.append(("training time (s), " + str(info.get("hardware", "?")),
                  float(info.get("training_seconds", float("nan")))))  # fmt: skip
     return rows
