@@ -58,6 +58,47 @@ def test_key_fills_every_stub_with_its_solution(path):
     nbformat.validate(key)
 
 
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_every_worked_solution_passes_its_checker(path):
+    """Each answer-key exercise cell (the worked solution, then the stub's check call)
+    run on its own, with the notebooks' usual imports: every check passes. (The full
+    answer keys of a few chapters also run as notebooks in test_grading_a_class.)"""
+    import importlib
+    import math
+    import pkgutil
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    import diffusion_lib as dl
+
+    names = [m.name for m in pkgutil.iter_modules(dl.__path__) if m.name != "__main__"]
+    modules = {n: importlib.import_module(f"diffusion_lib.{n}") for n in names}
+
+    key = classroom.fill_solutions(read(path))
+    cells = [
+        c.source
+        for c in key.cells
+        if c.cell_type == "code" and classroom.CHECK_IMPORT in c.source
+    ]
+    assert len(cells) == len(classroom.exercise_names(key)) >= 3
+    for source in cells:
+        namespace = {
+            **modules,
+            "dl": dl,
+            "torch": torch,
+            "F": F,
+            "math": math,
+            "np": np,
+        }
+        code, call = source.split(classroom.CHECK_IMPORT)
+        exec(code, namespace)
+        exec(classroom.CHECK_IMPORT, namespace)
+        result = eval(call.strip(), namespace)
+        assert result.passed, result
+
+
 def test_key_refuses_a_solution_without_its_exercise():
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell(":::{solution} x\n```python\npass\n```")]
@@ -118,14 +159,22 @@ def test_a_notebook_past_the_time_limit_is_stopped(tmp_path):
     assert run["timed_out"] and run["seconds"] == 15
 
 
+KEY_RUNS = 3  # answer keys run whole: the first two chapters and the last one
+
+
 def test_grading_a_class(tmp_path):
-    """Every handout runs in quick mode with every exercise "not attempted"; every
-    answer key gets full marks; a notebook with a crashing cell and a wrong answer is
-    graded, with the crash reported, not fatal."""
+    """Every handout runs in quick mode with every exercise "not attempted"; the answer
+    keys of the first two chapters and the last get full marks (every chapter's worked
+    solutions pass their checkers in test_every_worked_solution_passes_its_checker,
+    and every chapter runs under nbval); a notebook with a crashing cell and a wrong
+    answer is graded, with the crash reported, not fatal."""
     subs = tmp_path / "submissions"
     handouts = classroom.write_versions("handouts", subs / "blank")
     keys = classroom.write_versions("key", subs / "key")
     assert len(handouts) == len(keys) == len(CHAPTERS)
+    for path in keys[2:-1]:  # keep the keys of chapters 1, 2 and the last
+        path.unlink()
+    n_keyed = sum(len(classroom.exercise_names(read(p))) for p in keys if p.exists())
     broken = read(keys[1])  # chapter 2: one wrong answer and one crashing cell
     code = [c for c in broken.cells if c.cell_type == "code"]
     crash_cell = nbformat.v4.new_code_cell("raise RuntimeError('a student bug')")
@@ -144,6 +193,7 @@ def test_grading_a_class(tmp_path):
     assert {m.status for m in by["blank"]} == {"not attempted"}
     assert len(by["blank"]) == len(REGISTRY)
     assert all(m.points == 1 for m in by["key"]), [m for m in by["key"] if not m.points]
+    assert len(by["key"]) == n_keyed and KEY_RUNS == sum(p.exists() for p in keys)
     crash = {m.exercise: m.status for m in by["crash"]}
     assert crash["ch02.log_snr"] == "wrong" and crash["ch02.extract"] == "passed"
     runs = {(r["student"], r["notebook"]): r for r in result["runs"]}
@@ -154,10 +204,10 @@ def test_grading_a_class(tmp_path):
     assert runs["crash", "not_a_chapter.ipynb"]["unknown"]
 
     rows = list(csv.DictReader(open(tmp_path / "grades" / "grades.csv")))
-    assert len(rows) == 2 * len(REGISTRY) + len(classroom.exercise_names(broken))
+    assert len(rows) == len(REGISTRY) + n_keyed + len(classroom.exercise_names(broken))
     summary = (tmp_path / "grades" / "summary.md").read_text()
     n = len(REGISTRY)
-    assert "| key |" in summary and f"{n}/{n} |" in summary
+    assert "| key |" in summary and f"{n_keyed}/{n_keyed} |" in summary
     assert "| blank |" in summary and f"0/{n} |" in summary
     assert "raised RuntimeError: a student bug" in summary
     assert "not a chapter of the course" in summary

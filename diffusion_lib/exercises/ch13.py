@@ -31,24 +31,15 @@ def _mistake_skips_reversed(skips, residuals, scale) -> list:
     return [s + scale * r for s, r in zip(skips, reversed(residuals))]
 
 
-def _compare_lists(fn):
-    def run(**kw):
-        return torch.cat([x.flatten() for x in fn(**kw)])
-
-    return run
-
-
 register(
     "ch13.controlled_skips",
-    _compare_lists(reference_controlled_skips),
+    reference_controlled_skips,
     _skips_inputs,
     hint="ControlNet adds: each skip keeps the frozen UNet's features and gains "
     "scale * the residual of the same position in the list.",
     mistakes={
-        "replaces the skips by the residuals": _compare_lists(_mistake_skips_replace),
-        "pairs the residuals with the wrong skips": _compare_lists(
-            _mistake_skips_reversed
-        ),
+        "replaces the skips by the residuals": _mistake_skips_replace,
+        "pairs the residuals with the wrong skips": _mistake_skips_reversed,
     },
 )
 
