@@ -16,7 +16,7 @@ make variations of an image instead of following a prompt:
 
 The mini SD also takes Part IV's adapters and editing modes (chapters 11-13):
 
-    python -m diffusion_lib generate "an orange circle" --lora            # new word
+    python -m diffusion_lib generate "a red diamond" --lora               # new word
     python -m diffusion_lib generate "a blue square" --init-image a.png --strength 0.6
     python -m diffusion_lib generate "a red circle above a green square" \\
         --init-image a.png --mask mask.png       # inpaint where the mask is white
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     part4 = gen.add_argument_group("sd only (chapters 11-13)")
     part4.add_argument("--lora", nargs="?", const="scenes-lora", default=None,
                        metavar="NAME", help="load a shipped LoRA adapter (default "
-                       "scenes-lora, which knows the word 'orange')")  # fmt: skip
+                       "scenes-lora, which knows the word 'diamond')")  # fmt: skip
     part4.add_argument("--lora-scale", type=_non_negative, default=1.0,
                        help="the adapter's strength (default 1)")  # fmt: skip
     part4.add_argument("--embedding", nargs="?", const="scenes-inversion",

@@ -39,8 +39,11 @@ COLOURS = {  # name -> RGB in [0, 1]
     "purple": (0.60, 0.25, 0.85),
     "cyan": (0.15, 0.80, 0.85),
 }
-# a colour no scene model was trained on, for teaching one a new word (chapter 11);
-# indices 0-5 of ALL_COLOURS are COLOURS, so labels of the usual scenes do not change
+# a shape and a colour no scene model was trained on, for teaching one a new word
+# (chapter 11); ALL_SHAPES and ALL_COLOURS start with SHAPES and COLOURS, so the labels
+# of the usual scenes do not change
+NEW_SHAPES = ("diamond",)  # a square standing on a corner
+ALL_SHAPES = SHAPES + NEW_SHAPES
 NEW_COLOURS = {"orange": (0.95, 0.55, 0.15)}
 ALL_COLOURS = {**COLOURS, **NEW_COLOURS}
 SIZES = ("small", "large")
@@ -75,7 +78,8 @@ _TEMPLATES = (
 def caption_from_labels(labels, template: int = 0) -> str:
     """The caption for one label vector [shape, colour, size, position] using grammar
     rule `template`."""
-    names = {**ATTRIBUTES, "colour": tuple(ALL_COLOURS)}  # any colour can be named
+    # any shape or colour can be named, the new ones too
+    names = {**ATTRIBUTES, "shape": ALL_SHAPES, "colour": tuple(ALL_COLOURS)}
     words = {name: values[int(i)] for (name, values), i in zip(names.items(), labels)}
     return _TEMPLATES[template % len(_TEMPLATES)].format(**words)
 
@@ -126,6 +130,8 @@ def _shape_mask(
         return dy**2 + dx**2 <= r**2
     if shape == "square":
         return (np.abs(dy) <= 0.85 * r) & (np.abs(dx) <= 0.85 * r)
+    if shape == "diamond":  # corners 1.2 r from the centre, on the axes
+        return np.abs(dy) + np.abs(dx) <= 1.2 * r
     # upward equilateral triangle inscribed in a circle of radius 1.15 r (centroid at
     # the centre)
     R = 1.15 * r
@@ -226,7 +232,7 @@ SCENE_GAP = 1 / 16  # min distance between two objects (4 px at 64x64)
 SCENE_BORDER = 1 / 32  # min distance of every object from the edge (2 px at 64x64)
 SCENE_CROSS = 0.25  # max |cross-axis offset| / |main-axis offset| in a relation
 # radius of the circle around each shape, in units of its radius r
-_EXTENTS = {"circle": 1.0, "square": 0.85 * 2**0.5, "triangle": 1.15}
+_EXTENTS = {"circle": 1.0, "square": 0.85 * 2**0.5, "triangle": 1.15, "diamond": 1.2}
 _ITS = ("to its left", "to its right", "above it", "below it")  # object 1 named first
 _PAIR_TEMPLATES = (
     "a {a} {relation} a {b}",
@@ -252,7 +258,7 @@ def scene_caption(
     objects = torch.as_tensor(objects).tolist()
     phrase = lambda shape, colour, size, leave_out: " ".join(
         ([] if leave_out else [SIZES[size]])
-        + [tuple(ALL_COLOURS)[colour], SHAPES[shape]]
+        + [tuple(ALL_COLOURS)[colour], ALL_SHAPES[shape]]
     )
     if objects[1][0] < 0:
         obj = phrase(*objects[0], omit[0])
@@ -484,7 +490,7 @@ def _place_objects(objects, relation, position, rng) -> tuple[np.ndarray, np.nda
     one = ~present[:, 1]
     table = np.array([_CENTRES[p] for p in POSITIONS])
     centres[one, 0] = table[position[one]] + rng.uniform(-0.04, 0.04, (one.sum(), 2))
-    extents = np.array([_EXTENTS[s] for s in SHAPES])[objects[~one, :, 0]]
+    extents = np.array([_EXTENTS[s] for s in ALL_SHAPES])[objects[~one, :, 0]]
     centres[~one] = _place_pairs(relation[~one], extents * radii[~one], rng)
     return centres, radii
 
@@ -503,7 +509,7 @@ def scene_masks(
     masks = np.zeros((n, 2, s, s), np.float32)
     for i, k in zip(*np.nonzero(objects[..., 0].numpy() >= 0)):
         (cy, cx), r = centres[i, k].tolist(), float(radii[i, k])
-        shape = SHAPES[int(objects[i, k, 0])]
+        shape = ALL_SHAPES[int(objects[i, k, 0])]
         e = _EXTENTS[shape] * r
         r0, c0 = (max(0, int((v - e) * s)) for v in (cy, cx))
         r1, c1 = (min(s, int(np.ceil((v + e) * s)) + 1) for v in (cy, cx))
@@ -611,18 +617,22 @@ def _scenes_of(objects, relation, position, image_size, seed) -> ScenesData:
 
 
 def concept_scenes(
-    n: int, seed: int = 0, colour: str = "orange", image_size: int = 64
+    n: int, seed: int = 0, concept: str = "diamond", image_size: int = 64
 ) -> ScenesData:
-    """n one-object scenes (any shape, size and place) in a colour of NEW_COLOURS,
-    captioned with its name ("a large orange circle in the top left"); the objects'
-    colour index points into ALL_COLOURS."""
-    if colour not in NEW_COLOURS:
-        raise ValueError(f"unknown new colour {colour!r}; expected one of "
-                         f"{tuple(NEW_COLOURS)}")  # fmt: skip
+    """n one-object scenes (any size and place) of a new shape (NEW_SHAPES, in any of
+    the usual colours) or in a new colour (NEW_COLOURS, any usual shape), captioned
+    with its name ("a large red diamond in the top left"); the labels index into
+    ALL_SHAPES and ALL_COLOURS."""
+    if concept not in NEW_SHAPES and concept not in NEW_COLOURS:
+        raise ValueError(f"unknown new concept {concept!r}; expected one of "
+                         f"{NEW_SHAPES + tuple(NEW_COLOURS)}")  # fmt: skip
     if n < 1:
         raise ValueError(f"need n >= 1, got {n}")
     objects, relation, position = sample_scene_labels(n, seed, "all", 0.0)
-    objects[:, 0, 1] = tuple(ALL_COLOURS).index(colour)
+    if concept in NEW_SHAPES:
+        objects[:, 0, 0] = ALL_SHAPES.index(concept)
+    else:
+        objects[:, 0, 1] = tuple(ALL_COLOURS).index(concept)
     scenes = _scenes_of(objects, relation, position, image_size, seed)
     # "a orange circle" -> "an orange circle"
     scenes.captions = [re.sub(r"\ba (?=[aeiou])", "an ", c) for c in scenes.captions]

@@ -1,10 +1,13 @@
-"""Part IV, chapter 11: teaching the trained mini SD a new word.
+"""Part IV recipes: a new word (chapter 11), editing (chapter 12), ControlNet (13).
 
-The mini SD (scenes-ldm) never saw the colour orange and its tokenizer does not know
-the word. Two ways to teach it, from CONCEPT_IMAGES captioned pictures:
+The mini SD (scenes-ldm) never saw a diamond (a square standing on a corner) and its
+tokenizer does not know the word. (A new *colour* was the first choice; the frozen VAE
+cannot draw one: it turns off-palette colours into palette ones, measured by
+`vae_reconstruction`, so no adapter of the UNet could teach it.) Two ways to teach the
+word, from CONCEPT_IMAGES captioned pictures:
 
 - **LoRA** (`train_lora`): the word gets a new, *frozen* embedding row (the mean of the
-  colour words', so it starts as "some colour"), and low-rank updates of the UNet's
+  shape words', so it starts as "some shape"), and low-rank updates of the UNet's
   attention projections learn what it means. Batches mix the concept pictures with the
   usual scenes (DreamBooth's "prior preservation", Ruiz et al. 2023) so that the old
   prompts are not forgotten.
@@ -37,13 +40,21 @@ from .adapters import (
     lora_state_dict,
     set_lora_scale,
 )
-from .data import ALL_COLOURS, COLOURS, concept_scenes, make_scenes
+from .data import (
+    ALL_COLOURS,
+    ALL_SHAPES,
+    COLOURS,
+    NEW_COLOURS,
+    SHAPES,
+    concept_scenes,
+    make_scenes,
+)
 from .forward import diffusion_loss
 from .judge import SceneJudge, scene_accuracy, scene_judge_config
 from .train import TrainConfig, TrainResult, save_checkpoint, train_diffusion
 
-CONCEPT = "orange"  # a colour of data.NEW_COLOURS
-INIT_WORDS = tuple(COLOURS)  # the new row starts at the mean of the colour words
+CONCEPT = "diamond"  # a shape of data.NEW_SHAPES
+VAE_PROBES = ("diamond", "orange")  # what the frozen VAE can and cannot redraw
 CONCEPT_IMAGES = 48  # "a few dozen" pictures of the new concept
 PRESERVATION_IMAGES = 2000  # usual scenes mixed in (LoRA only)
 CONCEPT_SHARE = 0.5  # share of each LoRA batch drawn from the concept pictures
@@ -58,17 +69,43 @@ STRENGTHS = (0.0, 0.5, 1.0, 1.5)
 
 
 def concept_judge() -> SceneJudge:
-    """The open-set scene judge that also knows the new colours (ALL_COLOURS)."""
-    return SceneJudge(scene_judge_config(palette=dict(ALL_COLOURS)))
+    """The open-set scene judge that also knows the new shapes and colours
+    (ALL_SHAPES, ALL_COLOURS)."""
+    return SceneJudge(scene_judge_config(palette=dict(ALL_COLOURS), shapes=ALL_SHAPES))
+
+
+def init_words(word: str) -> tuple:
+    """The words a new word's row starts from: the shape words for a shape, the colour
+    words for a colour."""
+    return tuple(COLOURS) if word in NEW_COLOURS else SHAPES
 
 
 def teach_word(pipe, word: str = CONCEPT) -> TrainableWords:
     """Add `word` to the pipeline's tokenizer and text encoder (a new row at the mean
-    of the colour words); returns the table that holds the new row."""
+    of its kind's words, see init_words); returns the table that holds the new row."""
     pipe.tokenizer, table = add_words(
-        pipe.tokenizer, pipe.text_encoder.text, word, INIT_WORDS
+        pipe.tokenizer, pipe.text_encoder.text, word, init_words(word)
     )
     return table
+
+
+@torch.no_grad()
+def vae_reconstruction(pipe, n: int, seed: int, concepts=VAE_PROBES) -> dict:
+    """Can the frozen VAE redraw a new concept at all? Prompt accuracy (judge that
+    knows the new words) of n real concept scenes encoded and decoded, per concept,
+    and the mean colour error of the redrawn objects."""
+    out = {}
+    for k, concept in enumerate(concepts):
+        s = concept_scenes(n, seed + k, concept)
+        redrawn = pipe.decode(pipe.vae.encode_scaled(s.images.to(pipe.device)))
+        verdict = concept_judge()(redrawn)
+        row = scene_accuracy(verdict, s.objects, s.relation, s.position)
+        rgb = verdict.colour_rgb[:, 0]
+        palette = torch.tensor(list(ALL_COLOURS.values()), dtype=rgb.dtype)
+        asked = palette[s.objects[:, 0, 1]]
+        row["colour_error"] = (rgb - asked).norm(dim=1).nanmean().item()
+        out[concept] = row
+    return out
 
 
 @torch.no_grad()
@@ -178,7 +215,7 @@ def _settings(quick):
 
 
 def lora_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict:
-    """Teach the mini SD the word "orange" with LoRA; measure before, after and at
+    """Teach the mini SD the word "diamond" with LoRA; measure before, after and at
     several adapter strengths; ship the adapter (and the word's frozen row)."""
     from .recipes import SCENE_SIZE, hardware, loss_summary
 
@@ -203,7 +240,7 @@ def lora_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict
         "recipe": "scenes-lora",
         "kind": "lora",
         "word": CONCEPT,
-        "init_words": list(INIT_WORDS),
+        "init_words": list(init_words(CONCEPT)),
         "rank": LORA_RANK,
         "alpha": LORA_ALPHA,
         "targets": list(LORA_TARGETS),
@@ -222,6 +259,7 @@ def lora_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict
         "metrics": {
             "prompts": n,
             "num_steps": steps,
+            "vae_reconstruction": vae_reconstruction(pipe, n, seed + 7200),
             "before (new word, no adapter)": before,
             "after": after,
             "strength_sweep": sweep,
@@ -232,7 +270,7 @@ def lora_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict
 
 
 def inversion_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict:
-    """Teach the mini SD the word "orange" by textual inversion (one embedding row);
+    """Teach the mini SD the word "diamond" by textual inversion (one embedding row);
     measure before and after; ship the row."""
     from .recipes import SCENE_SIZE, hardware, loss_summary
 
@@ -248,7 +286,7 @@ def inversion_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") ->
         "recipe": "scenes-inversion",
         "kind": "textual inversion",
         "word": CONCEPT,
-        "init_words": list(INIT_WORDS),
+        "init_words": list(init_words(CONCEPT)),
         "train": asdict(cfg),
         "seed": seed,
         "quick": quick,

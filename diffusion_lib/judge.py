@@ -35,6 +35,8 @@ from .data import (
     _CENTRES,
     _EXTENTS,
     _RADII,
+    ALL_COLOURS,
+    ALL_SHAPES,
     ATTRIBUTES,
     BACKGROUND,
     COLOURS,
@@ -49,7 +51,9 @@ from .data import (
 NONE = -1  # "none of these": no value of the attribute fits the image
 # area of each shape drawn with "radius" r (see data._shape_mask): circle pi r^2,
 # square (1.7 r)^2, equilateral triangle of circumradius R = 1.15 r: 3 sqrt(3)/4 R^2
-_AREA_PER_R2 = {"circle": np.pi, "square": 1.7**2, "triangle": 1.299 * 1.15**2}
+# and diamond 2 (1.2 r)^2
+_AREA_PER_R2 = {"circle": np.pi, "square": 1.7**2, "triangle": 1.299 * 1.15**2,
+                "diamond": 2 * 1.2**2}  # fmt: skip
 
 
 @dataclass
@@ -59,6 +63,7 @@ class JudgeConfig:
 
     background: tuple = BACKGROUND
     palette: dict = field(default_factory=lambda: dict(COLOURS))
+    shapes: tuple = SHAPES  # the templates tried (data.ALL_SHAPES adds the new ones)
     foreground_threshold: float = 0.2  # RGB distance from background: "object"
     min_object_fraction: float = 0.01  # smaller connected regions are specks
     background_tolerance: float = 0.05  # RMS RGB distance of background pixels
@@ -211,8 +216,9 @@ class Judge:
         area = alpha.sum() / h**2
         grid = (np.arange(h) + 0.5) / h
         cy, cx = (alpha.sum(1) @ grid, alpha.sum(0) @ grid) / max(alpha.sum(), 1e-12)
-        r_max = np.sqrt(area / min(_AREA_PER_R2.values())) * 1.06
-        reach = 1.4 * r_max * max(_EXTENTS.values()) + 2 / h  # template + margin
+        shapes = self.config.shapes
+        r_max = np.sqrt(area / min(_AREA_PER_R2[k] for k in shapes)) * 1.06
+        reach = 1.4 * r_max * max(_EXTENTS[k] for k in shapes) + 2 / h  # + margin
         (r0, r1), (c0, c1) = (
             (max(0, int((v - reach) * h)), min(h, int(np.ceil((v + reach) * h))))
             for v in (cy, cx)
@@ -223,7 +229,7 @@ class Judge:
         ys = ((np.arange(r0 * s, r1 * s) + 0.5) / (h * s))[:, None]
         xs = ((np.arange(c0 * s, c1 * s) + 0.5) / (h * s))[None, :]
         best = (NONE, 0.0, 0.0)
-        for index, name in enumerate(ATTRIBUTES["shape"]):
+        for index, name in enumerate(self.config.shapes):
             r_fit = np.sqrt(area / _AREA_PER_R2[name])
             for r in r_fit * np.array([0.94, 1.0, 1.06]):
                 for dy, dx in np.ndindex(3, 3):
@@ -556,7 +562,7 @@ def describe_scene(verdict: SceneVerdict, i: int) -> str:
     blue square"; "?" where no value fits), or why it is not valid."""
     if verdict.reasons[i]:
         return f"not valid: {verdict.reasons[i]}"
-    names = (SIZES, tuple(COLOURS), SHAPES)
+    names = (SIZES, tuple(ALL_COLOURS), ALL_SHAPES)  # a judge may know new ones
 
     def words(row):
         shape, colour, size = row

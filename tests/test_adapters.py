@@ -185,18 +185,21 @@ def test_textual_inversion_trains_only_the_new_row(tiny_sd_dir):
     )
 
 
-def test_concept_scenes_are_orange_and_only_the_extended_judge_names_them():
-    s = data.concept_scenes(12, seed=3)
-    assert (s.objects[:, 0, 1] == list(data.ALL_COLOURS).index("orange")).all()
-    assert all("orange" in c and "a orange" not in c for c in s.captions)
-    labels = (s.objects, s.relation, s.position)
-    assert scene_accuracy(finetune.concept_judge()(s.images), *labels)["joint"] == 1.0
-    assert scene_accuracy(SceneJudge()(s.images), *labels)["colour"] == 0.0
-    usual = data.make_scenes(12, seed=3)  # the usual scenes are untouched
+def test_concept_scenes_and_only_the_extended_judge_names_them():
+    for concept, (i, k) in {"diamond": (0, 3), "orange": (1, 6)}.items():
+        s = data.concept_scenes(12, seed=3, concept=concept)
+        assert (s.objects[:, 0, i] == k).all(), concept
+        assert all(concept in c and "a orange" not in c for c in s.captions)
+        labels = (s.objects, s.relation, s.position)
+        judged = scene_accuracy(finetune.concept_judge()(s.images), *labels)
+        assert judged["joint"] == 1.0, concept
+        usual = scene_accuracy(SceneJudge()(s.images), *labels)
+        assert usual[["shape", "colour"][i]] == 0.0, concept
+    usual = data.make_scenes(40, seed=3)  # the usual scenes: no diamond, no orange
     assert scene_accuracy(finetune.concept_judge()(usual.images), usual.objects,
                           usual.relation, usual.position)["joint"] == 1.0  # fmt: skip
-    with pytest.raises(ValueError, match="new colour"):
-        data.concept_scenes(4, colour="red")
+    with pytest.raises(ValueError, match="new concept"):
+        data.concept_scenes(4, concept="red")
 
 
 def test_quick_adapter_recipes_load_into_a_pipeline(tiny_part4_dir):
@@ -210,11 +213,11 @@ def test_quick_adapter_recipes_load_into_a_pipeline(tiny_part4_dir):
     assert set(lora["metrics"]["strength_sweep"]) == {"0", "0.5", "1", "1.5"}
     pipe = MiniStableDiffusion.from_pretrained(directory=d)
     finetune.load_lora_weights(pipe, directory=d)
-    assert pipe(["an orange circle"], num_steps=2).shape == (1, 3, 64, 64)
+    assert pipe(["a red diamond"], num_steps=2).shape == (1, 3, 64, 64)
     assert count_trainable(pipe.unet)[0] == lora["trainable_parameters"]
     pipe = MiniStableDiffusion.from_pretrained(directory=d)
     finetune.load_textual_inversion(pipe, directory=d)
-    assert pipe(["an orange circle"], num_steps=2).shape == (1, 3, 64, 64)
+    assert pipe(["a red diamond"], num_steps=2).shape == (1, 3, 64, 64)
     assert inversion["trainable_parameters"] == pipe.text_encoder.config.text_width
     with pytest.raises(ValueError, match="not a LoRA"):
         finetune.load_lora_weights(pipe, "scenes-inversion", d)

@@ -143,8 +143,8 @@ def test_part_four_options(tiny_part4_dir, tmp_path):
     m.save(mask)
     common = ["--checkpoints", str(tiny_part4_dir), "--steps", "2", "--num-images", "2"]
     runs = {
-        "lora": ["an orange circle", "--lora", "--lora-scale", "0.5"],
-        "embedding": ["an orange circle", "--embedding"],
+        "lora": ["a red diamond", "--lora", "--lora-scale", "0.5"],
+        "embedding": ["a red diamond", "--embedding"],
         "img2img": [PROMPT, "--init-image", str(source), "--strength", "0.5"],
         "inpaint": [PROMPT, "--init-image", str(source), "--mask", str(mask)],
         "repaint": [PROMPT, "--init-image", str(source), "--mask", str(mask),
@@ -164,7 +164,7 @@ def test_part_four_options(tiny_part4_dir, tmp_path):
         ([PROMPT, "--model", "dalle2", "--lora"], "work with --model sd only"),
         ([PROMPT, "--init-image", "a.png", "--strength", "1.5"], "must be in (0, 1]"),
         ([PROMPT, "--init-image", "a.png", "--control", "c.png"], "cannot be combined"),
-        (["an orange circle"], "unknown word 'orange'"),
+        (["a red diamond"], "unknown word 'diamond'"),
     ],
 )
 def test_part_four_misuse_is_explained(tiny_part4_dir, args, message, capsys):
