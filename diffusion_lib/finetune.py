@@ -60,9 +60,9 @@ PRESERVATION_IMAGES = 2000  # usual scenes mixed in (LoRA only)
 CONCEPT_SHARE = 0.5  # share of each LoRA batch drawn from the concept pictures
 LORA_RANK, LORA_ALPHA = 4, 4.0
 LORA_TRAIN = TrainConfig(
-    steps=800, batch_size=32, lr=1e-3, warmup=50, ema_decay=0.99, p_uncond=0.1
+    steps=2500, batch_size=32, lr=3e-3, warmup=100, ema_decay=0.99, p_uncond=0.1
 )
-INVERSION_TRAIN = TrainConfig(steps=800, batch_size=32, lr=1e-2, warmup=50)
+INVERSION_TRAIN = TrainConfig(steps=1500, batch_size=32, lr=1e-2, warmup=50)
 CONCEPT_SEED = 1100  # concept pictures for training; measurement uses other seeds
 OLD_GROUPS = {"one object, seen": 0.0, "two objects, seen": 1.0}
 STRENGTHS = (0.0, 0.5, 1.0, 1.5)
@@ -176,9 +176,17 @@ def train_textual_inversion(
 
 
 def concept_prompts(n: int, seed: int, word: str = CONCEPT):
-    """n fresh concept captions with their labels (objects, relation, position)."""
+    """n fresh concept prompts that name every attribute (as recipes.scene_prompts
+    does: a caption that leaves out the size cannot be judged on it), with their
+    labels (objects, relation, position)."""
+    import re
+
+    from .data import scene_caption
+
     s = concept_scenes(n, seed, word)
-    return s.captions, (s.objects, s.relation, s.position)
+    labels = (s.objects, s.relation, s.position)
+    captions = [scene_caption(*row, template=i) for i, row in enumerate(zip(*labels))]
+    return [re.sub(r"\ba (?=[aeiou])", "an ", c) for c in captions], labels
 
 
 def measure_concept(pipe, n: int, seed: int, num_steps: int) -> dict:
