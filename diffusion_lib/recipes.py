@@ -1346,7 +1346,7 @@ def main(argv=None):
         ablation(quick=args.quick, seed=args.seed, steps=args.steps)
         return
     staged = ("shapes-ddpm", "scenes-ldm", "scenes-prior", "scenes-upsampler",
-              "scenes-decoder")  # fmt: skip
+              "scenes-decoder", "scenes-inpaint")  # fmt: skip
     kwargs = {"stage": args.stage} if args.name in staged else {}
     if args.name in ("scenes-ldm", "scenes-decoder"):
         kwargs["device"] = args.device

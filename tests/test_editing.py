@@ -142,6 +142,29 @@ def test_quick_inpaint_recipe_measures_every_method(tiny_part4_dir):
         f"RePaint (U = {finetune.REPAINT_RESAMPLE})",
         "RePaint without resampling (U = 1)",
     }
-    assert set(info["metrics"]["img2img_sweep"]) == {"0.2", "0.4", "0.6", "0.8", "1"}
+    assert set(info["metrics"]["img2img_sweep"]) == {
+        "0.1",
+        "0.2",
+        "0.4",
+        "0.6",
+        "0.8",
+        "1",
+    }
     model, manifest = finetune.load_inpainting(tiny_part4_dir)
     assert model.unet.config.in_channels == 9 and manifest["sha256"] == info["sha256"]
+
+
+def test_inpaint_measure_stage_rewrites_only_the_metrics(tmp_path, tiny_part4_dir):
+    import shutil
+
+    from diffusion_lib import pretrained
+
+    for f in tiny_part4_dir.iterdir():
+        shutil.copy(f, tmp_path)
+    before = pretrained.manifest("scenes-inpaint", tmp_path)
+    after = finetune.inpaint_recipe(tmp_path, quick=True, stage="measure")
+    assert (
+        after["sha256"] == before["sha256"]
+        and "centre moved (pixels)" in (after["metrics"]["img2img_sweep"]["0.4"])
+    )
+    finetune.load_inpainting(tmp_path)  # the weights still match their hash
