@@ -249,7 +249,6 @@ from . import (  # noqa: E402,F401
     ch08,
     ch09,
     ch10,
-    ch11,
     ch12,
 )
-# ch13 (ControlNet) registers when its chapter and checkpoint land
+# ch11 (LoRA, textual inversion) and ch13 (ControlNet) register when their chapters land
