@@ -38,8 +38,8 @@ test-notebooks: $(STAMP)
 ## ~75 min for scenes-vae (6000 steps + the KL trade-off sweep), ~25 min for scenes-clip, ~80 min for
 ## scenes-ldm (10000 steps of batch 128) plus ~5 min measuring it, ~9 min for scenes-prior (+ ~8 min
 ## measuring), ~18 min for scenes-upsampler (+ ~4), ~49 min for scenes-decoder plus ~25 min measuring the
-## whole mini DALL-E 2; for Part IV scenes-lora and scenes-inversion (recipes ready, not yet run to ship),
-## ~60 min for scenes-inpaint (3000 steps, part of it beside other jobs) plus ~10 min measuring,
+## whole mini DALL-E 2; for Part IV ~10 min for scenes-lora (2500 steps in ~5 min, then ~5 min measuring),
+## ~5 min for scenes-inversion (1500 steps in ~3 min), ~60 min for scenes-inpaint (3000 steps, part of it beside other jobs) plus ~10 min measuring,
 ## and scenes-controlnet, whose recipe is ready but not yet run to ship)
 checkpoints: $(STAMP)
 	$(PY) -m diffusion_lib.recipes shapes-evaluator

@@ -57,7 +57,7 @@ CONCEPT = "diamond"  # a shape of data.NEW_SHAPES
 VAE_PROBES = ("diamond", "orange")  # what the frozen VAE can and cannot redraw
 CONCEPT_IMAGES = 48  # "a few dozen" pictures of the new concept
 PRESERVATION_IMAGES = 2000  # usual scenes mixed in (LoRA only)
-CONCEPT_SHARE = 0.5  # share of each LoRA batch drawn from the concept pictures
+CONCEPT_SHARE = 0.3  # share of each LoRA batch drawn from the concept pictures
 LORA_RANK, LORA_ALPHA = 4, 4.0
 LORA_TRAIN = TrainConfig(
     steps=2500, batch_size=32, lr=3e-3, warmup=100, ema_decay=0.99, p_uncond=0.1
@@ -190,7 +190,7 @@ def concept_prompts(n: int, seed: int, word: str = CONCEPT):
 
 
 def measure_concept(pipe, n: int, seed: int, num_steps: int) -> dict:
-    """Prompt accuracy on n fresh concept prompts (judge with the new colour) and on n
+    """Prompt accuracy on n fresh concept prompts (judged with the new shape) and on n
     seen prompts of each OLD_GROUPS group (the usual judge)."""
     captions, labels = concept_prompts(n, seed + 7000)
     fake = pipe(captions, num_steps=num_steps, seed=seed)

@@ -14,6 +14,26 @@ def gen():
     return torch.Generator().manual_seed(0)
 
 
+def make_tiny_text_unet(context_dim: int = 8, seed: int = 0):
+    """A tiny text-conditioned UNet on 4-channel latents (two levels, attention at the
+    second), its output layer randomised so outputs depend on the inputs."""
+    from diffusion_lib.unet import UNet, UNetConfig
+
+    torch.manual_seed(seed)
+    unet = UNet(UNetConfig(in_channels=4, out_channels=4, base_channels=8,
+                           channel_mults=(1, 2), attention_levels=(1,), heads=2,
+                           groups=4, context_dim=context_dim))  # fmt: skip
+    for p in unet.conv_out.parameters():  # not the zero init
+        torch.nn.init.normal_(p, std=0.1)
+    return unet
+
+
+@pytest.fixture
+def tiny_text_unet():
+    """Factory for fresh tiny text-conditioned UNets (see make_tiny_text_unet)."""
+    return make_tiny_text_unet
+
+
 def write_tiny_sd(directory, seed: int = 0) -> None:
     """Tiny untrained scenes-vae / scenes-clip / scenes-ldm checkpoints (with the
     manifests the loaders read) in `directory`: the mini Stable Diffusion's plumbing,

@@ -15,16 +15,6 @@ from diffusion_lib.controlnet import (
     zero_conv,
 )
 from diffusion_lib.train import TrainConfig
-from diffusion_lib.unet import UNet, UNetConfig
-
-
-def _unet():
-    torch.manual_seed(0)
-    unet = UNet(UNetConfig(in_channels=4, out_channels=4, base_channels=8,
-                           channel_mults=(1, 2), attention_levels=(1,), heads=2,
-                           groups=4, context_dim=8))  # fmt: skip
-    torch.nn.init.normal_(unet.conv_out.weight, std=0.1)
-    return unet.eval()
 
 
 def _inputs(b=2):
@@ -34,8 +24,8 @@ def _inputs(b=2):
     return x, torch.tensor([10, 700])[:b], ctx, control
 
 
-def test_a_new_controlnet_adds_exactly_nothing():
-    unet = _unet()
+def test_a_new_controlnet_adds_exactly_nothing(tiny_text_unet):
+    unet = tiny_text_unet().eval()
     x, t, ctx, control = _inputs()
     net = ControlNet(unet)
     model = ControlledUNet(unet, net)
@@ -56,8 +46,8 @@ def test_a_new_controlnet_adds_exactly_nothing():
     )
 
 
-def test_shapes_are_checked():
-    unet = _unet()
+def test_shapes_are_checked(tiny_text_unet):
+    unet = tiny_text_unet().eval()
     x, t, ctx, control = _inputs()
     with pytest.raises(ValueError, match="control must be"):
         ControlNet(unet)(x, t, control[..., :32, :32], ctx)
@@ -66,8 +56,8 @@ def test_shapes_are_checked():
     assert zero_conv(3, 5).weight.abs().sum() == 0
 
 
-def test_training_moves_only_the_controlnet():
-    unet = _unet()
+def test_training_moves_only_the_controlnet(tiny_text_unet):
+    unet = tiny_text_unet().eval()
     before = {k: v.clone() for k, v in unet.state_dict().items()}
     x, _, ctx, control = _inputs(2)
     latents, context = x.repeat(4, 1, 1, 1), ctx.repeat(4, 1, 1)

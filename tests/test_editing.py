@@ -7,7 +7,6 @@ import torch
 from diffusion_lib import data, editing, finetune
 from diffusion_lib.data import scene_held_out
 from diffusion_lib.judge import SceneJudge
-from diffusion_lib.unet import UNet, UNetConfig
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +92,8 @@ def test_training_masks_mix_objects_rectangles_and_whole_images():
     assert ((masks == 0) | (masks == 1)).all() and (masks.flatten(1).sum(1) > 0).all()
 
 
-def test_inpainting_unet_starts_as_the_text_to_image_unet():
-    torch.manual_seed(0)
-    unet = UNet(UNetConfig(in_channels=4, out_channels=4, base_channels=8,
-                           channel_mults=(1, 2), attention_levels=(1,), heads=2,
-                           groups=4, context_dim=8))  # fmt: skip
-    torch.nn.init.normal_(unet.conv_out.weight, std=0.1)
+def test_inpainting_unet_starts_as_the_text_to_image_unet(tiny_text_unet):
+    unet = tiny_text_unet()
     model = editing.InpaintingUNet.from_text_to_image(unet)
     assert model.unet.config.in_channels == 9
     x, t, ctx = torch.randn(2, 4, 8, 8), torch.tensor([5, 900]), torch.randn(2, 3, 8)

@@ -21,6 +21,7 @@ def test_every_chapter_has_at_least_three_exercises():
         "ch08",
         "ch09",
         "ch10",
+        "ch11",
         "ch12",
     ):
         assert sum(name.startswith(ch + ".") for name in REGISTRY) >= 3, ch

@@ -1,12 +1,61 @@
-"""The shipped Part IV checkpoints (chapter 12 so far): their gates, read from the
+"""The shipped Part IV checkpoints (chapters 11 and 12): their gates, read from the
 manifests the recipes wrote, and fresh checks on the shipped weights."""
 
-import pytest
+import copy
 
-from diffusion_lib import editing, finetune, pretrained
+import pytest
+import torch
+
+from diffusion_lib import adapters, editing, finetune, pretrained
 from diffusion_lib.pipelines import MiniStableDiffusion
 
+LORA_CONCEPT_GATE, MAX_DROP, MAX_TRAINABLE = 0.80, 0.03, 0.02
 INSIDE_GATE, PSNR_GATE = 0.85, 30.0
+
+
+def test_lora_gates():
+    info = pretrained.manifest("scenes-lora")
+    assert info["word"] == finetune.CONCEPT and not info["quick"]
+    m = info["metrics"]
+    assert info["trainable_parameters"] / info["unet_parameters"] < MAX_TRAINABLE
+    assert m["after"]["concept"]["joint"] >= LORA_CONCEPT_GATE, m["after"]["concept"]
+    for group in finetune.OLD_GROUPS:
+        drop = (
+            m["before (new word, no adapter)"][group]["joint"]
+            - m["after"][group]["joint"]
+        )
+        assert drop <= MAX_DROP, (group, drop)
+    # the VAE probe that decided the concept: diamonds survive it, orange does not
+    probe = m["vae_reconstruction"]
+    assert probe["diamond"]["joint"] >= 0.95 > 0.5 > probe["orange"]["joint"]
+
+
+def test_inversion_leaves_old_prompts_exactly_and_is_measured():
+    info = pretrained.manifest("scenes-inversion")
+    assert info["word"] == finetune.CONCEPT and not info["quick"]
+    m = info["metrics"]
+    for group in finetune.OLD_GROUPS:
+        assert m["after"][group]["joint"] == m["before"][group]["joint"]
+    width = pretrained.manifest("scenes-clip")["config"]["text_width"]
+    assert info["trainable_parameters"] == width  # one row of the embedding table
+
+
+def test_shipped_lora_agrees_with_peft_on_the_same_weights():
+    pipe = MiniStableDiffusion.from_pretrained()
+    base = copy.deepcopy(pipe.unet)
+    finetune.load_lora_weights(pipe)
+    info = pretrained.manifest("scenes-lora")
+    theirs = adapters.peft_lora(base, info["rank"], info["alpha"], info["targets"],
+                                state=adapters.lora_state_dict(pipe.unet))  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, *pipe.latent_shape, generator=g)
+    t = torch.tensor([10, 300, 600, 900])
+    ctx = pipe.encode_prompts(["a red diamond", "a blue circle", "a green diamond", ""])
+    with torch.no_grad():
+        ours, peft_out = pipe.unet(z, t, context=ctx), theirs(z, t, context=ctx)
+        plain = base(z, t, context=ctx)
+    assert (ours - peft_out).abs().max() <= 1e-5
+    assert (ours - plain).abs().max() > 1e-3  # the adapter does something
 
 
 def test_inpainting_gates():
@@ -29,3 +78,17 @@ def test_shipped_inpainting_on_fresh_edits(n):
     # the same edits judged against the *unedited* labels fail inside the mask
     wrong = finetune.measure_edits(fake, task[0], task[1], task[0].objects, task[3])
     assert wrong["inside"] <= 0.2, wrong
+
+
+def test_shipped_lora_draws_diamonds_on_fresh_prompts():
+    from diffusion_lib.metrics import scene_accuracy
+
+    pipe = MiniStableDiffusion.from_pretrained()
+    finetune.load_lora_weights(pipe)
+    captions, labels = finetune.concept_prompts(24, seed=4242)
+    judge = finetune.concept_judge()
+    with_adapter = scene_accuracy(judge(pipe(captions, num_steps=25, seed=1)), *labels)
+    adapters.set_lora_scale(pipe.unet, 0.0)  # strength 0: the mini SD alone
+    without = scene_accuracy(judge(pipe(captions, num_steps=25, seed=1)), *labels)
+    assert with_adapter["joint"] >= 0.7, with_adapter
+    assert without["shape"] <= 0.1, without  # the base model draws no diamonds

@@ -249,6 +249,7 @@ from . import (  # noqa: E402,F401
     ch08,
     ch09,
     ch10,
+    ch11,
     ch12,
 )
-# ch11 (LoRA, textual inversion) and ch13 (ControlNet) register when their chapters land
+# ch13 (ControlNet) registers when its chapter lands
