@@ -175,18 +175,24 @@ def train_textual_inversion(
     return result
 
 
-def concept_prompts(n: int, seed: int, word: str = CONCEPT):
-    """n fresh concept prompts that name every attribute (as recipes.scene_prompts
-    does: a caption that leaves out the size cannot be judged on it), with their
-    labels (objects, relation, position)."""
+def full_captions(scenes) -> list[str]:
+    """Captions of `scenes` that name every attribute (the grammar's phrasings in
+    turn, as recipes.scene_prompts): a caption that leaves out a size or a place
+    cannot be judged on it. make_scenes' own captions sometimes leave them out."""
     import re
 
     from .data import scene_caption
 
+    rows = zip(scenes.objects, scenes.relation, scenes.position)
+    captions = [scene_caption(*row, template=i) for i, row in enumerate(rows)]
+    return [re.sub(r"\ba (?=[aeiou])", "an ", c) for c in captions]
+
+
+def concept_prompts(n: int, seed: int, word: str = CONCEPT):
+    """n fresh concept prompts that name every attribute (full_captions), with their
+    labels (objects, relation, position)."""
     s = concept_scenes(n, seed, word)
-    labels = (s.objects, s.relation, s.position)
-    captions = [scene_caption(*row, template=i) for i, row in enumerate(zip(*labels))]
-    return [re.sub(r"\ba (?=[aeiou])", "an ", c) for c in captions], labels
+    return full_captions(s), (s.objects, s.relation, s.position)
 
 
 def measure_concept(pipe, n: int, seed: int, num_steps: int) -> dict:
@@ -555,7 +561,9 @@ CONTROL_WATCH = 250  # measure the IoU of a fixed batch every this many steps
 def measure_control(pipe, n: int, seed: int, steps: int, scale: float = 1.0) -> dict:
     """On n fresh seen scenes (half two objects): mask IoU with the control and prompt
     accuracy, with the control (and the caption), with the control and no caption,
-    and without control (the mini SD alone)."""
+    and without control (the mini SD alone). The captions name every attribute
+    (full_captions), so that the mini SD alone is not judged on a size or a place
+    its caption never asked for."""
     from .controlnet import layout_masks, mask_iou
     from .data import BACKGROUND
 
@@ -564,9 +572,9 @@ def measure_control(pipe, n: int, seed: int, steps: int, scale: float = 1.0) -> 
     labels = (scenes.objects, scenes.relation, scenes.position)
     rows = {}
     for name, prompts, ctl in (
-        ("control + caption", scenes.captions, control),
+        ("control + caption", full_captions(scenes), control),
         ("control, empty caption", [""] * n, control),
-        ("caption only (no ControlNet)", scenes.captions, None),
+        ("caption only (no ControlNet)", full_captions(scenes), None),
     ):
         fake = pipe(
             prompts, num_steps=steps, seed=seed, control=ctl, control_scale=scale
@@ -580,7 +588,10 @@ def measure_control(pipe, n: int, seed: int, steps: int, scale: float = 1.0) -> 
 
 def controlnet_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict:
     """Train a ControlNet (layout masks) for the frozen mini SD; watch the IoU during
-    training (the paper's "sudden convergence"); measure with and without control."""
+    training (the paper's "sudden convergence"); measure with and without control
+    (stage "measure": only re-measure the saved ControlNet)."""
+    if stage == "measure":
+        return measure_controlnet(out_dir, quick, seed, device)
     from .controlnet import (
         CONTROL_TRAIN,
         controlnet_parameters,
@@ -591,7 +602,7 @@ def controlnet_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -
     from .data import BACKGROUND
     from .recipes import SCENE_SIZE, encode_scenes, hardware, loss_summary
 
-    n_images, n, steps = (CONTROL_IMAGES, 100, 50) if not quick else (64, 4, 2)
+    n_images, n, steps = _control_sizes(quick)
     patch = {"steps": 4, "warmup": 1, "batch_size": 8} if quick else {}
     cfg = TrainConfig(**{**asdict(CONTROL_TRAIN), **patch, "seed": seed})
     pipe = _base_pipe(out_dir)
@@ -636,14 +647,32 @@ def controlnet_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -
         **loss_summary(result.losses),
         "iou_curve": curve,
         "iou_curve_steps": steps if quick else 20,
-        "metrics": {
-            "prompts": n,
-            "num_steps": steps,
-            "control": measure_control(pipe, n, seed + 8900, steps),
-        },  # fmt: skip
+        "metrics": _control_metrics(pipe, n, seed, steps),
     }
     path = pretrained.checkpoint_path("scenes-controlnet", out_dir)
     return save_checkpoint(path, net, info)
+
+
+def _control_sizes(quick):
+    """(training images, measured scenes, DDIM steps)."""
+    return (CONTROL_IMAGES, 100, 50) if not quick else (64, 4, 2)
+
+
+def _control_metrics(pipe, n, seed, steps) -> dict:
+    return {"prompts": n, "num_steps": steps,
+            "control": measure_control(pipe, n, seed + 8900, steps)}  # fmt: skip
+
+
+def measure_controlnet(out_dir=None, quick=False, seed=0, device="cpu") -> dict:
+    """Re-measure the saved scenes-controlnet and rewrite its manifest's metrics."""
+    from .train import write_manifest
+
+    pipe = _base_pipe(out_dir)
+    info = load_controlnet(pipe, directory=out_dir)
+    _, n, steps = _control_sizes(quick)
+    info["metrics"] = _control_metrics(pipe, n, seed, steps)
+    write_manifest(pretrained.checkpoint_path("scenes-controlnet", out_dir), info)
+    return info
 
 
 def load_controlnet(pipe, name: str = "scenes-controlnet", directory=None) -> dict:

@@ -1333,7 +1333,8 @@ def main(argv=None):
         "--stage",
         choices=STAGES,
         default="all",
-        help="shapes-ddpm, scenes-ldm: train, measure (the saved checkpoint), or all",
+        help="train, measure (the saved checkpoint), or all; for the recipes with a "
+        "measure stage",
     )
     parser.add_argument(
         "--device",
@@ -1346,7 +1347,10 @@ def main(argv=None):
         ablation(quick=args.quick, seed=args.seed, steps=args.steps)
         return
     staged = ("shapes-ddpm", "scenes-ldm", "scenes-prior", "scenes-upsampler",
-              "scenes-decoder", "scenes-inpaint")  # fmt: skip
+              "scenes-decoder", "scenes-inpaint", "scenes-controlnet")  # fmt: skip
+    if args.stage != "all" and args.name not in staged:
+        parser.error(f"--stage is supported for {', '.join(staged)} only, not "
+                     f"{args.name} (it would train from scratch)")  # fmt: skip
     kwargs = {"stage": args.stage} if args.name in staged else {}
     if args.name in ("scenes-ldm", "scenes-decoder"):
         kwargs["device"] = args.device

@@ -108,3 +108,26 @@ def test_quick_controlnet_recipe_and_loader(tiny_part4_dir):
     finetune.load_controlnet(pipe, directory=tiny_part4_dir)
     out = pipe(["a red circle"], num_steps=2, control=torch.zeros(1, 1, 64, 64))
     assert out.shape == (1, 3, 64, 64)
+
+
+def test_measured_captions_name_every_attribute_they_are_judged_on():
+    """make_scenes sometimes leaves a size or a place out of a caption; the prompts of
+    measure_control and concept_prompts name all of them (parsed back exactly)."""
+    scenes = data.make_scenes(200, seed=5, split="train", two_object_fraction=0.5)
+    parsed = [data.parse_scene_caption(c) for c in scenes.captions]
+    omitted = sum(not torch.equal(p["objects"], o) for p, o in
+                  zip(parsed, scenes.objects))  # fmt: skip
+    assert omitted > 0  # the reason for full_captions
+    for caption, objects, position in zip(finetune.full_captions(scenes),
+                                          scenes.objects, scenes.position):  # fmt: skip
+        p = data.parse_scene_caption(caption)
+        assert torch.equal(p["objects"], objects), caption
+        assert int(p["position"]) == int(position), caption
+    captions, labels = finetune.concept_prompts(20, seed=3)
+    for caption, (shape, colour, size) in zip(captions, labels[0][:, 0].tolist()):
+        words = (
+            data.SIZES[size],
+            tuple(data.ALL_COLOURS)[colour],
+            data.ALL_SHAPES[shape],
+        )
+        assert set(words) <= set(caption.replace(",", "").split()), caption

@@ -23,6 +23,7 @@ def test_every_chapter_has_at_least_three_exercises():
         "ch10",
         "ch11",
         "ch12",
+        "ch13",
     ):
         assert sum(name.startswith(ch + ".") for name in REGISTRY) >= 3, ch
 

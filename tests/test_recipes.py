@@ -77,3 +77,13 @@ def test_device_option_is_checked_and_named_in_the_manifest(capsys):
         main(["scenes-vae", "--device", "cuda"])
     assert "--device is supported for scenes-ldm only" in capsys.readouterr().err
     assert hardware("cpu").startswith("CPU (")  # not the GPU's name, even if one exists
+
+
+def test_a_stage_for_a_recipe_without_stages_is_refused(capsys):
+    """--stage measure on a recipe without a measure stage used to be ignored: it
+    retrained from scratch and would have overwritten the shipped checkpoint."""
+    from diffusion_lib.recipes import main
+
+    with pytest.raises(SystemExit):
+        main(["scenes-lora", "--stage", "measure"])
+    assert "--stage is supported for" in capsys.readouterr().err

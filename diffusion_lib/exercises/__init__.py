@@ -251,5 +251,5 @@ from . import (  # noqa: E402,F401
     ch10,
     ch11,
     ch12,
+    ch13,
 )
-# ch13 (ControlNet) registers when its chapter lands
