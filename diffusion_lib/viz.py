@@ -132,15 +132,19 @@ def show_trajectory(
 
 
 def slider(fn, values, description: str = "t"):
-    """An ipywidgets slider over `values` calling fn(value) (live notebooks; the book
-    shows static figures)."""
+    """Display an ipywidgets slider over `values` that calls fn(value) (named
+    `description`, fn's argument) at once and whenever it moves; returns the
+    `interactive` widget (its .children[0] is the slider: set .value to move it, as
+    the tests do without a browser). Live notebooks only: the callback's figures live
+    inside the widget, so a chapter keeps a static figure of the same pictures beside
+    it for the rendered book."""
     import ipywidgets as widgets
+    from IPython.display import display
 
-    return widgets.interact(
-        fn,
-        **{
-            description: widgets.SelectionSlider(
-                options=list(values), description=description
-            )
-        },
-    )
+    values = list(values)
+    if not values:
+        raise ValueError("slider needs at least one value")
+    control = widgets.SelectionSlider(options=values, description=description)
+    widget = widgets.interactive(fn, **{description: control})
+    display(widget)
+    return widget

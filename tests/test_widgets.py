@@ -1,0 +1,35 @@
+"""The chapters' sliders (viz.slider), driven without a browser: the callback runs at
+once and again whenever the slider moves."""
+
+import nbformat
+import pytest
+
+from diffusion_lib import classroom, viz
+
+
+def test_slider_calls_back_at_once_and_when_moved():
+    seen = []
+    widget = viz.slider(lambda t: seen.append(t), [0, 250, 999], "t")
+    assert seen == [0]  # the first value's figure, drawn at once
+    widget.children[0].value = 999
+    widget.children[0].value = 250
+    assert seen == [0, 999, 250]
+    assert widget.children[0].options == (0, 250, 999)
+    with pytest.raises(ValueError, match="at least one value"):
+        viz.slider(lambda t: seen.append(t), [], "t")
+
+
+def test_slider_passes_the_value_by_the_callbacks_argument_name():
+    drawn = {}
+    widget = viz.slider(lambda w: drawn.update(w=w), [1.0, 3.0, 7.5], "w")
+    widget.children[0].value = 7.5
+    assert drawn == {"w": 7.5}
+
+
+def test_at_least_four_chapters_have_a_slider():
+    """Found from the TOC's notebooks, not a list; each slider draws its first figure
+    at once, so nbval runs every chapter's callback."""
+    with_slider = [p.stem for p in classroom.course_notebooks()
+                   if any("viz.slider(" in c.source for c in nbformat.read(p, 4).cells
+                          if c.cell_type == "code")]  # fmt: skip
+    assert len(with_slider) >= 4, with_slider
