@@ -277,6 +277,21 @@ def scene_caption(
     return rule.format(a=a, b=b, relation=RELATIONS[r], its=_ITS[r])
 
 
+def full_captions(objects, relation, position) -> list[str]:
+    """One caption per scene (labels as in `ScenesData`) that names every attribute,
+    the grammar's phrasings in turn: what a measurement may judge a model on (a caption
+    that leaves out a size or a place cannot be judged on it; make_scenes' own
+    captions sometimes do). "an" before a vowel ("an orange circle")."""
+    rows = zip(objects, relation, position)
+    captions = [scene_caption(*row, template=i) for i, row in enumerate(rows)]
+    return with_articles(captions)
+
+
+def with_articles(captions: list[str]) -> list[str]:
+    """ "a orange circle" -> "an orange circle" (the new colour starts with a vowel)."""
+    return [re.sub(r"\ba (?=[aeiou])", "an ", c) for c in captions]
+
+
 _FILLER = {"a", "an", "is", "there"}
 _OBJECT_WORDS = set(SHAPES) | set(COLOURS) | set(SIZES)
 _SCENE_WORDS = _OBJECT_WORDS | _FILLER | {"in", "with", "its", "it"}
@@ -634,8 +649,7 @@ def concept_scenes(
     else:
         objects[:, 0, 1] = tuple(ALL_COLOURS).index(concept)
     scenes = _scenes_of(objects, relation, position, image_size, seed)
-    # "a orange circle" -> "an orange circle"
-    scenes.captions = [re.sub(r"\ba (?=[aeiou])", "an ", c) for c in scenes.captions]
+    scenes.captions = with_articles(scenes.captions)
     return scenes
 
 

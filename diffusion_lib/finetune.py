@@ -47,6 +47,7 @@ from .data import (
     NEW_COLOURS,
     SHAPES,
     concept_scenes,
+    full_captions,
     make_scenes,
 )
 from .forward import diffusion_loss
@@ -175,24 +176,12 @@ def train_textual_inversion(
     return result
 
 
-def full_captions(scenes) -> list[str]:
-    """Captions of `scenes` that name every attribute (the grammar's phrasings in
-    turn, as recipes.scene_prompts): a caption that leaves out a size or a place
-    cannot be judged on it. make_scenes' own captions sometimes leave them out."""
-    import re
-
-    from .data import scene_caption
-
-    rows = zip(scenes.objects, scenes.relation, scenes.position)
-    captions = [scene_caption(*row, template=i) for i, row in enumerate(rows)]
-    return [re.sub(r"\ba (?=[aeiou])", "an ", c) for c in captions]
-
-
 def concept_prompts(n: int, seed: int, word: str = CONCEPT):
-    """n fresh concept prompts that name every attribute (full_captions), with their
-    labels (objects, relation, position)."""
+    """n fresh concept prompts that name every attribute (data.full_captions), with
+    their labels (objects, relation, position)."""
     s = concept_scenes(n, seed, word)
-    return full_captions(s), (s.objects, s.relation, s.position)
+    labels = (s.objects, s.relation, s.position)
+    return full_captions(*labels), labels
 
 
 def measure_concept(pipe, n: int, seed: int, num_steps: int) -> dict:
@@ -380,7 +369,6 @@ def edit_task(n: int, seed: int):
     """n seen scenes (half with two objects), one object of each to be replaced by
     another shape and colour: (scenes, which [n], edited objects [n, 2, 3], mask
     [n, 1, 64, 64], captions of the edited scenes)."""
-    from .data import scene_caption
     from .editing import edit_labels, object_masks
 
     scenes = make_scenes(n, seed=seed, split="train", two_object_fraction=0.5)
@@ -388,8 +376,7 @@ def edit_task(n: int, seed: int):
     two = scenes.objects[:, 1, 0] >= 0
     which = torch.where(two, torch.randint(0, 2, (n,), generator=rng), 0)
     edited = edit_labels(scenes.objects, which, seed)
-    captions = [scene_caption(o, r, p, template=i) for i, (o, r, p) in
-                enumerate(zip(edited, scenes.relation, scenes.position))]  # fmt: skip
+    captions = full_captions(edited, scenes.relation, scenes.position)
     return scenes, which, edited, object_masks(scenes, which), captions
 
 
@@ -562,7 +549,7 @@ def measure_control(pipe, n: int, seed: int, steps: int, scale: float = 1.0) -> 
     """On n fresh seen scenes (half two objects): mask IoU with the control and prompt
     accuracy, with the control (and the caption), with the control and no caption,
     and without control (the mini SD alone). The captions name every attribute
-    (full_captions), so that the mini SD alone is not judged on a size or a place
+    (data.full_captions), so that the mini SD alone is not judged on a size or a place
     its caption never asked for."""
     from .controlnet import layout_masks, mask_iou
     from .data import BACKGROUND
@@ -570,11 +557,11 @@ def measure_control(pipe, n: int, seed: int, steps: int, scale: float = 1.0) -> 
     scenes = make_scenes(n, seed=seed, split="train", two_object_fraction=0.5)
     control = layout_masks(scenes)
     labels = (scenes.objects, scenes.relation, scenes.position)
-    rows = {}
+    captions, rows = full_captions(*labels), {}
     for name, prompts, ctl in (
-        ("control + caption", full_captions(scenes), control),
+        ("control + caption", captions, control),
         ("control, empty caption", [""] * n, control),
-        ("caption only (no ControlNet)", full_captions(scenes), None),
+        ("caption only (no ControlNet)", captions, None),
     ):
         fake = pipe(
             prompts, num_steps=steps, seed=seed, control=ctl, control_scale=scale

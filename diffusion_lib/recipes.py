@@ -41,12 +41,12 @@ from .clip import (
 from .data import (
     HELD_OUT,
     LABEL_SIZES,
+    full_captions,
     make_scenes,
     make_shapes,
     render_scenes,
     sample_labels,
     sample_scene_labels,
-    scene_caption,
 )
 from .metrics import (
     BINDINGS,
@@ -665,9 +665,7 @@ def scene_prompts(n: int, seed: int, split: str, two_object_fraction: float):
     objects, relation, position = sample_scene_labels(
         n, seed, split, two_object_fraction
     )
-    rows = zip(objects, relation, position)
-    captions = [scene_caption(*labels, template=i) for i, labels in enumerate(rows)]
-    return captions, (objects, relation, position)
+    return full_captions(objects, relation, position), (objects, relation, position)
 
 
 def diversity(images: torch.Tensor, per_prompt: int) -> float:

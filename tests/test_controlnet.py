@@ -118,7 +118,8 @@ def test_measured_captions_name_every_attribute_they_are_judged_on():
     omitted = sum(not torch.equal(p["objects"], o) for p, o in
                   zip(parsed, scenes.objects))  # fmt: skip
     assert omitted > 0  # the reason for full_captions
-    for caption, objects, position in zip(finetune.full_captions(scenes),
+    labels = (scenes.objects, scenes.relation, scenes.position)
+    for caption, objects, position in zip(data.full_captions(*labels),
                                           scenes.objects, scenes.position):  # fmt: skip
         p = data.parse_scene_caption(caption)
         assert torch.equal(p["objects"], objects), caption
