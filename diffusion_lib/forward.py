@@ -185,19 +185,43 @@ def diffusion_loss(
     prediction_type: str = "eps",
     weighting: str = "none",
     generator: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+    eps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_simple: draw t ~ U{0..T-1} and eps ~ N(0, I), noise x_0, and regress the model
     onto the target.
 
     model(x_t: [B, C, H, W], t: [B], **model_kwargs) -> [B, C, H, W]. Returns a scalar.
+    t [B] and eps (like x0), when given, are used instead of drawing them (a
+    data-parallel loop draws them for the whole batch and gives each process its share).
     """
-    b = x0.shape[0]
-    t = torch.randint(
-        0, schedule.num_timesteps, (b,), device=x0.device, generator=generator
-    )
-    eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    if (t is None) != (eps is None):
+        raise ValueError("pass both t and eps, or neither (then both are drawn)")
+    if t is None:
+        t, eps = draw_noise(schedule, x0, generator)
+    elif t.shape != x0.shape[:1] or eps.shape != x0.shape:
+        raise ValueError(
+            f"t must be [B] and eps like x0 {tuple(x0.shape)}; got {tuple(t.shape)} "
+            f"and {tuple(eps.shape)}"
+        )
     x_t = q_sample(schedule, x0, t, eps)
     out = model(x_t, t, **(model_kwargs or {}))
     target = training_target(schedule, x0, eps, t, prediction_type)
     per_sample = F.mse_loss(out, target, reduction="none").flatten(1).mean(1)
     return (loss_weights(schedule, t, prediction_type, weighting) * per_sample).mean()
+
+
+def draw_noise(
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t [B] ~ U{0..T-1}, eps ~ N(0, I) shaped like x0), in that order from
+    `generator`, on the generator's device (x0's without one): what diffusion_loss
+    draws for a batch x0."""
+    device = x0.device if generator is None else generator.device
+    t = torch.randint(
+        0, schedule.num_timesteps, x0.shape[:1], device=device, generator=generator
+    )
+    eps = torch.randn(x0.shape, device=device, dtype=x0.dtype, generator=generator)
+    return t, eps

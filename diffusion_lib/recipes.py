@@ -10,6 +10,10 @@
     python -m diffusion_lib.recipes scenes-ldm  # chapter 8's mini Stable Diffusion
 
 Each recipe trains, measures its quality gates, and writes NAME.safetensors + NAME.json.
+The diffusion recipes also run data-parallel, in mixed precision or with gradient
+accumulation under 🤗 Accelerate (see diffusion_lib.scale):
+
+    accelerate launch --multi_gpu --num_processes 4 -m diffusion_lib.recipes scenes-ldm
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from . import pretrained
+from . import scale as scaling
 from .clip import (
     CLIP,
     CLIPConfig,
@@ -1340,7 +1345,21 @@ def main(argv=None):
         help="scenes-ldm: where to train and measure (cpu, cuda); the manifest "
         "records the hardware",
     )
+    parser.add_argument(
+        "--grad-accum",
+        type=int,
+        default=1,
+        help="gradient accumulation steps, under `accelerate launch` only (see "
+        "diffusion_lib.scale)",
+    )
     args = parser.parse_args(argv)
+    if args.grad_accum < 1:
+        parser.error(f"--grad-accum must be a positive integer, got {args.grad_accum}")
+    if args.grad_accum > 1 and not scaling.launched():
+        parser.error(
+            "--grad-accum works under `accelerate launch` only: "
+            f"accelerate launch -m diffusion_lib.recipes {args.name} ..."
+        )
     if args.name == "ablation":
         ablation(quick=args.quick, seed=args.seed, steps=args.steps)
         return
@@ -1354,7 +1373,13 @@ def main(argv=None):
         kwargs["device"] = args.device
     elif args.device != "cpu":
         parser.error(f"--device is supported for scenes-ldm only, not {args.name}")
-    info = RECIPES[args.name](args.out, quick=args.quick, seed=args.seed, **kwargs)
+    if scaling.launched():  # accelerate launch -m diffusion_lib.recipes NAME
+        info = scaling.run_recipe(args.name, RECIPES[args.name], args.out, args.quick,
+                                args.seed, args.grad_accum, **kwargs)  # fmt: skip
+        if info is None:  # not the main process
+            return
+    else:
+        info = RECIPES[args.name](args.out, quick=args.quick, seed=args.seed, **kwargs)
     print(
         f"wrote {info['file']} ({info['bytes'] / 1e6:.2f} MB, "
         f"sha256 {info['sha256'][:12]}...)"

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from . import scale as _scale
 from .forward import diffusion_loss
 from .schedules import NoiseSchedule
 
@@ -124,23 +125,12 @@ def train_diffusion(
     Returns the per-step losses, the wall-clock seconds and the EMA of the weights.
     """
     cfg = config or TrainConfig()
-    if context is not None and (
-        null_context is None or null_context.shape != context.shape[1:]
-    ):
-        raise ValueError(
-            "with context [N, L, D], pass null_context [L, D] (the states of the empty "
-            "caption) for caption dropout"
-        )
-    conditions = conditions or {}
-    for name, (values, null) in conditions.items():
-        if values.shape[0] != images.shape[0] or (
-            null is not None and null.shape != values.shape[1:]
-        ):
-            raise ValueError(
-                f"condition {name!r}: values must be [N = {images.shape[0]}, ...] and "
-                f"null one row of them; got {tuple(values.shape)} and "
-                f"{tuple(null.shape)}"
-            )
+    check_training_inputs(images, context, null_context, conditions)
+    if (accelerator := _scale.active()) is not None:  # under `accelerate launch`
+        return _scale.train_diffusion_accelerated(
+            accelerator, model, schedule, images, labels, cfg, progress, callback,
+            callback_every, context, null_context, conditions,
+        )  # fmt: skip
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(
@@ -149,26 +139,10 @@ def train_diffusion(
     ema, result, start = EMA(model, cfg.ema_decay), TrainResult(), time.perf_counter()
     model.train()
     for step in (bar := tqdm(range(cfg.steps), disable=not progress, desc="train")):
-        idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen)
-        x0 = images[idx].to(device)
-        kwargs = {}
-        if labels is not None:
-            null = model.null_labels(cfg.batch_size)
-            kwargs["labels"] = drop_labels(labels[idx], null, cfg.p_uncond, gen).to(
-                device
-            )
-        if context is not None:
-            kwargs["context"] = drop_labels(
-                context[idx], null_context[None], cfg.p_uncond, gen
-            ).to(device)
-        if conditions:  # one draw per row: all conditions dropped together
-            u = torch.rand(cfg.batch_size, generator=gen)
-            for name, (values, null) in conditions.items():
-                kwargs[name] = (
-                    values[idx]
-                    if null is None  # never dropped (e.g. an inpainting mask)
-                    else drop_labels(values[idx], null[None], cfg.p_uncond, u=u)
-                ).to(device)
+        x0, kwargs = draw_batch(
+            model, images, labels, cfg, gen, context, null_context, conditions
+        )
+        x0, kwargs = x0.to(device), {k: v.to(device) for k, v in kwargs.items()}
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
         loss = diffusion_loss(
@@ -197,6 +171,53 @@ def train_diffusion(
     return result
 
 
+def check_training_inputs(images, context, null_context, conditions) -> None:
+    """ValueError unless context comes with its null row and every condition has one
+    value per image and a null shaped like one of them (or None)."""
+    if context is not None and (
+        null_context is None or null_context.shape != context.shape[1:]
+    ):
+        raise ValueError(
+            "with context [N, L, D], pass null_context [L, D] (the states of the empty "
+            "caption) for caption dropout"
+        )
+    for name, (values, null) in (conditions or {}).items():
+        if values.shape[0] != images.shape[0] or (
+            null is not None and null.shape != values.shape[1:]
+        ):
+            raise ValueError(
+                f"condition {name!r}: values must be [N = {images.shape[0]}, ...] and "
+                f"null one row of them; got {tuple(values.shape)} and "
+                f"{tuple(null.shape)}"
+            )
+
+
+def draw_batch(
+    model, images, labels, cfg, gen, context=None, null_context=None, conditions=None
+) -> tuple[torch.Tensor, dict]:
+    """One training batch, on the CPU: x0 [B, ...] (B = cfg.batch_size rows drawn from
+    images with `gen`) and the model's keyword arguments, each with its rows dropped to
+    the null (p = cfg.p_uncond) for classifier-free guidance."""
+    idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen)
+    kwargs = {}
+    if labels is not None:
+        null = model.null_labels(cfg.batch_size)
+        kwargs["labels"] = drop_labels(labels[idx], null, cfg.p_uncond, gen)
+    if context is not None:
+        kwargs["context"] = drop_labels(
+            context[idx], null_context[None], cfg.p_uncond, gen
+        )
+    if conditions:  # one draw per row: all conditions dropped together
+        u = torch.rand(cfg.batch_size, generator=gen)
+        for name, (values, null) in conditions.items():
+            kwargs[name] = (
+                values[idx]
+                if null is None  # never dropped (e.g. an inpainting mask)
+                else drop_labels(values[idx], null[None], cfg.p_uncond, u=u)
+            )
+    return images[idx], kwargs
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -219,6 +240,18 @@ def save_checkpoint(
         .contiguous()
         for k, v in (model if isinstance(model, dict) else model.state_dict()).items()
     }
+    if (accelerator := _scale.active()) is not None:  # data-parallel training
+        hashes = _scale.gather_hashes(state)  # every process, before anyone writes
+        manifest = {
+            **manifest,
+            "distributed": {
+                **_scale.describe(accelerator),
+                "weights_sha256_per_process": hashes,
+            },
+        }
+        if not accelerator.is_main_process:  # the main process alone writes
+            accelerator.wait_for_everyone()  # ... and the others wait for the file
+            return read_manifest(path.with_suffix(".json"), manifest.get("recipe"))
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
     manifest = {
@@ -229,12 +262,17 @@ def save_checkpoint(
         "sha256": sha256_file(path),
     }
     write_manifest(path, manifest)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     return manifest
 
 
 def write_manifest(path: str | Path, manifest: dict) -> None:
     """Write the manifest of checkpoint `path` (NAME.safetensors) to NAME.json; the
-    weights are not touched, so the sha256 inside stays valid."""
+    weights are not touched, so the sha256 inside stays valid. Under data-parallel
+    training only the main process writes."""
+    if not _scale.is_main_process():
+        return
     Path(path).with_suffix(".json").write_text(
         json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     )

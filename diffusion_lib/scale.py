@@ -1,0 +1,228 @@
+"""Training that scales out: the recipes under 🤗 Accelerate.
+
+    accelerate launch --num_processes 4 -m diffusion_lib.recipes scenes-ldm
+    accelerate launch --mixed_precision bf16 -m diffusion_lib.recipes shapes-ddpm
+    accelerate launch --cpu --num_processes 2 -m diffusion_lib.recipes shapes-ddpm \\
+        --quick --grad-accum 2 --out /tmp/ckpt   # what the tests run
+
+The chapters train with the plain loop of `train.train_diffusion`. Under `accelerate
+launch`, `recipes.main` makes one `Accelerator` and activates it here; the same
+`train_diffusion` call then runs `train_diffusion_accelerated`, which keeps the recipe's
+meaning and changes only where the arithmetic happens:
+
+* every process draws the same global batch of `config.batch_size` rows (the same seeded
+  generator on each), with its timesteps and noise, and computes the loss on its own
+  1 / (processes x accumulation steps) share of it; DistributedDataParallel averages
+  the gradients, so one optimizer step sees the gradient of the whole batch, as in the
+  single-process run (the tests check the weights agree);
+* gradient accumulation (`--grad-accum N`) splits each process's share into N
+  micro-batches, for memory;
+* mixed precision (`accelerate launch --mixed_precision bf16|fp16`) runs the forward
+  pass under autocast; the weights, the optimizer and the EMA stay float32;
+* checkpoints and manifests are written by the main process only, after every process
+  has hashed the weights it holds (the manifest records the hashes: they must agree).
+
+The recipes that train with `train_diffusion` and have a separate training stage scale
+out (`SCALES_OUT`); `run_recipe` trains them on every process, then measures on the
+main process alone. The others keep their own loops (CLIP's contrastive loss, for one,
+needs every process's embeddings as negatives, which plain data parallelism does not
+give; scenes-lora and scenes-inpaint measure inside their training stage): under a
+launch with several processes, mixed precision or accumulation they stop with an error
+instead of silently training something else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from contextlib import contextmanager
+
+import torch
+from tqdm.auto import tqdm
+
+SCALES_OUT = ("shapes-ddpm", "scenes-ldm", "scenes-prior", "scenes-decoder")
+
+_active = None  # the Accelerator of the running recipe, if launched by accelerate
+
+
+def launched() -> bool:
+    """True in a process started by `accelerate launch` (which always sets this)."""
+    return "ACCELERATE_MIXED_PRECISION" in os.environ
+
+
+def active():
+    """The Accelerator that train_diffusion should use, or None (the plain loop)."""
+    return _active
+
+
+@contextmanager
+def using(accelerator):
+    """Run the block with `accelerator` active (train_diffusion and save_checkpoint
+    consult it)."""
+    global _active
+    previous, _active = _active, accelerator
+    try:
+        yield accelerator
+    finally:
+        _active = previous
+
+
+def is_main_process() -> bool:
+    """Whether this process writes files: always, unless an Accelerator is active and
+    this is not its main process."""
+    return _active is None or _active.is_main_process
+
+
+def describe(accelerator) -> dict:
+    """The manifest's record of how a recipe was trained."""
+    return {
+        "processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type.value),
+        "mixed_precision": accelerator.mixed_precision,
+        "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
+        "device": str(accelerator.device.type),
+    }
+
+
+def state_hash(state: dict) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        v = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}:{v.dtype}:{tuple(v.shape)}".encode())
+        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
+
+
+def gather_hashes(state: dict) -> list[str]:
+    """Every process's hash of `state`, in process order (a collective call: every
+    process must make it)."""
+    from accelerate.utils import gather_object
+
+    return gather_object([state_hash(state)])
+
+
+def share(step_batch: int, accelerator) -> int:
+    """The rows each process computes per micro-batch; ValueError unless the batch
+    splits evenly."""
+    procs, accum = accelerator.num_processes, accelerator.gradient_accumulation_steps
+    if step_batch % (procs * accum):
+        raise ValueError(
+            f"batch size {step_batch} does not split into {procs} processes x {accum} "
+            "accumulation steps; "
+            "choose a process count and --grad-accum whose product divides it"
+        )
+    return step_batch // (procs * accum)
+
+
+def train_diffusion_accelerated(
+    accelerator, model, schedule, images, labels, cfg, progress=True, callback=None,
+    callback_every=0, context=None, null_context=None, conditions=None,
+):  # fmt: skip
+    """train_diffusion's loop, data-parallel (see the module docstring). The model is
+    trained in place (moved to accelerator.device); returns a train.TrainResult whose
+    losses are the whole batch's mean loss per step, on every process."""
+    from .forward import diffusion_loss, draw_noise
+    from .train import EMA, TrainResult, draw_batch, lr_at
+
+    micro = share(cfg.batch_size, accelerator)
+    rank, procs = accelerator.process_index, accelerator.num_processes
+    accum = accelerator.gradient_accumulation_steps
+    gen = torch.Generator().manual_seed(cfg.seed)  # the same on every process
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    dev = accelerator.device
+    ema = EMA(model.to(dev), cfg.ema_decay)  # a float32 copy, before any wrapping
+    ddp_model, opt = accelerator.prepare(model, opt)
+    plain = accelerator.unwrap_model(ddp_model)
+    result, start = TrainResult(), time.perf_counter()
+    ddp_model.train()
+    show = progress and accelerator.is_main_process
+    for step in (bar := tqdm(range(cfg.steps), disable=not show, desc="train")):
+        x0, kwargs = draw_batch(
+            plain, images, labels, cfg, gen, context, null_context, conditions
+        )
+        t, eps = draw_noise(schedule, x0, gen)  # the whole batch's, as the plain loop
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+        step_loss = torch.zeros((), device=accelerator.device)
+        for part in range(accum):  # this process's rows of micro-batch `part`
+            rows = slice(
+                (part * procs + rank) * micro, (part * procs + rank + 1) * micro
+            )
+            with accelerator.accumulate(ddp_model):
+                loss = diffusion_loss(
+                    ddp_model,
+                    schedule,
+                    x0[rows].to(dev),
+                    {k: v[rows].to(dev) for k, v in kwargs.items()},
+                    cfg.prediction_type,
+                    cfg.loss_weighting,
+                    t=t[rows].to(dev),
+                    eps=eps[rows].to(dev),
+                )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(ddp_model.parameters(), cfg.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            step_loss += loss.detach() / accum
+        ema.update(plain)
+        result.losses.append(accelerator.reduce(step_loss, reduction="mean").item())
+        if step % 50 == 0:
+            bar.set_postfix(
+                loss=f"{sum(result.losses[-50:]) / len(result.losses[-50:]):.4f}"
+            )
+        if callback is not None and callback_every and (step + 1) % callback_every == 0:
+            if accelerator.is_main_process:  # callbacks write files
+                callback(step + 1, ema.model)
+            accelerator.wait_for_everyone()
+    result.seconds, result.ema = time.perf_counter() - start, ema
+    ddp_model.eval()
+    return result
+
+
+def run_recipe(name: str, recipe, out_dir, quick=False, seed=0, grad_accum=1,
+               **kwargs) -> dict | None:  # fmt: skip
+    """Run recipe `name` (kwargs: its options, "stage" among them) in a process started
+    by `accelerate launch`: the training stage on every process (data-parallel), then,
+    for stage "all" or "measure", the measurement on the main process while the others
+    wait. Returns the manifest on the main process, None on the others."""
+    from accelerate import Accelerator
+
+    # without a GPU, several processes train on the CPU over gloo (accelerate needs
+    # cpu=True to take that path; `accelerate launch --multi_gpu` starts them)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=grad_accum, cpu=not torch.cuda.is_available()
+    )
+    plain = (
+        accelerator.num_processes == 1
+        and accelerator.mixed_precision == "no"
+        and grad_accum == 1
+    )
+    if name not in SCALES_OUT:
+        if not plain:
+            raise SystemExit(
+                f"{name} does not scale out: only {', '.join(SCALES_OUT)} train "
+                "data-parallel, with mixed precision or gradient accumulation. Run it "
+                f"with `python -m diffusion_lib.recipes {name}` (or a launch with one "
+                "process, no mixed precision and no --grad-accum)."
+            )
+        return recipe(out_dir, quick=quick, seed=seed, **kwargs)
+    stage = kwargs.pop("stage", "all")
+    if (
+        "device" in kwargs
+    ):  # the recipes with a --device option train where accelerate says
+        kwargs["device"] = str(accelerator.device)
+    info = None
+    if stage in ("all", "train"):
+        with using(accelerator):
+            info = recipe(out_dir, quick=quick, seed=seed, stage="train", **kwargs)
+    accelerator.wait_for_everyone()
+    if stage in ("all", "measure") and accelerator.is_main_process:
+        info = recipe(out_dir, quick=quick, seed=seed, stage="measure", **kwargs)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return info if accelerator.is_main_process else None

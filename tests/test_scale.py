@@ -1,0 +1,183 @@
+"""Recipes under `accelerate launch` (diffusion_lib.scale): the data-parallel loop
+computes what the plain loop computes, several CPU processes hold the same weights, and
+only the main process writes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffusion_lib import pretrained, recipes, scale
+from diffusion_lib.schedules import NoiseSchedule
+from diffusion_lib.train import TrainConfig, train_diffusion
+
+ACCELERATE = Path(sys.executable).parent / "accelerate"
+
+
+@pytest.fixture
+def accelerator_factory():
+    """Single-process Accelerators on the CPU; accelerate's global state is reset
+    afterwards so that no other test sees it."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    def make(**kwargs):
+        AcceleratorState._reset_state(True)
+        return Accelerator(cpu=True, **kwargs)
+
+    yield make
+    AcceleratorState._reset_state(True)
+
+
+def _train(tiny_text_unet, accelerator=None, steps=6):
+    torch.manual_seed(0)
+    latents = torch.randn(40, 4, 8, 8)
+    context, null = torch.randn(40, 5, 8), torch.zeros(5, 8)
+    model = tiny_text_unet()
+    cfg = TrainConfig(steps=steps, batch_size=8, lr=1e-3, warmup=2, seed=3)
+    schedule = NoiseSchedule.make("cosine", 100)
+    if accelerator is None:
+        result = train_diffusion(model, schedule, latents, None, cfg, progress=False,
+                                 context=context, null_context=null)  # fmt: skip
+    else:
+        with scale.using(accelerator):
+            result = train_diffusion(model, schedule, latents, None, cfg,
+                                     progress=False, context=context,
+                                     null_context=null)  # fmt: skip
+    return result, model
+
+
+def _max_diff(a, b) -> float:
+    sa, sb = a.state_dict(), b.state_dict()
+    return max((sa[k].float() - sb[k].float()).abs().max().item() for k in sa)
+
+
+def test_one_process_accelerated_loop_is_the_plain_loop(
+    tiny_text_unet, accelerator_factory
+):
+    plain, plain_model = _train(tiny_text_unet)
+    acc, acc_model = _train(tiny_text_unet, accelerator_factory())
+    assert acc.losses == plain.losses  # the same batches, timesteps and noise
+    assert _max_diff(acc_model, plain_model) == 0.0
+    assert _max_diff(acc.ema.model, plain.ema.model) == 0.0
+    untrained = tiny_text_unet()
+    assert _max_diff(acc_model, untrained) > 1e-4  # it trained
+
+
+def test_gradient_accumulation_computes_the_same_steps(
+    tiny_text_unet, accelerator_factory
+):
+    """Two micro-batches of 4 then one optimizer step: the gradient of the batch of 8,
+    up to float summation order."""
+    plain, plain_model = _train(tiny_text_unet)
+    acc, acc_model = _train(
+        tiny_text_unet, accelerator_factory(gradient_accumulation_steps=2)
+    )
+    assert acc.losses == pytest.approx(plain.losses, rel=1e-4)
+    assert _max_diff(acc_model, plain_model) < 1e-4
+
+
+def test_bf16_autocast_trains_float32_weights(tiny_text_unet, accelerator_factory):
+    plain, plain_model = _train(tiny_text_unet)
+    acc, acc_model = _train(tiny_text_unet, accelerator_factory(mixed_precision="bf16"))
+    assert all(p.dtype == torch.float32 for p in acc_model.parameters())
+    assert all(torch.isfinite(torch.tensor(acc.losses)))
+    # bf16 keeps 8 bits of mantissa: the losses follow the float32 run, not exactly
+    assert acc.losses == pytest.approx(plain.losses, rel=0.05)
+    assert 0 < _max_diff(acc_model, plain_model) < 0.05
+
+
+def test_a_batch_that_does_not_split_is_refused(tiny_text_unet, accelerator_factory):
+    acc = accelerator_factory(gradient_accumulation_steps=3)
+    with pytest.raises(ValueError, match="batch size 8 does not split into 1 proc"):
+        _train(tiny_text_unet, acc)
+
+
+def test_recipes_that_do_not_scale_out_refuse_several_processes(monkeypatch):
+    import accelerate
+
+    class TwoProcesses:
+        num_processes, mixed_precision = 2, "no"
+
+        def __init__(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(accelerate, "Accelerator", TwoProcesses)
+    with pytest.raises(SystemExit, match="scenes-clip does not scale out"):
+        scale.run_recipe("scenes-clip", lambda *a, **k: {}, None)
+    assert "scenes-clip" not in scale.SCALES_OUT
+
+
+def test_grad_accum_outside_accelerate_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        recipes.main(["shapes-ddpm", "--quick", "--grad-accum", "2"])
+    assert "works under `accelerate launch` only" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(tmp_path, out, *extra):
+    """accelerate's launcher with 2 processes on the CPU (torchrun underneath; without
+    a GPU the recipe's Accelerator takes gloo), one thread each."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("DIFFUSION_MODE", None)
+    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--dynamo_backend", "no",
+           "--num_cpu_threads_per_process", "1",
+           "--main_process_port", str(_free_port()), *extra[:2],
+           "-m", "diffusion_lib.recipes", "shapes-ddpm", "--quick", "--stage", "train",
+           "--out", str(out), *extra[2:]]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env=env)  # fmt: skip
+
+
+def test_two_cpu_processes_train_the_same_weights_and_the_result_loads(
+    tmp_path, monkeypatch
+):
+    out = tmp_path / "two"
+    run = _launch(tmp_path, out, "--mixed_precision", "no")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stdout.count("wrote shapes-ddpm.safetensors") == 1  # the main process
+    info = json.loads((out / "shapes-ddpm.json").read_text())
+    dist = info["distributed"]
+    assert dist["processes"] == 2 and dist["distributed_type"] == "MULTI_CPU"
+    hashes = dist["weights_sha256_per_process"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
+    model, loaded = pretrained.load_pretrained("shapes-ddpm", directory=out)
+    assert loaded["sha256"] == info["sha256"]
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.isfinite(model(x, torch.tensor([5, 500]))).all()
+    # the same recipe in one plain process: the same global batches, so the same
+    # weights up to the order in which the two halves' gradients are summed
+    monkeypatch.chdir(tmp_path)
+    recipes._train_ddpm(tmp_path / "one", quick=True)
+    one = load_file(str(tmp_path / "one" / "shapes-ddpm.safetensors"))
+    two = load_file(str(out / "shapes-ddpm.safetensors"))
+    diff = max((one[k].float() - two[k].float()).abs().max().item() for k in one)
+    assert diff < 1e-3
+    torch.manual_seed(0)
+    init = recipes.UNet(recipes.SHAPES_UNET).state_dict()
+    moved = max((init[k] - two[k].float()).abs().max().item() for k in init)
+    assert moved > 1e-3  # and it did train
+
+
+def test_two_cpu_processes_with_bf16_and_accumulation(tmp_path):
+    out = tmp_path / "bf16"
+    run = _launch(tmp_path, out, "--mixed_precision", "bf16", "--grad-accum", "2")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    info = json.loads((out / "shapes-ddpm.json").read_text())
+    dist = info["distributed"]
+    assert dist["mixed_precision"] == "bf16"
+    assert dist["gradient_accumulation_steps"] == 2
+    assert len(set(dist["weights_sha256_per_process"])) == 1
+    assert 0 < info["final_loss"] < 1.2
