@@ -52,3 +52,25 @@ def test_notebook_structure(path):
         "each exercise has an automatic checker"
     )
     assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+GPU_MEASURED = re.compile(r"measured on (an? )?(NVIDIA )?(H100|H200|A100|L4|T4|V100)")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_gpu_times_are_measured_or_called_estimates(path):
+    """A time-budget figure for a GPU is either measured on a named GPU or says that it
+    is an estimate (no GPU run has measured it)."""
+    first = nbformat.read(path, as_version=4).cells[0].source
+    budget = first[first.index("Time budget") :].split("**What to expect")[0]
+    rows = [line for line in budget.splitlines() if line.startswith("|")]
+    if not rows:  # a paragraph of targets
+        assert "(targets)" in budget or "estimate" in budget, budget
+        return
+    gpu_rows = [row for row in rows if row.split("|")[1].strip().startswith("GPU")]
+    assert gpu_rows, f"{path.name}: the time budget has no GPU row"
+    for row in gpu_rows:
+        assert "estimate" in row or GPU_MEASURED.search(row), (
+            f"{path.name}: {row!r} neither names the GPU it was measured on nor says "
+            "it is an estimate"
+        )
