@@ -1,0 +1,44 @@
+"""The throughput benchmark (diffusion_lib.bench) runs every model through every code
+path it times; its numbers on a GPU are for the device session, not asserted here."""
+
+import math
+
+import pytest
+
+from diffusion_lib import bench, scale
+
+
+@pytest.mark.parametrize("name", scale.SCALES_OUT)
+def test_every_model_trains_plain_and_in_bf16(name):
+    plain = bench.measure(name, "plain", warmup=1, steps=2, batch_size=8)
+    bf16 = bench.measure(name, "bf16", warmup=1, steps=2, batch_size=8)
+    for row in (plain, bf16):
+        assert row["model"] == name and row["batch_size"] == 8
+        assert row["steps_per_s"] > 0 and math.isfinite(row["final_loss"])
+    # the same batches and noise; bfloat16 autocast changes the loss only a little
+    assert bf16["final_loss"] == pytest.approx(plain["final_loss"], rel=0.1)
+
+
+def test_compiled_model_trains_like_the_plain_one():
+    plain = bench.measure("scenes-prior", "plain", warmup=1, steps=1, batch_size=8)
+    compiled = bench.measure("scenes-prior", "compile", warmup=1, steps=1, batch_size=8)
+    assert compiled["final_loss"] == pytest.approx(plain["final_loss"], rel=1e-3)
+    assert compiled["warmup_s"] > 0
+
+
+def test_table_reports_speed_up_over_plain():
+    rows = [
+        {"model": "m", "variant": "plain", "batch_size": 8, "steps_per_s": 2.0,
+         "images_per_s": 16.0, "warmup_s": 1.0, "peak_memory_mb": None},
+        {"model": "m", "variant": "batch x4", "batch_size": 32, "steps_per_s": 1.0,
+         "images_per_s": 32.0, "warmup_s": 1.0, "peak_memory_mb": 100},
+    ]  # fmt: skip
+    lines = bench.table(rows).splitlines()
+    assert "| 1.00x |" in lines[2] and "| 2.00x |" in lines[3] and "| 100 |" in lines[3]
+
+
+def test_bad_requests_are_refused():
+    with pytest.raises(ValueError, match="unknown variant 'fp8'"):
+        bench.measure("shapes-ddpm", "fp8")
+    with pytest.raises(ValueError, match="unknown model 'scenes-vae'"):
+        bench.measure("scenes-vae", "plain")
