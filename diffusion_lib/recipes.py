@@ -119,7 +119,11 @@ EVAL_SAMPLER = {"sampler": "ddim", "num_steps": 50, "guidance_scale": 3.0}
 
 
 def hardware(device="cpu") -> str:
-    """Where a recipe ran: the GPU's name, or the CPU and its thread count."""
+    """Where a recipe ran: the GPU's name, or the CPU and its thread count (under
+    `accelerate launch`, the accelerator's device, whatever `device` says; the
+    manifest's "distributed" entry gives the process count)."""
+    if (accelerator := scaling.active()) is not None:
+        device = accelerator.device
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
