@@ -86,7 +86,7 @@ def _case(name: str, n: int):
         cfg, schedule = recipes.SCENES_PRIOR_TRAIN, recipes.UNCLIP_SCHEDULE
     else:
         raise ValueError(
-            f"unknown model {name!r}; expected one of {', '.join(scale.SCALES_OUT)}"
+            f"unknown model {name!r}; expected one of {', '.join(scale.STAGED)}"
         )
     return model, NoiseSchedule.make(schedule["kind"], schedule["num_timesteps"]), (
         images, kwargs, cfg
@@ -183,7 +183,7 @@ def main(argv=None):
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu"
     )
-    parser.add_argument("--models", nargs="+", default=list(scale.SCALES_OUT))
+    parser.add_argument("--models", nargs="+", default=list(scale.STAGED))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--steps", type=int, default=50)

@@ -205,9 +205,13 @@ def _summary(row: dict) -> dict:
 
 
 def _base_pipe(out_dir):
+    """The shipped mini SD, on the accelerator's device under `accelerate launch`."""
+    from . import scale
     from .pipelines import MiniStableDiffusion
 
-    return MiniStableDiffusion.from_pretrained(None, out_dir)
+    accelerator = scale.active()
+    device = accelerator.device if accelerator is not None else None
+    return MiniStableDiffusion.from_pretrained(device, out_dir)
 
 
 def _settings(quick):

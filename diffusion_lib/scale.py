@@ -22,13 +22,14 @@ meaning and changes only where the arithmetic happens:
 * checkpoints and manifests are written by the main process only, after every process
   has hashed the weights it holds (the manifest records the hashes: they must agree).
 
-The recipes that train with `train_diffusion` and have a separate training stage scale
-out (`SCALES_OUT`); `run_recipe` trains them on every process, then measures on the
-main process alone. The others keep their own loops (CLIP's contrastive loss, for one,
-needs every process's embeddings as negatives, which plain data parallelism does not
-give; scenes-lora and scenes-inpaint measure inside their training stage): under a
-launch with several processes, mixed precision or accumulation they stop with an error
-instead of silently training something else.
+The recipes that train with `train_diffusion` scale out (`SCALES_OUT`). `run_recipe`
+trains those with a separate training stage (`STAGED`) on every process, then measures
+on the main process alone; scenes-lora and scenes-inpaint (`WHOLE`) measure inside the
+same run, so every process runs the whole recipe. The others keep their own loops
+(CLIP's contrastive loss, for one, needs every process's embeddings as negatives, which
+plain data parallelism does not give): under a launch with several processes, mixed
+precision or accumulation they stop with an error instead of silently training
+something else.
 """
 
 from __future__ import annotations
@@ -41,7 +42,13 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
-SCALES_OUT = ("shapes-ddpm", "scenes-ldm", "scenes-prior", "scenes-decoder")
+# trained by train_diffusion, with a training stage apart from the measurement
+STAGED = ("shapes-ddpm", "scenes-ldm", "scenes-prior", "scenes-decoder")
+# trained by train_diffusion, measured inside the same run (before and after training):
+# every process runs the whole recipe; the measurements are seeded, so each process
+# computes the same numbers, and the main process writes them
+WHOLE = ("scenes-lora", "scenes-inpaint")
+SCALES_OUT = STAGED + WHOLE
 
 _active = None  # the Accelerator of the running recipe, if launched by accelerate
 
@@ -137,6 +144,10 @@ def train_diffusion_accelerated(
     ema = EMA(model.to(dev), cfg.ema_decay)  # a float32 copy, before any wrapping
     ddp_model, opt = accelerator.prepare(model, opt)
     plain = accelerator.unwrap_model(ddp_model)
+    # DistributedDataParallel has just given every process the main process's weights
+    # (an adapter initialised from each process's own random state, say): start the
+    # EMA from those
+    ema.model.load_state_dict(plain.state_dict())
     result, start = TrainResult(), time.perf_counter()
     ddp_model.train()
     show = progress and accelerator.is_main_process
@@ -212,10 +223,13 @@ def run_recipe(name: str, recipe, out_dir, quick=False, seed=0, grad_accum=1,
             )
         return recipe(out_dir, quick=quick, seed=seed, **kwargs)
     stage = kwargs.pop("stage", "all")
-    if (
-        "device" in kwargs
-    ):  # the recipes with a --device option train where accelerate says
+    if "device" in kwargs:  # the recipes with a --device option: where accelerate says
         kwargs["device"] = str(accelerator.device)
+    if name in WHOLE and stage != "measure":
+        with using(accelerator):
+            info = recipe(out_dir, quick=quick, seed=seed, **kwargs)
+        accelerator.end_training()
+        return info if accelerator.is_main_process else None
     info = None
     if stage in ("all", "train"):
         with using(accelerator):

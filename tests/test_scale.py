@@ -126,16 +126,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(tmp_path, out, *extra):
+def _launch(tmp_path, out, *extra, recipe=("shapes-ddpm", "--stage", "train")):
     """accelerate's launcher with 2 processes on the CPU (torchrun underneath; without
-    a GPU the recipe's Accelerator takes gloo), one thread each."""
+    a GPU the recipe's Accelerator takes gloo), one thread each; extra: two launcher
+    arguments, then the recipe's."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("DIFFUSION_MODE", None)
     cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--dynamo_backend", "no",
            "--num_cpu_threads_per_process", "1",
            "--main_process_port", str(_free_port()), *extra[:2],
-           "-m", "diffusion_lib.recipes", "shapes-ddpm", "--quick", "--stage", "train",
+           "-m", "diffusion_lib.recipes", *recipe, "--quick",
            "--out", str(out), *extra[2:]]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           cwd=tmp_path, env=env)  # fmt: skip
@@ -181,3 +182,34 @@ def test_two_cpu_processes_with_bf16_and_accumulation(tmp_path):
     assert dist["gradient_accumulation_steps"] == 2
     assert len(set(dist["weights_sha256_per_process"])) == 1
     assert 0 < info["final_loss"] < 1.2
+
+
+@pytest.mark.parametrize("name", scale.WHOLE)
+def test_recipes_measured_in_their_run_train_on_two_processes(
+    name, tmp_path, tiny_sd_dir
+):
+    """scenes-lora and scenes-inpaint measure inside their run: both processes train
+    and measure, one writes; the result loads onto the tiny mini SD."""
+    import shutil
+
+    from diffusion_lib import finetune
+    from diffusion_lib.pipelines import MiniStableDiffusion
+
+    out = tmp_path / "out"
+    shutil.copytree(tiny_sd_dir, out)
+    run = _launch(tmp_path, out, "--mixed_precision", "no", recipe=(name,))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stdout.count(f"wrote {name}.safetensors") == 1
+    info = pretrained.manifest(name, out)
+    hashes = info["distributed"]["weights_sha256_per_process"]
+    assert info["distributed"]["processes"] == 2 and hashes[0] == hashes[1]
+    assert info["metrics"]
+    pipe = MiniStableDiffusion.from_pretrained(directory=out)
+    if name == "scenes-lora":
+        finetune.load_lora_weights(pipe, directory=out)
+        assert pipe(["a red diamond"], num_steps=2).shape == (1, 3, 64, 64)
+    else:
+        model, loaded = finetune.load_inpainting(out)
+        assert loaded["sha256"] == info["sha256"]
+        assert json.loads(json.dumps(model.unet.config.to_dict())) == info["config"]
+        assert model.unet.config.in_channels == 9  # latents, mask, masked latents
