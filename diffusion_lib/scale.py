@@ -144,6 +144,7 @@ def train_diffusion_accelerated(
     ema = EMA(model.to(dev), cfg.ema_decay)  # a float32 copy, before any wrapping
     ddp_model, opt = accelerator.prepare(model, opt)
     plain = accelerator.unwrap_model(ddp_model)
+    plain = getattr(plain, "_orig_mod", plain)  # the module under torch.compile's
     # DistributedDataParallel has just given every process the main process's weights
     # (an adapter initialised from each process's own random state, say): start the
     # EMA from those
