@@ -4,6 +4,7 @@ sliders."""
 from __future__ import annotations
 
 import math
+import os
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -131,19 +132,37 @@ def show_trajectory(
     return ax
 
 
+BOOK_BUILD = "DIFFUSION_BOOK_BUILD"  # set by `make book`
+
+
+def static_slider_note(values, description: str) -> str:
+    """What the rendered book shows in place of a slider."""
+    return (
+        f"*Interactive when you run this notebook (Jupyter, Colab): a slider over "
+        f"`{description}` from {values[0]} to {values[-1]} redraws the figure.*"
+    )
+
+
 def slider(fn, values, description: str = "t"):
     """Display an ipywidgets slider over `values` that calls fn(value) (named
     `description`, fn's argument) at once and whenever it moves; returns the
     `interactive` widget (its .children[0] is the slider: set .value to move it, as
     the tests do without a browser). Live notebooks only: the callback's figures live
     inside the widget, so a chapter keeps a static figure of the same pictures beside
-    it for the rendered book."""
+    it for the rendered book. When the book is built (DIFFUSION_BOOK_BUILD=1, set by
+    `make book`) it displays a note instead and returns None: a slider in a static
+    page has no kernel to call back, its JavaScript would come from a CDN, and live
+    widgets are the cells that can stall a headless notebook run (nbclient issue 312).
+    """
     import ipywidgets as widgets
-    from IPython.display import display
+    from IPython.display import Markdown, display
 
     values = list(values)
     if not values:
         raise ValueError("slider needs at least one value")
+    if os.environ.get(BOOK_BUILD) == "1":  # `make book`: no kernel will answer
+        display(Markdown(static_slider_note(values, description)))
+        return None
     control = widgets.SelectionSlider(options=values, description=description)
     widget = widgets.interactive(fn, **{description: control})
     display(widget)

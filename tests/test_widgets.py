@@ -33,3 +33,24 @@ def test_at_least_four_chapters_have_a_slider():
                    if any("viz.slider(" in c.source for c in nbformat.read(p, 4).cells
                           if c.cell_type == "code")]  # fmt: skip
     assert len(with_slider) >= 4, with_slider
+
+
+def test_book_build_shows_a_note_instead_of_a_live_slider(monkeypatch):
+    """`make book` sets DIFFUSION_BOOK_BUILD=1: the page gets a sentence (the static
+    figure beside it shows the pictures), no widget, and the callback does not run."""
+    import IPython.display
+
+    shown, called = [], []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    monkeypatch.setenv(viz.BOOK_BUILD, "1")
+    assert viz.slider(called.append, [0, 250, 999], "t") is None
+    assert called == []
+    assert len(shown) == 1 and "slider over `t` from 0 to 999" in shown[0].data
+
+
+def test_make_book_sets_the_book_build_variable():
+    from pathlib import Path
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    book_recipe = makefile.split("\nbook:")[1].split("\n\n")[0]
+    assert f"{viz.BOOK_BUILD}=1" in book_recipe
