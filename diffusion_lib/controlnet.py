@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import scale
 from .data import scene_masks
 from .forward import diffusion_loss
 from .train import EMA, TrainConfig, TrainResult, lr_at
@@ -156,19 +158,28 @@ def train_controlnet(unet: UNet, schedule, latents, context, null_context, contr
     unet.requires_grad_(False).eval()
     net = ControlNet(unet, control.shape[1]).to(latents.device)
     model = ControlledUNet(unet, net)
+
+    def next_batch(gen):  # latents, and the caption (dropped to null) and control
+        idx = torch.randint(0, n, (config.batch_size,), generator=gen)
+        drop = torch.rand(config.batch_size, generator=gen) < config.p_uncond
+        ctx = torch.where(drop[:, None, None], null_context[None], context[idx])
+        return latents[idx], {"context": ctx, "control": control[idx]}
+
+    if (accelerator := scale.active()) is not None:  # under `accelerate launch`
+        cfg = replace(config, weight_decay=0.0)
+        result = scale.fit(accelerator, model, net, next_batch, schedule, cfg,
+                           prediction_type, "none", False, callback, callback_every,
+                           desc="controlnet")  # fmt: skip
+        return result.ema.model.eval(), result
     gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=0.0)
     ema, result, start = EMA(net, config.ema_decay), TrainResult(), time.perf_counter()
     net.train()
     for step in range(config.steps):
-        idx = torch.randint(0, n, (config.batch_size,), generator=gen)
-        drop = torch.rand(config.batch_size, generator=gen) < config.p_uncond
-        ctx = torch.where(drop[:, None, None], null_context[None], context[idx])
+        x0, kwargs = next_batch(gen)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
-        loss = diffusion_loss(model, schedule, latents[idx],
-                              {"context": ctx, "control": control[idx]},
-                              prediction_type,
+        loss = diffusion_loss(model, schedule, x0, kwargs, prediction_type,
                               generator=gen if latents.device.type == "cpu"
                               else None)  # fmt: skip
         opt.zero_grad(set_to_none=True)

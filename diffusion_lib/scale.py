@@ -1,13 +1,14 @@
 """Training that scales out: the recipes under 🤗 Accelerate.
 
-    accelerate launch --num_processes 4 -m diffusion_lib.recipes scenes-ldm
+    accelerate launch --multi_gpu --num_processes 4 -m diffusion_lib.recipes scenes-ldm
     accelerate launch --mixed_precision bf16 -m diffusion_lib.recipes shapes-ddpm
-    accelerate launch --cpu --num_processes 2 -m diffusion_lib.recipes shapes-ddpm \\
-        --quick --grad-accum 2 --out /tmp/ckpt   # what the tests run
+    accelerate launch --multi_gpu --num_processes 2 -m diffusion_lib.recipes \\
+        shapes-ddpm --quick --grad-accum 2 --out /tmp/ckpt  # no GPU: 2 CPU processes
 
-The chapters train with the plain loop of `train.train_diffusion`. Under `accelerate
-launch`, `recipes.main` makes one `Accelerator` and activates it here; the same
-`train_diffusion` call then runs `train_diffusion_accelerated`, which keeps the recipe's
+The chapters train with plain, visible loops (`train.train_diffusion`, and the
+upsampler's and ControlNet's, which differ only in how a batch is drawn). Under
+`accelerate launch`, `recipes.main` makes one `Accelerator` and activates it here; each
+of those loops then hands its batch-drawing function to `fit`, which keeps the recipe's
 meaning and changes only where the arithmetic happens:
 
 * every process draws the same global batch of `config.batch_size` rows (the same seeded
@@ -22,12 +23,14 @@ meaning and changes only where the arithmetic happens:
 * checkpoints and manifests are written by the main process only, after every process
   has hashed the weights it holds (the manifest records the hashes: they must agree).
 
-The recipes that train with `train_diffusion` scale out (`SCALES_OUT`). `run_recipe`
-trains those with a separate training stage (`STAGED`) on every process, then measures
-on the main process alone; scenes-lora and scenes-inpaint (`WHOLE`) measure inside the
-same run, so every process runs the whole recipe. The others keep their own loops
-(CLIP's contrastive loss, for one, needs every process's embeddings as negatives, which
-plain data parallelism does not give): under a launch with several processes, mixed
+The recipes trained by those loops scale out (`SCALES_OUT`). `run_recipe` trains those
+with a separate training stage (`STAGED`) on every process, then measures on the main
+process alone; scenes-lora, scenes-inpaint and scenes-controlnet (`WHOLE`) measure
+inside the same run, so every process runs the whole recipe (seeded: the same
+numbers), and the main one writes. The others keep their own loops — the evaluator and
+the VAE are not diffusion models, CLIP's contrastive loss needs every process's
+embeddings as negatives (plain data parallelism does not give them), and textual
+inversion trains one embedding row — and under a launch with several processes, mixed
 precision or accumulation they stop with an error instead of silently training
 something else.
 """
@@ -42,12 +45,14 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
-# trained by train_diffusion, with a training stage apart from the measurement
-STAGED = ("shapes-ddpm", "scenes-ldm", "scenes-prior", "scenes-decoder")
-# trained by train_diffusion, measured inside the same run (before and after training):
+# a training stage apart from the measurement
+STAGED = (
+    "shapes-ddpm", "scenes-ldm", "scenes-prior", "scenes-decoder", "scenes-upsampler",
+)  # fmt: skip
+# measured inside the same run (before and after training, or while it trains):
 # every process runs the whole recipe; the measurements are seeded, so each process
 # computes the same numbers, and the main process writes them
-WHOLE = ("scenes-lora", "scenes-inpaint")
+WHOLE = ("scenes-lora", "scenes-inpaint", "scenes-controlnet")
 SCALES_OUT = STAGED + WHOLE
 
 _active = None  # the Accelerator of the running recipe, if launched by accelerate
@@ -127,39 +132,59 @@ def train_diffusion_accelerated(
     accelerator, model, schedule, images, labels, cfg, progress=True, callback=None,
     callback_every=0, context=None, null_context=None, conditions=None,
 ):  # fmt: skip
-    """train_diffusion's loop, data-parallel (see the module docstring). The model is
-    trained in place (moved to accelerator.device); returns a train.TrainResult whose
-    losses are the whole batch's mean loss per step, on every process."""
+    """train_diffusion's loop, data-parallel (see the module docstring)."""
+    from .train import draw_batch
+
+    def next_batch(gen):
+        return draw_batch(
+            model, images, labels, cfg, gen, context, null_context, conditions
+        )
+
+    return fit(accelerator, model, model, next_batch, schedule, cfg,
+               cfg.prediction_type, cfg.loss_weighting, progress, callback,
+               callback_every)  # fmt: skip
+
+
+def fit(accelerator, model, trainable, next_batch, schedule, cfg, prediction_type="eps",
+        loss_weighting="none", progress=True, callback=None, callback_every=0,
+        desc="train"):  # fmt: skip
+    """The data-parallel diffusion training loop behind the library's visible loops
+    (train_diffusion, train_upsampler, train_controlnet) under `accelerate launch`.
+
+    model: what the loss calls, model(x_t, t, **kwargs); trainable: the module whose
+    parameters train and whose EMA is kept (model itself, or a part of it such as a
+    ControlNet beside its frozen UNet). next_batch(gen) -> (x0 [B, ...], kwargs of
+    [B, ...] tensors) draws the whole batch of cfg.batch_size rows from the generator,
+    as the plain loop does. Trains in place on accelerator.device; returns a
+    train.TrainResult whose losses are the whole batch's mean loss per step, on every
+    process."""
     from .forward import diffusion_loss, draw_noise
-    from .train import EMA, TrainResult, draw_batch, lr_at
+    from .train import EMA, TrainResult, lr_at
 
     micro = share(cfg.batch_size, accelerator)
     rank, procs = accelerator.process_index, accelerator.num_processes
     accum = accelerator.gradient_accumulation_steps
     gen = torch.Generator().manual_seed(cfg.seed)  # the same on every process
     opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        trainable.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
     )
     dev = accelerator.device
-    ema = EMA(model.to(dev), cfg.ema_decay)  # a float32 copy, before any wrapping
+    model.to(dev)
+    ema = EMA(trainable, cfg.ema_decay)  # a float32 copy, before any wrapping
     ddp_model, opt = accelerator.prepare(model, opt)
-    plain = accelerator.unwrap_model(ddp_model)
-    plain = getattr(plain, "_orig_mod", plain)  # the module under torch.compile's
     # DistributedDataParallel has just given every process the main process's weights
     # (an adapter initialised from each process's own random state, say): start the
     # EMA from those
-    ema.model.load_state_dict(plain.state_dict())
+    ema.model.load_state_dict(trainable.state_dict())
     result, start = TrainResult(), time.perf_counter()
-    ddp_model.train()
+    trainable.train()
     show = progress and accelerator.is_main_process
-    for step in (bar := tqdm(range(cfg.steps), disable=not show, desc="train")):
-        x0, kwargs = draw_batch(
-            plain, images, labels, cfg, gen, context, null_context, conditions
-        )
+    for step in (bar := tqdm(range(cfg.steps), disable=not show, desc=desc)):
+        x0, kwargs = next_batch(gen)
         t, eps = draw_noise(schedule, x0, gen)  # the whole batch's, as the plain loop
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
-        step_loss = torch.zeros((), device=accelerator.device)
+        step_loss = torch.zeros((), device=dev)
         for part in range(accum):  # this process's rows of micro-batch `part`
             rows = slice(
                 (part * procs + rank) * micro, (part * procs + rank + 1) * micro
@@ -170,29 +195,29 @@ def train_diffusion_accelerated(
                     schedule,
                     x0[rows].to(dev),
                     {k: v[rows].to(dev) for k, v in kwargs.items()},
-                    cfg.prediction_type,
-                    cfg.loss_weighting,
+                    prediction_type,
+                    loss_weighting,
                     t=t[rows].to(dev),
                     eps=eps[rows].to(dev),
                 )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(ddp_model.parameters(), cfg.grad_clip)
+                    accelerator.clip_grad_norm_(trainable.parameters(), cfg.grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             step_loss += loss.detach() / accum
-        ema.update(plain)
+        ema.update(trainable)
         result.losses.append(accelerator.reduce(step_loss, reduction="mean").item())
         if step % 50 == 0:
             bar.set_postfix(
                 loss=f"{sum(result.losses[-50:]) / len(result.losses[-50:]):.4f}"
             )
         if callback is not None and callback_every and (step + 1) % callback_every == 0:
-            if accelerator.is_main_process:  # callbacks write files
+            if accelerator.is_main_process:  # callbacks write files or measure
                 callback(step + 1, ema.model)
             accelerator.wait_for_everyone()
     result.seconds, result.ema = time.perf_counter() - start, ema
-    ddp_model.eval()
+    trainable.eval()
     return result
 
 

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import scale
 from .forward import diffusion_loss
 from .metrics import blur
 from .schedules import NoiseSchedule
@@ -162,6 +163,18 @@ def train_upsampler(
     """Train on high-resolution images [N, 3, H, W]: each batch downsamples them,
     corrupts the low-res copy, enlarges it, and crops both at the same place."""
     cfg = config or UpsamplerTrainConfig()
+
+    def next_batch(gen):  # [B, 3, crop, crop] targets and enlarged low-res inputs
+        idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen)
+        high = images[idx]
+        low = corrupt(downsample(high, cfg.factor), cfg, gen)
+        high, cond = random_crops(high, enlarge(low, high.shape[-1]), cfg.crop, gen)
+        return high, {"low_res": cond}
+
+    if (accelerator := scale.active()) is not None:  # under `accelerate launch`
+        return scale.fit(accelerator, model, model, next_batch, schedule, cfg,
+                         cfg.prediction_type, cfg.loss_weighting, progress,
+                         desc="upsampler")  # fmt: skip
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(
@@ -170,14 +183,11 @@ def train_upsampler(
     ema, result, start = EMA(model, cfg.ema_decay), TrainResult(), time.perf_counter()
     model.train()
     for step in (bar := tqdm(range(cfg.steps), disable=not progress, desc="upsampler")):
-        idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen)
-        high = images[idx]
-        low = corrupt(downsample(high, cfg.factor), cfg, gen)
-        high, cond = random_crops(high, enlarge(low, high.shape[-1]), cfg.crop, gen)
+        high, kwargs = next_batch(gen)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
         loss = diffusion_loss(
-            model, schedule, high.to(device), {"low_res": cond.to(device)},
+            model, schedule, high.to(device), {"low_res": kwargs["low_res"].to(device)},
             cfg.prediction_type, cfg.loss_weighting,
             generator=gen if device.type == "cpu" else None,
         )  # fmt: skip

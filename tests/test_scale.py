@@ -93,6 +93,63 @@ def test_bf16_autocast_trains_float32_weights(tiny_text_unet, accelerator_factor
     assert 0 < _max_diff(acc_model, plain_model) < 0.05
 
 
+def _both(run, accelerator):
+    """run() plainly and under a one-process Accelerator, from the same seed."""
+    torch.manual_seed(0)
+    plain = run()
+    torch.manual_seed(0)
+    with scale.using(accelerator):
+        accelerated = run()
+    return plain, accelerated
+
+
+def test_the_upsampler_loop_scales_out_unchanged(accelerator_factory):
+    from diffusion_lib.unclip import UnCLIPUpsampler, UpsamplerTrainConfig
+    from diffusion_lib.unet import UNetConfig
+
+    images = (
+        torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    )
+    cfg = UpsamplerTrainConfig(steps=3, batch_size=4, warmup=1, crop=8, factor=2)
+    config = UNetConfig(in_channels=6, out_channels=3, base_channels=8,
+                        channel_mults=(1, 2), attention_levels=(),
+                        mid_attention=False)  # fmt: skip
+
+    def run():
+        model = UnCLIPUpsampler(config)
+        from diffusion_lib.unclip import train_upsampler
+
+        result = train_upsampler(model, NoiseSchedule.make("cosine", 100), images, cfg,
+                                 progress=False)  # fmt: skip
+        return result, model
+
+    (plain, plain_model), (acc, acc_model) = _both(run, accelerator_factory())
+    assert acc.losses == plain.losses
+    assert _max_diff(acc_model, plain_model) == 0.0
+    assert _max_diff(acc.ema.model, plain.ema.model) == 0.0
+
+
+def test_the_controlnet_loop_scales_out_unchanged(tiny_text_unet, accelerator_factory):
+    from diffusion_lib.controlnet import train_controlnet
+
+    g = torch.Generator().manual_seed(2)
+    latents, context = torch.randn(8, 4, 8, 8, generator=g), torch.randn(8, 5, 8)
+    control = (torch.rand(8, 1, 64, 64, generator=g) > 0.5).float()
+    cfg = TrainConfig(steps=3, batch_size=4, lr=1e-2, warmup=1, ema_decay=0.5)
+
+    def run():
+        unet = tiny_text_unet()
+        schedule = NoiseSchedule.make("linear", 100)
+        net, result = train_controlnet(unet, schedule, latents, context,
+                                       torch.zeros(5, 8), control, cfg)  # fmt: skip
+        return result, net
+
+    (plain, plain_net), (acc, acc_net) = _both(run, accelerator_factory())
+    assert acc.losses == plain.losses
+    assert _max_diff(acc_net, plain_net) == 0.0  # the EMA ControlNets
+    assert any(z.weight.abs().sum() > 0 for z in acc_net.zero_convs)  # it trained
+
+
 def test_a_batch_that_does_not_split_is_refused(tiny_text_unet, accelerator_factory):
     acc = accelerator_factory(gradient_accumulation_steps=3)
     with pytest.raises(ValueError, match="batch size 8 does not split into 1 proc"):
@@ -188,8 +245,8 @@ def test_two_cpu_processes_with_bf16_and_accumulation(tmp_path):
 def test_recipes_measured_in_their_run_train_on_two_processes(
     name, tmp_path, tiny_sd_dir
 ):
-    """scenes-lora and scenes-inpaint measure inside their run: both processes train
-    and measure, one writes; the result loads onto the tiny mini SD."""
+    """scenes-lora, scenes-inpaint and scenes-controlnet measure inside their run: both
+    processes train and measure, one writes; the result loads onto the tiny mini SD."""
     import shutil
 
     from diffusion_lib import finetune
@@ -208,8 +265,24 @@ def test_recipes_measured_in_their_run_train_on_two_processes(
     if name == "scenes-lora":
         finetune.load_lora_weights(pipe, directory=out)
         assert pipe(["a red diamond"], num_steps=2).shape == (1, 3, 64, 64)
+    elif name == "scenes-controlnet":
+        loaded = finetune.load_controlnet(pipe, directory=out)
+        assert loaded["sha256"] == info["sha256"] and info["iou_curve"]
     else:
         model, loaded = finetune.load_inpainting(out)
         assert loaded["sha256"] == info["sha256"]
         assert json.loads(json.dumps(model.unet.config.to_dict())) == info["config"]
         assert model.unet.config.in_channels == 9  # latents, mask, masked latents
+
+
+def test_upsampler_trains_on_two_processes(tmp_path):
+    out = tmp_path / "up"
+    run = _launch(tmp_path, out, "--mixed_precision", "no",
+                  recipe=("scenes-upsampler", "--stage", "train"))  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    info = pretrained.manifest("scenes-upsampler", out)
+    hashes = info["distributed"]["weights_sha256_per_process"]
+    assert info["distributed"]["processes"] == 2 and hashes[0] == hashes[1]
+    model, _ = pretrained.load_pretrained("scenes-upsampler", directory=out)
+    x = torch.randn(1, 3, 64, 64)
+    assert model(x, torch.tensor([10]), low_res=x).shape == x.shape
