@@ -123,6 +123,7 @@ def train_diffusion(
     callback(step, ema_model) is called every `callback_every` steps (e.g. to measure
     FID during training).
     Returns the per-step losses, the wall-clock seconds and the EMA of the weights.
+    Under `accelerate launch` the same call trains data-parallel (diffusion_lib.scale).
     """
     cfg = config or TrainConfig()
     check_training_inputs(images, context, null_context, conditions)
