@@ -38,8 +38,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from .setup import progress_bar
 from .train import lr_at
 from .unet import Attention
 
@@ -326,7 +326,7 @@ def train_clip(
          {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)  # fmt: skip
     result, start = CLIPTrainResult(), time.perf_counter()
     model.train()
-    for step in (bar := tqdm(range(cfg.steps), disable=not progress, desc="clip")):
+    for step in (bar := progress_bar(range(cfg.steps), progress, "clip")):
         idx = torch.randperm(images.shape[0], generator=gen)[: cfg.batch_size]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)

@@ -44,6 +44,7 @@ from .judge import (  # noqa: F401  (the judge is part of the metrics' interface
     scene_correct,
     scene_judge_config,
 )
+from .setup import progress_bar
 
 
 @dataclass
@@ -461,14 +462,12 @@ def train_evaluator(
     """Cross-entropy on every attribute head, with Gaussian-noise augmentation (so
     that the evaluator is not thrown by the slight noise left in generated images).
     Returns the per-step losses."""
-    from tqdm.auto import tqdm
-
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(evaluator.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     losses = []
     evaluator.train()
-    for _ in tqdm(range(steps), disable=not progress, desc="evaluator"):
+    for _ in progress_bar(range(steps), progress, "evaluator"):
         idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen)
         x = images[idx] + noise_std * torch.rand(
             batch_size, 1, 1, 1, generator=gen

@@ -20,10 +20,10 @@ t_prev < 0), x0_hat = predicted x_0, eps_hat = predicted noise. t is an integer 
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from .forward import check_prediction_type, model_output_to_x0_eps, predict_eps_from_x0
 from .schedules import NoiseSchedule
+from .setup import progress_bar
 
 SAMPLERS = ("ddpm", "ddim")
 SPACINGS = ("trailing", "leading", "linspace")
@@ -273,7 +273,7 @@ def sample(
     span = schedule.num_timesteps if start_step is None else start_step + 1
     steps = make_timesteps(span, num_steps, spacing)
     trajectory = [x.cpu()] if return_trajectory else None
-    for i, t in enumerate(tqdm(steps, disable=not progress, desc=sampler)):
+    for i, t in enumerate(progress_bar(steps, progress, sampler)):
         t_prev = steps[i + 1] if i + 1 < len(steps) else -1
         t_batch = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
         out = guided_model_output(

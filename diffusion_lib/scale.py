@@ -43,7 +43,8 @@ import time
 from contextlib import contextmanager
 
 import torch
-from tqdm.auto import tqdm
+
+from .setup import progress_bar
 
 # a training stage apart from the measurement
 STAGED = (
@@ -179,7 +180,7 @@ def fit(accelerator, model, trainable, next_batch, schedule, cfg, prediction_typ
     result, start = TrainResult(), time.perf_counter()
     trainable.train()
     show = progress and accelerator.is_main_process
-    for step in (bar := tqdm(range(cfg.steps), disable=not show, desc=desc)):
+    for step in (bar := progress_bar(range(cfg.steps), show, desc)):
         x0, kwargs = next_batch(gen)
         t, eps = draw_noise(schedule, x0, gen)  # the whole batch's, as the plain loop
         for group in opt.param_groups:

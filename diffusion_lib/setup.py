@@ -114,3 +114,21 @@ def setup(seed: int = 0, mode: str | None = None, verbose: bool = True) -> RunMo
             f"seed {seed}"
         )
     return RunMode(mode, device, seed)
+
+
+BOOK_BUILD = "DIFFUSION_BOOK_BUILD"  # set by `make book`
+
+
+def book_build() -> bool:
+    """Whether this notebook runs to be rendered into the book (`make book`), with no
+    reader and no kernel behind the page."""
+    return os.environ.get(BOOK_BUILD) == "1"
+
+
+def progress_bar(iterable, show: bool = True, desc: str | None = None):
+    """tqdm's notebook-or-terminal progress bar over `iterable`; none when `show` is
+    False or the book is being built (a bar is an ipywidget in a notebook: a static page
+    would need its JavaScript from a CDN to draw it)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=not show or book_build(), desc=desc)

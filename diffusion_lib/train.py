@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from . import scale as _scale
 from .forward import diffusion_loss
 from .schedules import NoiseSchedule
+from .setup import progress_bar
 
 
 class EMA:
@@ -139,7 +139,7 @@ def train_diffusion(
     )
     ema, result, start = EMA(model, cfg.ema_decay), TrainResult(), time.perf_counter()
     model.train()
-    for step in (bar := tqdm(range(cfg.steps), disable=not progress, desc="train")):
+    for step in (bar := progress_bar(range(cfg.steps), progress, "train")):
         x0, kwargs = draw_batch(
             model, images, labels, cfg, gen, context, null_context, conditions
         )

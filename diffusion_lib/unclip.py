@@ -26,12 +26,12 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import scale
 from .forward import diffusion_loss
 from .metrics import blur
 from .schedules import NoiseSchedule
+from .setup import progress_bar
 from .train import EMA, TrainConfig, TrainResult, lr_at
 from .unet import UNet, UNetConfig
 
@@ -182,7 +182,7 @@ def train_upsampler(
     )
     ema, result, start = EMA(model, cfg.ema_decay), TrainResult(), time.perf_counter()
     model.train()
-    for step in (bar := tqdm(range(cfg.steps), disable=not progress, desc="upsampler")):
+    for step in (bar := progress_bar(range(cfg.steps), progress, "upsampler")):
         high, kwargs = next_batch(gen)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)

@@ -31,9 +31,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .samplers import randn
+from .setup import progress_bar
 from .train import EMA, lr_at
 from .unet import AttentionBlock, ResBlock, _norm
 
@@ -272,7 +272,7 @@ def train_vae(
         time.perf_counter(),
     )
     model.train()
-    for step in (bar := tqdm(range(cfg.steps), disable=not progress, desc="vae")):
+    for step in (bar := progress_bar(range(cfg.steps), progress, "vae")):
         idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen)
         x = images[idx].to(device)
         for group in opt.param_groups:

@@ -4,11 +4,12 @@ sliders."""
 from __future__ import annotations
 
 import math
-import os
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+
+from .setup import BOOK_BUILD, book_build  # noqa: F401  (BOOK_BUILD: for callers)
 
 
 def to_display(images: torch.Tensor) -> torch.Tensor:
@@ -132,9 +133,6 @@ def show_trajectory(
     return ax
 
 
-BOOK_BUILD = "DIFFUSION_BOOK_BUILD"  # set by `make book`
-
-
 def static_slider_note(values, description: str) -> str:
     """What the rendered book shows in place of a slider."""
     return (
@@ -160,7 +158,7 @@ def slider(fn, values, description: str = "t"):
     values = list(values)
     if not values:
         raise ValueError("slider needs at least one value")
-    if os.environ.get(BOOK_BUILD) == "1":  # `make book`: no kernel will answer
+    if book_build():  # `make book`: no kernel will answer
         display(Markdown(static_slider_note(values, description)))
         return None
     control = widgets.SelectionSlider(options=values, description=description)

@@ -54,3 +54,16 @@ def test_make_book_sets_the_book_build_variable():
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     book_recipe = makefile.split("\nbook:")[1].split("\n\n")[0]
     assert f"{viz.BOOK_BUILD}=1" in book_recipe
+
+
+def test_book_build_draws_no_progress_bars(monkeypatch):
+    """A progress bar is an ipywidget in a notebook, whose JavaScript a static page
+    would fetch from a CDN: the book build draws none; a reader's run does."""
+    from diffusion_lib.setup import progress_bar
+
+    monkeypatch.delenv(viz.BOOK_BUILD, raising=False)
+    assert progress_bar(range(3), True, "x").disable is False
+    assert progress_bar(range(3), False, "x").disable is True
+    monkeypatch.setenv(viz.BOOK_BUILD, "1")
+    bar = progress_bar(range(3), True, "x")
+    assert bar.disable is True and list(bar) == [0, 1, 2]
