@@ -36,6 +36,9 @@ from .schedules import NoiseSchedule
 from .train import train_diffusion
 
 VARIANTS = ("plain", "bf16", "compile", "bf16+compile", "batch x4")
+# the models trained from scratch by train_diffusion (the upsampler and the Part IV
+# models train through other loops or on top of the mini SD)
+MODELS = ("shapes-ddpm", "scenes-ldm", "scenes-prior", "scenes-decoder")
 CONTEXT_LENGTH = 20  # the scene tokenizer's context length (CLIP's text states)
 
 
@@ -86,7 +89,7 @@ def _case(name: str, n: int):
         cfg, schedule = recipes.SCENES_PRIOR_TRAIN, recipes.UNCLIP_SCHEDULE
     else:
         raise ValueError(
-            f"unknown model {name!r}; expected one of {', '.join(scale.STAGED)}"
+            f"unknown model {name!r}; expected one of {', '.join(MODELS)}"
         )
     return model, NoiseSchedule.make(schedule["kind"], schedule["num_timesteps"]), (
         images, kwargs, cfg
@@ -183,7 +186,7 @@ def main(argv=None):
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu"
     )
-    parser.add_argument("--models", nargs="+", default=list(scale.STAGED))
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--steps", type=int, default=50)

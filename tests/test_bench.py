@@ -5,10 +5,10 @@ import math
 
 import pytest
 
-from diffusion_lib import bench, scale
+from diffusion_lib import bench
 
 
-@pytest.mark.parametrize("name", scale.STAGED)
+@pytest.mark.parametrize("name", bench.MODELS)
 def test_every_model_trains_plain_and_in_bf16(name):
     plain = bench.measure(name, "plain", warmup=1, steps=2, batch_size=8)
     bf16 = bench.measure(name, "bf16", warmup=1, steps=2, batch_size=8)
