@@ -88,9 +88,7 @@ def _case(name: str, n: int):
         }
         cfg, schedule = recipes.SCENES_PRIOR_TRAIN, recipes.UNCLIP_SCHEDULE
     else:
-        raise ValueError(
-            f"unknown model {name!r}; expected one of {', '.join(MODELS)}"
-        )
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
     return model, NoiseSchedule.make(schedule["kind"], schedule["num_timesteps"]), (
         images, kwargs, cfg
     )  # fmt: skip

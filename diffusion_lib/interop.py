@@ -32,7 +32,9 @@ from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+from diffusers.utils import logging as diffusers_logging
 
+from .setup import book_build
 from .unet import UNet, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
 
@@ -165,11 +167,20 @@ def save_diffusers(pipe, folder: str | Path) -> Path:
 
 def load_diffusers(folder: str | Path) -> StableDiffusionPipeline:
     """StableDiffusionPipeline.from_pretrained on a folder written by save_diffusers
-    (offline: local files only)."""
-    sd = StableDiffusionPipeline.from_pretrained(
-        str(folder), text_encoder=None, tokenizer=None, safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False, local_files_only=True,
-    )  # fmt: skip
+    (offline: local files only). A book build shows no loading bar (an ipywidget whose
+    JavaScript a static page would fetch from a CDN)."""
+    quiet = book_build() and diffusers_logging.is_progress_bar_enabled()
+    if quiet:
+        diffusers_logging.disable_progress_bar()
+    try:
+        sd = StableDiffusionPipeline.from_pretrained(
+            str(folder), text_encoder=None, tokenizer=None, safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False,
+            local_files_only=True,
+        )  # fmt: skip
+    finally:
+        if quiet:
+            diffusers_logging.enable_progress_bar()
     sd.set_progress_bar_config(disable=True)
     return sd
 

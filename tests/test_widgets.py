@@ -67,3 +67,30 @@ def test_book_build_draws_no_progress_bars(monkeypatch):
     monkeypatch.setenv(viz.BOOK_BUILD, "1")
     bar = progress_bar(range(3), True, "x")
     assert bar.disable is True and list(bar) == [0, 1, 2]
+
+
+def test_book_build_loads_diffusers_folders_without_a_progress_bar(monkeypatch):
+    """diffusers draws a "Loading pipeline components" bar (an ipywidget) unless told
+    not to: a book build turns it off while loading, and back on after."""
+    from diffusers.utils import logging as diffusers_logging
+
+    from diffusion_lib import interop
+
+    seen = []
+
+    class Fake:
+        def set_progress_bar_config(self, **kwargs):
+            pass
+
+    def fake_from_pretrained(*args, **kwargs):
+        seen.append(diffusers_logging.is_progress_bar_enabled())
+        return Fake()
+
+    monkeypatch.setattr(
+        interop.StableDiffusionPipeline, "from_pretrained", fake_from_pretrained
+    )
+    monkeypatch.setenv(viz.BOOK_BUILD, "1")
+    interop.load_diffusers("folder")
+    monkeypatch.delenv(viz.BOOK_BUILD)
+    interop.load_diffusers("folder")
+    assert seen == [False, True] and diffusers_logging.is_progress_bar_enabled()
