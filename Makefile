@@ -13,10 +13,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-## make book: build the rendered book, executing every notebook in cpu mode (DIFFUSION_BOOK_BUILD=1:
-## a slider shows a sentence instead of a widget that no kernel will answer; its static figure stays)
+## make book: build the rendered book, executing every notebook in cpu mode (DIFFUSION_HEADLESS=1:
+## no live widgets: a slider shows a sentence beside its static figure, no progress bars; see setup.headless)
 book: $(STAMP)
-	DIFFUSION_MODE=cpu DIFFUSION_BOOK_BUILD=1 $(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+	DIFFUSION_MODE=cpu DIFFUSION_HEADLESS=1 $(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 	@echo "Open file://$(abspath _build/html/index.html)"
 
 ## make test: unit tests, diffusers cross-checks, quality gates, book build, every notebook in quick mode;

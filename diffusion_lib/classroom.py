@@ -42,6 +42,8 @@ from pathlib import Path
 
 import nbformat
 
+from .setup import HEADLESS
+
 LOG_VARIABLE = "DIFFUSION_GRADING_LOG"  # exercises.check appends its verdicts here
 SOLUTION = re.compile(r"^:{3,}\{solution\}")
 CHECK_CALL = re.compile(r"""\bcheck\(\s*["']([\w.]+)["']""")
@@ -299,7 +301,12 @@ def run_notebook(path, log_path, mode: str = "quick", timeout: float = 600.0,
     """Run a notebook top to bottom in a fresh kernel (its own process group), with the
     checkers' verdicts appended to `log_path`. Returns {"seconds", "timed_out",
     "errors": [(cell index, error name, message)], "failed": why it could not run}."""
-    env = {**os.environ, "DIFFUSION_MODE": mode, LOG_VARIABLE: str(log_path)}
+    env = {
+        **os.environ,
+        "DIFFUSION_MODE": mode,
+        LOG_VARIABLE: str(log_path),
+        HEADLESS: "1",  # no live widgets: nobody is watching (see setup.headless)
+    }
     if threads:  # several notebooks at once: share the cores instead of oversubscribing
         env["OMP_NUM_THREADS"] = str(threads)
     command = [sys.executable, "-m", "diffusion_lib.classroom", "_run", str(path)]

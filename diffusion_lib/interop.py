@@ -34,7 +34,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from diffusers.utils import logging as diffusers_logging
 
-from .setup import book_build
+from .setup import headless
 from .unet import UNet, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
 
@@ -169,7 +169,7 @@ def load_diffusers(folder: str | Path) -> StableDiffusionPipeline:
     """StableDiffusionPipeline.from_pretrained on a folder written by save_diffusers
     (offline: local files only). A book build shows no loading bar (an ipywidget whose
     JavaScript a static page would fetch from a CDN)."""
-    quiet = book_build() and diffusers_logging.is_progress_bar_enabled()
+    quiet = headless() and diffusers_logging.is_progress_bar_enabled()
     if quiet:
         diffusers_logging.disable_progress_bar()
     try:

@@ -116,19 +116,21 @@ def setup(seed: int = 0, mode: str | None = None, verbose: bool = True) -> RunMo
     return RunMode(mode, device, seed)
 
 
-BOOK_BUILD = "DIFFUSION_BOOK_BUILD"  # set by `make book`
+HEADLESS = "DIFFUSION_HEADLESS"  # set by `make book` and by the grader's runs
 
 
-def book_build() -> bool:
-    """Whether this notebook runs to be rendered into the book (`make book`), with no
-    reader and no kernel behind the page."""
-    return os.environ.get(BOOK_BUILD) == "1"
+def headless() -> bool:
+    """Whether this notebook runs with no reader: rendered into the book (`make book`)
+    or graded (`classroom grade`). Then nothing displays a live ipywidget: no kernel
+    will answer it, a static page would fetch its JavaScript from a CDN, and
+    executions with widgets sometimes stall nbclient (seen once in `make book` and
+    once in grading; nbclient issue 312)."""
+    return os.environ.get(HEADLESS) == "1"
 
 
 def progress_bar(iterable, show: bool = True, desc: str | None = None):
     """tqdm's notebook-or-terminal progress bar over `iterable`; none when `show` is
-    False or the book is being built (a bar is an ipywidget in a notebook: a static page
-    would need its JavaScript from a CDN to draw it)."""
+    False or the run is headless (in a notebook a bar is an ipywidget)."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, disable=not show or book_build(), desc=desc)
+    return tqdm(iterable, disable=not show or headless(), desc=desc)

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .setup import BOOK_BUILD, book_build  # noqa: F401  (BOOK_BUILD: for callers)
+from .setup import HEADLESS, headless  # noqa: F401  (HEADLESS: for callers)
 
 
 def to_display(images: torch.Tensor) -> torch.Tensor:
@@ -147,10 +147,10 @@ def slider(fn, values, description: str = "t"):
     `interactive` widget (its .children[0] is the slider: set .value to move it, as
     the tests do without a browser). Live notebooks only: the callback's figures live
     inside the widget, so a chapter keeps a static figure of the same pictures beside
-    it for the rendered book. When the book is built (DIFFUSION_BOOK_BUILD=1, set by
-    `make book`) it displays a note instead and returns None: a slider in a static
-    page has no kernel to call back, its JavaScript would come from a CDN, and live
-    widgets are the cells that can stall a headless notebook run (nbclient issue 312).
+    it for the rendered book. In a headless run (DIFFUSION_HEADLESS=1, set by
+    `make book` and the grader) it displays a note instead and returns None: nobody
+    can move it, a static page would fetch its JavaScript from a CDN, and runs with
+    live widgets sometimes stall nbclient (nbclient issue 312).
     """
     import ipywidgets as widgets
     from IPython.display import Markdown, display
@@ -158,7 +158,7 @@ def slider(fn, values, description: str = "t"):
     values = list(values)
     if not values:
         raise ValueError("slider needs at least one value")
-    if book_build():  # `make book`: no kernel will answer
+    if headless():  # `make book` or grading: no kernel will answer
         display(Markdown(static_slider_note(values, description)))
         return None
     control = widgets.SelectionSlider(options=values, description=description)

@@ -159,6 +159,21 @@ def test_a_notebook_past_the_time_limit_is_stopped(tmp_path):
     assert run["timed_out"] and run["seconds"] == 15
 
 
+def test_graded_notebooks_run_headless(tmp_path):
+    """The grader's kernels run with DIFFUSION_HEADLESS=1: no live widget (a slider,
+    a progress bar) is displayed while nobody watches."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import os\nfrom diffusion_lib import viz\n"
+        "assert os.environ['DIFFUSION_HEADLESS'] == '1'\n"
+        "assert viz.slider(print, [1, 2]) is None"
+    )]  # fmt: skip
+    path = tmp_path / "headless.ipynb"
+    nbformat.write(nb, path)
+    run = classroom.run_notebook(path, tmp_path / "log", timeout=120)
+    assert run["errors"] == [] and not run["timed_out"], run
+
+
 KEY_RUNS = 3  # answer keys run whole: the first two chapters and the last one
 
 

@@ -36,13 +36,13 @@ def test_at_least_four_chapters_have_a_slider():
 
 
 def test_book_build_shows_a_note_instead_of_a_live_slider(monkeypatch):
-    """`make book` sets DIFFUSION_BOOK_BUILD=1: the page gets a sentence (the static
+    """`make book` sets DIFFUSION_HEADLESS=1: the page gets a sentence (the static
     figure beside it shows the pictures), no widget, and the callback does not run."""
     import IPython.display
 
     shown, called = [], []
     monkeypatch.setattr(IPython.display, "display", shown.append)
-    monkeypatch.setenv(viz.BOOK_BUILD, "1")
+    monkeypatch.setenv(viz.HEADLESS, "1")
     assert viz.slider(called.append, [0, 250, 999], "t") is None
     assert called == []
     assert len(shown) == 1 and "slider over `t` from 0 to 999" in shown[0].data
@@ -53,7 +53,7 @@ def test_make_book_sets_the_book_build_variable():
 
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     book_recipe = makefile.split("\nbook:")[1].split("\n\n")[0]
-    assert f"{viz.BOOK_BUILD}=1" in book_recipe
+    assert f"{viz.HEADLESS}=1" in book_recipe
 
 
 def test_book_build_draws_no_progress_bars(monkeypatch):
@@ -61,10 +61,10 @@ def test_book_build_draws_no_progress_bars(monkeypatch):
     would fetch from a CDN: the book build draws none; a reader's run does."""
     from diffusion_lib.setup import progress_bar
 
-    monkeypatch.delenv(viz.BOOK_BUILD, raising=False)
+    monkeypatch.delenv(viz.HEADLESS, raising=False)
     assert progress_bar(range(3), True, "x").disable is False
     assert progress_bar(range(3), False, "x").disable is True
-    monkeypatch.setenv(viz.BOOK_BUILD, "1")
+    monkeypatch.setenv(viz.HEADLESS, "1")
     bar = progress_bar(range(3), True, "x")
     assert bar.disable is True and list(bar) == [0, 1, 2]
 
@@ -89,8 +89,8 @@ def test_book_build_loads_diffusers_folders_without_a_progress_bar(monkeypatch):
     monkeypatch.setattr(
         interop.StableDiffusionPipeline, "from_pretrained", fake_from_pretrained
     )
-    monkeypatch.setenv(viz.BOOK_BUILD, "1")
+    monkeypatch.setenv(viz.HEADLESS, "1")
     interop.load_diffusers("folder")
-    monkeypatch.delenv(viz.BOOK_BUILD)
+    monkeypatch.delenv(viz.HEADLESS)
     interop.load_diffusers("folder")
     assert seen == [False, True] and diffusers_logging.is_progress_bar_enabled()
