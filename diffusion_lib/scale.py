@@ -129,23 +129,6 @@ def share(step_batch: int, accelerator) -> int:
     return step_batch // (procs * accum)
 
 
-def train_diffusion_accelerated(
-    accelerator, model, schedule, images, labels, cfg, progress=True, callback=None,
-    callback_every=0, context=None, null_context=None, conditions=None,
-):  # fmt: skip
-    """train_diffusion's loop, data-parallel (see the module docstring)."""
-    from .train import draw_batch
-
-    def next_batch(gen):
-        return draw_batch(
-            model, images, labels, cfg, gen, context, null_context, conditions
-        )
-
-    return fit(accelerator, model, model, next_batch, schedule, cfg,
-               cfg.prediction_type, cfg.loss_weighting, progress, callback,
-               callback_every)  # fmt: skip
-
-
 def fit(accelerator, model, trainable, next_batch, schedule, cfg, prediction_type="eps",
         loss_weighting="none", progress=True, callback=None, callback_every=0,
         desc="train"):  # fmt: skip

@@ -127,11 +127,16 @@ def train_diffusion(
     """
     cfg = config or TrainConfig()
     check_training_inputs(images, context, null_context, conditions)
+
+    def next_batch(gen):
+        return draw_batch(
+            model, images, labels, cfg, gen, context, null_context, conditions
+        )
+
     if (accelerator := _scale.active()) is not None:  # under `accelerate launch`
-        return _scale.train_diffusion_accelerated(
-            accelerator, model, schedule, images, labels, cfg, progress, callback,
-            callback_every, context, null_context, conditions,
-        )  # fmt: skip
+        return _scale.fit(accelerator, model, model, next_batch, schedule, cfg,
+                          cfg.prediction_type, cfg.loss_weighting, progress, callback,
+                          callback_every)  # fmt: skip
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(
@@ -140,9 +145,7 @@ def train_diffusion(
     ema, result, start = EMA(model, cfg.ema_decay), TrainResult(), time.perf_counter()
     model.train()
     for step in (bar := progress_bar(range(cfg.steps), progress, "train")):
-        x0, kwargs = draw_batch(
-            model, images, labels, cfg, gen, context, null_context, conditions
-        )
+        x0, kwargs = next_batch(gen)
         x0, kwargs = x0.to(device), {k: v.to(device) for k, v in kwargs.items()}
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
