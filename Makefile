@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: book test lint test-lib test-notebooks checkpoints bench clean handouts
+.PHONY: book test lint test-lib test-notebooks test-from-scratch checkpoints bench clean handouts
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,6 +25,11 @@ book: $(STAMP)
 TEST_WORKERS ?= 2
 test: $(STAMP) lint
 	OMP_NUM_THREADS=1 DIFFUSION_MODE=quick $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests notebooks book/instructor_guide.ipynb --nbval-lax --durations=0 -q
+
+## make test-from-scratch: every notebook in quick mode, going on with the models it trains instead of
+## the shipped checkpoints (DIFFUSION_FROM_SCRATCH=1): the code paths of gpu mode, with tiny models, on a CPU
+test-from-scratch: $(STAMP)
+	OMP_NUM_THREADS=1 DIFFUSION_MODE=quick DIFFUSION_FROM_SCRATCH=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile notebooks --nbval-lax --durations=0 -q
 
 ## make lint: one style for the library, tests and notebooks (ruff reads .ipynb)
 lint: $(STAMP)

@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import scale as _scale
 from .setup import progress_bar
 from .train import lr_at
 from .unet import Attention
@@ -317,22 +318,41 @@ def train_clip(
             f"need one caption per image, got {images.shape[0]} images and "
             f"{tokens.shape[0]} captions"
         )
-    device = next(model.parameters()).device
+    device, homes = _scale.start(model)  # under `accelerate launch`: its device
     gen = torch.Generator().manual_seed(cfg.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     rest = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay},
          {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)  # fmt: skip
+
+    def loss_of(rows):  # the mean loss of some rows against the whole batch
+        img = model.encode_image(rows["images"].to(device))
+        txt = model.encode_text(rows["tokens"].to(device))
+        # every row's negatives are the whole batch's other rows: with several
+        # processes, gather theirs (plain: all_img is img and `first` is 0)
+        (all_img, first), (all_txt, _) = _scale.gather(img), _scale.gather(txt)
+        s = model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+        target = first + torch.arange(len(img), device=device)  # the matching rows
+        per_image = s * img @ all_txt.T  # [rows, batch]: plain, model(images, tokens)
+        per_caption = (s * all_img @ txt.T).T  # [rows, batch]: plain, its transpose
+        return 0.5 * (
+            F.cross_entropy(per_image, target) + F.cross_entropy(per_caption, target)
+        )  # plain: clip_loss(model(images, tokens))
+
     result, start = CLIPTrainResult(), time.perf_counter()
     model.train()
-    for step in (bar := progress_bar(range(cfg.steps), progress, "clip")):
+    for step in (
+        bar := progress_bar(
+            range(cfg.steps), progress and _scale.is_main_process(), "clip"
+        )
+    ):
         idx = torch.randperm(images.shape[0], generator=gen)[: cfg.batch_size]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
-        loss = clip_loss(model(images[idx].to(device), tokens[idx].to(device)))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        batch = {"images": images[idx], "tokens": tokens[idx]}
+        loss = _scale.backward(loss_of, batch, model.parameters(), contrastive=True)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         result.losses.append(loss.item())
@@ -340,6 +360,7 @@ def train_clip(
         if step % 50 == 0:
             recent = result.losses[-50:]
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}")
+    _scale.finish(homes, model)
     result.seconds = time.perf_counter() - start
     model.eval()
     return result

@@ -30,6 +30,7 @@ from dataclasses import asdict
 import torch
 
 from . import pretrained
+from . import scale as _scale
 from .adapters import (
     LORA_TARGETS,
     TrainableWords,
@@ -50,7 +51,7 @@ from .data import (
     full_captions,
     make_scenes,
 )
-from .forward import diffusion_loss
+from .forward import diffusion_loss, draw_noise
 from .judge import SceneJudge, scene_accuracy, scene_judge_config
 from .train import TrainConfig, TrainResult, save_checkpoint, train_diffusion
 
@@ -160,15 +161,24 @@ def train_textual_inversion(
     tokens = pipe.tokenizer(concept.captions).to(pipe.device)
     gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.AdamW([table.new], lr=config.lr, weight_decay=0.0)
+
+    def loss_of(rows):  # the mean loss over some rows of the batch
+        context = pipe.text_encoder.text_states(rows["tokens"])  # grad reaches the row
+        return diffusion_loss(pipe.unet, pipe.schedule, rows["x0"],
+                              {"context": context}, pipe.prediction_type,
+                              t=rows["t"].to(pipe.device),
+                              eps=rows["eps"].to(pipe.device))  # fmt: skip
+
     result, start = TrainResult(), time.perf_counter()
     for _ in range(config.steps):
         idx = torch.randint(0, len(latents), (config.batch_size,), generator=gen)
-        context = pipe.text_encoder.text_states(tokens[idx])  # grad reaches the row
-        loss = diffusion_loss(pipe.unet, pipe.schedule, latents[idx],
-                              {"context": context}, pipe.prediction_type,
-                              generator=gen)  # fmt: skip
+        t, eps = draw_noise(pipe.schedule, latents[idx], gen)  # as diffusion_loss would
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # loss_of(batch).backward(), or launched, its data-parallel share
+        loss = _scale.backward(
+            loss_of, {"x0": latents[idx], "tokens": tokens[idx], "t": t, "eps": eps},
+            [table.new],
+        )  # fmt: skip
         opt.step()
         result.losses.append(loss.item())
     table.new.requires_grad_(False)
@@ -206,10 +216,9 @@ def _summary(row: dict) -> dict:
 
 def _base_pipe(out_dir):
     """The shipped mini SD, on the accelerator's device under `accelerate launch`."""
-    from . import scale
     from .pipelines import MiniStableDiffusion
 
-    accelerator = scale.active()
+    accelerator = _scale.active()
     device = accelerator.device if accelerator is not None else None
     return MiniStableDiffusion.from_pretrained(device, out_dir)
 

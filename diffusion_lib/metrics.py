@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import scale as _scale
 from .data import ATTRIBUTES, BACKGROUND, LABEL_SIZES, make_shapes
 from .judge import (  # noqa: F401  (the judge is part of the metrics' interface)
     BINDINGS,
@@ -462,25 +463,34 @@ def train_evaluator(
     """Cross-entropy on every attribute head, with Gaussian-noise augmentation (so
     that the evaluator is not thrown by the slight noise left in generated images).
     Returns the per-step losses."""
+    device, homes = _scale.start(evaluator)  # under `accelerate launch`: its device
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(evaluator.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+
+    def loss_of(rows):  # the mean loss over some rows of the batch
+        logits = evaluator(rows["x"].to(device))
+        return sum(F.cross_entropy(z, rows["labels"][:, i].to(device))
+                   for i, z in enumerate(logits))  # fmt: skip
+
     losses = []
     evaluator.train()
-    for _ in progress_bar(range(steps), progress, "evaluator"):
+    for _ in progress_bar(
+        range(steps), progress and _scale.is_main_process(), "evaluator"
+    ):
         idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen)
         x = images[idx] + noise_std * torch.rand(
             batch_size, 1, 1, 1, generator=gen
         ) * torch.randn(images[idx].shape, generator=gen)
-        loss = sum(
-            F.cross_entropy(logits, labels[idx, i])
-            for i, logits in enumerate(evaluator(x))
-        )
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # loss_of(batch).backward(), or its data-parallel share
+        loss = _scale.backward(
+            loss_of, {"x": x, "labels": labels[idx]}, evaluator.parameters()
+        )
         opt.step()
         sched.step()
         losses.append(loss.item())
+    _scale.finish(homes, evaluator)
     evaluator.eval()
     return losses
 

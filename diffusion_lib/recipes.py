@@ -10,7 +10,7 @@
     python -m diffusion_lib.recipes scenes-ldm  # chapter 8's mini Stable Diffusion
 
 Each recipe trains, measures its quality gates, and writes NAME.safetensors + NAME.json.
-The diffusion recipes also run data-parallel, in mixed precision or with gradient
+Every recipe also runs data-parallel, in mixed precision or with gradient
 accumulation under 🤗 Accelerate (see diffusion_lib.scale):
 
     accelerate launch --multi_gpu --num_processes 4 -m diffusion_lib.recipes scenes-ldm

@@ -23,16 +23,19 @@ meaning and changes only where the arithmetic happens:
 * checkpoints and manifests are written by the main process only, after every process
   has hashed the weights it holds (the manifest records the hashes: they must agree).
 
-The recipes trained by those loops scale out (`SCALES_OUT`). `run_recipe` trains those
-with a separate training stage (`STAGED`) on every process, then measures on the main
-process alone; scenes-lora, scenes-inpaint and scenes-controlnet (`WHOLE`) measure
-inside the same run, so every process runs the whole recipe (seeded: the same
-numbers), and the main one writes. The others keep their own loops — the evaluator and
-the VAE are not diffusion models, CLIP's contrastive loss needs every process's
-embeddings as negatives (plain data parallelism does not give them), and textual
-inversion trains one embedding row — and under a launch with several processes, mixed
-precision or accumulation they stop with an error instead of silently training
-something else.
+Every recipe scales out (`SCALES_OUT`). `run_recipe` trains those with a separate
+training stage (`STAGED`) on every process, then measures on the main process alone;
+the others (`WHOLE`) measure inside the same run, so every process runs the whole
+recipe (seeded: the same numbers), and the main one writes.
+
+The loops that are not diffusion training (the evaluator's, the VAE's, CLIP's) and
+textual inversion's (one embedding row of a text encoder that the loop calls before
+the UNet) stay plain loops around one call, `backward(loss_of, batch, params)`: plain,
+loss_of(batch).backward(); launched, each process's share of the rows, with the
+gradients summed across processes by one all-reduce. CLIP's contrastive loss compares
+every caption with every image of the batch, so there each process `gather`s the
+others' embeddings (gradients flow back to the process that computed them), and
+gradient accumulation is refused: a micro-batch would see fewer negatives.
 """
 
 from __future__ import annotations
@@ -53,7 +56,10 @@ STAGED = (
 # measured inside the same run (before and after training, or while it trains):
 # every process runs the whole recipe; the measurements are seeded, so each process
 # computes the same numbers, and the main process writes them
-WHOLE = ("scenes-lora", "scenes-inpaint", "scenes-controlnet")
+WHOLE = (
+    "scenes-lora", "scenes-inpaint", "scenes-controlnet",  # train_diffusion's loops
+    "shapes-evaluator", "scenes-vae", "scenes-clip", "scenes-inversion",  # backward()
+)  # fmt: skip
 SCALES_OUT = STAGED + WHOLE
 
 _active = None  # the Accelerator of the running recipe, if launched by accelerate
@@ -104,6 +110,7 @@ def state_hash(state: dict) -> str:
     for name in sorted(state):
         v = state[name].detach().to("cpu").contiguous()
         h.update(f"{name}:{v.dtype}:{tuple(v.shape)}".encode())
+        v = v.reshape(-1)  # a 0-d tensor cannot be viewed as bytes
         h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()
 
@@ -205,6 +212,138 @@ def fit(accelerator, model, trainable, next_batch, schedule, cfg, prediction_typ
     return result
 
 
+# ---------------------------------------------------------------------------------
+# The other loops (the evaluator's, the VAE's, CLIP's, textual inversion's): written
+# out in their modules as plain loops around one call, `backward(loss_of, batch,
+# params)`, which under an active Accelerator becomes the data-parallel step.
+
+
+def _distributed(accelerator) -> bool:
+    return accelerator is not None and accelerator.num_processes > 1
+
+
+def start(*modules):
+    """Where a loop trains: the active Accelerator's device (the modules are moved
+    there, and every process starts from the main process's weights, as
+    DistributedDataParallel would give them), or, in the plain loop, where the first
+    module's parameters are. Returns (device, the devices to move them back to)."""
+    homes = [next(m.parameters()).device for m in modules]
+    if _active is None:
+        return homes[0], homes
+    for m in modules:
+        m.to(_active.device)
+        if _distributed(_active):
+            import torch.distributed as dist
+
+            with torch.no_grad():
+                for v in [*m.parameters(), *m.buffers()]:
+                    dist.broadcast(v.data, src=0)
+    return _active.device, homes
+
+
+def finish(homes, *modules) -> None:
+    """Move the modules back to where `start` found them (the recipe goes on to measure
+    where it built them)."""
+    if _active is not None:
+        for m, home in zip(modules, homes):
+            m.to(home)
+
+
+def backward(loss_of, batch: dict, params, contrastive: bool = False):
+    """One step's gradient of the whole batch's mean loss, into the params' .grad.
+
+    loss_of(rows) -> the mean loss over `rows` (a dict of tensors, rows of `batch`), or
+    a tuple (loss, other means to report). batch: the whole batch, the same on every
+    process (drawn from the same seeded generator). Plain: loss_of(batch).backward().
+    Under an active Accelerator, this process computes its share of the rows,
+    micro-batch by micro-batch (under the launch's autocast), each weighted by its
+    share of the batch, and the gradients are summed across processes: the gradient
+    of the same mean as in the plain loop. contrastive: the loss compares each row
+    with every other row of the batch (CLIP), so it cannot be split into
+    micro-batches; loss_of must then `gather` the embeddings of all processes.
+    Returns the whole batch's mean loss (and the other means), detached."""
+    acc = _active
+    if acc is None:
+        out = loss_of(batch)
+        loss = out[0] if isinstance(out, tuple) else out
+        loss.backward()
+        return (
+            tuple(v.detach() for v in out) if isinstance(out, tuple) else loss.detach()
+        )
+    n = len(next(iter(batch.values())))
+    accum, procs, rank = (
+        acc.gradient_accumulation_steps, acc.num_processes, acc.process_index,
+    )  # fmt: skip
+    if contrastive and accum > 1:
+        raise ValueError(
+            "a contrastive loss needs the whole batch at once (every row is a negative "
+            "for the others): train it without --grad-accum, or on more processes"
+        )
+    if acc.mixed_precision == "fp16":
+        raise ValueError(
+            "this loop trains in float32 or under bf16 autocast; fp16 would need loss "
+            "scaling: launch with --mixed_precision bf16 (or no)"
+        )
+    micro = share(n, acc)
+    totals = None
+    for part in range(accum):
+        rows = slice((part * procs + rank) * micro, (part * procs + rank + 1) * micro)
+        with acc.autocast():
+            out = loss_of({k: v[rows] for k, v in batch.items()})
+        out = out if isinstance(out, tuple) else (out,)
+        (out[0].float() * (micro / n)).backward()
+        part_means = [v.detach().float() * (micro / n) for v in out]
+        totals = (
+            part_means
+            if totals is None
+            else [a + b for a, b in zip(totals, part_means)]
+        )
+    params = [p for p in params if p.requires_grad]
+    if _distributed(acc):
+        import torch.distributed as dist
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        dist.all_reduce(flat)  # the sum over processes of their weighted shares
+        offset = 0
+        for p, g in zip(params, grads):
+            p.grad = flat[offset : offset + g.numel()].view_as(p).to(p.dtype)
+            offset += g.numel()
+        totals = [acc.reduce(v, reduction="sum") for v in totals]
+    return tuple(totals) if len(totals) > 1 else totals[0]
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward hands each process the gradient that every process's
+    loss sends to its rows (an all-reduce of the gathered gradient, then its slice)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        import torch.distributed as dist
+
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
+def gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(every process's rows of x, concatenated in process order, with gradients
+    flowing back to each process's own rows; where this process's rows start). In the
+    plain loop, or with one process: (x, 0)."""
+    if not _distributed(_active):
+        return x, 0
+    return _GatherWithGrad.apply(x), _active.process_index * x.shape[0]
+
+
 def run_recipe(name: str, recipe, out_dir, quick=False, seed=0, grad_accum=1,
                **kwargs) -> dict | None:  # fmt: skip
     """Run recipe `name` (kwargs: its options, "stage" among them) in a process started
@@ -213,25 +352,16 @@ def run_recipe(name: str, recipe, out_dir, quick=False, seed=0, grad_accum=1,
     wait. Returns the manifest on the main process, None on the others."""
     from accelerate import Accelerator
 
+    if name not in SCALES_OUT:
+        raise SystemExit(
+            f"{name} is not known to diffusion_lib.scale: add it to STAGED (a separate "
+            "training stage) or WHOLE (measured in the same run)"
+        )
     # without a GPU, several processes train on the CPU over gloo (accelerate needs
     # cpu=True to take that path; `accelerate launch --multi_gpu` starts them)
     accelerator = Accelerator(
         gradient_accumulation_steps=grad_accum, cpu=not torch.cuda.is_available()
     )
-    plain = (
-        accelerator.num_processes == 1
-        and accelerator.mixed_precision == "no"
-        and grad_accum == 1
-    )
-    if name not in SCALES_OUT:
-        if not plain:
-            raise SystemExit(
-                f"{name} does not scale out: only {', '.join(SCALES_OUT)} train "
-                "data-parallel, with mixed precision or gradient accumulation. Run it "
-                f"with `python -m diffusion_lib.recipes {name}` (or a launch with one "
-                "process, no mixed precision and no --grad-accum)."
-            )
-        return recipe(out_dir, quick=quick, seed=seed, **kwargs)
     stage = kwargs.pop("stage", "all")
     if "device" in kwargs:  # the recipes with a --device option: where accelerate says
         kwargs["device"] = str(accelerator.device)

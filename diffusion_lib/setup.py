@@ -8,6 +8,12 @@ Run modes (see the book's "How to use" page):
   cpu    the default without CUDA: short training demonstrations, then the shipped
          checkpoints.
   gpu    the default with CUDA (Colab): trains the chapter's models from scratch.
+
+DIFFUSION_FROM_SCRATCH=1 (or setup(from_scratch=True)) makes any mode go on with the
+models the chapter trains instead of loading the shipped checkpoints, as gpu mode does;
+in quick mode that runs gpu mode's code paths, with tiny models, on any machine (`make
+test-from-scratch`). 0 makes gpu mode use the shipped checkpoints after its training
+cells (its figures are then the book's).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 
 MODES = ("quick", "cpu", "gpu")
 MODE_VARIABLE = "DIFFUSION_MODE"
+FROM_SCRATCH_VARIABLE = "DIFFUSION_FROM_SCRATCH"
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,7 @@ class RunMode:
     mode: str
     device: torch.device
     seed: int
+    from_scratch: bool | None = None  # None: gpu mode's default (True there only)
 
     @property
     def quick(self) -> bool:
@@ -36,9 +44,11 @@ class RunMode:
 
     @property
     def train_from_scratch(self) -> bool:
-        """True on a GPU: the chapter trains its models fully instead of loading the
-        shipped checkpoints."""
-        return self.mode == "gpu"
+        """Whether the chapter goes on with the models it trained (a GPU trains them
+        fully) instead of loading the shipped checkpoints: by default in gpu mode
+        only; $DIFFUSION_FROM_SCRATCH (1 or 0) or setup(from_scratch=...) decide
+        otherwise."""
+        return self.mode == "gpu" if self.from_scratch is None else self.from_scratch
 
     def pick(self, quick, cpu, gpu=None):
         """The value for the current mode: cfg.pick(quick=20, cpu=500, gpu=8000)."""
@@ -78,9 +88,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup(seed: int = 0, mode: str | None = None, verbose: bool = True) -> RunMode:
+def _from_scratch(value: bool | None) -> bool | None:
+    if value is not None:
+        return bool(value)
+    text = os.environ.get(FROM_SCRATCH_VARIABLE, "")
+    if text not in ("", "0", "1"):
+        raise ValueError(
+            f"${FROM_SCRATCH_VARIABLE} must be 1 (go on with the models the chapter "
+            f"trains) or 0 (load the shipped checkpoints), got {text!r}"
+        )
+    return None if text == "" else text == "1"
+
+
+def setup(
+    seed: int = 0,
+    mode: str | None = None,
+    verbose: bool = True,
+    from_scratch: bool | None = None,
+) -> RunMode:
     """Pick the run mode (argument, else $DIFFUSION_MODE, else gpu if CUDA else cpu),
-    seed, and style plots."""
+    seed, and style plots. from_scratch (else $DIFFUSION_FROM_SCRATCH): see
+    RunMode.train_from_scratch."""
     mode = (
         mode
         or os.environ.get(MODE_VARIABLE)
@@ -97,6 +125,7 @@ def setup(seed: int = 0, mode: str | None = None, verbose: bool = True) -> RunMo
             "or use mode='cpu'"
         )
     device = torch.device("cuda" if mode == "gpu" else "cpu")
+    run = RunMode(mode, device, seed, _from_scratch(from_scratch))
     if mode == "quick":
         _block_network()
     seed_everything(seed)
@@ -110,10 +139,11 @@ def setup(seed: int = 0, mode: str | None = None, verbose: bool = True) -> RunMo
         pass
     if verbose:
         print(
-            f"run mode: {mode} | device: {device} | torch {torch.__version__} | "
-            f"seed {seed}"
+            f"run mode: {mode} | device: {device} | from scratch: "
+            f"{'yes' if run.train_from_scratch else 'no'} | torch {torch.__version__} "
+            f"| seed {seed}"
         )
-    return RunMode(mode, device, seed)
+    return run
 
 
 HEADLESS = "DIFFUSION_HEADLESS"  # set by `make book` and by the grader's runs

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import scale
 from .samplers import randn
 from .setup import progress_bar
 from .train import EMA, lr_at
@@ -263,7 +264,7 @@ def train_vae(
     `train.train_diffusion`). callback(step, ema_model) runs every `callback_every`
     steps."""
     cfg = config or VAETrainConfig()
-    device = next(model.parameters()).device
+    device, homes = scale.start(model)  # under `accelerate launch`: its device
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     ema, result, start = (
@@ -271,16 +272,31 @@ def train_vae(
         VAETrainResult(),
         time.perf_counter(),
     )
+    f, c = model.config.downsample_factor, model.config.latent_channels
+
+    def loss_of(rows):  # the mean loss over some rows of the batch, and its KL term
+        x = rows["x"].to(device)
+        posterior = model.encode(x)
+        z = posterior.mean + posterior.std * rows["e"].to(device)  # reparameterised
+        loss, _, kl = vae_loss(
+            model.decode(z), x, posterior, cfg.kl_weight, cfg.reconstruction
+        )
+        return loss, kl
+
     model.train()
-    for step in (bar := progress_bar(range(cfg.steps), progress, "vae")):
+    for step in (
+        bar := progress_bar(
+            range(cfg.steps), progress and scale.is_main_process(), "vae"
+        )
+    ):
         idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen)
-        x = images[idx].to(device)
+        x = images[idx]
+        e = torch.randn((len(x), c, x.shape[2] // f, x.shape[3] // f), generator=gen)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
-        x_hat, posterior = model(x, generator=gen if device.type == "cpu" else None)
-        loss, _, kl = vae_loss(x_hat, x, posterior, cfg.kl_weight, cfg.reconstruction)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # loss_of({"x": x, "e": e}).backward(), or its data-parallel share
+        loss, kl = scale.backward(loss_of, {"x": x, "e": e}, model.parameters())
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         ema.update(model)
@@ -291,6 +307,7 @@ def train_vae(
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
         if callback is not None and callback_every and (step + 1) % callback_every == 0:
             callback(step + 1, ema.model)
+    scale.finish(homes, model, ema.model)
     result.seconds, result.ema = time.perf_counter() - start, ema
     model.eval()
     return result
@@ -301,8 +318,11 @@ def reconstruct(
     model: AutoencoderKL, images: torch.Tensor, batch_size: int = 256
 ) -> torch.Tensor:
     """D(mean of E(x)) for images [N, 3, H, W], clamped to [-1, 1]."""
+    device = next(model.parameters()).device  # computed there, returned beside images
     out = [
-        model.decode(model.encode(images[i : i + batch_size]).mode()).clamp(-1, 1)
+        model.decode(model.encode(images[i : i + batch_size].to(device)).mode())
+        .clamp(-1, 1)
+        .to(images.device)
         for i in range(0, images.shape[0], batch_size)
     ]
     return torch.cat(out)

@@ -45,3 +45,25 @@ def test_setup_modes():
     assert cfg.pick(quick=1, cpu=2, gpu=3) == 2 and not cfg.train_from_scratch
     with pytest.raises(ValueError, match="expected one of"):
         dl.setup(mode="turbo")
+
+
+def test_from_scratch_is_gpu_modes_default_and_can_be_chosen(monkeypatch):
+    import torch
+
+    import diffusion_lib as dl
+    from diffusion_lib.setup import RunMode
+
+    monkeypatch.delenv("DIFFUSION_FROM_SCRATCH", raising=False)
+    cpu = torch.device("cpu")
+    assert RunMode("gpu", cpu, 0).train_from_scratch
+    assert not RunMode("gpu", cpu, 0, from_scratch=False).train_from_scratch
+    assert not dl.setup(mode="cpu", verbose=False).train_from_scratch
+    assert dl.setup(mode="cpu", verbose=False, from_scratch=True).train_from_scratch
+    monkeypatch.setenv("DIFFUSION_FROM_SCRATCH", "1")
+    cfg = dl.setup(mode="cpu", verbose=False)
+    assert cfg.train_from_scratch and cfg.pick(quick=1, cpu=2, gpu=3) == 2
+    monkeypatch.setenv("DIFFUSION_FROM_SCRATCH", "0")
+    assert not dl.setup(mode="cpu", verbose=False).train_from_scratch
+    monkeypatch.setenv("DIFFUSION_FROM_SCRATCH", "yes")
+    with pytest.raises(ValueError, match="must be 1 .* or 0"):
+        dl.setup(mode="cpu", verbose=False)

@@ -2,6 +2,7 @@
 computes what the plain loop computes, several CPU processes hold the same weights, and
 only the main process writes."""
 
+import copy
 import json
 import os
 import socket
@@ -150,25 +151,141 @@ def test_the_controlnet_loop_scales_out_unchanged(tiny_text_unet, accelerator_fa
     assert any(z.weight.abs().sum() > 0 for z in acc_net.zero_convs)  # it trained
 
 
+# the loops around scale.backward: the evaluator's, VAE's, CLIP's, textual inversion's
+
+
+def _evaluator_run():
+    from diffusion_lib import data, metrics
+
+    shapes = data.make_shapes(48, 32, seed=0, split="all")
+    model = metrics.Evaluator(metrics.EvaluatorConfig(width=8, num_features=16))
+    TRAINED_FROM["evaluator"] = copy.deepcopy(model)
+    losses = metrics.train_evaluator(model, shapes.images, shapes.labels, steps=3,
+                                     batch_size=8, progress=False)  # fmt: skip
+    return losses, model
+
+
+def _vae_run():
+    from diffusion_lib import vae
+
+    images = torch.rand(24, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    model = vae.AutoencoderKL(vae.VAEConfig(channels=(8, 16), groups=4))
+    TRAINED_FROM["vae"] = copy.deepcopy(model)
+    cfg = vae.VAETrainConfig(steps=3, batch_size=8, warmup=1)
+    result = vae.train_vae(model, images * 2 - 1, cfg, progress=False)
+    return result.losses + result.kl, model
+
+
+def _clip_run():
+    from diffusion_lib import clip, data
+
+    tokenizer = clip.scene_tokenizer()
+    scenes = data.make_scenes(24, 64, seed=0, split="train")
+    model = clip.CLIP(clip.CLIPConfig(vocab_size=tokenizer.vocab_size,
+                                      context_length=tokenizer.context_length,
+                                      text_width=16, text_layers=1, text_heads=2,
+                                      patch_size=16, vision_width=16, vision_layers=1,
+                                      vision_heads=2, embed_dim=8))  # fmt: skip
+    TRAINED_FROM["clip"] = copy.deepcopy(model)
+    cfg = clip.CLIPTrainConfig(steps=3, batch_size=8, warmup=1)
+    result = clip.train_clip(model, scenes.images, tokenizer(scenes.captions), cfg,
+                             progress=False)  # fmt: skip
+    return result.losses + result.temperatures, model
+
+
+def _inversion_run(directory):
+    from diffusion_lib import finetune
+    from diffusion_lib.pipelines import MiniStableDiffusion
+    from diffusion_lib.train import TrainConfig
+
+    pipe = MiniStableDiffusion.from_pretrained(directory=directory)
+    table = finetune.teach_word(pipe)
+    concept = finetune.concept_scenes(8, 5, finetune.CONCEPT, 64)
+    cfg = TrainConfig(steps=3, batch_size=4, lr=0.05, warmup=1)
+    TRAINED_FROM["inversion"] = copy.deepcopy(table)
+    result = finetune.train_textual_inversion(pipe, concept, cfg)
+    return result.losses, table
+
+
+TRAINED_FROM = {}  # each run's model before training
+LOOPS = {"evaluator": _evaluator_run, "vae": _vae_run, "clip": _clip_run}
+
+
+@pytest.mark.parametrize("name", [*LOOPS, "inversion"])
+def test_the_other_loops_run_unchanged_under_one_accelerator(
+    name, accelerator_factory, tiny_sd_dir
+):
+    run = LOOPS.get(name) or (lambda: _inversion_run(tiny_sd_dir))
+    (plain, plain_model), (acc, acc_model) = _both(run, accelerator_factory())
+    assert acc == plain  # the same losses (and KL terms, temperatures)
+    assert _max_diff(acc_model, plain_model) == 0.0
+    assert _max_diff(acc_model, TRAINED_FROM[name]) > 1e-4  # and it trained
+
+
+@pytest.mark.parametrize("name", ["evaluator", "vae"])
+def test_the_other_loops_accumulate_gradients(name, accelerator_factory):
+    """Two micro-batches of 4, then one step: the batch of 8's gradient, up to the
+    order of float sums."""
+    (plain, plain_model), (acc, acc_model) = _both(
+        LOOPS[name], accelerator_factory(gradient_accumulation_steps=2)
+    )
+    assert acc == pytest.approx(plain, rel=1e-4)  # a misplaced row would show here
+    # Adam's first steps move each weight by about lr * sign(gradient): where a
+    # gradient is ~1e-8, float summation order (1e-7) can flip it
+    assert _max_diff(acc_model, plain_model) < 2e-3
+
+
+def test_backward_in_micro_batches_gives_the_whole_batchs_gradient(
+    accelerator_factory,
+):
+    from diffusion_lib import data, metrics
+
+    shapes = data.make_shapes(8, 32, seed=0, split="all")
+    torch.manual_seed(0)
+    model = metrics.Evaluator(metrics.EvaluatorConfig(width=8, num_features=16))
+
+    def loss_of(rows):
+        logits = model(rows["x"])
+        return sum(torch.nn.functional.cross_entropy(z, rows["labels"][:, i])
+                   for i, z in enumerate(logits))  # fmt: skip
+
+    batch = {"x": shapes.images, "labels": shapes.labels}
+    grads = []
+    for accelerator in (None, accelerator_factory(gradient_accumulation_steps=4)):
+        model.zero_grad()
+        with scale.using(accelerator):
+            loss = scale.backward(loss_of, batch, model.parameters())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        assert loss.item() == pytest.approx(loss_of(batch).item(), rel=1e-6)
+    assert (grads[0] - grads[1]).abs().max() < 1e-5 * grads[0].abs().max()
+    assert grads[0].abs().max() > 0.1
+
+
+def test_clip_refuses_accumulation_and_fp16_is_refused(accelerator_factory):
+    with pytest.raises(ValueError, match="contrastive loss needs the whole batch"):
+        _both(_clip_run, accelerator_factory(gradient_accumulation_steps=2))
+
+    class HalfPrecision:  # what an fp16 launch looks like to the loop
+        gradient_accumulation_steps, num_processes, process_index = 1, 1, 0
+        mixed_precision, is_main_process = "fp16", True
+        device = torch.device("cpu")
+
+    with scale.using(HalfPrecision()):
+        with pytest.raises(ValueError, match="fp16 would need loss scaling"):
+            _evaluator_run()
+
+
 def test_a_batch_that_does_not_split_is_refused(tiny_text_unet, accelerator_factory):
     acc = accelerator_factory(gradient_accumulation_steps=3)
     with pytest.raises(ValueError, match="batch size 8 does not split into 1 proc"):
         _train(tiny_text_unet, acc)
 
 
-def test_recipes_that_do_not_scale_out_refuse_several_processes(monkeypatch):
-    import accelerate
-
-    class TwoProcesses:
-        num_processes, mixed_precision = 2, "no"
-
-        def __init__(self, **kwargs):
-            pass
-
-    monkeypatch.setattr(accelerate, "Accelerator", TwoProcesses)
-    with pytest.raises(SystemExit, match="scenes-clip does not scale out"):
-        scale.run_recipe("scenes-clip", lambda *a, **k: {}, None)
-    assert "scenes-clip" not in scale.SCALES_OUT
+def test_every_recipe_scales_out_and_an_unknown_one_is_refused(monkeypatch):
+    assert set(scale.SCALES_OUT) == set(recipes.RECIPES)  # a new recipe must be placed
+    assert not set(scale.STAGED) & set(scale.WHOLE)
+    with pytest.raises(SystemExit, match="new-recipe is not known"):
+        scale.run_recipe("new-recipe", lambda *a, **k: {}, None)
 
 
 def test_grad_accum_outside_accelerate_is_refused(capsys):
@@ -241,12 +358,15 @@ def test_two_cpu_processes_with_bf16_and_accumulation(tmp_path):
     assert 0 < info["final_loss"] < 1.2
 
 
-@pytest.mark.parametrize("name", scale.WHOLE)
+PART_IV = ("scenes-lora", "scenes-inpaint", "scenes-controlnet", "scenes-inversion")
+
+
+@pytest.mark.parametrize("name", PART_IV)
 def test_recipes_measured_in_their_run_train_on_two_processes(
     name, tmp_path, tiny_sd_dir
 ):
-    """scenes-lora, scenes-inpaint and scenes-controlnet measure inside their run: both
-    processes train and measure, one writes; the result loads onto the tiny mini SD."""
+    """Part IV's recipes measure inside their run: both processes train and measure,
+    one writes; the result loads onto the tiny mini SD."""
     import shutil
 
     from diffusion_lib import finetune
@@ -268,6 +388,10 @@ def test_recipes_measured_in_their_run_train_on_two_processes(
     elif name == "scenes-controlnet":
         loaded = finetune.load_controlnet(pipe, directory=out)
         assert loaded["sha256"] == info["sha256"] and info["iou_curve"]
+    elif name == "scenes-inversion":
+        loaded = finetune.load_textual_inversion(pipe, directory=out)
+        assert loaded["sha256"] == info["sha256"]
+        assert pipe(["a red diamond"], num_steps=2).shape == (1, 3, 64, 64)
     else:
         model, loaded = finetune.load_inpainting(out)
         assert loaded["sha256"] == info["sha256"]
@@ -286,3 +410,33 @@ def test_upsampler_trains_on_two_processes(tmp_path):
     model, _ = pretrained.load_pretrained("scenes-upsampler", directory=out)
     x = torch.randn(1, 3, 64, 64)
     assert model(x, torch.tensor([10]), low_res=x).shape == x.shape
+
+
+@pytest.mark.parametrize("name", ["shapes-evaluator", "scenes-clip"])
+def test_two_cpu_processes_train_what_one_plain_process_trains(
+    name, tmp_path, monkeypatch
+):
+    """The evaluator (an all-reduce of plain gradients) and CLIP (whose contrastive
+    loss needs every process's embeddings as negatives: with each process's own rows
+    alone the first loss is about ln 16 instead of ln 32, and the weights differ by
+    5e-3) on 2 processes: the same losses and weights as one plain process."""
+    out = tmp_path / "two"
+    run = _launch(tmp_path, out, "--mixed_precision", "no", recipe=(name,))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stdout.count(f"wrote {name}.safetensors") == 1
+    two = pretrained.manifest(name, out)
+    hashes = two["distributed"]["weights_sha256_per_process"]
+    assert two["distributed"]["processes"] == 2 and hashes[0] == hashes[1]
+    monkeypatch.chdir(tmp_path)
+    one = recipes.RECIPES[name](tmp_path / "one", quick=True)
+    if name == "scenes-clip":
+        assert [r["loss"] for r in two["curve"]] == pytest.approx(
+            [r["loss"] for r in one["curve"]], rel=1e-5
+        )
+    else:
+        assert two["train"]["final_loss"] == pytest.approx(
+            one["train"]["final_loss"], rel=1e-4
+        )
+    a = load_file(str(tmp_path / "one" / f"{name}.safetensors"))
+    b = load_file(str(out / f"{name}.safetensors"))
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-3
