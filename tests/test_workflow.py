@@ -25,7 +25,8 @@ def test_workflow_is_valid_and_runs_the_readme_commands():
     flow = yaml.safe_load(WORKFLOW.read_text())
     runs = {job: [s.get("run") for s in spec["steps"] if "run" in s]
             for job, spec in flow["jobs"].items()}  # fmt: skip
-    assert runs["test"] == ["make test"] and runs["book"] == ["make book"]
+    assert runs["test"] == ["make test", "make test-from-scratch"]
+    assert runs["book"] == ["make book"]
     uses = [s.get("uses", "") for s in flow["jobs"]["deploy"]["steps"]]
     assert any(u.startswith("actions/deploy-pages@") for u in uses)
     assert flow["jobs"]["book"]["if"] == "github.ref == 'refs/heads/main'"
