@@ -8,7 +8,10 @@ configurations and batch sizes, on random data of the right shapes: the arithmet
 the data, sets the speed), this runs `train.train_diffusion` as the recipes do and
 reports steps/s and images/s after a warm-up, and the peak GPU memory:
 
-* plain: the single-process loop, float32 (what the chapters run);
+* plain: the single-process loop, float32 (PyTorch's defaults, as the recipes run:
+  on Ampere and newer GPUs cuDNN convolutions use TF32);
+* no tf32: the same with convolutions in full float32, as the chapters run in gpu mode
+  (`setup.full_float32`): the price of their numerical checks;
 * bf16: forward passes under bfloat16 autocast (`accelerate launch --mixed_precision
   bf16`); weights, optimizer and EMA stay float32;
 * compile: the model compiled by `torch.compile` with the inductor backend (`accelerate
@@ -33,9 +36,10 @@ import torch
 
 from . import scale
 from .schedules import NoiseSchedule
+from .setup import full_float32
 from .train import train_diffusion
 
-VARIANTS = ("plain", "bf16", "compile", "bf16+compile", "batch x4")
+VARIANTS = ("plain", "no tf32", "bf16", "compile", "bf16+compile", "batch x4")
 # the models trained from scratch by train_diffusion (the upsampler and the Part IV
 # models train through other loops or on top of the mini SD)
 MODELS = ("shapes-ddpm", "scenes-ldm", "scenes-prior", "scenes-decoder")
@@ -133,12 +137,16 @@ def measure(name: str, variant: str, device="cpu", warmup=5, steps=20,
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     labels = kwargs.pop("labels", None)
+    restore = full_float32() if variant == "no tf32" else (lambda: None)
     start = time.perf_counter()
-    with scale.using(accelerator):  # None: the plain loop
-        result = train_diffusion(
-            model, schedule, images, labels, cfg, progress=False, callback=clock,
-            callback_every=1, **kwargs,
-        )  # fmt: skip
+    try:
+        with scale.using(accelerator):  # None: the plain loop
+            result = train_diffusion(
+                model, schedule, images, labels, cfg, progress=False, callback=clock,
+                callback_every=1, **kwargs,
+            )  # fmt: skip
+    finally:
+        restore()
     rate = steps / (stamps[-1] - stamps[warmup - 1])
     return {
         "model": name,

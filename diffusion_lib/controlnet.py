@@ -162,7 +162,8 @@ def train_controlnet(unet: UNet, schedule, latents, context, null_context, contr
     def next_batch(gen):  # latents, and the caption (dropped to null) and control
         idx = torch.randint(0, n, (config.batch_size,), generator=gen)
         drop = torch.rand(config.batch_size, generator=gen) < config.p_uncond
-        ctx = torch.where(drop[:, None, None], null_context[None], context[idx])
+        drop = drop.to(context.device)[:, None, None]
+        ctx = torch.where(drop, null_context[None].to(context.device), context[idx])
         return latents[idx], {"context": ctx, "control": control[idx]}
 
     if (accelerator := scale.active()) is not None:  # under `accelerate launch`
@@ -175,8 +176,10 @@ def train_controlnet(unet: UNet, schedule, latents, context, null_context, contr
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=0.0)
     ema, result, start = EMA(net, config.ema_decay), TrainResult(), time.perf_counter()
     net.train()
+    device = latents.device
     for step in range(config.steps):
         x0, kwargs = next_batch(gen)
+        x0, kwargs = x0.to(device), {k: v.to(device) for k, v in kwargs.items()}
         for group in opt.param_groups:
             group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
         loss = diffusion_loss(model, schedule, x0, kwargs, prediction_type,

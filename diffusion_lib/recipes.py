@@ -612,10 +612,11 @@ def encode_scenes(vae, text_encoder, tokenizer, scenes, batch_size=500):
     """(scaled latents [N, 4, 8, 8], text states [N, L, D]) of scenes and captions:
     what the latent UNet trains on (computed once: both encoders are frozen)."""
     latents, states = [], []
+    device = next(vae.parameters()).device  # computed (and returned) where the VAE is
     for i in range(0, len(scenes), batch_size):
         part = slice(i, i + batch_size)
-        latents.append(vae.encode_scaled(scenes.images[part]))
-        tokens = tokenizer(scenes.captions[part]).to(scenes.images.device)
+        latents.append(vae.encode_scaled(scenes.images[part].to(device)))
+        tokens = tokenizer(scenes.captions[part]).to(device)
         states.append(text_encoder.text_states(tokens))
     return torch.cat(latents), torch.cat(states)
 

@@ -100,6 +100,24 @@ def _from_scratch(value: bool | None) -> bool | None:
     return None if text == "" else text == "1"
 
 
+def full_float32():
+    """Compute float32 convolutions in float32 on GPUs that would use TF32 (10-bit
+    mantissas: PyTorch's default for cuDNN convolutions on Ampere and newer; matrix
+    products are float32 by default already). gpu mode calls this: the chapters check
+    their own code against the library's, or diffusers', to about 1e-3 after tens of
+    sampling steps, which float32 meets and TF32 need not. Speed comes from bf16
+    autocast instead (`accelerate launch --mixed_precision bf16`; diffusion_lib.bench).
+    Returns a function that restores the previous setting."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # PyTorch >= 2.9
+        before = conv.fp32_precision
+        conv.fp32_precision = "ieee"
+        return lambda: setattr(conv, "fp32_precision", before)
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    return lambda: setattr(torch.backends.cudnn, "allow_tf32", before)
+
+
 def setup(
     seed: int = 0,
     mode: str | None = None,
@@ -126,6 +144,8 @@ def setup(
         )
     device = torch.device("cuda" if mode == "gpu" else "cpu")
     run = RunMode(mode, device, seed, _from_scratch(from_scratch))
+    if mode == "gpu":
+        full_float32()
     if mode == "quick":
         _block_network()
     seed_everything(seed)

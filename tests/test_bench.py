@@ -26,6 +26,16 @@ def test_compiled_model_trains_like_the_plain_one():
     assert compiled["warmup_s"] > 0
 
 
+def test_the_float32_variant_restores_pytorchs_setting():
+    import torch
+
+    conv = torch.backends.cudnn.conv
+    before = conv.fp32_precision
+    row = bench.measure("scenes-prior", "no tf32", warmup=1, steps=1, batch_size=8)
+    assert row["variant"] == "no tf32" and math.isfinite(row["final_loss"])
+    assert conv.fp32_precision == before
+
+
 def test_table_reports_speed_up_over_plain():
     rows = [
         {"model": "m", "variant": "plain", "batch_size": 8, "steps_per_s": 2.0,

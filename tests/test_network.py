@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 
 def test_pytest_process_cannot_connect_out():
@@ -48,8 +49,6 @@ def test_setup_modes():
 
 
 def test_from_scratch_is_gpu_modes_default_and_can_be_chosen(monkeypatch):
-    import torch
-
     import diffusion_lib as dl
     from diffusion_lib.setup import RunMode
 
@@ -67,3 +66,19 @@ def test_from_scratch_is_gpu_modes_default_and_can_be_chosen(monkeypatch):
     monkeypatch.setenv("DIFFUSION_FROM_SCRATCH", "yes")
     with pytest.raises(ValueError, match="must be 1 .* or 0"):
         dl.setup(mode="cpu", verbose=False)
+
+
+def test_full_float32_turns_tf32_convolutions_off():
+    from diffusion_lib.setup import full_float32
+
+    conv = torch.backends.cudnn.conv
+    before = conv.fp32_precision
+    try:
+        conv.fp32_precision = "tf32"  # PyTorch's default
+        restore = full_float32()
+        assert conv.fp32_precision == "ieee"
+        assert torch.get_float32_matmul_precision() == "highest"
+        restore()
+        assert conv.fp32_precision == "tf32"
+    finally:
+        conv.fp32_precision = before
