@@ -194,3 +194,28 @@ def test_maths_renders_offline_in_a_browser(book, name, tmp_path):
     assert not dom.find_all("mjx-merror"), "MathJax reported a TeX error"
     text = visible_text(dom, drop="mjx-container")
     assert not re.search(r"\\\(|\\\[|\$\$", text), "raw maths left in the page"
+
+
+def test_exercises_are_numbered_by_chapter(book):
+    """Chapter N's exercises read "Exercise N.1", "N.2", ... in page order, and each
+    solution names its exercise's number (book/_ext/chapter_exercises.py); without the
+    extension, chapter 2's first exercise was "Exercise 5"."""
+    html = built(book)
+    chapters = sorted((html / "notebooks").glob("[0-9][0-9]_*.html"))
+    assert len(chapters) >= 13
+    for path in chapters:
+        number = int(path.name[:2])
+        page = soup(path)
+        titles = [
+            t.get_text(" ", strip=True)
+            for t in page.select("div.exercise p.admonition-title")
+        ]
+        expected = [f"Exercise {number}.{k}" for k in range(1, len(titles) + 1)]
+        assert titles and [t[: len(e)] for t, e in zip(titles, expected)] == expected
+        solutions = [
+            t.get_text(" ", strip=True)
+            for t in page.select("div.solution p.admonition-title, .solution summary")
+        ]
+        assert solutions and all(
+            re.search(rf"Exercise {number}\.\d+\b", s) for s in solutions
+        ), solutions
