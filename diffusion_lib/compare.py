@@ -371,10 +371,12 @@ def karlo_stages(
     ]
 
 
-def stage_cost(stage: Stage, device="meta", dtype=torch.float32, time_it=False) -> dict:
+def stage_cost(stage: Stage, device="meta", dtype=torch.float32, time_it=False,
+               flops=True) -> dict:  # fmt: skip
     """Parameters, FLOPs of one forward pass (FlopCounterMode; on "meta" nothing is
-    computed) and, with time_it on a real device, seconds per forward pass and peak
-    GPU memory."""
+    computed; flops=False skips the count, None: on a CPU it is the slowest part, 13 s
+    for SD's UNet at 1/16 width) and, with time_it on a real device, seconds per
+    forward pass and peak GPU memory."""
     device = torch.device(device)
     with torch.device(device):
         model = stage.build()
@@ -384,7 +386,7 @@ def stage_cost(stage: Stage, device="meta", dtype=torch.float32, time_it=False) 
         "parameters": count_parameters(model),
         "calls": stage.calls,
         "batch": stage.batch,
-        "flops": count_flops(model, **kwargs),
+        "flops": count_flops(model, **kwargs) if flops else None,
         "weight_bytes": count_parameters(model) * dtype.itemsize,
     }
     if time_it and device.type != "meta":
@@ -401,16 +403,16 @@ def stage_cost(stage: Stage, device="meta", dtype=torch.float32, time_it=False) 
 
 
 def pipeline_cost(
-    stages: list[Stage], device="meta", dtype=torch.float32, time_it=False
+    stages: list[Stage], device="meta", dtype=torch.float32, time_it=False, flops=True
 ) -> dict:
     """stage_cost of every stage, and per-image totals: FLOPs and (when timed) seconds
     = sum over stages of calls x one forward pass; peak GPU memory = every stage's
     weights (a pipeline keeps them all loaded) + the largest stage's activations (the
     stages run one after another)."""
-    rows = {s.name: stage_cost(s, device, dtype, time_it) for s in stages}
+    rows = {s.name: stage_cost(s, device, dtype, time_it, flops) for s in stages}
     total = {
         "parameters": sum(r["parameters"] for r in rows.values()),
-        "flops": sum(r["flops"] * r["calls"] for r in rows.values()),
+        "flops": sum(r["flops"] * r["calls"] for r in rows.values()) if flops else None,
     }
     if time_it and torch.device(device).type != "meta":
         total["seconds"] = sum(r["seconds"] * r["calls"] for r in rows.values())

@@ -31,6 +31,10 @@ def test_scaled_down_karlo_runs_and_is_timed_on_the_cpu():
     decoder = next(s for s in stages if s.name == "decoder")
     on_meta = compare.stage_cost(decoder)  # shapes only: the same count
     assert on_meta["flops"] == cost["stages"]["decoder"]["flops"]
+    timed_only = compare.pipeline_cost(stages, device="cpu", time_it=True, flops=False)
+    assert timed_only["total"]["flops"] is None
+    assert all(r["flops"] is None for r in timed_only["stages"].values())
+    assert timed_only["total"]["seconds"] > 0
 
 
 def test_diversity_at_interpolates_along_a_sweep():
