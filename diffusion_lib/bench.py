@@ -24,6 +24,12 @@ reports steps/s and images/s after a warm-up, and the peak GPU memory:
 
 The accelerated variants run through a single-process `Accelerator`, the same code path
 as `accelerate launch`.
+
+    python -m diffusion_lib.bench --notebooks notebooks/0[1-4]*.ipynb --mode gpu
+
+times whole chapters instead, each in a fresh kernel as a reader runs it (headless,
+going on after a failing cell, stopped after --timeout seconds), for the chapters'
+time-budget tables: seconds, and the cells that failed.
 """
 
 from __future__ import annotations
@@ -185,6 +191,45 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def time_notebooks(paths, mode: str = "gpu", timeout: float = 900.0,
+                   log_dir=None) -> list[dict]:  # fmt: skip
+    """Run each notebook top to bottom in a fresh kernel in run mode `mode` (see
+    classroom.run_notebook): one row per notebook with its seconds and failures."""
+    import tempfile
+    from pathlib import Path
+
+    from .classroom import run_notebook
+
+    log_dir = Path(log_dir or tempfile.mkdtemp())
+    rows = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"no notebook {path}; expected an .ipynb file")
+        run = run_notebook(path, log_dir / f"{path.stem}.log", mode, timeout)
+        rows.append({
+            "notebook": path.name, "mode": mode, "seconds": round(run["seconds"], 1),
+            "timed_out": run["timed_out"], "failed": run["failed"],
+            "errors": [f"cell {i}: {name}: {message[:200]}"
+                       for i, name, message in run.get("errors", [])],
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available()
+            else "cpu",
+        })  # fmt: skip
+    return rows
+
+
+def notebook_table(rows: list[dict]) -> str:
+    lines = ["| notebook | mode | seconds | result |", "|---|---|---|---|"]
+    for r in rows:
+        if r["timed_out"]:
+            result = "timed out"
+        elif r["failed"]:
+            result = "could not run: " + r["failed"]
+        else:
+            result = "; ".join(r["errors"]) or "ok"
+        lines.append(f"| {r['notebook']} | {r['mode']} | {r['seconds']} | {result} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -197,7 +242,34 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument(
+        "--notebooks",
+        nargs="+",
+        default=None,
+        help="time these chapters instead of the models",
+    )
+    parser.add_argument(
+        "--mode",
+        default="gpu",
+        choices=("quick", "cpu", "gpu"),
+        help="--notebooks: the run mode",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="--notebooks: seconds before a chapter is stopped",
+    )
     args = parser.parse_args(argv)
+    if args.notebooks:
+        rows = time_notebooks(args.notebooks, args.mode, args.timeout)
+        print(notebook_table(rows))
+        if args.json:
+            import json
+
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return
     rows = []
     for name in args.models:
         for variant in args.variants:

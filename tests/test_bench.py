@@ -52,3 +52,32 @@ def test_bad_requests_are_refused():
         bench.measure("shapes-ddpm", "fp8")
     with pytest.raises(ValueError, match="unknown model 'scenes-vae'"):
         bench.measure("scenes-vae", "plain")
+
+
+def test_chapters_are_timed_in_fresh_kernels_with_their_failures(tmp_path, capsys):
+    import json
+
+    import nbformat
+
+    def notebook(name, *sources):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+        nbformat.write(nb, tmp_path / name)
+        return str(tmp_path / name)
+
+    good = notebook("good.ipynb", "import os\nassert os.environ['DIFFUSION_MODE'] == "
+                    "'quick'", "x = 1")  # fmt: skip
+    bad = notebook("bad.ipynb", "raise ValueError('a broken cell')", "y = 2")
+    out = tmp_path / "rows.json"
+    bench.main(["--notebooks", good, bad, "--mode", "quick", "--timeout", "120",
+                "--json", str(out)])  # fmt: skip
+    rows = json.loads(out.read_text())
+    assert [r["notebook"] for r in rows] == ["good.ipynb", "bad.ipynb"]
+    assert rows[0]["errors"] == [] and not rows[0]["timed_out"]
+    assert rows[1]["errors"] == ["cell 0: ValueError: a broken cell"]
+    assert all(0 < r["seconds"] < 120 for r in rows)
+    table = capsys.readouterr().out
+    assert "| good.ipynb | quick |" in table and "| ok |" in table
+    assert "ValueError: a broken cell" in table
+    with pytest.raises(FileNotFoundError, match="expected an .ipynb file"):
+        bench.time_notebooks([tmp_path / "missing.ipynb"])
