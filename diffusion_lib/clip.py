@@ -276,12 +276,21 @@ class CLIP(nn.Module):
         return scale * self.encode_image(images) @ self.encode_text(tokens).T
 
 
-def clip_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE: row i's (and column i's) right answer is i."""
-    target = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
+def clip_loss(logits_per_image: torch.Tensor, logits_per_caption=None,
+              first: int = 0) -> torch.Tensor:  # fmt: skip
+    """Symmetric InfoNCE: row i's (and column i's) right answer is i.
+
+    For a share of the batch (data-parallel training): logits_per_image [rows, B] (these
+    images against every caption), logits_per_caption [rows, B] (these captions
+    against every image; default logits_per_image.T) and `first`, where the rows
+    start in the batch: row r's right answer is first + r."""
+    if logits_per_caption is None:
+        logits_per_caption = logits_per_image.T
+    rows = logits_per_image.shape[0]
+    target = first + torch.arange(rows, device=logits_per_image.device)
     return 0.5 * (
         F.cross_entropy(logits_per_image, target)
-        + F.cross_entropy(logits_per_image.T, target)
+        + F.cross_entropy(logits_per_caption, target)
     )
 
 
@@ -333,12 +342,9 @@ def train_clip(
         # processes, gather theirs (plain: all_img is img and `first` is 0)
         (all_img, first), (all_txt, _) = _scale.gather(img), _scale.gather(txt)
         s = model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
-        target = first + torch.arange(len(img), device=device)  # the matching rows
         per_image = s * img @ all_txt.T  # [rows, batch]: plain, model(images, tokens)
         per_caption = (s * all_img @ txt.T).T  # [rows, batch]: plain, its transpose
-        return 0.5 * (
-            F.cross_entropy(per_image, target) + F.cross_entropy(per_caption, target)
-        )  # plain: clip_loss(model(images, tokens))
+        return clip_loss(per_image, per_caption, first)
 
     result, start = CLIPTrainResult(), time.perf_counter()
     model.train()

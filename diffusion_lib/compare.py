@@ -374,9 +374,9 @@ def karlo_stages(
 def stage_cost(stage: Stage, device="meta", dtype=torch.float32, time_it=False,
                flops=True) -> dict:  # fmt: skip
     """Parameters, FLOPs of one forward pass (FlopCounterMode; on "meta" nothing is
-    computed; flops=False skips the count, None: on a CPU it is the slowest part, 13 s
-    for SD's UNet at 1/16 width) and, with time_it on a real device, seconds per
-    forward pass and peak GPU memory."""
+    computed; flops=False skips the count and reports None: on a CPU counting is the
+    slowest part of timing a scaled-down SD UNet) and, with time_it on a real device,
+    seconds per forward pass and peak GPU memory."""
     device = torch.device(device)
     with torch.device(device):
         model = stage.build()

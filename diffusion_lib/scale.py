@@ -136,6 +136,14 @@ def share(step_batch: int, accelerator) -> int:
     return step_batch // (procs * accum)
 
 
+def my_rows(accelerator, part: int, micro: int) -> slice:
+    """This process's rows of micro-batch `part` in the whole batch: the batch is cut
+    into accumulation steps x processes slices of `micro` rows, process-major within
+    each step."""
+    first = (part * accelerator.num_processes + accelerator.process_index) * micro
+    return slice(first, first + micro)
+
+
 def fit(accelerator, model, trainable, next_batch, schedule, cfg, prediction_type="eps",
         loss_weighting="none", progress=True, callback=None, callback_every=0,
         desc="train"):  # fmt: skip
@@ -153,7 +161,6 @@ def fit(accelerator, model, trainable, next_batch, schedule, cfg, prediction_typ
     from .train import EMA, TrainResult, lr_at
 
     micro = share(cfg.batch_size, accelerator)
-    rank, procs = accelerator.process_index, accelerator.num_processes
     accum = accelerator.gradient_accumulation_steps
     gen = torch.Generator().manual_seed(cfg.seed)  # the same on every process
     opt = torch.optim.AdamW(
@@ -177,9 +184,7 @@ def fit(accelerator, model, trainable, next_batch, schedule, cfg, prediction_typ
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
         step_loss = torch.zeros((), device=dev)
         for part in range(accum):  # this process's rows of micro-batch `part`
-            rows = slice(
-                (part * procs + rank) * micro, (part * procs + rank + 1) * micro
-            )
+            rows = my_rows(accelerator, part, micro)
             with accelerator.accumulate(ddp_model):
                 loss = diffusion_loss(
                     ddp_model,
@@ -271,9 +276,7 @@ def backward(loss_of, batch: dict, params, contrastive: bool = False):
             tuple(v.detach() for v in out) if isinstance(out, tuple) else loss.detach()
         )
     n = len(next(iter(batch.values())))
-    accum, procs, rank = (
-        acc.gradient_accumulation_steps, acc.num_processes, acc.process_index,
-    )  # fmt: skip
+    accum = acc.gradient_accumulation_steps
     if contrastive and accum > 1:
         raise ValueError(
             "a contrastive loss needs the whole batch at once (every row is a negative "
@@ -287,7 +290,7 @@ def backward(loss_of, batch: dict, params, contrastive: bool = False):
     micro = share(n, acc)
     totals = None
     for part in range(accum):
-        rows = slice((part * procs + rank) * micro, (part * procs + rank + 1) * micro)
+        rows = my_rows(acc, part, micro)
         with acc.autocast():
             out = loss_of({k: v[rows] for k, v in batch.items()})
         out = out if isinstance(out, tuple) else (out,)

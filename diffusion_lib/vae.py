@@ -74,11 +74,18 @@ class DiagonalGaussian:
         self.logvar = logvar.clamp(-30.0, 20.0)  # as SD, to keep exp() finite
         self.std = torch.exp(0.5 * self.logvar)
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """z = mean + std * e, e ~ N(0, I) (the reparameterisation trick)."""
-        # drawn on the generator's device (a CPU generator works for CUDA tensors)
-        e = randn(self.mean.shape, generator, self.mean.device, self.mean.dtype)
-        return self.mean + self.std * e
+    def sample(self, generator: torch.Generator | None = None,
+               noise: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """z = mean + std * e, e ~ N(0, I) (the reparameterisation trick); e is `noise`
+        when given (a data-parallel loop draws the whole batch's)."""
+        if noise is None:  # drawn on the generator's device (a CPU one works for CUDA)
+            noise = randn(self.mean.shape, generator, self.mean.device, self.mean.dtype)
+        elif noise.shape != self.mean.shape:
+            raise ValueError(
+                f"noise must be shaped like the latent {tuple(self.mean.shape)}, "
+                f"got {tuple(noise.shape)}"
+            )
+        return self.mean + self.std * noise.to(self.mean)
 
     def mode(self) -> torch.Tensor:
         return self.mean
@@ -277,7 +284,7 @@ def train_vae(
     def loss_of(rows):  # the mean loss over some rows of the batch, and its KL term
         x = rows["x"].to(device)
         posterior = model.encode(x)
-        z = posterior.mean + posterior.std * rows["e"].to(device)  # reparameterised
+        z = posterior.sample(noise=rows["e"])  # reparameterised, with the batch's noise
         loss, _, kl = vae_loss(
             model.decode(z), x, posterior, cfg.kl_weight, cfg.reconstruction
         )

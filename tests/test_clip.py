@@ -73,6 +73,11 @@ def test_embeddings_logits_and_loss(model):
     torch.testing.assert_close(clip.clip_loss(logits), manual)
     perfect = torch.eye(4) * 100
     assert clip.clip_loss(perfect).item() < 1e-6
+    # two processes' shares of the batch (rows 0-2 and 3-5, each against all 6): the
+    # mean of their losses is the whole batch's
+    halves = [clip.clip_loss(logits[k : k + 3], logits.T[k : k + 3], first=k)
+              for k in (0, 3)]  # fmt: skip
+    torch.testing.assert_close((halves[0] + halves[1]) / 2, manual)
     with torch.no_grad():
         model.logit_scale.fill_(10.0)  # exp(10) > 100: clipped, as in CLIP
         assert model(images[:1], tokens[:1]).abs().max() <= 100 + 1e-4

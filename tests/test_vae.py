@@ -34,6 +34,12 @@ def test_geometry_is_stable_diffusions(vae):
     posterior = vae.encode(x)
     assert posterior.mean.shape == (2, 4, 8, 8) == posterior.std.shape
     assert vae.decode(posterior.mode()).shape == x.shape
+    e = torch.randn(2, 4, 8, 8)
+    torch.testing.assert_close(
+        posterior.sample(noise=e), posterior.mean + posterior.std * e
+    )
+    with pytest.raises(ValueError, match=r"shaped like the latent \(2, 4, 8, 8\)"):
+        posterior.sample(noise=torch.randn(2, 4, 4, 4))
     assert TINY.downsample_factor == 8
     assert (
         compression((3, 64, 64), (4, 8, 8))
