@@ -395,6 +395,52 @@ def embed_texts(model: CLIP, tokenizer: WordTokenizer, texts, batch_size: int = 
          for i in range(0, len(texts), batch_size)])  # fmt: skip
 
 
+def _mean_off_diagonal(a: torch.Tensor, b: torch.Tensor) -> float:
+    sim = a @ b.T
+    n = sim.shape[0]
+    return ((sim.sum() - sim.diagonal().sum()) / (n * (n - 1))).item()
+
+
+@torch.no_grad()
+def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor, seed: int = 0,
+                 shuffles: int = 20) -> dict:  # fmt: skip
+    """The modality gap as Liang et al. (2022) define it: the distance between the
+    centre of the image embeddings and the centre of the text embeddings (each
+    normalised to unit length first), for N paired embeddings image_emb, text_emb
+    [N, D] (row i: an image and its caption).
+
+    Returned beside its baseline: the same distance when each pair's two embeddings are
+    put on the two sides at random (what the gap is when the two modalities are
+    exchangeable; it is not 0 on a finite sample). Also the mean cosines: an image with
+    its own caption, with another caption, with another image, and a caption with
+    another caption."""
+    if image_emb.shape != text_emb.shape or image_emb.ndim != 2:
+        raise ValueError(
+            "expected paired embeddings [N, D] of one shape, got "
+            f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}"
+        )
+    if image_emb.shape[0] < 2:
+        raise ValueError("the modality gap needs at least 2 pairs")
+    image_emb = F.normalize(image_emb.float().cpu(), dim=-1)
+    text_emb = F.normalize(text_emb.float().cpu(), dim=-1)
+    generator = torch.Generator().manual_seed(seed)
+    baseline = []
+    for _ in range(shuffles):
+        flip = torch.rand(len(image_emb), 1, generator=generator) < 0.5
+        side_a = torch.where(flip, text_emb, image_emb)
+        side_b = torch.where(flip, image_emb, text_emb)
+        baseline.append((side_a.mean(0) - side_b.mean(0)).norm().item())
+    return {
+        "gap": (image_emb.mean(0) - text_emb.mean(0)).norm().item(),
+        "baseline": sum(baseline) / len(baseline),
+        "image_own_caption": F.cosine_similarity(image_emb, text_emb).mean().item(),
+        "image_other_caption": _mean_off_diagonal(image_emb, text_emb),
+        "image_image": _mean_off_diagonal(image_emb, image_emb),
+        "caption_caption": _mean_off_diagonal(text_emb, text_emb),
+        "pairs": len(image_emb),
+    }
+
+
 # ---------------------------------------------------------------------------------
 # Measuring a CLIP on scenes: zero-shot classification, retrieval, binding
 
