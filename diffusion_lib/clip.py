@@ -515,7 +515,10 @@ def retrieval(model: CLIP, tokenizer: WordTokenizer, scenes) -> dict:
 
 
 def _swapped_captions(objects, relation) -> dict[str, str]:
-    """Wrong captions that use exactly the words of the right one (template 0)."""
+    """The three wrong captions of the binding test (template 0) for one two-object
+    scene (objects [2, 3], relation). "colours swapped" and "shapes swapped" use
+    exactly the words of the right caption, in another order; "relation reversed"
+    changes one word ("left" <-> "right", "above" <-> "below")."""
     from .data import scene_caption
 
     o = objects.clone()
@@ -532,9 +535,11 @@ def _swapped_captions(objects, relation) -> dict[str, str]:
 
 @torch.no_grad()
 def binding_test(model: CLIP, tokenizer: WordTokenizer, scenes) -> dict:
-    """For each two-object scene: does the image prefer its caption to the same words
-    bound differently (colours swapped between the objects, shapes swapped, relation
-    reversed)? A bag of words cannot tell them apart and scores 0.5. Scenes whose
+    """For each two-object scene: does the image prefer its caption to a wrong one
+    (colours swapped between the objects, shapes swapped, relation reversed; see
+    `_swapped_captions`)? A tie counts one half. A bag of words cannot tell a swap of
+    colours or shapes from the right caption (the same words) and scores 0.5 there; the
+    reversed relation changes a word, so a bag of words can win on it. Scenes whose
     swap changes nothing (two objects of one colour) are skipped for that swap."""
     from .data import scene_caption
 

@@ -2,12 +2,14 @@
 the ViT, the symmetric InfoNCE loss, training, and the measurements (zero-shot,
 retrieval, binding) checked on models whose answers are known."""
 
+from collections import Counter
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from diffusion_lib import clip
-from diffusion_lib.data import make_scenes
+from diffusion_lib.data import make_scenes, scene_caption
 
 TOK = clip.scene_tokenizer()
 
@@ -108,7 +110,8 @@ def test_training_learns_and_is_seeded():
 
 class OracleCLIP(torch.nn.Module):
     """Embeds an image by its true labels and a caption by its parsed labels (one-hot
-    per object, order-aware), or as a bag of words when `bag=True`."""
+    per object, order-aware), or with `bag=True` by which shapes, colours and sizes
+    occur (not which object has them, and neither relation nor position)."""
 
     def __init__(self, scenes, bag=False):
         super().__init__()
@@ -143,6 +146,42 @@ class OracleCLIP(torch.nn.Module):
         return F.normalize(torch.stack(codes), dim=-1)
 
 
+class BagOfWordsCLIP(torch.nn.Module):
+    """A bag of words: a caption's embedding is the sum of one-hot vectors of its
+    words, in any order; an image's is the bag of its own caption (template 0), so it
+    prefers the right caption wherever the words can tell."""
+
+    def __init__(self, scenes):
+        super().__init__()
+        self.lookup = {img.sum().item(): i for i, img in enumerate(scenes.images)}
+        self.scenes = scenes
+
+    def encode_text(self, tokens):
+        words = tokens >= len(clip.SPECIAL_TOKENS)
+        counts = (F.one_hot(tokens, TOK.vocab_size) * words[..., None]).sum(1)
+        return F.normalize(counts.float(), dim=-1)
+
+    def encode_image(self, images):
+        s = self.scenes
+        rows = [self.lookup[img.sum().item()] for img in images]
+        captions = [scene_caption(s.objects[i], s.relation[i], -1) for i in rows]
+        return self.encode_text(TOK(captions))
+
+
+def test_a_bag_of_words_ties_on_swaps_of_the_same_words_only():
+    two = make_scenes(40, seed=3, two_object_fraction=1.0)
+    for objects, relation in zip(two.objects, two.relation):
+        right = Counter(scene_caption(objects, relation, -1).split())
+        for kind, wrong in clip._swapped_captions(objects, relation).items():
+            same_words = Counter(wrong.split()) == right
+            assert same_words == (kind != "relation reversed"), (kind, wrong)
+    bag = clip.binding_test(BagOfWordsCLIP(two), TOK, two)
+    assert bag["colours swapped"] == bag["shapes swapped"] == 0.5, bag
+    # "left" <-> "right", "above" <-> "below": a changed word, which a bag can see
+    assert bag["relation reversed"] == 1.0, bag
+    assert bag["relation reversed (scenes)"] == 40
+
+
 def test_measurements_on_an_oracle_and_a_bag_of_words():
     one = make_scenes(40, seed=2, two_object_fraction=0.0)
     zs = clip.zero_shot_one_object(OracleCLIP(one), TOK, one)
@@ -158,3 +197,33 @@ def test_measurements_on_an_oracle_and_a_bag_of_words():
     assert r["text_to_image_labels"] >= 0.9 and r["pool"] == 30, r
     with pytest.raises(ValueError, match="one-object"):
         clip.zero_shot_one_object(OracleCLIP(two), TOK, two)
+
+
+def _paired(n, dim, seed, shift=0.0):
+    # n exchangeable pairs: a shared direction plus independent noise on either side;
+    # `shift` adds one common vector to every text embedding
+    g = torch.Generator().manual_seed(seed)
+    common = torch.randn(n, dim, generator=g)
+    image = common + 0.5 * torch.randn(n, dim, generator=g)
+    text = common + 0.5 * torch.randn(n, dim, generator=g)
+    return F.normalize(image, dim=-1), text + shift * F.one_hot(torch.tensor(0), dim)
+
+
+def test_modality_gap_against_its_baseline():
+    image, text = _paired(300, 16, seed=0)
+    same = clip.modality_gap(image, text, seed=0)
+    assert 0.5 * same["baseline"] < same["gap"] < 1.5 * same["baseline"], same
+    image, shifted = _paired(300, 16, seed=0, shift=3.0)
+    gap = clip.modality_gap(image, shifted, seed=0)
+    centres = image.mean(0) - F.normalize(shifted, dim=-1).mean(0)
+    assert gap["gap"] == pytest.approx(centres.norm().item(), rel=1e-5)
+    assert gap["gap"] > 5 * gap["baseline"] and gap["gap"] > 5 * same["gap"], gap
+    assert gap["caption_caption"] > gap["image_image"] and gap["pairs"] == 300
+    assert gap["image_own_caption"] > gap["image_other_caption"], gap
+    assert clip.modality_gap(image, shifted, seed=0) == gap  # seeded
+    with pytest.raises(ValueError, match="one shape"):
+        clip.modality_gap(image, shifted[:, :8])
+    with pytest.raises(ValueError, match="one shape"):
+        clip.modality_gap(image[0], shifted[0])
+    with pytest.raises(ValueError, match="at least 2"):
+        clip.modality_gap(image[:1], shifted[:1])
