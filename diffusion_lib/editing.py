@@ -201,11 +201,27 @@ def psnr_where(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor) -> torch.T
     return 10 * torch.log10(1 / mse.clamp(min=1e-10))
 
 
-def seam_band(mask: torch.Tensor, width: int = 2) -> torch.Tensor:
-    """The `width`-pixel band just outside the mask's edge [B, 1, H, W] (bool): where
-    a pasted-in region and its surroundings meet."""
-    grown = F.max_pool2d(mask.float(), 2 * width + 1, stride=1, padding=width)
-    return (grown > 0.5) & (mask < 0.5)
+def latent_grid_mask(mask: torch.Tensor, factor: int = 8) -> torch.Tensor:
+    """Pixel mask [B, 1, S, S] -> [B, 1, S, S] float: 1 on every pixel of a regenerated
+    latent cell (latent_mask, blown up to pixels), 0 on the kept cells. RePaint's
+    final latent is the source's on the kept cells and generated on the others, so the
+    boundary between the two lies on this 8-pixel grid, not on the pixel mask."""
+    if mask.shape[-1] % factor or mask.shape[-2] % factor:
+        raise ValueError(f"mask size {tuple(mask.shape[-2:])} is not a multiple of "
+                         f"the latent factor {factor}")  # fmt: skip
+    return F.interpolate(latent_mask(mask, factor), scale_factor=factor, mode="nearest")
+
+
+def seam_band(mask: torch.Tensor, width: int = 2, factor: int = 8) -> torch.Tensor:
+    """The seam [B, 1, H, W] (bool): the pixels within `width` pixels of the boundary
+    between kept and regenerated latent cells (latent_grid_mask), on both sides, and
+    outside the pixel mask, where the edited image should still be the source. Here
+    the source's latent and the generated one meet in the decoded image."""
+    regen = latent_grid_mask(mask, factor)
+    k = 2 * width + 1
+    near_regen = F.max_pool2d(regen, k, stride=1, padding=width) > 0.5
+    near_kept = F.max_pool2d(1 - regen, k, stride=1, padding=width) > 0.5
+    return near_regen & near_kept & (mask < 0.5)
 
 
 def edit_labels(objects, which, seed: int = 0):

@@ -39,8 +39,8 @@ def test_latent_mask_seam_band_and_psnr():
     m[..., 20:30, 34:44] = 1
     lat = editing.latent_mask(m)
     assert lat.shape == (1, 1, 8, 8) and lat.sum() == 2 * 2  # rows 2-3, cols 4-5
-    band = editing.seam_band(m, 2)
-    assert band.sum() == 14 * 14 - 10 * 10 and not (band & (m > 0.5)).any()
+    band = editing.seam_band(m, 2)  # 2 px each side of the 16 x 16 regenerated cells
+    assert band.sum() == 20 * 20 - 12 * 12 and not (band & (m > 0.5)).any()
     a = torch.zeros(1, 3, 64, 64)
     b = a.clone()
     b[..., :32, :] = 0.2  # error 0.1 on the [0, 1] scale: 20 dB where it differs
@@ -48,6 +48,30 @@ def test_latent_mask_seam_band_and_psnr():
     top[..., :32, :] = True
     assert editing.psnr_where(a, b, top).item() == pytest.approx(20.0, abs=1e-4)
     assert editing.psnr_where(a, b, ~top).item() == pytest.approx(100.0)
+
+
+def test_the_seam_straddles_the_boundary_between_kept_and_regenerated_cells(scenes):
+    """The seam is where the decoded image switches from the source's latent to the
+    generated one: the 8-pixel latent grid around the mask, not the mask's edge."""
+    m = torch.zeros(1, 1, 64, 64)
+    m[..., 20:30, 34:44] = 1  # regenerated latent cells: pixel rows 16-31, cols 32-47
+    band = editing.seam_band(m, 2)[0, 0]
+    column = band[:, 40]  # down through the mask: kept 14-15 | regenerated 16-17, ...
+    assert column.nonzero().flatten().tolist() == [14, 15, 16, 17, 30, 31, 32, 33]
+    # on real edit masks: every pixel next to the kept/regenerated boundary (outside
+    # the mask) is in the seam, and the seam has pixels on both sides of it
+    mask = editing.object_masks(scenes, (scenes.objects[:, 1, 0] >= 0).long())
+    regen = editing.latent_grid_mask(mask) > 0.5
+    band = editing.seam_band(mask)
+    edge = torch.zeros_like(regen)
+    edge[..., 1:] |= regen[..., 1:] != regen[..., :-1]
+    edge[..., :-1] |= regen[..., 1:] != regen[..., :-1]
+    edge &= mask < 0.5
+    assert edge.any() and not (edge & ~band).any()
+    assert (band & regen).any(dim=(1, 2, 3)).all()
+    assert (band & ~regen).any(dim=(1, 2, 3)).all()
+    with pytest.raises(ValueError, match="multiple"):
+        editing.seam_band(torch.zeros(1, 1, 60, 60))
 
 
 def test_edits_change_shape_and_colour_and_stay_in_the_training_split(scenes):
