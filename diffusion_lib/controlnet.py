@@ -10,10 +10,12 @@ convolutions** (1x1 convolutions whose weights and biases start at zero, Eq. 1-4
 
 so at the first step the ControlNet adds exactly nothing and the model is the mini SD.
 The control image c (here a 64x64 layout mask of the scene's shapes) reaches the
-latent resolution through a small convolutional "hint" encoder (the paper's 4-layer
-encoder for 512 -> 64; here three stride-2 stages for 64 -> 8) whose last layer is a
-zero convolution too. Captions are dropped for half of the training pairs (the paper's
-50%), so that the control alone carries the layout.
+latent resolution through a small convolutional "hint" encoder whose last layer is a
+zero convolution too. For 512 -> 64 (8x: three halvings) the paper (Sec. 3.2)
+describes four convolutions with 4x4 kernels and 2x2 strides; the released code
+(cldm/cldm.py, input_hint_block) has eight 3x3 convolutions, three of them with
+stride 2. Here three stride-2 stages do 64 -> 8. Captions are dropped for half of the
+training pairs (the paper's 50%), so that the control alone carries the layout.
 """
 
 from __future__ import annotations
