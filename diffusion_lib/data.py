@@ -594,6 +594,20 @@ class ScenesData:
         """[N] long: 1 or 2."""
         return 1 + (self.objects[:, 1, 0] >= 0).long()
 
+    def select(self, index) -> ScenesData:
+        """The scenes at `index` (a bool mask [N] or indices), as a new ScenesData."""
+        index = torch.as_tensor(index)
+        if index.dtype == torch.bool:
+            if index.shape != (len(self),):
+                raise ValueError(
+                    f"a mask must be [{len(self)}], got {tuple(index.shape)}"
+                )
+            index = torch.nonzero(index).flatten()
+        keep = index.long().tolist()
+        return ScenesData(self.images[index], self.objects[index], self.relation[index],
+                          self.position[index], self.centres[index], self.radii[index],
+                          [self.captions[i] for i in keep])  # fmt: skip
+
 
 def make_scenes(
     n: int,
@@ -614,17 +628,34 @@ def make_scenes(
     return _scenes_of(objects, relation, position, image_size, seed)
 
 
-def _scenes_of(objects, relation, position, image_size, seed) -> ScenesData:
-    """ScenesData of these labels: phrasings and rendering drawn from `seed`."""
-    phrasing_seed, render_seed = np.random.SeedSequence(seed).spawn(2)
+def scene_captions(
+    n: int, seed: int = 0, split: str = "train", two_object_fraction: float = 0.5
+) -> list[str]:
+    """The captions of make_scenes(n, seed=seed, split=split, two_object_fraction=...),
+    in order, without rendering a pixel (e.g. to list a training set's captions)."""
+    objects, relation, position = sample_scene_labels(
+        n, seed, split, two_object_fraction
+    )
+    phrasing_seed = np.random.SeedSequence(seed).spawn(2)[0]
+    return _phrase(objects, relation, position, phrasing_seed)
+
+
+def _phrase(objects, relation, position, phrasing_seed) -> list[str]:
+    """A caption for each scene's labels, phrasings drawn from `phrasing_seed`."""
     n_rules = np.lcm.reduce([len(_TEMPLATES), len(_PAIR_TEMPLATES), 2])
     phrasing = np.random.default_rng(phrasing_seed)
     rules = phrasing.integers(n_rules, size=len(objects))
     omit = phrasing.random((len(objects), 3)) < SCENE_OMIT
-    captions = [
+    return [
         scene_caption(*labels, int(rule), tuple(leave_out))
         for *labels, rule, leave_out in zip(objects, relation, position, rules, omit)
     ]
+
+
+def _scenes_of(objects, relation, position, image_size, seed) -> ScenesData:
+    """ScenesData of these labels: phrasings and rendering drawn from `seed`."""
+    phrasing_seed, render_seed = np.random.SeedSequence(seed).spawn(2)
+    captions = _phrase(objects, relation, position, phrasing_seed)
     images, centres, radii = render_scenes(
         objects, relation, position, image_size, render_seed
     )

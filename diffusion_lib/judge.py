@@ -514,6 +514,45 @@ def attribute_binding(verdict: SceneVerdict, objects: torch.Tensor) -> torch.Ten
     return out
 
 
+# every image of a binding prompt falls into exactly one of these, checked in this order
+BINDING_OUTCOMES = (
+    "not clean",
+    "object missing or extra",
+    "a shape wrong",
+    "a colour wrong",
+    "attributes swapped",
+    "bound right, relation wrong",
+    "bound right, relation right",
+)
+
+
+def binding_outcomes(verdict: SceneVerdict, objects: torch.Tensor,
+                     relation: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """long [B]: index into BINDING_OUTCOMES of each image of a binding prompt (two
+    different shapes, two different colours; -1 where the prompt is not one): what
+    attribute_binding calls "other", broken down (not clean; not two objects; the two
+    found shapes are not the two asked; the shapes are, the colours are not), then
+    "attributes swapped", and "bound right" split by whether the relation is right."""
+    kind = attribute_binding(verdict, objects)
+    found_relation = relation_as_asked(verdict, objects)
+    out = torch.full_like(kind, -1)
+    for i in torch.nonzero(kind >= 0).flatten().tolist():
+        asked, found = objects[i, :, :2].cpu().long(), verdict.objects[i, :, :2]
+        if not verdict.valid[i]:
+            out[i] = 0
+        elif verdict.count[i] != 2:
+            out[i] = 1
+        elif sorted(found[:, 0].tolist()) != sorted(asked[:, 0].tolist()):
+            out[i] = 2
+        elif kind[i] == 2:  # the shapes are right, so a colour is not
+            out[i] = 3
+        elif kind[i] == 1:
+            out[i] = 4
+        else:
+            out[i] = 6 if found_relation[i] == int(relation[i]) else 5
+    return out
+
+
 def scene_correct(
     verdict: SceneVerdict,
     objects: torch.Tensor,

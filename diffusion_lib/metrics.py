@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from . import scale as _scale
 from .data import ATTRIBUTES, BACKGROUND, LABEL_SIZES, make_shapes
 from .judge import (  # noqa: F401  (the judge is part of the metrics' interface)
+    BINDING_OUTCOMES,
     BINDINGS,
     NONE,
     Judge,
@@ -35,6 +36,7 @@ from .judge import (  # noqa: F401  (the judge is part of the metrics' interface
     SceneVerdict,
     Verdict,
     attribute_binding,
+    binding_outcomes,
     by_pair,
     describe_scene,
     image_statistics,
@@ -291,7 +293,10 @@ def fid_kid_with(
     feats: nn.Module, fake: torch.Tensor, real: torch.Tensor, kid_subset: int = 100
 ) -> dict:
     """FID and KID between image sets [N, 3, H, W] through the feature module `feats`
-    (a torchmetrics feature extractor: an nn.Module with `num_features`)."""
+    (a torchmetrics feature extractor: an nn.Module with `num_features`). KID is the
+    mean over 100 random subsets of min(kid_subset, N / 2) images a side, kid_std its
+    spread over those subsets (NaN below 4 images a side: then the one subset is the
+    whole set)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -299,7 +304,11 @@ def fid_kid_with(
         raise ValueError(
             f"image shapes differ: {tuple(fake.shape)} vs {tuple(real.shape)}"
         )
-    subset = min(kid_subset, fake.shape[0], real.shape[0])
+    # KID's spread is over random subsets: a subset as large as a whole set is that set
+    # every time (a spread of exactly 0), so a subset is at most half of either set;
+    # below 4 images a side there is no spread to report (kid_std NaN)
+    smallest = min(fake.shape[0], real.shape[0])
+    subset = min(kid_subset, smallest // 2 if smallest >= 4 else smallest)
     fid = FrechetInceptionDistance(feature=feats, reset_real_features=True)
     with warnings.catch_warnings():  # KID keeps all features: fine for a few thousand
         warnings.filterwarnings("ignore", message=".*will save all extracted features")
@@ -318,7 +327,7 @@ def fid_kid_with(
     return {
         "fid": fid.compute().item(),
         "kid": kid_mean.item(),
-        "kid_std": kid_std.item(),
+        "kid_std": kid_std.item() if subset < smallest else float("nan"),
     }
 
 

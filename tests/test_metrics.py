@@ -76,3 +76,29 @@ def test_degradations_cover_what_fid_must_see():
         assert not torch.allclose(out, real), f"{name} changed nothing"
     # blur keeps the mean colour; shifting keeps the background colour in the corner
     assert torch.allclose(blur(real).mean((2, 3)), real.mean((2, 3)), atol=0.02)
+
+
+class _PooledColours(torch.nn.Module):
+    """A tiny feature extractor for torchmetrics: each image's mean colour and its
+    spread per channel (6 features)."""
+
+    num_features = 6
+
+    def forward(self, x):
+        x = x.float().flatten(2)
+        return torch.cat([x.mean(-1), x.std(-1)], dim=1).double()
+
+
+def test_kid_spread_is_over_subsets_that_differ():
+    """With 100 images a side the old subset size (100) drew the whole set every time:
+    a spread of exactly 0. Subsets of half a set give a real spread; below 4 images a
+    side there is none to give (NaN)."""
+    from diffusion_lib.metrics import fid_kid_with
+
+    gen = torch.Generator().manual_seed(0)
+    fake = torch.rand(100, 3, 8, 8, generator=gen) * 2 - 1
+    real = torch.rand(100, 3, 8, 8, generator=gen) * 2 - 1
+    out = fid_kid_with(_PooledColours(), fake, real, kid_subset=100)
+    assert out["kid_std"] > 1e-6, out
+    tiny = fid_kid_with(_PooledColours(), fake[:3], real[:3])
+    assert tiny["kid_std"] != tiny["kid_std"], tiny  # NaN

@@ -246,3 +246,52 @@ def test_attribute_binding_tells_swapped_colours_from_right_and_wrong():
     assert (attribute_binding(judge(single), objects) == 2).all()
     assert (attribute_binding(judge(single), lone) == -1).all()
     assert n > 20
+
+
+def test_binding_outcomes_name_what_went_wrong():
+    """Each failure kind, drawn on purpose, lands in its own outcome; a relation
+    reversed is 'bound right, relation wrong' (attribute_binding: bound right)."""
+    from diffusion_lib.data import render_scenes, sample_scene_labels
+    from diffusion_lib.metrics import BINDING_OUTCOMES, SceneJudge, binding_outcomes
+
+    objects, relation, position = sample_scene_labels(80, 78, "train", 1.0)
+    pairs = (objects[:, 0, 0] != objects[:, 1, 0]) & (
+        objects[:, 0, 1] != objects[:, 1, 1]
+    )
+    objects, relation, position = objects[pairs], relation[pairs], position[pairs]
+    judge, n = SceneJudge(), len(objects)
+    assert n > 20
+
+    def outcome_of(drawn_objects, drawn_relation=relation, noise=0.0):
+        images = render_scenes(drawn_objects, drawn_relation, position, 64, seed=2)[0]
+        images = images + noise * torch.randn(
+            images.shape, generator=torch.Generator().manual_seed(0)
+        )
+        return binding_outcomes(judge(images.clamp(-1, 1)), objects, relation)
+
+    swapped = objects.clone()
+    swapped[:, 0, 1], swapped[:, 1, 1] = objects[:, 1, 1], objects[:, 0, 1]
+    lone = objects.clone()
+    lone[:, 1] = -1
+    shape = objects.clone()
+    shape[:, 0, 0] = objects[:, 1, 0]  # both objects of the second object's shape
+    colour = objects.clone()
+    colour[:, 0, 1] = objects[:, 1, 1]  # both objects of the second object's colour
+    cases = {
+        "bound right, relation right": outcome_of(objects),
+        "bound right, relation wrong": outcome_of(objects, relation ^ 1),
+        "attributes swapped": outcome_of(swapped),
+        "a shape wrong": outcome_of(shape),
+        "a colour wrong": outcome_of(colour),
+        "not clean": outcome_of(objects, noise=0.3),
+    }
+    for expected, kinds in cases.items():
+        share = (kinds == BINDING_OUTCOMES.index(expected)).float().mean().item()
+        assert share > 0.8, (expected, share, kinds.tolist())
+    lone_images = render_scenes(lone, torch.full_like(relation, -1), position, 64, 2)[0]
+    kinds = binding_outcomes(judge(lone_images), objects, relation)
+    assert (
+        kinds == BINDING_OUTCOMES.index("object missing or extra")
+    ).float().mean() > 0.9
+    # prompts that are not binding prompts (one object) are -1
+    assert (binding_outcomes(judge(lone_images), lone, relation) == -1).all()
