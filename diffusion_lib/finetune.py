@@ -4,7 +4,7 @@ The mini SD (scenes-ldm) never saw a diamond (a square standing on a corner) and
 tokenizer does not know the word. (A new *colour* was the first choice; the frozen VAE
 cannot draw one: it turns off-palette colours into palette ones, measured by
 `vae_reconstruction`, so no adapter of the UNet could teach it.) Two ways to teach the
-word, from CONCEPT_IMAGES captioned pictures:
+new shape word, from CONCEPT_IMAGES captioned pictures:
 
 - **LoRA** (`train_lora`): the word gets a new, *frozen* embedding row (the mean of the
   shape words', so it starts as "some shape"), and low-rank updates of the UNet's
@@ -15,9 +15,12 @@ word, from CONCEPT_IMAGES captioned pictures:
   only thing trained; the text encoder and the UNet stay frozen, so old prompts are
   exactly as before, and the word can only mean something the frozen UNet can draw.
 
-Both are measured the same way (`measure_concept`): prompt accuracy on fresh concept
-prompts (the open-set judge with the new colour added to its palette) and on the usual
-seen prompts, before and after.
+Both are measured the same way (`measure_concept`): prompt accuracy on concept prompts
+that are not training captions (the open-set judge with the new shape added to its
+templates), and on old prompts: two-object captions that are not training captions, and
+one-object captions, which are all training captions (the grammar has few one-object
+full captions, `one_object_captions`, and every one of them is among the captions of
+the scenes the mini SD was trained on, `training_captions`); before and after.
 
 Recipes: `python -m diffusion_lib.recipes scenes-lora` / `scenes-inversion`.
 """
@@ -26,10 +29,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from itertools import product
 
+import numpy as np
 import torch
 
-from . import pretrained
+from . import data, pretrained
 from . import scale as _scale
 from .adapters import (
     LORA_TARGETS,
@@ -50,6 +55,9 @@ from .data import (
     concept_scenes,
     full_captions,
     make_scenes,
+    sample_scene_labels,
+    scene_caption,
+    with_articles,
 )
 from .forward import diffusion_loss, draw_noise
 from .judge import SceneJudge, scene_accuracy, scene_judge_config
@@ -66,7 +74,10 @@ LORA_TRAIN = TrainConfig(
 )
 INVERSION_TRAIN = TrainConfig(steps=1500, batch_size=32, lr=1e-2, warmup=50)
 CONCEPT_SEED = 1100  # concept pictures for training; measurement uses other seeds
-OLD_GROUPS = {"one object, seen": 0.0, "two objects, seen": 1.0}
+# old prompts measured beside the concept: group -> share of two-object scenes
+OLD_GROUPS = {"one object, training captions": 0.0, "two objects, new captions": 1.0}
+# the groups measured only on captions that are not training captions
+NEW_CAPTION_GROUPS = ("concept", "two objects, new captions")
 STRENGTHS = (0.0, 0.5, 1.0, 1.5)
 
 
@@ -187,25 +198,128 @@ def train_textual_inversion(
 
 
 def concept_prompts(n: int, seed: int, word: str = CONCEPT):
-    """n fresh concept prompts that name every attribute (data.full_captions), with
-    their labels (objects, relation, position)."""
-    s = concept_scenes(n, seed, word)
+    """n concept prompts that name every attribute (data.full_captions), with their
+    labels (objects, relation, position)."""
+    s = concept_scenes(n, seed, word, image_size=16)  # the labels are what is used
     labels = (s.objects, s.relation, s.position)
     return full_captions(*labels), labels
 
 
-def measure_concept(pipe, n: int, seed: int, num_steps: int) -> dict:
-    """Prompt accuracy on n fresh concept prompts (judged with the new shape) and on n
-    seen prompts of each OLD_GROUPS group (the usual judge)."""
-    captions, labels = concept_prompts(n, seed + 7000)
-    fake = pipe(captions, num_steps=num_steps, seed=seed)
-    row = {"concept": scene_accuracy(concept_judge()(fake), *labels)}
+def _phrased(labels, seed: int) -> list[str]:
+    """The captions data's make_scenes / concept_scenes give these labels with this
+    seed (the same phrasing draws: rule, and sizes or place left out), without drawing
+    the images."""
+    phrasing_seed, _ = np.random.SeedSequence(seed).spawn(2)
+    n_rules = np.lcm.reduce([len(data._TEMPLATES), len(data._PAIR_TEMPLATES), 2])
+    rng = np.random.default_rng(phrasing_seed)
+    rules = rng.integers(n_rules, size=len(labels[0]))
+    omit = rng.random((len(labels[0]), 3)) < data.SCENE_OMIT
+    rows = zip(*labels, rules, omit)
+    return with_articles([scene_caption(o, r, p, int(k), tuple(leave))
+                          for o, r, p, k, leave in rows])  # fmt: skip
+
+
+def scene_captions(n: int, seed: int, split: str = "train",
+                   two_object_fraction: float = 0.5) -> list[str]:  # fmt: skip
+    """The captions of make_scenes(n, seed=seed, split=split, two_object_fraction=...),
+    without drawing its images."""
+    return _phrased(sample_scene_labels(n, seed, split, two_object_fraction), seed)
+
+
+def concept_captions(n: int, seed: int, word: str = CONCEPT) -> list[str]:
+    """The captions of concept_scenes(n, seed, word), without drawing its images."""
+    objects, relation, position = sample_scene_labels(n, seed, "all", 0.0)
+    if word in ALL_SHAPES:
+        objects[:, 0, 0] = ALL_SHAPES.index(word)
+    else:
+        objects[:, 0, 1] = tuple(ALL_COLOURS).index(word)
+    return _phrased((objects, relation, position), seed)
+
+
+def one_object_captions(split: str = "train") -> list[str]:
+    """Every full caption (data.full_captions' phrasings) of one object whose shape and
+    colour `split` allows: the whole one-object prompt group of a measurement."""
+    rows = product(range(len(SHAPES)), range(len(COLOURS)), range(len(data.SIZES)))
+    captions = []
+    for shape, colour, size in rows:
+        objects = torch.tensor([[shape, colour, size], [-1, -1, -1]])
+        if data.scene_held_out(objects[None])[0].item() != (split == "holdout"):
+            continue
+        captions += [scene_caption(objects, -1, p, template=t)
+                     for p in range(len(data.POSITIONS))
+                     for t in range(len(data._TEMPLATES))]  # fmt: skip
+    return captions
+
+
+def training_captions(concept_images: int = CONCEPT_IMAGES,
+                      preservation_images: int = PRESERVATION_IMAGES, seed: int = 0,
+                      directory=None) -> frozenset[str]:  # fmt: skip
+    """Every caption an adapted mini SD was trained on: the training scenes of its UNet
+    (scenes-ldm) and text encoder (scenes-clip), rebuilt from their manifests' size,
+    seed and two-object share (make_scenes' 0.5 where none is recorded), and the adapter
+    recipe's (seed's) concept pictures and preservation scenes. The defaults are the
+    shipped scenes-lora's; scenes-inversion's are a subset (preservation_images=0)."""
+    seen = set()
+    for name in ("scenes-ldm", "scenes-clip"):
+        info = pretrained.manifest(name, directory)
+        n, two = info.get("training_images"), info.get("two_object_fraction", 0.5)
+        if n:  # none: not trained on scenes (the tests' tiny models)
+            seen.update(scene_captions(n, info["seed"], "train", two))
+    seen.update(concept_captions(concept_images, CONCEPT_SEED + seed))
+    if preservation_images:
+        seen.update(scene_captions(preservation_images, seed + 1, "train"))
+    return frozenset(seen)
+
+
+def new_prompts(draw, n: int, seed: int, exclude) -> tuple[list[str], tuple]:
+    """The first n prompts of draw(m, seed) -> (captions [m], labels) that are not in
+    `exclude`, for m = n, 2n, 4n, ... up to 64n: deterministic, and none of them a
+    training caption when exclude = training_captions(...)."""
+    m = n
+    while m <= 64 * n:
+        captions, labels = draw(m, seed)
+        keep = [i for i, c in enumerate(captions) if c not in exclude][:n]
+        if len(keep) == n:
+            idx = torch.tensor(keep, dtype=torch.long)
+            return [captions[i] for i in keep], tuple(x[idx] for x in labels)
+        m *= 2
+    raise ValueError(f"fewer than {n} of {m // 2} drawn captions are new")
+
+
+def measured_prompts(n: int, seed: int, exclude) -> dict:
+    """{group: (captions [n], labels)} measured by measure_concept: the concept
+    ("concept") and OLD_GROUPS, those of NEW_CAPTION_GROUPS drawn from captions not in
+    `exclude` (new_prompts); the others as drawn (one-object full captions: most of
+    them are training captions, see training_captions)."""
     from .recipes import scene_prompts  # recipes imports this module lazily
 
+    draws = {"concept": (concept_prompts, seed + 7000)}
     for k, (name, two) in enumerate(OLD_GROUPS.items()):
-        old_captions, old_labels = scene_prompts(n, seed + 7100 + k, "train", two)
-        fake = pipe(old_captions, num_steps=num_steps, seed=seed + 1 + k)
-        row[name] = scene_accuracy(SceneJudge()(fake), *old_labels)
+        draw = lambda m, s, two=two: scene_prompts(m, s, "train", two)  # noqa: E731
+        draws[name] = (draw, seed + 7100 + k)
+    return {name: new_prompts(draw, n, s, exclude) if name in NEW_CAPTION_GROUPS
+            else draw(n, s) for name, (draw, s) in draws.items()}  # fmt: skip
+
+
+def caption_counts(n: int, seed: int, exclude) -> dict:
+    """{group: how many of measured_prompts(n, seed, exclude)'s captions are in
+    exclude}: 0 for NEW_CAPTION_GROUPS."""
+    prompts = measured_prompts(n, seed, exclude)
+    return {name: sum(c in exclude for c in captions)
+            for name, (captions, _) in prompts.items()}  # fmt: skip
+
+
+def measure_concept(pipe, n: int, seed: int, num_steps: int, exclude=None) -> dict:
+    """Prompt accuracy on measured_prompts(n, seed, exclude): the concept (judged with
+    the new shape) and each OLD_GROUPS group (the usual judge). exclude: the training
+    captions (default: the shipped scenes-lora's, training_captions())."""
+    if exclude is None:
+        exclude = training_captions()
+    prompts, row = measured_prompts(n, seed, exclude), {}
+    for k, (name, (captions, labels)) in enumerate(prompts.items()):
+        judge = concept_judge() if name == "concept" else SceneJudge()
+        fake = pipe(captions, num_steps=num_steps, seed=seed + k)
+        row[name] = scene_accuracy(judge(fake), *labels)
     return row
 
 
@@ -230,25 +344,49 @@ def _settings(quick):
     return CONCEPT_IMAGES, PRESERVATION_IMAGES, {}, 100, 50
 
 
+def _check_stage(stage):
+    if stage not in ("all", "measure"):
+        raise ValueError(f"unknown stage {stage!r}; expected 'all' or 'measure'")
+
+
+def _lora_metrics(pipe, before: dict, n, seed, steps, exclude) -> dict:
+    """The LoRA manifest's metrics: `before` (measure_concept without the adapter),
+    then pipe (with it) measured at strength 1 and along STRENGTHS."""
+    after, sweep = measure_concept(pipe, n, seed, steps, exclude), {}
+    for s in STRENGTHS:  # strength 1 is `after`: the same prompts and seeds
+        set_lora_scale(pipe.unet, s)
+        row = after if s == 1.0 else measure_concept(pipe, n, seed, steps, exclude)
+        sweep[f"{s:g}"] = _summary(row)
+    set_lora_scale(pipe.unet, 1.0)
+    return {
+        "prompts": n,
+        "num_steps": steps,
+        "training_captions_measured": caption_counts(n, seed, exclude),
+        "vae_reconstruction": vae_reconstruction(pipe, n, seed + 7200),
+        "before (new word, no adapter)": before,
+        "after": after,
+        "strength_sweep": sweep,
+    }
+
+
 def lora_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict:
     """Teach the mini SD the word "diamond" with LoRA; measure before, after and at
-    several adapter strengths; ship the adapter (and the word's frozen row)."""
+    several adapter strengths; ship the adapter (and the word's frozen row). Stage
+    "measure": only re-measure the saved adapter (measure_lora)."""
     from .recipes import SCENE_SIZE, hardware, loss_summary
 
+    _check_stage(stage)
+    if stage == "measure":
+        return measure_lora(out_dir, quick, seed)
     n_concept, n_regular, patch, n, steps = _settings(quick)
+    exclude = training_captions(n_concept, n_regular, seed, out_dir)
     cfg = TrainConfig(**{**asdict(LORA_TRAIN), **patch, "seed": seed})
     pipe = _base_pipe(out_dir)
     teach_word(pipe)  # old prompts read exactly as before (tested)
-    before = measure_concept(pipe, n, seed, steps)
+    before = measure_concept(pipe, n, seed, steps, exclude)
     concept = concept_scenes(n_concept, CONCEPT_SEED + seed, CONCEPT, SCENE_SIZE)
     regular = make_scenes(n_regular, SCENE_SIZE, seed=seed + 1, split="train")
     result = train_lora(pipe, concept, regular, cfg)
-    after = measure_concept(pipe, n, seed, steps)
-    sweep = {}
-    for s in STRENGTHS:
-        set_lora_scale(pipe.unet, s)
-        sweep[f"{s:g}"] = _summary(measure_concept(pipe, n, seed, steps))
-    set_lora_scale(pipe.unet, 1.0)
     trainable, total = count_trainable(pipe.unet)
     word_row = pipe.text_encoder.text.token_embedding.new.detach()  # [1, W]
     state = {**lora_state_dict(pipe.unet), f"word.{CONCEPT}": word_row}
@@ -272,32 +410,59 @@ def lora_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict
         "hardware": hardware(torch.device(device)),
         "ldm_sha256": pretrained.manifest("scenes-ldm", out_dir)["sha256"],
         **loss_summary(result.losses),
-        "metrics": {
-            "prompts": n,
-            "num_steps": steps,
-            "vae_reconstruction": vae_reconstruction(pipe, n, seed + 7200),
-            "before (new word, no adapter)": before,
-            "after": after,
-            "strength_sweep": sweep,
-        },
+        "metrics": _lora_metrics(pipe, before, n, seed, steps, exclude),
     }
     path = pretrained.checkpoint_path("scenes-lora", out_dir)
     return save_checkpoint(path, state, info)
 
 
+def measure_lora(out_dir=None, quick=False, seed=0) -> dict:
+    """Re-measure the saved scenes-lora (before: the word's starting row without the
+    adapter, as the recipe measured it) and rewrite its manifest's metrics."""
+    from .train import write_manifest
+
+    n_concept, n_regular, _, n, steps = _settings(quick)
+    exclude = training_captions(n_concept, n_regular, seed, out_dir)
+    base = _base_pipe(out_dir)
+    teach_word(base)
+    before = measure_concept(base, n, seed, steps, exclude)
+    pipe = _base_pipe(out_dir)
+    info = load_lora_weights(pipe, directory=out_dir)
+    info["metrics"] = _lora_metrics(pipe, before, n, seed, steps, exclude)
+    write_manifest(pretrained.checkpoint_path("scenes-lora", out_dir), info)
+    return info
+
+
+def _inversion_metrics(base, pipe, n, seed, steps, exclude) -> dict:
+    """The textual-inversion manifest's metrics: base (the word's starting row) and
+    pipe (the learned row) by measure_concept."""
+    return {
+        "prompts": n,
+        "num_steps": steps,
+        "training_captions_measured": caption_counts(n, seed, exclude),
+        "before": measure_concept(base, n, seed, steps, exclude),
+        "after": measure_concept(pipe, n, seed, steps, exclude),
+    }
+
+
 def inversion_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict:
     """Teach the mini SD the word "diamond" by textual inversion (one embedding row);
-    measure before and after; ship the row."""
+    measure before and after; ship the row. Stage "measure": only re-measure the saved
+    row (measure_inversion)."""
     from .recipes import SCENE_SIZE, hardware, loss_summary
 
+    _check_stage(stage)
+    if stage == "measure":
+        return measure_inversion(out_dir, quick, seed)
     n_concept, _, patch, n, steps = _settings(quick)
+    exclude = training_captions(n_concept, 0, seed, out_dir)
     cfg = TrainConfig(**{**asdict(INVERSION_TRAIN), **patch, "seed": seed})
+    base = _base_pipe(out_dir)
+    teach_word(base)
     pipe = _base_pipe(out_dir)
     table = teach_word(pipe)
-    before = measure_concept(pipe, n, seed, steps)
     concept = concept_scenes(n_concept, CONCEPT_SEED + seed, CONCEPT, SCENE_SIZE)
     result = train_textual_inversion(pipe, concept, cfg)
-    after = measure_concept(pipe, n, seed, steps)
     info = {
         "recipe": "scenes-inversion",
         "kind": "textual inversion",
@@ -314,17 +479,27 @@ def inversion_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") ->
         "ldm_sha256": pretrained.manifest("scenes-ldm", out_dir)["sha256"],
         "clip_sha256": pretrained.manifest("scenes-clip", out_dir)["sha256"],
         **loss_summary(result.losses),
-        "metrics": {
-            "prompts": n,
-            "num_steps": steps,
-            "before": before,
-            "after": after,
-        },  # fmt: skip
+        "metrics": _inversion_metrics(base, pipe, n, seed, steps, exclude),
     }
     # the diffusers convention for a learned embedding: {word: row [W]}
     state = {CONCEPT: table.new.detach()[0]}
     path = pretrained.checkpoint_path("scenes-inversion", out_dir)
     return save_checkpoint(path, state, info)
+
+
+def measure_inversion(out_dir=None, quick=False, seed=0) -> dict:
+    """Re-measure the saved scenes-inversion and rewrite its manifest's metrics."""
+    from .train import write_manifest
+
+    n_concept, _, _, n, steps = _settings(quick)
+    exclude = training_captions(n_concept, 0, seed, out_dir)
+    base = _base_pipe(out_dir)
+    teach_word(base)
+    pipe = _base_pipe(out_dir)
+    info = load_textual_inversion(pipe, directory=out_dir)
+    info["metrics"] = _inversion_metrics(base, pipe, n, seed, steps, exclude)
+    write_manifest(pretrained.checkpoint_path("scenes-inversion", out_dir), info)
+    return info
 
 
 def load_lora_weights(pipe, name: str = "scenes-lora", directory=None) -> dict:
@@ -395,8 +570,9 @@ def edit_task(n: int, seed: int):
 
 def measure_edits(fake, scenes, which, edited, mask) -> dict:
     """What an inpainting did: the edited object right inside the mask (open-set
-    judge), the whole edited caption right, PSNR outside the mask (beyond the seam
-    band) and in the 2-pixel band just outside its edge."""
+    judge), the whole edited caption right, and PSNR against the source outside the
+    mask away from the seam, and at the seam (editing.seam_band: 2 pixels on each side
+    of the boundary between kept and regenerated latent cells, outside the mask)."""
     from .editing import edited_object_right, psnr_where, seam_band
 
     verdict = SceneJudge()(fake)

@@ -25,6 +25,10 @@ def test_lora_gates():
             - m["after"][group]["joint"]
         )
         assert drop <= MAX_DROP, (group, drop)
+    # the groups are what their names say (finetune.measured_prompts)
+    counts = m["training_captions_measured"]
+    assert counts == {g: 0 if g in finetune.NEW_CAPTION_GROUPS else m["prompts"]
+                      for g in ("concept", *finetune.OLD_GROUPS)}, counts  # fmt: skip
     # the VAE probe that decided the concept: diamonds survive it, orange does not
     probe = m["vae_reconstruction"]
     assert probe["diamond"]["joint"] >= 0.95 > 0.5 > probe["orange"]["joint"]
@@ -36,6 +40,8 @@ def test_inversion_leaves_old_prompts_exactly_and_is_measured():
     m = info["metrics"]
     for group in finetune.OLD_GROUPS:
         assert m["after"][group]["joint"] == m["before"][group]["joint"]
+    assert all(m["training_captions_measured"][g] == 0
+               for g in finetune.NEW_CAPTION_GROUPS)  # fmt: skip
     width = pretrained.manifest("scenes-clip")["config"]["text_width"]
     assert info["trainable_parameters"] == width  # one row of the embedding table
 
@@ -80,12 +86,14 @@ def test_shipped_inpainting_on_fresh_edits(n):
     assert wrong["inside"] <= 0.2, wrong
 
 
-def test_shipped_lora_draws_diamonds_on_fresh_prompts():
+def test_shipped_lora_draws_diamonds_on_new_prompts():
     from diffusion_lib.metrics import scene_accuracy
 
     pipe = MiniStableDiffusion.from_pretrained()
     finetune.load_lora_weights(pipe)
-    captions, labels = finetune.concept_prompts(24, seed=4242)
+    seen = finetune.training_captions()
+    captions, labels = finetune.new_prompts(finetune.concept_prompts, 24, 4242, seen)
+    assert not set(captions) & seen
     judge = finetune.concept_judge()
     with_adapter = scene_accuracy(judge(pipe(captions, num_steps=25, seed=1)), *labels)
     adapters.set_lora_scale(pipe.unet, 0.0)  # strength 0: the mini SD alone
