@@ -19,6 +19,7 @@ accumulation under 🤗 Accelerate (see diffusion_lib.scale):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import time
@@ -46,20 +47,24 @@ from .clip import (
 from .data import (
     HELD_OUT,
     LABEL_SIZES,
+    ScenesData,
     full_captions,
     make_scenes,
     make_shapes,
     render_scenes,
     sample_labels,
     sample_scene_labels,
+    scene_captions,
 )
 from .metrics import (
+    BINDING_OUTCOMES,
     BINDINGS,
     Evaluator,
     EvaluatorConfig,
     Judge,
     SceneJudge,
     attribute_binding,
+    binding_outcomes,
     by_pair,
     classifier_accuracy,
     fid_kid,
@@ -599,6 +604,7 @@ LDM_SCHEDULE = {"kind": "scaled_linear", "num_timesteps": 1000}
 LDM_TWO_OBJECT_FRACTION = 0.75
 LDM_GUIDANCE = 3.0  # the default guidance scale of the shipped pipeline
 LDM_SWEEP = (1.0, 2.0, 3.0, 5.0, 8.0)  # guidance scales of the sweep
+SCENE_MEASURE_PROMPTS = 200  # prompts per group, for the mini SD and the mini DALL-E 2
 LDM_GROUPS = {  # name -> (split, two_object_fraction) of the measured prompts
     "one object, seen": ("train", 0.0),
     "two objects, seen": ("train", 1.0),
@@ -678,6 +684,12 @@ def scene_prompts(n: int, seed: int, split: str, two_object_fraction: float):
     return full_captions(objects, relation, position), (objects, relation, position)
 
 
+def captions_sha256(captions) -> str:
+    """A fingerprint of a list of prompts, in order: two measurements are on the same
+    prompts exactly when their fingerprints are equal (the manifests record it)."""
+    return hashlib.sha256("\n".join(captions).encode()).hexdigest()
+
+
 def diversity(images: torch.Tensor, per_prompt: int) -> float:
     """Mean per-pixel standard deviation (on the [0, 1] scale) across the `per_prompt`
     images of each prompt; images [P * per_prompt, 3, H, W], grouped by prompt."""
@@ -701,6 +713,9 @@ def measure_scene_pipeline(pipe, n: int, seed: int, num_steps: int, groups=LDM_G
             **fid_kid_with(feats, fake, real, min(100, n)),
             "real_vs_real": fid_kid_with(feats, other, real, min(100, n)),
             "prompts": n,
+            "prompt_seed": seed + 9000 + k,
+            "sample_seed": seed + k,
+            "captions_sha256": captions_sha256(captions),
         }
         if verbose:
             print(f"{name}: {out[name]}", flush=True)
@@ -720,6 +735,7 @@ def guidance_sweep(pipe, n: int, seed: int, num_steps: int, per_prompt: int = 4,
         fake = pipe(captions, num_steps=num_steps, seed=seed, guidance_scale=scale)
         rows[f"{scale:g}"] = {
             "guidance_scale": scale,
+            "captions_sha256": captions_sha256(captions),
             **scene_accuracy(judge(fake), *labels),
             "diversity": diversity(fake, per_prompt),
             **fid_kid_with(feats, fake, real, min(100, len(captions))),
@@ -733,7 +749,7 @@ def guidance_sweep(pipe, n: int, seed: int, num_steps: int, per_prompt: int = 4,
 def measure_ldm(out_dir=None, quick=False, seed=0, device="cpu") -> dict:
     """Measure the saved mini SD and write the figures into its manifest."""
     pipe = MiniStableDiffusion.from_pretrained(device, out_dir)
-    n, n_sweep, steps = (8, 8, 2) if quick else (200, 200, 50)
+    n, n_sweep, steps = (8, 8, 2) if quick else (SCENE_MEASURE_PROMPTS, 200, 50)
     metrics = {
         "judge": "open-set scene judge (diffusion_lib.judge.SceneJudge)",
         "features": "scene appearance features (diffusion_lib.metrics.scene_features)",
@@ -984,29 +1000,83 @@ def empty_caption_embeddings(clip_model, tokenizer) -> dict:
     return {k: e[k][0] for k in ("text_states", "text_embed", "text_mask")}
 
 
-PRIOR_GROUPS = {  # name -> (split, two_object_fraction) of the held-out captions
-    "fresh captions, seen compositions": ("train", LDM_TWO_OBJECT_FRACTION),
+PRIOR_GROUPS = {  # name -> (split, two_object_fraction) of captions never trained on
+    "unseen captions, seen compositions": ("train", LDM_TWO_OBJECT_FRACTION),
     "held-out compositions": ("holdout", LDM_TWO_OBJECT_FRACTION),
 }
+# the gate against a collapsed prior (prior_spread: 0 when every draw of a caption is
+# the same embedding, about 1 when draws differ as much as two real drawings do): a
+# prior below a tenth of the real variety has collapsed onto one embedding per caption
+PRIOR_SPREAD_GATE = 0.1
+
+
+def unclip_training_captions(seed: int = 0) -> set:
+    """Every caption the shipped prior and decoder were trained on (their recipes'
+    scenes, without rendering them)."""
+    return set(scene_captions(UNCLIP_TRAINING_IMAGES, seed, "train",
+                              LDM_TWO_OBJECT_FRACTION))  # fmt: skip
+
+
+def unseen_scenes(n: int, seed: int, split: str, two_object_fraction: float,
+                  seen: set, max_draws: int = 20) -> ScenesData:  # fmt: skip
+    """n scenes whose captions are not in `seen`: drawn in batches of 2n from seeds
+    seed, seed + 1, ... (make_scenes), keeping the unseen ones in order. With a small
+    grammar, most one-object captions are training captions, so the kept scenes have
+    more two objects than two_object_fraction asks (their share is in the scenes)."""
+    kept = []
+    for k in range(max_draws):
+        pool = make_scenes(2 * n, SCENE_SIZE, seed=seed + k, split=split,
+                           two_object_fraction=two_object_fraction)  # fmt: skip
+        kept.append(pool.select([c not in seen for c in pool.captions]))
+        if sum(len(x) for x in kept) >= n:
+            break
+    else:
+        raise ValueError(f"fewer than {n} unseen captions in {max_draws} draws")
+    fields = ("images", "objects", "relation", "position", "centres", "radii")
+    tensors = [torch.cat([getattr(x, f) for x in kept])[:n] for f in fields]
+    return ScenesData(*tensors, [c for x in kept for c in x.captions][:n])
 
 
 def _cosine(a, b) -> float:
     return F.cosine_similarity(a, b, dim=-1).mean().item()
 
 
-def measure_prior_on(pipe, scenes, guidance_scale=None, candidates=None, seed=0):
+def measure_prior_on(pipe, scenes, guidance_scale=None, candidates=None, seed=0,
+                     spread=False) -> dict:  # fmt: skip
     """Mean cosine(prior's embedding, the true image's embedding) over scenes, beside
-    the text-embedding baseline and a second rendering of the same captions."""
+    the text-embedding baseline; with spread=True also "draw_vs_draw", the mean cosine
+    between two independent draws of the prior for the same caption (1.0 for a prior
+    that gives every caption one embedding whatever the noise)."""
     true = pipe.encode_images(scenes.images).cpu()
     text = pipe.encode_prompts(scenes.captions)["text_embed"].cpu()
-    pred = pipe.prior_embeddings(scenes.captions, guidance_scale=guidance_scale,
-                                 candidates=candidates, seed=seed).cpu()  # fmt: skip
-    return {"prior": _cosine(pred, true), "text_embedding": _cosine(text, true)}
+    draw = lambda s: pipe.prior_embeddings(  # noqa: E731
+        scenes.captions, guidance_scale=guidance_scale, candidates=candidates, seed=s
+    ).cpu()
+    pred = draw(seed)
+    out = {"prior": _cosine(pred, true), "text_embedding": _cosine(text, true)}
+    if spread:
+        out["draw_vs_draw"] = _cosine(pred, draw(seed + 1))
+    return out
+
+
+def prior_spread(row: dict) -> float:
+    """How much the prior's draws of one caption differ, as a share of how much two real
+    drawings of it differ: (1 - draw_vs_draw) / (1 - real_vs_real); 0 for a collapsed
+    prior, about 1 for one that varies as much as the data."""
+    return (1 - row["draw_vs_draw"]) / (1 - row["real_vs_real"])
+
+
+def _prior_setting(pipe, scenes, real_vs_real: float, seed: int, **setting) -> dict:
+    """measure_prior_on at one setting (guidance_scale, candidates), with its spread."""
+    row = measure_prior_on(pipe, scenes, seed=seed, spread=True, **setting)
+    return {**row, "spread": prior_spread({**row, "real_vs_real": real_vs_real})}
 
 
 def measure_prior(out_dir=None, quick=False, seed=0) -> dict:
     """Cosine of the prior's samples with the true image embeddings of captions it
-    never saw, beside the text-embedding baseline and real-vs-real."""
+    never saw (none of them a training caption: checked against the recipe's training
+    set), beside the text-embedding baseline and real-vs-real, and how much its draws of
+    one caption differ (prior_spread)."""
     clip_model, clip_info = pretrained.load_pretrained("scenes-clip", None, out_dir)
     prior, info = pretrained.load_pretrained("scenes-prior", None, out_dir)
     schedule = pretrained.schedule_from_manifest(info)
@@ -1020,22 +1090,24 @@ def measure_prior(out_dir=None, quick=False, seed=0) -> dict:
         prior_guidance=info["guidance_scale"],
     )
     n, groups = (16 if quick else 1000), {}
+    seen = unclip_training_captions(info["seed"]) if not quick else set()
     for k, (name, (split, two)) in enumerate(PRIOR_GROUPS.items()):
-        scenes = make_scenes(n, SCENE_SIZE, seed=seed + 7000 + k, split=split,
-                             two_object_fraction=two)  # fmt: skip
+        scenes = unseen_scenes(n, seed + 7000 + 10 * k, split, two, seen)
         again = render_scenes(scenes.objects, scenes.relation, scenes.position,
                               SCENE_SIZE, seed=seed + 7100 + k)[0]  # fmt: skip
-        row = measure_prior_on(pipe, scenes, seed=seed)
-        row["one_candidate"] = measure_prior_on(pipe, scenes, candidates=1, seed=seed)[
-            "prior"
-        ]
-        row["sweep"] = {f"{w:g}": measure_prior_on(pipe, scenes, guidance_scale=w,
-                                                   seed=seed)["prior"]
-                        for w in PRIOR_SWEEP}  # fmt: skip
-        row["real_vs_real"] = _cosine(
+        row = measure_prior_on(pipe, scenes, seed=seed, spread=True)
+        row["real_vs_real"] = real = _cosine(
             pipe.encode_images(again).cpu(), pipe.encode_images(scenes.images).cpu()
         )
+        row["one_candidate"] = _prior_setting(pipe, scenes, real, seed, candidates=1)
+        row["sweep"] = {f"{w:g}": _prior_setting(pipe, scenes, real, seed,
+                                                 guidance_scale=w)
+                        for w in PRIOR_SWEEP}  # fmt: skip
         row["captions"] = n
+        row["two_object_share"] = (scenes.num_objects == 2).float().mean().item()
+        row["training_captions"] = sum(c in seen for c in scenes.captions)
+        row["captions_sha256"] = captions_sha256(scenes.captions)
+        row["spread"] = prior_spread(row)
         groups[name] = row
         print(f"{name}: {row}", flush=True)
     metrics = {"groups": groups, "sampler": {"num_steps": 25,
@@ -1148,10 +1220,9 @@ def measure_upsampler(out_dir=None, quick=False, seed=0) -> dict:
     return pretrained.manifest("scenes-upsampler", out_dir)
 
 
-# prompts per group in the mini DALL-E 2's measurement (the mini SD's: 200); each image
-# costs the decoder's 50 guided steps and the upsampler's 10 at 64x64, about 0.7 s on
-# 2 CPU cores, so the whole measurement (about 1,500 images) takes about 20 minutes
-UNCLIP_MEASURE_PROMPTS = 100
+# prompts per group in the mini DALL-E 2's measurement: the mini SD's 200, so that both
+# are measured on the same prompts with the same seeds (chapter 10 compares them); each
+# image costs the decoder's 50 guided steps and the upsampler's 10 at 64x64
 # real scenes whose variations are judged, half with one object: 50 sources gave a
 # standard error of 0.05 on the one-object share, too wide for a gate at 0.90
 VARIATION_SOURCES = 300
@@ -1226,17 +1297,24 @@ def binding_prompts(n: int, seed: int, split: str = "train"):
 def measure_binding(pipes: dict, n: int, seed: int, steps: int) -> dict:
     """For each pipeline, on the same n binding prompts and seeds: the share of images
     that bind each colour to its shape, swap the two colours, or fail otherwise
-    (metrics.attribute_binding), and the full prompt accuracy."""
+    (metrics.attribute_binding), the same broken down by what went wrong
+    (metrics.binding_outcomes, under "outcomes"), and the full prompt accuracy."""
     captions, labels = binding_prompts(n, seed + 9800)
     judge, out = SceneJudge(), {}
     for name, pipe in pipes.items():
         verdict = judge(pipe(captions, num_steps=steps, seed=seed))
         kind = attribute_binding(verdict, labels[0])
+        outcome = binding_outcomes(verdict, labels[0], labels[1])
         out[name] = {
             b: (kind == i).float().mean().item() for i, b in enumerate(BINDINGS)
         }
+        out[name]["outcomes"] = {
+            b: (outcome == i).float().mean().item()
+            for i, b in enumerate(BINDING_OUTCOMES)
+        }
         out[name]["joint"] = scene_accuracy(verdict, *labels)["joint"]
         out[name]["prompts"] = n
+        out[name]["captions_sha256"] = captions_sha256(captions)
         print(f"binding, {name}: {out[name]}", flush=True)
     return out
 
@@ -1246,7 +1324,7 @@ def measure_dalle2(out_dir=None, quick=False, seed=0) -> dict:
     mini SD is measured, plus the ablation and variations; the figures go into the
     decoder's manifest."""
     pipe = MiniDALLE2.from_pretrained(None, out_dir)
-    n, steps = (8, 2) if quick else (UNCLIP_MEASURE_PROMPTS, 50)
+    n, steps = (8, 2) if quick else (SCENE_MEASURE_PROMPTS, 50)
     metrics = {
         "judge": "open-set scene judge (diffusion_lib.judge.SceneJudge)",
         "features": "scene appearance features (diffusion_lib.metrics.scene_features)",
