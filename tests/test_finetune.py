@@ -60,3 +60,29 @@ def test_new_prompts_refuses_when_too_few_are_new():
         everything |= set(finetune.concept_prompts(m, 1)[0])
     with pytest.raises(ValueError, match="new"):
         finetune.new_prompts(finetune.concept_prompts, 4, 1, everything)
+
+
+@pytest.mark.parametrize("name", ["scenes-lora", "scenes-inversion"])
+def test_the_measure_stage_rewrites_the_metrics_and_not_the_weights(
+    name, tiny_part4_dir, tmp_path
+):
+    import json
+    import shutil
+
+    from diffusion_lib import pretrained
+
+    for f in tiny_part4_dir.iterdir():
+        shutil.copy(f, tmp_path)
+    before = pretrained.manifest(name, tmp_path)
+    weights = (tmp_path / f"{name}.safetensors").read_bytes()
+    info = finetune.RECIPES[name](tmp_path, quick=True, stage="measure")
+    after = pretrained.manifest(name, tmp_path)
+    assert (tmp_path / f"{name}.safetensors").read_bytes() == weights
+    assert after["sha256"] == before["sha256"]
+    same = [json.dumps(m["metrics"], sort_keys=True) for m in (after, info)]
+    assert same[0] == same[1]  # (NaN != NaN: compared as JSON)
+    assert set(after["metrics"]) == set(before["metrics"])
+    counts = after["metrics"]["training_captions_measured"]
+    assert all(counts[g] == 0 for g in finetune.NEW_CAPTION_GROUPS)
+    with pytest.raises(ValueError, match="stage"):
+        finetune.RECIPES[name](tmp_path, quick=True, stage="train")
