@@ -9,11 +9,21 @@ from diffusion_lib import pretrained
 from diffusion_lib.data import make_scenes, render_scenes
 from diffusion_lib.metrics import SceneJudge, keeps_objects, scene_correct
 from diffusion_lib.pipelines import MiniDALLE2
-from diffusion_lib.recipes import measure_prior_on, scene_prompts, upsampler_psnr
+from diffusion_lib.recipes import (
+    LDM_GROUPS,
+    PRIOR_GROUPS,
+    PRIOR_SPREAD_GATE,
+    captions_sha256,
+    measure_prior_on,
+    prior_spread,
+    scene_prompts,
+    unclip_training_captions,
+    unseen_scenes,
+    upsampler_psnr,
+)
 from diffusion_lib.train import sha256_file
 
 NAMES = ["scenes-prior", "scenes-decoder", "scenes-upsampler"]
-PRIOR_GATE = 0.75  # mean cosine with the true image embedding, held-out captions
 ONE_OBJECT_GATE = 0.85  # prompt accuracy, seen one-object prompts
 VARIATION_GATE = 0.90  # variations keep every object's shape and colour
 UPSAMPLER_GATE = 2.0  # dB above bicubic
@@ -37,10 +47,14 @@ def test_unclip_was_trained_on_the_shipped_clip():
 
 
 def test_gates_in_the_manifests():
+    # a gate on the cosine alone (once: >= 0.75) had no teeth: the text embedding
+    # itself scores 0.84-0.90. What a prior must do is beat the text embedding, and
+    # its draws must not collapse onto one embedding per caption.
     prior = pretrained.manifest("scenes-prior")["metrics"]["groups"]
     for name, row in prior.items():
-        assert row["prior"] >= PRIOR_GATE, (name, row)
         assert row["prior"] > row["text_embedding"], (name, row)
+        assert row["spread"] >= PRIOR_SPREAD_GATE, (name, row)
+        assert row["training_captions"] == 0, (name, row)
     dalle2 = pretrained.manifest("scenes-decoder")["metrics"]
     assert dalle2["groups"]["one object, seen"]["joint"] >= ONE_OBJECT_GATE
     up = pretrained.manifest("scenes-upsampler")["metrics"]
@@ -65,7 +79,7 @@ def test_prior_beats_the_text_embedding_on_fresh_held_out_captions(pipe):
     (the empty caption for every scene) falls far below."""
     scenes = make_scenes(200, seed=6161, split="holdout", two_object_fraction=0.5)
     row = measure_prior_on(pipe, scenes, seed=3)
-    assert row["prior"] >= PRIOR_GATE and row["prior"] > row["text_embedding"], row
+    assert row["prior"] > row["text_embedding"] + 0.01, row
     true = pipe.encode_images(scenes.images)
     blind = pipe.prior_embeddings([""] * len(scenes), seed=3)
     blind_cos = F.cosine_similarity(blind, true, dim=-1).mean().item()
@@ -104,3 +118,66 @@ def test_upsampler_beats_bicubic_and_the_measurement_sees_a_broken_one(pipe):
     broken.upsample = lambda low, **kw: real_upsample(low, **kw)[:, [2, 0, 1]]
     swapped = upsampler_psnr(broken, high, pipe.upsampler_steps)
     assert swapped["upsampler"] < row["bicubic"] - 5, swapped
+
+
+def test_prior_groups_hold_no_training_caption():
+    """The prior's measured captions are the ones the manifest fingerprints, and none
+    of them is a caption the prior was trained on (once, 610 of the 1000 "fresh"
+    captions were training captions, verbatim)."""
+    groups = pretrained.manifest("scenes-prior")["metrics"]["groups"]
+    assert sorted(groups) == sorted(PRIOR_GROUPS)
+    seen = unclip_training_captions(pretrained.manifest("scenes-prior")["seed"])
+    for k, (name, (split, two)) in enumerate(PRIOR_GROUPS.items()):
+        row = groups[name]
+        scenes = unseen_scenes(row["captions"], 7000 + 10 * k, split, two, seen)
+        assert captions_sha256(scenes.captions) == row["captions_sha256"], name
+        assert not any(c in seen for c in scenes.captions), name
+    # and the filter does filter: drawn plainly, most seen-composition captions are seen
+    plain = make_scenes(200, seed=7000, split="train", two_object_fraction=0.75)
+    assert sum(c in seen for c in plain.captions) > 50
+
+
+def test_spread_gate_fails_a_collapsed_prior(pipe):
+    """A prior that returns one embedding per caption, whatever the noise, has a spread
+    of 0 and fails the gate; the shipped prior passes it on fresh held-out captions."""
+    scenes = make_scenes(100, seed=6262, split="holdout", two_object_fraction=0.75)
+    again = render_scenes(scenes.objects, scenes.relation, scenes.position, 64, 6263)[0]
+    real = (
+        F.cosine_similarity(
+            pipe.encode_images(scenes.images), pipe.encode_images(again), dim=-1
+        )
+        .mean()
+        .item()
+    )
+    shipped = measure_prior_on(pipe, scenes, seed=3, spread=True)
+    assert prior_spread({**shipped, "real_vs_real": real}) >= PRIOR_SPREAD_GATE
+
+    class Collapsed:  # the shipped prior, its noise fixed: one draw per caption
+        def __getattr__(self, name):
+            return getattr(pipe, name)
+
+        def prior_embeddings(self, captions, seed=0, **kw):
+            return pipe.prior_embeddings(captions, seed=0, **kw)
+
+    collapsed = measure_prior_on(Collapsed(), scenes, seed=3, spread=True)
+    spread = prior_spread({**collapsed, "real_vs_real": real})
+    assert spread < 0.01 and spread < PRIOR_SPREAD_GATE, spread
+    # its cosine with the true embeddings is as good: the old gate could not see it
+    assert collapsed["prior"] > collapsed["text_embedding"], collapsed
+
+
+def test_the_mini_sd_manifest_fingerprints_the_prompts_it_measured():
+    """The mini SD's groups record their prompt seed and a fingerprint of the prompts;
+    the fingerprint is that of the prompts the seed gives (chapter 10 compares the mini
+    DALL-E 2 with it by these fingerprints once that pipeline is re-measured)."""
+    ldm = pretrained.manifest("scenes-ldm")["metrics"]
+    for name, row in ldm["groups"].items():
+        assert row["prompts"] >= 200
+        captions, _ = scene_prompts(
+            row["prompts"], row["prompt_seed"], *LDM_GROUPS[name]
+        )
+        assert captions_sha256(captions) == row["captions_sha256"], name
+        other, _ = scene_prompts(
+            row["prompts"] // 2, row["prompt_seed"], *LDM_GROUPS[name]
+        )
+        assert captions_sha256(other) != row["captions_sha256"], name
