@@ -169,8 +169,9 @@ CHECKPOINT_USE = re.compile(r"""(?:load_pretrained|manifest)\(\s*["']([\w-]+)["'
 # (what, path of keys into manifest["metrics"])
 LDM_GROUPS = ("one object, seen", "two objects, seen", "one object, held out",
               "two objects, held out")  # fmt: skip
-PRIOR_GROUPS = ("fresh captions, seen compositions", "held-out compositions")
-NEW_WORD_OLD_GROUPS = ("one object, seen", "two objects, seen")  # finetune.OLD_GROUPS
+PRIOR_GROUPS = ("unseen captions, seen compositions", "held-out compositions")
+# finetune.OLD_GROUPS
+NEW_WORD_OLD_GROUPS = ("one object, training captions", "two objects, new captions")
 HEADLINES = {
     "shapes-evaluator": [("test accuracy, all attributes", ("test_accuracy", "joint"))],
     "shapes-ddpm": [

@@ -1447,7 +1447,8 @@ def main(argv=None):
         ablation(quick=args.quick, seed=args.seed, steps=args.steps)
         return
     staged = ("shapes-ddpm", "scenes-ldm", "scenes-prior", "scenes-upsampler",
-              "scenes-decoder", "scenes-inpaint", "scenes-controlnet")  # fmt: skip
+              "scenes-decoder", "scenes-lora", "scenes-inversion", "scenes-inpaint",
+              "scenes-controlnet")  # fmt: skip
     if args.stage != "all" and args.name not in staged:
         parser.error(f"--stage is supported for {', '.join(staged)} only, not "
                      f"{args.name} (it would train from scratch)")  # fmt: skip

@@ -244,3 +244,12 @@ def test_every_chapter_states_goals_for_the_guide(path):
         rows = dict(classroom.headline_results(name))
         assert rows["parameters"] > 0
         assert name not in classroom.HEADLINES or len(rows) > 2, name
+
+
+@pytest.mark.parametrize("name", sorted(classroom.HEADLINES))
+def test_every_headline_is_in_its_manifest(name):
+    """headline_results skips a path that is not in the manifest, so a renamed group
+    would silently drop a row of the instructor guide: every path must resolve."""
+    rows = dict(classroom.headline_results(name))
+    missing = [what for what, _ in classroom.HEADLINES[name] if what not in rows]
+    assert not missing, (name, missing)
