@@ -636,6 +636,12 @@ def scene_captions(
     objects, relation, position = sample_scene_labels(
         n, seed, split, two_object_fraction
     )
+    return phrase_captions(objects, relation, position, seed)
+
+
+def phrase_captions(objects, relation, position, seed: int) -> list[str]:
+    """The captions make_scenes / concept_scenes give these labels with this seed (the
+    same phrasing draws: the rule, and the sizes or place left out)."""
     phrasing_seed = np.random.SeedSequence(seed).spawn(2)[0]
     return _phrase(objects, relation, position, phrasing_seed)
 

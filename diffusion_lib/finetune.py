@@ -31,7 +31,6 @@ import time
 from dataclasses import asdict
 from itertools import product
 
-import numpy as np
 import torch
 
 from . import data, pretrained
@@ -207,23 +206,11 @@ def concept_prompts(n: int, seed: int, word: str = CONCEPT):
 
 def _phrased(labels, seed: int) -> list[str]:
     """The captions data's make_scenes / concept_scenes give these labels with this
-    seed (the same phrasing draws: rule, and sizes or place left out), without drawing
-    the images."""
-    phrasing_seed, _ = np.random.SeedSequence(seed).spawn(2)
-    n_rules = np.lcm.reduce([len(data._TEMPLATES), len(data._PAIR_TEMPLATES), 2])
-    rng = np.random.default_rng(phrasing_seed)
-    rules = rng.integers(n_rules, size=len(labels[0]))
-    omit = rng.random((len(labels[0]), 3)) < data.SCENE_OMIT
-    rows = zip(*labels, rules, omit)
-    return with_articles([scene_caption(o, r, p, int(k), tuple(leave))
-                          for o, r, p, k, leave in rows])  # fmt: skip
+    seed, without drawing the images."""
+    return with_articles(data.phrase_captions(*labels, seed))
 
 
-def scene_captions(n: int, seed: int, split: str = "train",
-                   two_object_fraction: float = 0.5) -> list[str]:  # fmt: skip
-    """The captions of make_scenes(n, seed=seed, split=split, two_object_fraction=...),
-    without drawing its images."""
-    return _phrased(sample_scene_labels(n, seed, split, two_object_fraction), seed)
+scene_captions = data.scene_captions  # make_scenes' captions, without the images
 
 
 def concept_captions(n: int, seed: int, word: str = CONCEPT) -> list[str]:
