@@ -433,7 +433,8 @@ def measure_vae(model, n: int, seed: int) -> dict:
 
 def vae_tradeoff(quick=False, seed=0, steps=400) -> dict:
     """The reconstruction / KL trade-off: the same short training for each kl_weight
-    in VAE_TRADEOFF, measured by held-out PSNR and KL per latent element."""
+    in VAE_TRADEOFF, measured by PSNR on fresh train-split scenes (new drawings of the
+    training compositions, not held-out ones) and KL per latent element."""
     steps, n = (3, 16) if quick else (steps, 300)
     data = make_scenes(256 if quick else 10000, SCENE_SIZE, seed=seed, split="train")
     test = make_scenes(n, SCENE_SIZE, seed=seed + 7000, split="train").images
@@ -471,7 +472,7 @@ def vae_recipe(out_dir, quick=False, seed=0) -> dict:
     def measure(step, ema_model):
         curve.append({"step": step, "psnr": psnr(reconstruct(ema_model, probe), probe)
                       .mean().item()})  # fmt: skip
-        print(f"step {step}: held-out PSNR {curve[-1]['psnr']:.2f} dB", flush=True)
+        print(f"step {step}: PSNR, fresh scenes {curve[-1]['psnr']:.2f} dB", flush=True)
 
     torch.manual_seed(seed)
     model = AutoencoderKL(SCENES_VAE)
