@@ -85,5 +85,6 @@ def test_a_stage_for_a_recipe_without_stages_is_refused(capsys):
     from diffusion_lib.recipes import main
 
     with pytest.raises(SystemExit):
-        main(["scenes-lora", "--stage", "measure"])
-    assert "--stage is supported for" in capsys.readouterr().err
+        main(["scenes-clip", "--stage", "measure"])
+    err = capsys.readouterr().err
+    assert "--stage is supported for" in err and "scenes-lora" in err
