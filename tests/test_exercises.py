@@ -63,8 +63,75 @@ def test_checker_messages():
     assert "shape" in compare(torch.zeros(2), torch.zeros(3), 1e-5)
     assert "largest error" in compare(torch.zeros(3), torch.ones(3), 1e-5)
     assert compare((torch.ones(2), 1), (torch.ones(2), 1), 1e-5) is None
-    with pytest.raises(ValueError, match="unknown exercise"):
-        check("ch99.nothing", stub)
+    unknown = check("ch99.nothing", stub)  # check never raises, even for a typo
+    assert not unknown.passed and "unknown exercise" in unknown.message
+
+
+@pytest.mark.parametrize(
+    "error", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()], ids=repr
+)
+def test_check_never_raises_even_a_base_exception(error):
+    def student(**kw):
+        raise error
+
+    result = check("ch02.extract", student)
+    assert not result.passed and f"raised {type(error).__name__}" in result.message
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "5"])
+def test_check_refuses_a_number_of_trials_that_checks_nothing(bad):
+    reference = REGISTRY["ch02.extract"].reference
+    result = check("ch02.extract", reference, trials=bad)
+    assert not result.passed and "trials must be a positive integer" in result.message
+
+
+def test_check_wants_the_exact_dtype():
+    """float64 where float32 is asked (or int32 where int64 is) is a wrong answer."""
+    reference = REGISTRY["ch05.cfg_combine"].reference
+    result = check("ch05.cfg_combine", lambda **kw: reference(**kw).double())
+    assert not result.passed and "dtype float64, expected float32" in result.message
+    steps = REGISTRY["ch04.timesteps"].reference
+    result = check("ch04.timesteps", lambda **kw: steps(**kw).int())
+    assert not result.passed and "dtype int32, expected int64" in result.message
+
+
+def test_a_student_who_changes_the_shared_schedule_cannot_fail_the_next_answer():
+    """ch04's inputs share one NoiseSchedule; an answer that scribbles on it is wrong,
+    and the next, correct answer still passes."""
+    ex = REGISTRY["ch04.posterior_mean"]
+
+    def vandal(schedule, **kw):
+        out = ex.reference(schedule=schedule, **kw)
+        for value in vars(schedule).values():
+            if torch.is_tensor(value):
+                value.mul_(0.5)
+        return out
+
+    from diffusion_lib.exercises import ch04
+    from diffusion_lib.schedules import NoiseSchedule
+
+    check("ch04.posterior_mean", vandal)
+    fresh = NoiseSchedule.make("linear", 1000)
+    for key, value in vars(ch04._SCHEDULE).items():
+        if torch.is_tensor(value):
+            assert torch.equal(value, getattr(fresh, key)), key
+    for name in ("ch04.posterior_mean", "ch04.ddpm_step", "ch04.ddim_step"):
+        assert check(name, REGISTRY[name].reference).passed, name
+
+
+def test_check_stops_a_slow_answer_at_its_timeout():
+    import time
+
+    def slow(**kw):
+        while True:
+            time.sleep(0.01)
+
+    start = time.perf_counter()
+    result = check("ch02.extract", slow, timeout=0.5)
+    assert not result.passed and "time limit of 0.5 s" in result.message
+    assert time.perf_counter() - start < 5
+    bad = check("ch02.extract", slow, timeout=float("nan"))
+    assert not bad.passed and "timeout must be" in bad.message
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

@@ -3,8 +3,15 @@
 Each exercise is registered with a reference implementation and a maker of random
 inputs. `check(name, student_fn)` runs both on several random inputs and says exactly
 what differs: an exception, a wrong shape or dtype, NaN or inf, or wrong values (with
-the largest error and where). It never raises, so a notebook with an unanswered exercise
-still runs top to bottom.
+the largest error and where). It never raises (not even for an exception that is not an
+`Exception`, such as `SystemExit` from the student's code), so a notebook with an
+unanswered exercise still runs top to bottom. Each call of the student's function gets
+its own deep copy of the inputs, so an answer that changes its inputs (a shared noise
+schedule, say) cannot change the next answer's verdict.
+
+In a notebook, `check` is feedback for the student; a grade is not taken from it.
+`diffusion_lib.classroom grade` checks each exercise's function again in a process of
+its own, on inputs from a seed drawn at grading time, and compares in the grader.
 
     from diffusion_lib.exercises import check
     check("ch02.extract", my_extract)
@@ -12,8 +19,12 @@ still runs top to bottom.
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -88,8 +99,17 @@ def compare(got, want, atol: float, where: str = "output") -> str | None:
             return f"{where} should be a {_describe(want)}, got {_describe(got)}"
         if tuple(got.shape) != tuple(want.shape):
             return f"{where} has shape {list(got.shape)}, expected {list(want.shape)}"
-        if got.dtype.is_floating_point != want.dtype.is_floating_point:
-            return f"{where} has dtype {got.dtype}, expected {want.dtype}"
+        if got.dtype != want.dtype:
+            msg = (
+                f"{where} has dtype {str(got.dtype).replace('torch.', '')}, expected "
+                f"{str(want.dtype).replace('torch.', '')}"
+            )
+            if want.dtype == torch.float64 and got.is_floating_point():
+                msg += (
+                    ": use float64 (lower precision cannot reach the tolerance "
+                    f"{atol:g})"
+                )
+            return msg
         return _compare_values(got.detach(), want.detach(), atol, where)
     if isinstance(want, (tuple, list)):
         if not isinstance(got, (tuple, list)) or len(got) != len(want):
@@ -141,12 +161,6 @@ def _compare_values(got, want, atol: float, where: str) -> str | None:
         f"{want[idx].item():.5g}); {int((err > atol).sum())} of {err.numel()} values "
         f"off by more than {atol:g}"
     )
-    if want.dtype == torch.float64 and got.dtype != torch.float64:
-        return (
-            f"{where} has dtype {str(got.dtype).replace('torch.', '')}, expected "
-            f"float64: use float64 (lower precision cannot reach the tolerance "
-            f"{atol:g}). In detail: {msg}"
-        )
     return msg
 
 
@@ -179,27 +193,77 @@ def check(
     trials: int = 5,
     seed: int = 0,
     verbose: bool = False,
+    timeout: float | None = None,
 ) -> CheckResult:
     """Compare `student_fn` with exercise `name`'s reference on `trials` random inputs.
 
     Returns a CheckResult, which a notebook displays as "PASSED ..." or "NOT YET ...:
-    what is wrong" (verbose=True also prints it, for use inside scripts)."""
-    if name not in REGISTRY:
-        raise ValueError(
-            f"unknown exercise {name!r}; expected one of {sorted(REGISTRY)}"
-        )
-    ex = REGISTRY[name]
-    gen = torch.Generator().manual_seed(seed)
-    result = CheckResult(name, True, f"matches the reference on {trials} random inputs")
-    for trial in range(trials):
-        failure = _failure(ex, student_fn, ex.make_inputs(gen), trial)
-        if failure:
-            result = CheckResult(name, False, failure)
-            break
+    what is wrong" (verbose=True also prints it, for use inside scripts). `timeout`
+    (seconds, interactive use) stops a student function that runs longer than that on
+    one input; it works in the main thread, between Python operations (a single C call
+    that never returns, such as `sum(range(10**15))`, cannot be interrupted in-process:
+    the grader runs every check in a process it can kill). Never raises."""
+    result = _check(name, student_fn, trials, seed, timeout)
     if verbose:
         print(repr(result))
     _log_for_grading(result)
     return result
+
+
+def _check(name, student_fn, trials, seed, timeout) -> CheckResult:
+    if not isinstance(name, str) or name not in REGISTRY:
+        return CheckResult(
+            str(name),
+            False,
+            f"unknown exercise {name!r}; expected one of {sorted(REGISTRY)}",
+        )
+    if not callable(student_fn):
+        return CheckResult(
+            name, False, f"expected a function, got {_describe(student_fn)}"
+        )
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        return CheckResult(
+            name, False, f"trials must be a positive integer, got {trials!r}"
+        )
+    bad_timeout = timeout is not None and not (
+        isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0
+    )
+    if bad_timeout:
+        return CheckResult(
+            name,
+            False,
+            f"timeout must be a positive number of seconds or None, got {timeout!r}",
+        )
+    ex = REGISTRY[name]
+    gen = torch.Generator().manual_seed(seed)
+    for trial in range(trials):
+        failure = _failure(ex, student_fn, ex.make_inputs(gen), trial, timeout)
+        if failure:
+            return CheckResult(name, False, failure)
+    return CheckResult(name, True, f"matches the reference on {trials} random inputs")
+
+
+class _TimeLimit(BaseException):
+    """Raised inside the student's function when `check(..., timeout=)` runs out."""
+
+
+def call_with_limit(fn: Callable, kwargs: dict, timeout: float | None):
+    """fn(**kwargs), stopped with _TimeLimit after `timeout` seconds (main thread
+    only; elsewhere, and with timeout=None, no limit)."""
+    main = threading.current_thread() is threading.main_thread()
+    if timeout is None or not main or not hasattr(signal, "setitimer"):
+        return fn(**kwargs)
+
+    def stop(signum, frame):
+        raise _TimeLimit
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        return fn(**kwargs)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _log_for_grading(result: CheckResult) -> None:
@@ -212,17 +276,41 @@ def _log_for_grading(result: CheckResult) -> None:
 
 
 def _failure(
-    ex: Exercise, student_fn: Callable, kwargs: dict, trial: int
+    ex: Exercise,
+    student_fn: Callable,
+    kwargs: dict,
+    trial: int,
+    timeout: float | None = None,
 ) -> str | None:
-    """Why `student_fn` fails on one trial's inputs (None: it matches the reference)."""
-    want = ex.reference(**_clone(kwargs))
+    """Why `student_fn` fails on one trial's inputs (None: it matches the reference).
+    The reference and the student each get their own deep copy of the inputs."""
+    want = ex.reference(**copy.deepcopy(kwargs))
+    got, failure = run_student(student_fn, copy.deepcopy(kwargs), timeout)
+    if failure is not None:
+        return failure
+    return verdict(ex, got, want, kwargs, trial)
+
+
+def run_student(student_fn: Callable, kwargs: dict, timeout: float | None = None):
+    """(output, None), or (None, why it did not return): the student's function called
+    on kwargs, with every exception caught (BaseException included: a SystemExit or a
+    KeyboardInterrupt from the student's code is reported, not raised)."""
     try:
-        got = student_fn(**_clone(kwargs))
+        return call_with_limit(student_fn, kwargs, timeout), None
     except NotImplementedError:
-        return "not attempted yet (the function raises NotImplementedError)"
-    except Exception as err:  # a bug in the student's code: report it, never crash
+        return None, "not attempted yet (the function raises NotImplementedError)"
+    except _TimeLimit:
+        return None, (
+            f"ran past the time limit of {timeout:g} s on inputs "
+            f"({_inputs_text(kwargs)})"
+        )
+    except BaseException as err:  # a bug in the student's code: report it, never crash
         inputs = _inputs_text(kwargs)
-        return f"raised {type(err).__name__}: {err} on inputs ({inputs})"
+        return None, f"raised {type(err).__name__}: {err} on inputs ({inputs})"
+
+
+def verdict(ex: Exercise, got, want, kwargs: dict, trial: int) -> str | None:
+    """None if `got` matches the reference's `want`, else the student's message."""
     try:
         msg = compare(got, want, ex.atol)
     except Exception as err:  # an answer of a type compare() does not foresee
@@ -231,10 +319,6 @@ def _failure(
         return None
     hint = f" Hint: {ex.hint}" if ex.hint else ""
     return f"trial {trial + 1} with inputs ({_inputs_text(kwargs)}): {msg}.{hint}"
-
-
-def _clone(kwargs: dict) -> dict:
-    return {k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()}
 
 
 # importing the chapter modules registers every chapter's exercises
