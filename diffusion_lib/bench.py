@@ -191,21 +191,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def time_notebooks(paths, mode: str = "gpu", timeout: float = 900.0,
-                   log_dir=None) -> list[dict]:  # fmt: skip
+def time_notebooks(paths, mode: str = "gpu", timeout: float = 900.0) -> list[dict]:
     """Run each notebook top to bottom in a fresh kernel in run mode `mode` (see
-    classroom.run_notebook): one row per notebook with its seconds and failures."""
-    import tempfile
+    grading.run_notebook, not isolated: a timing, not a grade): one row per notebook
+    with its seconds and failures."""
     from pathlib import Path
 
-    from .classroom import run_notebook
+    from .grading import run_notebook
 
-    log_dir = Path(log_dir or tempfile.mkdtemp())
     rows = []
     for path in map(Path, paths):
         if not path.is_file():
             raise FileNotFoundError(f"no notebook {path}; expected an .ipynb file")
-        run = run_notebook(path, log_dir / f"{path.stem}.log", mode, timeout)
+        run = run_notebook(path, mode, timeout, isolate=False)
         rows.append({
             "notebook": path.name, "mode": mode, "seconds": round(run["seconds"], 1),
             "timed_out": run["timed_out"], "failed": run["failed"],

@@ -3,8 +3,7 @@
 Every chapter ends with exercises: a stub code cell (`raise NotImplementedError`) that
 calls `exercises.check(name, fn)`, followed by a folded worked solution (a Markdown cell
 holding a `{solution}` directive). This module turns the course's notebooks into
-student handouts and grades what the students hand back, by running their notebooks
-with the same checkers:
+student handouts and answer keys, and grades what the students hand back:
 
     python -m diffusion_lib.classroom handouts --out _build/handouts
     python -m diffusion_lib.classroom key --out _build/key     # solutions filled in
@@ -12,12 +11,10 @@ with the same checkers:
 
 SUBMISSIONS holds one folder per student with that student's notebooks, named as the
 course's (`SUBMISSIONS/ada/02_forward_process.ipynb`), the layout nbgrader uses for
-submitted assignments. Grading runs each notebook top to bottom offline in a fresh
-kernel (quick mode by default) with a time limit, records every `check` call, and
-writes `grades.csv` (one row per student, notebook and exercise) and `summary.md`.
-A cell that raises is reported and the run goes on; a notebook that runs past the
-time limit is stopped and reported. Students' code runs with your permissions: grade
-on a machine or container you do not mind them reaching.
+submitted assignments. Grading (diffusion_lib.grading) runs each notebook in a sandbox
+and checks each exercise's function in a separate harness, comparing its outputs with
+references computed in the grader's own process, so that nothing a notebook does can
+change its grade; it writes `grades.csv` and `summary.md` as each student finishes.
 
 The chapters are found from the book's table of contents (`_toc.yml`), so a new
 chapter is picked up without changing this module.
@@ -27,24 +24,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nbformat
 
-from .setup import HEADLESS
-
-LOG_VARIABLE = "DIFFUSION_GRADING_LOG"  # exercises.check appends its verdicts here
 SOLUTION = re.compile(r"^:{3,}\{solution\}")
 CHECK_CALL = re.compile(r"""\bcheck\(\s*["']([\w.]+)["']""")
 CHECK_IMPORT = "from diffusion_lib.exercises import check"
@@ -287,212 +272,49 @@ def headline_results(name: str, directory=None) -> list[tuple[str, float]]:
 # ---------------------------------------------------------------------------- grading
 
 
-@dataclass
-class Mark:
-    student: str
-    notebook: str
-    exercise: str
-    status: str  # passed, wrong, not attempted, not run, notebook missing
-    points: int
-    message: str
+def grade(*args, **kwargs) -> dict:
+    """Grade a folder of submissions: see diffusion_lib.grading.grade."""
+    from .grading import grade as _grade
+
+    return _grade(*args, **kwargs)
 
 
-def run_notebook(path, log_path, mode: str = "quick", timeout: float = 600.0,
-                 threads: int | None = None) -> dict:  # fmt: skip
-    """Run a notebook top to bottom in a fresh kernel (its own process group), with the
-    checkers' verdicts appended to `log_path`. Returns {"seconds", "timed_out",
-    "errors": [(cell index, error name, message)], "failed": why it could not run}."""
-    env = {
-        **os.environ,
-        "DIFFUSION_MODE": mode,
-        LOG_VARIABLE: str(log_path),
-        HEADLESS: "1",  # no live widgets: nobody is watching (see setup.headless)
-    }
-    if threads:  # several notebooks at once: share the cores instead of oversubscribing
-        env["OMP_NUM_THREADS"] = str(threads)
-    command = [sys.executable, "-m", "diffusion_lib.classroom", "_run", str(path)]
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # the kernel joins this group: a timeout kills both
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return {"seconds": timeout, "timed_out": True, "errors": [], "failed": ""}
-    seconds = time.perf_counter() - start
-    try:
-        report = json.loads(stdout.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError):
-        tail = stderr.strip().splitlines()[-3:]
-        return {
-            "seconds": seconds,
-            "timed_out": False,
-            "errors": [],
-            "failed": " ".join(tail) or f"exit status {proc.returncode}",
-        }
-    return {"seconds": seconds, "timed_out": False, "failed": "", **report}
+def run_notebook(*args, **kwargs) -> dict:
+    """Run one notebook in a sandbox: see diffusion_lib.grading.run_notebook."""
+    from .grading import run_notebook as _run
+
+    return _run(*args, **kwargs)
 
 
-def _execute(path) -> dict:
-    """(in the child process) Execute every cell, going on after errors."""
-    from nbclient import NotebookClient
-
-    path = Path(path)
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb,
-        timeout=None,
-        kernel_name="python3",
-        allow_errors=True,
-        resources={"metadata": {"path": str(path.parent)}},
-    )
-    client.execute()
-    errors = [
-        (i, out.get("ename", ""), str(out.get("evalue", ""))[:300])
-        for i, cell in enumerate(nb.cells)
-        if cell.cell_type == "code"
-        for out in cell.get("outputs", [])
-        if out.get("output_type") == "error"
-    ]
-    return {"errors": errors}
-
-
-def read_log(log_path) -> dict:
-    """{exercise: (passed, message)} from a checker log; the last verdict counts."""
-    verdicts = {}
-    if Path(log_path).exists():
-        for line in Path(log_path).read_text().splitlines():
-            try:
-                row = json.loads(line)
-                verdicts[row["name"]] = (bool(row["passed"]), str(row["message"]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a damaged line (e.g. the student printed into the log)
-    return verdicts
-
-
-def mark_notebook(student, notebook, expected, verdicts, run) -> list[Mark]:
-    """One Mark per expected exercise, from the checkers' verdicts and the run."""
-    why_not_run = (
-        f"the notebook ran past the time limit ({run['seconds']:.0f} s)"
-        if run["timed_out"]
-        else f"the notebook could not be run: {run['failed']}"
-        if run["failed"]
-        else "the check never ran (cell deleted, or an earlier error stopped it)"
-    )
-    marks = []
-    for name in expected:
-        if name not in verdicts:
-            marks.append(Mark(student, notebook, name, "not run", 0, why_not_run))
-            continue
-        passed, message = verdicts[name]
-        status = (
-            "passed"
-            if passed
-            else "not attempted"
-            if message.startswith("not attempted")
-            else "wrong"
+def _memory(text: str) -> int:
+    """ "8G", "512M" or a number of bytes, as bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", text, re.I)
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 8G or 512M, got {text!r}"
         )
-        marks.append(Mark(student, notebook, name, status, int(passed), message))
-    return marks
+    factor = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    return int(float(match.group(1)) * factor[match.group(2).upper()])
 
 
-def grade(submissions, out_dir, mode="quick", timeout=600.0, root=None, jobs=1,
-          verbose=True) -> dict:  # fmt: skip
-    """Grade every student folder in `submissions` against the course's exercises,
-    `jobs` notebooks at a time; write grades.csv and summary.md to out_dir. Returns
-    {"marks": [Mark], "runs": [one dict per notebook run]}."""
-    submissions, out_dir = Path(submissions), Path(out_dir)
-    if not submissions.is_dir():
-        raise FileNotFoundError(f"no folder of submissions at {submissions}")
-    students = sorted(p for p in submissions.iterdir() if p.is_dir())
-    if not students:
-        raise ValueError(
-            f"{submissions} holds no student folders; expected "
-            f"{submissions}/<student>/<chapter notebook>.ipynb"
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value == value and 0 < value <= 86400):
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds above 0 and at most 86400, got {text!r}"
         )
-    chapters = {
-        p.name: exercise_names(nbformat.read(p, as_version=4))
-        for p in course_notebooks(root)
-    }
-    submitted = [(s, p.name) for s in students for p in sorted(s.glob("*.ipynb"))]
-    runs = [{"student": s.name, "notebook": n, "unknown": True}
-            for s, n in submitted if n not in chapters]  # fmt: skip
-    tasks = [(s, n) for s, n in submitted if n in chapters]
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-
-    def run_one(task):
-        folder, notebook = task
-        with tempfile.TemporaryDirectory() as tmp:
-            run = run_notebook(folder / notebook, Path(tmp) / "log", mode, timeout,
-                               threads)  # fmt: skip
-            marks = mark_notebook(folder.name, notebook, chapters[notebook],
-                                  read_log(Path(tmp) / "log"), run)  # fmt: skip
-        if verbose:
-            print(f"{folder.name}/{notebook}: {sum(m.points for m in marks)}/"
-                  f"{len(marks)} ({run['seconds']:.0f} s)", flush=True)  # fmt: skip
-        return {"student": folder.name, "notebook": notebook, **run}, marks
-
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        results = list(pool.map(run_one, tasks))
-    marks = [m for _, ms in results for m in ms]
-    runs += [run for run, _ in results]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_reports(marks, runs, out_dir)
-    return {"marks": marks, "runs": runs}
+    return value
 
 
-def write_reports(marks: list[Mark], runs: list[dict], out_dir: Path) -> None:
-    with open(out_dir / "grades.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(Mark.__dataclass_fields__))
-        writer.writeheader()
-        writer.writerows(asdict(m) for m in marks)
-    (out_dir / "summary.md").write_text(summary_text(marks, runs))
-
-
-def summary_text(marks: list[Mark], runs: list[dict]) -> str:
-    """A readable report: one table of points per student and notebook, then what went
-    wrong in each notebook that did not get full marks."""
-    students = sorted({m.student for m in marks} | {r["student"] for r in runs})
-    notebooks = sorted({m.notebook for m in marks})
-    lines = [
-        "# Grades",
-        "",
-        "| student | " + " | ".join(notebooks) + " | total |",
-        "|---" * (len(notebooks) + 2) + "|",
-    ]
-    for s in students:
-        cells, total, top = [], 0, 0
-        for n in notebooks:
-            mine = [m for m in marks if m.student == s and m.notebook == n]
-            got = sum(m.points for m in mine)
-            total, top = total + got, top + len(mine)
-            cells.append(f"{got}/{len(mine)}" if mine else "—")
-        lines.append(f"| {s} | " + " | ".join(cells) + f" | {total}/{top} |")
-    lines += ["", "## Details", ""]
-    for run in runs:
-        s, n = run["student"], run["notebook"]
-        if run.get("unknown"):
-            lines.append(f"- **{s} / {n}**: not a chapter of the course, not graded")
-            continue
-        problems = [
-            m
-            for m in marks
-            if m.student == s and m.notebook == n and m.status != "passed"
-        ]
-        errors = run.get("errors", [])
-        if not problems and not errors:
-            continue
-        lines.append(f"- **{s} / {n}** ({run['seconds']:.0f} s)")
-        lines += [f"  - cell {i} raised {name}: {text}" for i, name, text in errors]
-        lines += [f"  - {m.exercise}: {m.status}: {m.message}" for m in problems]
-    return "\n".join(lines) + "\n"
+def _jobs(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 1 to 64, got {text!r}"
+        )
+    return int(text)
 
 
 def main(argv=None):
@@ -511,27 +333,74 @@ def main(argv=None):
     p.add_argument("--mode", default="quick", choices=("quick", "cpu", "gpu"))
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=600.0,
         help="seconds per notebook (default 600)",
     )
     p.add_argument(
         "--jobs",
-        type=int,
+        type=_jobs,
         default=1,
         help="notebooks run at once (default 1; one per two cores is about right)",
     )
-    p = sub.add_parser("_run")  # internal: run one notebook (see run_notebook)
-    p.add_argument("path")
+    p.add_argument(
+        "--memory",
+        type=_memory,
+        default=None,
+        help="address space per process, e.g. 8G (default 6G)",
+    )
+    p.add_argument(
+        "--chapters",
+        default=None,
+        help="the assigned chapters, comma-separated file names (default: "
+        "every chapter that some student handed in)",
+    )
+    p.add_argument(
+        "--hide",
+        action="append",
+        default=[],
+        help="a further folder the notebooks must not see (the answer key "
+        "if it is not under _build/); may be repeated",
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="grade every student again (default: resume, skipping students "
+        "whose files have not changed since the last run)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="the seed of the checks' inputs (default: drawn at random)",
+    )
     args = parser.parse_args(argv)
-    if args.command == "_run":
-        print(json.dumps(_execute(args.path)))
-    elif args.command == "grade":
+    if args.command == "grade":
         start = time.perf_counter()
-        grade(args.submissions, args.out, args.mode, args.timeout, jobs=args.jobs)
+        chapters = None
+        if args.chapters:
+            chapters = [c.strip() for c in args.chapters.split(",") if c.strip()]
+            chapters = [c if c.endswith(".ipynb") else c + ".ipynb" for c in chapters]
+        try:
+            result = grade(
+                args.submissions,
+                args.out,
+                args.mode,
+                args.timeout,
+                jobs=args.jobs,
+                memory=args.memory,
+                chapters=chapters,
+                hide=args.hide,
+                restart=args.restart,
+                seed=args.seed,
+            )
+        except (FileNotFoundError, ValueError) as err:
+            parser.exit(2, f"error: {err}\n")
         out = Path(args.out)
+        kept = len(result["resumed"])
+        again = f", {kept} unchanged students kept from the last run" if kept else ""
         print(
-            f"graded in {time.perf_counter() - start:.0f} s; wrote "
+            f"graded in {time.perf_counter() - start:.0f} s{again}; wrote "
             f"{out / 'grades.csv'} and {out / 'summary.md'}"
         )
     else:

@@ -20,13 +20,11 @@ its own, on inputs from a seed drawn at grading time, and compares in the grader
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
@@ -206,7 +204,6 @@ def check(
     result = _check(name, student_fn, trials, seed, timeout)
     if verbose:
         print(repr(result))
-    _log_for_grading(result)
     return result
 
 
@@ -264,15 +261,6 @@ def call_with_limit(fn: Callable, kwargs: dict, timeout: float | None):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-
-
-def _log_for_grading(result: CheckResult) -> None:
-    """Append the verdict to the file named by $DIFFUSION_GRADING_LOG, if set (the
-    grading command of `diffusion_lib.classroom` sets it)."""
-    path = os.environ.get("DIFFUSION_GRADING_LOG")
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps(asdict(result)) + "\n")
 
 
 def _failure(

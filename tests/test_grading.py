@@ -1,0 +1,516 @@
+"""The grader against a hostile class: every cheat scores 0 or is flagged, the honest
+student keeps full marks, the run stays within its limits, no report is lost."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from diffusion_lib import classroom, grading, sandbox
+
+ISOLATED = sandbox.why_not_isolated() is None
+needs_isolation = pytest.mark.skipif(
+    not ISOLATED, reason=f"no sandbox on this machine: {sandbox.why_not_isolated()}"
+)
+NAME = "02_mini.ipynb"
+EXTRACT = """def my_extract(a, t, x_shape):
+    return a[t].float().reshape(-1, *[1] * (len(x_shape) - 1))"""
+LOG_SNR = """def my_log_snr(alphas_cumprod):
+    return torch.log(alphas_cumprod) - torch.log1p(-alphas_cumprod)"""
+
+
+def exercise_cell(name, function, body):
+    return (
+        f"{body}\n\n\nfrom diffusion_lib.exercises import check\n\n"
+        f'check("{name}", {function})'
+    )
+
+
+STUB_EXTRACT = exercise_cell(
+    "ch02.extract",
+    "my_extract",
+    "def my_extract(a, t, x_shape):\n    # YOUR CODE HERE\n"
+    "    raise NotImplementedError",
+)
+STUB_LOG_SNR = exercise_cell(
+    "ch02.log_snr",
+    "my_log_snr",
+    "def my_log_snr(alphas_cumprod):\n    # YOUR CODE HERE\n"
+    "    raise NotImplementedError",
+)
+
+
+def mini_course(root: Path) -> Path:
+    """A course of one short chapter with two of chapter 2's exercises (so that a class
+    can be graded in seconds), its answer key under _build/key as `make` writes it."""
+    (root / "notebooks").mkdir(parents=True)
+    (root / "_toc.yml").write_text(
+        "format: jb-book\nroot: intro\nchapters:\n- file: notebooks/02_mini\n"
+    )
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# Chapter 2: a mini chapter\n\nText."),
+        nbformat.v4.new_code_cell("import torch\nfrom diffusion_lib import schedules"),
+        nbformat.v4.new_code_cell(STUB_EXTRACT),
+        nbformat.v4.new_markdown_cell(
+            f":::{{solution}} a\n```python\n{EXTRACT}\n```\n:::"
+        ),
+        nbformat.v4.new_code_cell(STUB_LOG_SNR),
+        nbformat.v4.new_markdown_cell(
+            f":::{{solution}} b\n```python\n{LOG_SNR}\n```\n:::"
+        ),
+    ]
+    nbformat.write(nb, root / "notebooks" / NAME)
+    classroom.write_versions("key", root / "_build" / "key", root)
+    return root / "notebooks" / NAME
+
+
+def notebook(*cells):
+    """The mini chapter as a student hands it in: its first two cells, then `cells`."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# Chapter 2: a mini chapter"),
+        nbformat.v4.new_code_cell("import torch\nfrom diffusion_lib import schedules"),
+    ] + [nbformat.v4.new_code_cell(c) for c in cells]
+    return nb
+
+
+HONEST = (
+    exercise_cell("ch02.extract", "my_extract", EXTRACT),
+    exercise_cell("ch02.log_snr", "my_log_snr", LOG_SNR),
+)
+
+
+def hand_in(subs: Path, student: str, nb, name=NAME) -> Path:
+    path = subs / student / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A folder outside /tmp (the sandbox gives every run a fresh, empty /tmp, which
+    would hide a class under /tmp whatever the grader's `hide` list says): the tests
+    of what a notebook can see use this one."""
+    import shutil
+    import tempfile
+
+    base = "/var/tmp" if os.access("/var/tmp", os.W_OK) else None
+    folder = Path(tempfile.mkdtemp(prefix="diffusion-grading-test-", dir=base))
+    if str(folder).startswith("/tmp/"):
+        pytest.fail("no writable folder outside /tmp for the grading tests")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def hostile_class(tmp: Path) -> tuple[Path, Path, dict]:
+    """The class: {student: what they try}. Paths the cheats aim at are absolute."""
+    root = tmp / "course"
+    mini_course(root)
+    subs, out = tmp / "submissions", tmp / "grades"
+    key = root / "_build" / "key" / NAME
+    honest_path = hand_in(subs, "honest", notebook(*HONEST))
+    hand_in(subs, "blank", notebook(STUB_EXTRACT, STUB_LOG_SNR))
+    cheats = {
+        "log_writer": (
+            "import json, os\n"
+            f"for log in [os.environ.get('DIFFUSION_GRADING_LOG', ''), '{out}/log']:\n"
+            "    try:\n"
+            "        with open(log, 'a') as f:\n"
+            "            for n in ('ch02.extract', 'ch02.log_snr'):\n"
+            "                f.write(json.dumps({'name': n, 'passed': True, "
+            "'message': 'ok'}) + '\\n')\n"
+            "    except OSError:\n"
+            "        pass"
+        ),
+        "zero_trials": exercise_cell(
+            "ch02.extract",
+            "my_extract, trials=0",
+            "def my_extract(a, t, x_shape):\n    return a",
+        ),
+        "passes_the_reference": (
+            "from diffusion_lib.exercises import REGISTRY, check\n"
+            "check('ch02.extract', REGISTRY['ch02.extract'].reference)\n"
+            "my_log_snr = REGISTRY['ch02.log_snr'].reference"
+        ),
+        "passes_the_library": "my_extract = schedules.extract",
+        "wraps_the_library": (
+            "import diffusion_lib as dl\n"
+            "def my_extract(a, t, x_shape):\n"
+            "    return dl.extract(a, t, x_shape)  # a thin wrapper"
+        ),
+        "patches_the_checker": (
+            "from diffusion_lib import exercises\n"
+            "exercises._failure = lambda *a, **k: None\n"
+            "exercises.check = lambda name, fn, **k: exercises.CheckResult(name, True, "
+            "'ok')\n"
+            + STUB_EXTRACT
+            + "\n"
+            + STUB_LOG_SNR.replace("check(", "exercises.check(")
+        ),
+        "reads_the_callers_frame": (
+            "import inspect\n"
+            "def my_extract(a, t, x_shape):\n"
+            "    return inspect.currentframe().f_back.f_locals['want']"
+        ),
+        "reads_the_key_and_classmates": (
+            "import json\n"
+            "def _steal():\n"
+            f"    for path in ({str(key)!r}, {str(honest_path)!r}):\n"
+            "        nb = json.load(open(path))\n"
+            "        for cell in nb['cells']:\n"
+            "            if 'def my_' in ''.join(cell['source']):\n"
+            "                code = ''.join(cell['source'])\n"
+            "                exec(code.split('from diffusion_lib')[0], globals())\n"
+            "def my_extract(a, t, x_shape, _=_steal()):\n"
+            "    raise NotImplementedError\n"
+            "_steal()"
+        ),
+        "kills_the_grader": (
+            "import os, signal, psutil\n"
+            "for p in psutil.process_iter():\n"
+            "    if p.pid != os.getpid():\n"
+            "        try:\n"
+            "            p.kill()\n"
+            "        except Exception:\n"
+            "            pass\n"
+            "os.kill(os.getppid(), signal.SIGKILL)"
+        ),
+        "leaves_a_rewriter": (
+            "import subprocess\n"
+            "subprocess.Popen(['sh', '-c', 'sleep 4; echo student,x,x,passed,1,hacked "
+            f"> {out}/grades.csv; echo hacked > {subs}/honest/{NAME}'], "
+            "start_new_session=True)\n"
+            "def my_extract(a, t, x_shape, _=subprocess.Popen(['sh', '-c', 'sleep 4; "
+            f"echo hacked > {out}/summary.md'], start_new_session=True)):\n"
+            "    raise NotImplementedError"
+        ),
+        "holds_the_lock": "sum(range(10**15))",  # one C call: no signal gets in
+        "hangs_in_its_answer": exercise_cell(
+            "ch02.extract",
+            "my_extract",
+            "def my_extract(a, t, x_shape):\n    return sum(range(10**15))",
+        )
+        + "\n"
+        + HONEST[1],
+        "eats_memory": "x = bytearray(40 * 2**30)",
+        '=HYPERLINK("evil.example","click")': HONEST[1],
+        "pipe|in`name`": HONEST[0],
+    }
+    for student, code in cheats.items():
+        hand_in(subs, student, notebook(code))
+    # what the class hands in wrongly
+    (subs / "link_to_classmate").mkdir()
+    (subs / "link_to_classmate" / NAME).symlink_to(honest_path)
+    (subs / "link_to_key").mkdir()
+    (subs / "link_to_key" / NAME).symlink_to(key)
+    (subs / "linked_folder").symlink_to(subs / "honest")
+    hand_in(subs, "too_deep", notebook(*HONEST), f"week2/{NAME}")
+    hand_in(subs, "wrong_case", notebook(*HONEST), NAME.replace("mini", "Mini"))
+    (subs / "nothing").mkdir()
+    (subs / "nothing" / "notes.txt").write_text("I forgot")
+    hand_in(subs, "unreadable", notebook(*HONEST)).write_text("{not json")
+    return root, out, cheats
+
+
+@needs_isolation
+def test_a_hostile_class(outside):
+    tmp_path = outside
+    root, out, cheats = hostile_class(tmp_path)
+    start = time.perf_counter()
+    result = grading.grade(
+        tmp_path / "submissions",
+        out,
+        root=root,
+        timeout=25,
+        jobs=2,
+        verbose=False,
+        memory=4 * 2**30,
+        check_seconds=10,
+        seed=1,
+    )
+    seconds = time.perf_counter() - start
+    assert result["isolated"]
+    by = {}
+    for m in result["marks"]:
+        by.setdefault(m.student, {})[m.exercise] = m
+    students = {p.name for p in (tmp_path / "submissions").iterdir()}
+    assert set(by) == students  # every folder gets its rows
+    points = {s: sum(m.points for m in ms.values()) for s, ms in by.items()}
+    assert points.pop("honest") == 2
+    assert {m.status for m in by["honest"].values()} == {"passed"}
+    # the two with a correct answer keep that one point; nobody else gets any
+    assert points.pop('=HYPERLINK("evil.example","click")') == 1
+    assert points.pop("pipe|in`name`") == 1
+    assert points.pop("hangs_in_its_answer") == 1
+    assert points.pop("holds_the_lock") == 0
+    assert set(points.values()) == {0}, points
+    status = {s: {e: m.status for e, m in ms.items()} for s, ms in by.items()}
+    assert status["blank"] == {
+        "ch02.extract": "not attempted",
+        "ch02.log_snr": "not attempted",
+    }
+    assert status["passes_the_reference"]["ch02.log_snr"] == "flagged"
+    assert status["passes_the_library"]["ch02.extract"] == "flagged"
+    assert status["wraps_the_library"]["ch02.extract"] == "flagged"
+    assert "schedules.extract" in by["wraps_the_library"]["ch02.extract"].message
+    assert status["reads_the_callers_frame"]["ch02.extract"] == "flagged"
+    assert "time limit" in by["hangs_in_its_answer"]["ch02.extract"].message
+    for s in ("link_to_classmate", "link_to_key", "linked_folder", "unreadable"):
+        assert set(status[s].values()) == {"refused"}, (s, by[s])
+    assert "symbolic link" in by["link_to_key"]["ch02.extract"].message
+    assert "one folder too deep" in by["too_deep"]["ch02.extract"].message
+    assert "misnamed" in by["wrong_case"]["ch02.extract"].message
+    assert set(status["nothing"].values()) == {"missing"}
+    assert "notes.txt" in by["nothing"]["ch02.extract"].message
+    runs = {(r["student"], r.get("notebook")): r for r in result["runs"]}
+    assert runs["holds_the_lock", NAME]["timed_out"]
+    thief = runs["reads_the_key_and_classmates", NAME]
+    assert {e[1] for e in thief["errors"]} <= {
+        "FileNotFoundError",
+        "PermissionError",
+        "NameError",
+    }, thief
+    assert thief["errors"], "reading the key must fail inside the sandbox"
+    assert any(e[1] == "MemoryError" for e in runs["eats_memory", NAME]["errors"])
+    # within its limits: 25 s per notebook at most, and no waiting on a stuck kernel
+    assert seconds < 240, seconds
+    # nothing left behind rewrites the grades or a classmate's notebook
+    time.sleep(6)
+    rows = list(csv.DictReader(open(out / "grades.csv")))
+    assert "hacked" not in (out / "grades.csv").read_text()
+    assert "hacked" not in (out / "summary.md").read_text()
+    assert "hacked" not in (tmp_path / "submissions" / "honest" / NAME).read_text()
+    # a spreadsheet runs no formula; the summary's table survives any name
+    formula = [r for r in rows if "HYPERLINK" in r["student"]]
+    assert formula and all(r["student"].startswith("'=") for r in formula)
+    assert not any(
+        v.lstrip().startswith(("=", "+", "@")) for r in rows for v in r.values()
+    )
+    summary = (out / "summary.md").read_text()
+    table = [line for line in summary.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(students)
+    assert all(line.count(" | ") == table[0].count(" | ") for line in table), table
+    assert "## Flagged for the teacher" in summary
+    # one state file per student, written as each finished
+    assert len(list((out / "students").glob("*.json"))) == len(students)
+
+
+def test_the_grader_resumes_and_keeps_the_previous_grades(tmp_path, monkeypatch):
+    root = tmp_path / "course"
+    mini_course(root)
+    subs, out = tmp_path / "subs", tmp_path / "grades"
+    hand_in(subs, "ada", notebook(*HONEST))
+    hand_in(subs, "bob", notebook(STUB_EXTRACT, STUB_LOG_SNR))
+    hand_in(subs, "cyd", notebook(HONEST[0], STUB_LOG_SNR))
+    calls = []
+    real = grading._grade_notebook
+
+    def crash_on_bob(student, *args, **kwargs):
+        calls.append(student)
+        if student == "bob":
+            raise KeyboardInterrupt  # the grader killed while grading bob
+        return real(student, *args, **kwargs)
+
+    monkeypatch.setattr(grading, "_grade_notebook", crash_on_bob)
+    with pytest.raises(KeyboardInterrupt):
+        grading.grade(subs, out, root=root, verbose=False, timeout=60)
+    assert calls == ["ada", "bob"]
+    first = (out / "grades.csv").read_text()
+    assert "ada" in first and "bob" not in first  # ada's grades were not lost
+    monkeypatch.setattr(grading, "_grade_notebook", real)
+    result = grading.grade(subs, out, root=root, verbose=False, timeout=60)
+    assert result["resumed"] == ["ada"]
+    assert sum(m.points for m in result["marks"]) == 2 + 0 + 1
+    previous = list((out / "previous").glob("grades-*.csv"))
+    assert [p.read_text() for p in previous] == [first]  # kept, not overwritten
+    # cyd hands in again: only cyd is graded again
+    hand_in(subs, "cyd", notebook(*HONEST))
+    result = grading.grade(subs, out, root=root, verbose=False, timeout=60)
+    assert sorted(result["resumed"]) == ["ada", "bob"]
+    assert {m.student: 0 for m in result["marks"]} and sum(
+        m.points for m in result["marks"] if m.student == "cyd"
+    ) == 2
+    assert len(list((out / "previous").glob("grades-*.csv"))) == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--timeout", "-1"], "above 0"),
+        (["--timeout", "nan"], "above 0"),
+        (["--timeout", "inf"], "above 0"),
+        (["--jobs", "0"], "from 1 to 64"),
+        (["--jobs", "two"], "from 1 to 64"),
+        (["--memory", "12Q"], "such as 8G"),
+        (["--memory", "10M"], "at least 1 GiB"),
+        (["--chapters", "99_nothing"], "not chapters of the course"),
+    ],
+)
+def test_grade_options_are_checked_with_a_clear_error(tmp_path, args, message):
+    (tmp_path / "subs" / "ada").mkdir(parents=True)
+    subs, out = str(tmp_path / "subs"), str(tmp_path / "out")
+    command = [sys.executable, "-m", "diffusion_lib.classroom", "grade", subs]
+    command += ["--out", out, *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_csv_cells_and_markdown_are_escaped():
+    for text in ("=1+1", "+SUM(A1)", "-2", "@cmd", "\t=x", " =x", "＝1"):
+        assert grading.csv_cell(text).startswith("'"), text
+    assert grading.csv_cell("ada") == "ada" and grading.csv_cell(3) == "3"
+    text = grading.md_text("a|b`c`\n<script>*x*")
+    assert "|" not in text.replace("\\|", "") and "\n" not in text
+    assert "<" not in text.replace("\\<", "")
+
+
+@needs_isolation
+def test_the_sandbox_hides_and_protects_and_kills_everything(outside):
+    tmp_path = outside
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "key.txt").write_text("the answers")
+    work = tmp_path / "work"
+    work.mkdir()
+    code = (
+        "import os, socket, subprocess, pathlib\n"
+        f"print('secret', os.path.exists({str(secret / 'key.txt')!r}))\n"
+        "lib = pathlib.Path(__import__('diffusion_lib').__file__).parent\n"
+        "try:\n    (lib / 'planted.py').write_text('x')\n    print('lib writable')\n"
+        "except OSError:\n    print('lib read-only')\n"
+        "s = socket.socket(); s.settimeout(3)\n"
+        "print('network', s.connect_ex(('1.1.1.1', 53)) == 0)\n"
+        "open('/tmp/work/mine.txt', 'w').write('ok')\n"
+        "subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+        "print('pid', os.getpid())\n"
+    )
+    box = sandbox.start([sys.executable, "-c", code], work, hide=[secret])
+    status, timed_out = box.wait(60)
+    out = (work / ".stdout").read_text()
+    assert box.isolated and status == 0 and not timed_out, (out, box.output())
+    assert "secret False" in out and "lib read-only" in out
+    assert "network False" in out and "pid 1" in out
+    assert (work / "mine.txt").read_text() == "ok"
+    sleepers = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True)
+    assert sleepers.stdout == b"", "a detached child outlived the sandbox"
+
+
+def test_without_isolation_limits_and_the_kill_still_hold(tmp_path):
+    """The fallback (a machine without namespaces): not isolated, said so, but the
+    time limit kills detached children and the memory limit holds."""
+    code = (
+        "import subprocess, time\n"
+        "subprocess.Popen(['sleep', '301'], start_new_session=True)\n"
+        "try:\n    x = bytearray(8 * 2**30)\n"
+        "except MemoryError:\n    print('no memory')\n"
+        "time.sleep(300)\n"
+    )
+    limits = sandbox.Limits(seconds=8, memory_bytes=2 * 2**30)
+    box = sandbox.start(
+        [sys.executable, "-c", code], tmp_path, limits=limits, isolate=False
+    )
+    status, timed_out = box.wait()
+    assert not box.isolated and timed_out
+    assert "no memory" in (tmp_path / ".stdout").read_text()
+    time.sleep(0.5)
+    sleepers = subprocess.run(["pgrep", "-f", "sleep 301"], capture_output=True)
+    assert sleepers.stdout == b""
+
+
+def test_every_worked_solution_passes_the_graders_harness_unflagged():
+    """The answer key of every chapter, checked as the grader checks a student (in the
+    harness, on inputs from a fresh seed, compared in this process): full marks and
+    no flag. A wrong answer and a thin wrapper of the library are caught."""
+    for path in classroom.course_notebooks():
+        key = classroom.fill_solutions(nbformat.read(path, as_version=4))
+        functions = grading.checked_functions(key)
+        assert list(functions) == classroom.exercise_names(key)
+        checked = grading.check_functions(key, functions, seed=int(time.time()))
+        for ex, expr in functions.items():
+            status, points, message, calls, origin = checked[ex]
+            assert (status, points, origin) == ("passed", 1, "notebook"), (ex, message)
+            assert not grading.suspicions(key, ex, expr, grading._wrapped(ex)), ex
+            assert not set(calls) & grading._wrapped(ex), (ex, calls)
+
+
+def test_the_wrapped_library_functions_are_found():
+    assert grading._wrapped("ch02.extract") == {"diffusion_lib.schedules.extract"}
+    assert grading._wrapped("ch04.ddim_step") == {"diffusion_lib.samplers.ddim_step"}
+    assert grading._wrapped("ch02.log_snr") == set()  # written out in the reference
+
+
+def test_definitions_keep_functions_and_imports_only():
+    nb = notebook(
+        "%matplotlib inline\nx = train_for_an_hour()\nimport math\n"
+        "def my_f(a):\n    return math.sqrt(a)\nalias = my_f",
+        "def helper(x):\n    return x\nprint(helper(1))",
+        "def lost(x):\n    return x\nbad = (",  # a syntax error: the cell never runs
+    )
+    source = "\n".join(s for _, s in grading.definitions(nb))
+    assert "train_for_an_hour" not in source and "print" not in source
+    assert "lost" not in source
+    assert "def my_f" in source and "alias = my_f" in source
+    assert "def helper" in source
+
+
+def test_run_notebook_reports_errors_and_runs_headless(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import os\nfrom diffusion_lib import viz\n"
+            "assert os.environ['DIFFUSION_HEADLESS'] == '1'\n"
+            "assert viz.slider(print, [1, 2]) is None"
+        ),
+        nbformat.v4.new_code_cell("raise RuntimeError('a student bug')"),
+        nbformat.v4.new_code_cell("print('goes on')"),
+    ]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    run = grading.run_notebook(path, timeout=120)
+    assert run["errors"] == [(1, "RuntimeError", "a student bug")], run
+    assert not run["timed_out"] and run["isolated"] == ISOLATED
+
+
+def test_a_notebook_past_the_time_limit_is_stopped(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import time\ntime.sleep(600)")]
+    path = tmp_path / "slow.ipynb"
+    nbformat.write(nb, path)
+    start = time.perf_counter()
+    run = grading.run_notebook(path, timeout=15)
+    assert run["timed_out"] and run["seconds"] == pytest.approx(15, abs=1)
+    assert time.perf_counter() - start < 30
+
+
+def test_grade_needs_student_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no folder"):
+        grading.grade(tmp_path / "missing", tmp_path / "out")
+    with pytest.raises(ValueError, match="<student>"):
+        grading.grade(tmp_path, tmp_path / "out")
+    (tmp_path / "ada").mkdir()
+    with pytest.raises(ValueError, match="timeout"):
+        grading.grade(tmp_path, tmp_path / "out", timeout=float("nan"))
+    with pytest.raises(ValueError, match="jobs"):
+        grading.grade(tmp_path, tmp_path / "out", jobs=0)
+
+
+def test_the_grading_state_is_json_per_student(tmp_path):
+    root = tmp_path / "course"
+    mini_course(root)
+    subs = tmp_path / "subs"
+    hand_in(subs, "ada", notebook(*HONEST))
+    grading.grade(subs, tmp_path / "out", root=root, verbose=False, timeout=60)
+    states = list((tmp_path / "out" / "students").glob("*.json"))
+    record = json.loads(states[0].read_text())
+    assert record["student"] == "ada" and len(record["marks"]) == 2
+    assert not list((tmp_path / "out").glob(".*.tmp"))  # written atomically
+    assert os.environ.get("DIFFUSION_GRADING_LOG") is None
