@@ -500,12 +500,30 @@ def load_lora_weights(pipe, name: str = "scenes-lora", directory=None) -> dict:
     if info.get("kind") != "lora":
         raise ValueError(f"{name} is not a LoRA adapter (kind {info.get('kind')!r})")
     word = info["word"]
+    _require_tensor(state, f"word.{word}", name, directory)
     table = teach_word(pipe, word)
     with torch.no_grad():
         table.new.copy_(state.pop(f"word.{word}"))
     add_lora(pipe.unet, info["rank"], info["alpha"], info["targets"])
-    load_lora_state_dict(pipe.unet, state)
+    try:
+        load_lora_state_dict(pipe.unet, state)
+    except ValueError as err:
+        raise ValueError(
+            f"checkpoint {pretrained.checkpoint_path(name, directory)} "
+            f"does not fit its manifest's config ({err}); rebuild it with "
+            f"`python -m diffusion_lib.recipes {name}`"
+        ) from err
     return info
+
+
+def _require_tensor(state: dict, key: str, name: str, directory) -> None:
+    if key not in state:
+        raise ValueError(
+            f"checkpoint {pretrained.checkpoint_path(name, directory)} does not fit "
+            f"its manifest's config (no tensor {key!r}): the weights and the manifest "
+            f"are from different models; rebuild it with "
+            f"`python -m diffusion_lib.recipes {name}`"
+        )
 
 
 def load_textual_inversion(
@@ -521,6 +539,7 @@ def load_textual_inversion(
         raise ValueError(f"{name} is not a textual inversion embedding "
                          f"(kind {info.get('kind')!r})")  # fmt: skip
     word = info["word"]
+    _require_tensor(state, word, name, directory)
     table = teach_word(pipe, word)
     with torch.no_grad():
         table.new.copy_(state[word][None])
@@ -846,8 +865,15 @@ def load_controlnet(pipe, name: str = "scenes-controlnet", directory=None) -> di
 
     state, info = load_checkpoint(pretrained.checkpoint_path(name, directory),
                                   recipe=name)  # fmt: skip
+    from .train import load_into
+
+    if any("lora" in k for k in pipe.unet.state_dict()):
+        raise ValueError(
+            "load the ControlNet before the LoRA adapter: the ControlNet copies the "
+            "UNet as it was trained, without LoRA layers"
+        )
     net = ControlNet(pipe.unet)
-    net.load_state_dict(state)
+    load_into(net, state, pretrained.checkpoint_path(name, directory), name)
     pipe.controlnet = net.to(pipe.device).eval().requires_grad_(False)
     return info
 

@@ -14,7 +14,7 @@ from .clip import CLIP, CLIPConfig
 from .metrics import Evaluator, EvaluatorConfig
 from .prior import DiffusionPrior, PriorConfig
 from .schedules import NoiseSchedule
-from .train import load_checkpoint, read_manifest
+from .train import load_checkpoint, load_into, read_manifest, rebuild_command
 from .unclip import DecoderConfig, UnCLIPDecoder, UnCLIPUpsampler
 from .unet import UNet, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
@@ -62,9 +62,17 @@ def load_pretrained(name: str, device=None, directory: str | Path | None = None)
         raise ValueError(f"{name} is an adapter, not a model: load it into a pipeline "
                          "(finetune.load_lora_weights / "
                          "load_textual_inversion / load_controlnet)")  # fmt: skip
-    state, info = load_checkpoint(checkpoint_path(name, directory), recipe=name)
-    model = BUILDERS[name](info["config"])
-    model.load_state_dict(state)
+    path = checkpoint_path(name, directory)
+    state, info = load_checkpoint(path, recipe=name)
+    try:
+        model = BUILDERS[name](info["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"checkpoint manifest {path.with_suffix('.json')} has a config that builds "
+            f"no {name} ({type(err).__name__}: {err}); rebuild it with "
+            f"`{rebuild_command(name)}`"
+        ) from err
+    load_into(model, state, path, name)
     return model.to(device or "cpu").eval().requires_grad_(False), info
 
 

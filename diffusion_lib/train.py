@@ -230,6 +230,32 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+# manifest fields that describe the run or its measurements, not the model: every other
+# field (config, schedule, prediction type, guidance scale, word, rank ...) is sealed by
+# manifest_sha256, so that editing it makes loading fail instead of drawing noise
+UNSEALED = frozenset(
+    {
+        "metrics",
+        "sha256",
+        "manifest_sha256",
+        "training_seconds",
+        "hardware",
+        "loss_curve",
+        "final_loss",
+        "encode_seconds",
+    }
+)
+
+
+def manifest_hash(manifest: dict) -> str:
+    """sha256 of a manifest's sealed fields (all but UNSEALED), as JSON with sorted
+    keys: what the model is and how it must be used."""
+    plain = json.loads(json.dumps(manifest))  # tuples as lists, as read back
+    sealed = {k: v for k, v in plain.items() if k not in UNSEALED}
+    text = json.dumps(sealed, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def save_checkpoint(
     path: str | Path, model, manifest: dict, dtype=torch.float16
 ) -> dict:
@@ -265,6 +291,7 @@ def save_checkpoint(
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),
     }
+    manifest["manifest_sha256"] = manifest_hash(manifest)
     write_manifest(path, manifest)
     if accelerator is not None:
         accelerator.wait_for_everyone()
@@ -322,13 +349,45 @@ def load_checkpoint(
     manifest_path = path.with_suffix(".json")
     manifest = read_manifest(manifest_path, recipe)
     recipe = recipe or manifest.get("recipe")
+    rebuild = f"rebuild it with `{rebuild_command(recipe)}`"
     if verify and sha256_file(path) != manifest["sha256"]:
         raise ValueError(
             f"checkpoint {path} is corrupt: its sha256 does not match "
-            f"{manifest_path.name}; rebuild it with `{rebuild_command(recipe)}`"
+            f"{manifest_path.name}; {rebuild}"
         )
-    state = {
-        k: v.float() if v.is_floating_point() else v
-        for k, v in load_file(str(path)).items()
-    }
+    if verify and manifest.get("manifest_sha256") != manifest_hash(manifest):
+        what = (
+            "has no manifest_sha256"
+            if "manifest_sha256" not in manifest
+            else (
+                "was changed after it was written: its settings (config, schedule, "
+                "prediction type, guidance scale ...) no longer match its "
+                "manifest_sha256"
+            )
+        )
+        raise ValueError(f"checkpoint manifest {manifest_path} is corrupt: it {what}; "
+                         f"{rebuild}")  # fmt: skip
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:  # a truncated or foreign file, even if re-hashed
+        raise ValueError(
+            f"checkpoint {path} is corrupt: not a valid safetensors file "
+            f"({type(err).__name__}: {str(err)[:200]}); {rebuild}"
+        ) from err
+    state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     return state, manifest
+
+
+def load_into(module, state: dict, path, recipe: str | None = None, strict=True):
+    """module.load_state_dict(state), failing with the "corrupt/mismatch, rebuild"
+    message when the tensors do not fit the module built from the manifest's config."""
+    try:
+        return module.load_state_dict(state, strict=strict)
+    except (RuntimeError, KeyError, ValueError) as err:
+        first = str(err).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])[:300]
+        raise ValueError(
+            f"checkpoint {path} does not fit its manifest's config ({detail}): the "
+            f"weights and the manifest are from different models; rebuild it with "
+            f"`{rebuild_command(recipe)}`"
+        ) from err

@@ -172,3 +172,229 @@ def test_part_four_misuse_is_explained(tiny_part4_dir, args, message, capsys):
         main(["generate", *args, "--checkpoints", str(tiny_part4_dir), "--steps", "1"])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# ------------------------------------------- nothing lost, mixed or silently wrong
+
+
+def fails(capsys, *args):
+    """The one-line error of `generate ARGS` (exit status 2, no traceback)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_an_existing_grid_is_kept_unless_overwrite(tiny_sd_dir, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    out.write_bytes(b"my earlier grid")
+    assert "exists; pass --overwrite" in fails(
+        capsys, PROMPT, "--checkpoints", str(tiny_sd_dir), "--out", str(out)
+    )
+    assert out.read_bytes() == b"my earlier grid"
+    run(tiny_sd_dir, "--num-images", "1", "--out", str(out), "--overwrite")
+    assert Image.open(out).size == (64, 64)  # one image: no grid padding
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temporary left
+
+
+def test_a_folder_never_mixes_two_runs(tiny_sd_dir, tmp_path, capsys):
+    out = tmp_path / "imgs"
+    run(tiny_sd_dir, "--num-images", "2", "--out", str(out))
+    assert "already holds 2 files" in fails(
+        capsys,
+        PROMPT,
+        "--checkpoints",
+        str(tiny_sd_dir),
+        "--out",
+        str(out),
+        "--num-images",
+        "1",
+        "--steps",
+        "1",
+    )
+    run(tiny_sd_dir, "--num-images", "1", "--out", str(out), "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["img_000.png"]
+    (out / "notes.txt").write_text("mine")
+    assert "other files than img_" in fails(
+        capsys,
+        PROMPT,
+        "--checkpoints",
+        str(tiny_sd_dir),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--steps",
+        "1",
+    )
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_folder_filled_while_sampling_is_not_mixed(tmp_path):
+    from diffusion_lib.__main__ import Output
+
+    out = tmp_path / "imgs"
+    output = Output(out, 2)
+    output.add(torch.zeros(2, 3, 8, 8))
+    out.mkdir()
+    (out / "img_000.png").write_bytes(b"another run")
+    with pytest.raises(ValueError, match="filled while sampling"):
+        output.finish()
+    assert (out / "img_000.png").read_bytes() == b"another run"
+    output.discard()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]
+
+
+def test_the_output_and_inputs_are_checked_before_anything_loads(tmp_path, capsys):
+    """Checkpoints that do not exist: the error is about the bad output, image or
+    device, so it came first."""
+    missing = ["--checkpoints", str(tmp_path / "no-checkpoints")]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert "cannot write to" in fails(
+        capsys, PROMPT, *missing, "--out", str(a_file / "grid.png")
+    )
+    assert "cannot write to /proc" in fails(
+        capsys, PROMPT, *missing, "--out", "/proc/grid.png"
+    )
+    assert "is a file, not a folder" in fails(
+        capsys, PROMPT, *missing, "--out", str(a_file)
+    )
+    assert "unknown device 'banana'" in fails(
+        capsys, PROMPT, *missing, "--device", "banana"
+    )
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU here" in fails(capsys, PROMPT, *missing, "--device", "cuda")
+    truncated = tmp_path / "truncated.png"
+    noise = torch.randint(0, 256, (64, 64, 3), dtype=torch.uint8).numpy()
+    Image.fromarray(noise).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    huge = tmp_path / "huge.png"
+    Image.new("1", (20000, 20000)).save(huge)
+    for image, message in (
+        (truncated, "cannot read an image"),
+        (huge, "larger than 16,777,216 pixels"),
+        (tmp_path, "is a folder"),
+    ):
+        err = fails(capsys, PROMPT, *missing, "--init-image", str(image))
+        assert message in err, err
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--guidance-scale", "1e30"], "--guidance-scale must be from 0 to 50"),
+        (["--lora", "--lora-scale", "10"], "--lora-scale must be from 0 to 4"),
+        (["--lora-scale", "0.5"], "--lora-scale needs --lora"),
+        (["--strength", "0.5"], "--strength is for image-to-image only"),
+        (["--inpaint-method", "repaint"], "--inpaint-method is for inpainting only"),
+        (["--seed", str(2**32)], "--seed must be from 0 to 2**32 - 1"),
+        (["--seed", "-1"], "--seed must be from 0"),
+        (["--num-images", "100000"], "--num-images is at most 10,000"),
+        (["--num-images", "300"], "a grid holds at most 256 images"),
+        (["--steps", "5000"], "--steps is at most 1000"),
+    ],
+)
+def test_options_that_would_mislead_are_refused(tiny_part4_dir, args, message, capsys):
+    err = fails(capsys, "a red circle", "--checkpoints", str(tiny_part4_dir), *args)
+    assert message in err, err
+
+
+def test_lora_on_the_inpainting_unet_is_refused(tiny_part4_dir, tmp_path, capsys):
+    source, mask = tmp_path / "s.png", tmp_path / "m.png"
+    Image.new("RGB", (64, 64), (20, 20, 26)).save(source)
+    Image.new("L", (64, 64), 255).save(mask)
+    common = [
+        PROMPT,
+        "--checkpoints",
+        str(tiny_part4_dir),
+        "--init-image",
+        str(source),
+        "--mask",
+        str(mask),
+        "--lora",
+        "--steps",
+        "1",
+    ]
+    assert "--lora has no effect on the inpainting UNet" in fails(capsys, *common)
+    outs = {}
+    for scale in ("0", "1"):  # with RePaint the adapter is used
+        out = tmp_path / f"repaint{scale}.png"
+        main(
+            [
+                "generate",
+                *common,
+                "--inpaint-method",
+                "repaint",
+                "--lora-scale",
+                scale,
+                "--num-images",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        outs[scale] = Image.open(out).tobytes()
+    assert outs["0"] != outs["1"]
+
+
+def test_lora_and_control_together(tiny_part4_dir, tmp_path):
+    control = tmp_path / "c.png"
+    Image.new("L", (64, 64), 255).save(control)
+    out = tmp_path / "both.png"
+    main(
+        [
+            "generate",
+            "a red diamond",
+            "--checkpoints",
+            str(tiny_part4_dir),
+            "--lora",
+            "--control",
+            str(control),
+            "--steps",
+            "1",
+            "--num-images",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    assert Image.open(out).size == (64, 64)  # one image: no grid padding
+
+
+def test_full_width_prompts_are_normalised_and_accents_named(
+    tiny_sd_dir, tmp_path, capsys
+):
+    plain, wide = tmp_path / "plain.png", tmp_path / "wide.png"
+    run(tiny_sd_dir, "--num-images", "1", "--out", str(plain))
+    main(
+        [
+            "generate",
+            "ａ ｓｍａｌｌ ｒｅｄ ｃｉｒｃｌｅ ｔｏ ｔｈｅ ｌｅｆｔ ｏｆ ａ "
+            "ｌａｒｇｅ ｂｌｕｅ ｓｑｕａｒｅ",
+            "--checkpoints",
+            str(tiny_sd_dir),
+            "--steps",
+            "2",
+            "--num-images",
+            "1",
+            "--out",
+            str(wide),
+        ]
+    )
+    assert Image.open(plain).tobytes() == Image.open(wide).tobytes()
+    err = fails(capsys, "a rèd circle", "--checkpoints", str(tiny_sd_dir))
+    assert "'rèd'" in err and "cannot read" in err
+
+
+def test_many_images_are_drawn_in_batches_into_a_folder(tiny_sd_dir, tmp_path):
+    out = tmp_path / "many"
+    run(tiny_sd_dir, "--num-images", "20", "--steps", "1", "--out", str(out))
+    files = sorted(out.glob("img_*.png"))
+    assert len(files) == 20 and files[-1].name == "img_019.png"
+    # the first batch of 16 is what --num-images 16 gives: same seed, same images
+    first = tmp_path / "first"
+    run(tiny_sd_dir, "--num-images", "16", "--steps", "1", "--out", str(first))
+    assert all((out / p.name).read_bytes() == p.read_bytes() for p in first.iterdir())
