@@ -996,8 +996,12 @@ def grade(
             _write_reports(done, out_dir, isolated)
 
     todo = [s for s in students if s.name not in done]
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        list(pool.map(grade_student, todo))
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:  # stopped (Ctrl-C, an error): no new student starts; the finished are saved
+        for future in [pool.submit(grade_student, s) for s in todo]:
+            future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     _write_reports(done, out_dir, isolated)
     marks = [Mark(**m) for s in sorted(done) for m in done[s]["marks"]]
     runs = [r for s in sorted(done) for r in done[s]["runs"]]
