@@ -181,3 +181,47 @@ def test_the_mini_sd_manifest_fingerprints_the_prompts_it_measured():
             row["prompts"] // 2, row["prompt_seed"], *LDM_GROUPS[name]
         )
         assert captions_sha256(other) != row["captions_sha256"], name
+
+
+def test_both_minis_are_compared_on_the_same_prompts_seeds_and_n():
+    """Every table of chapter 10 that sets the two minis side by side reads figures
+    measured on the same prompts (sha256 of the captions), seeds and n: the groups,
+    the guidance sweeps and the binding rows. The binding breakdown is a partition."""
+    from diffusion_lib.metrics import BINDING_OUTCOMES, BINDINGS
+
+    ldm = pretrained.manifest("scenes-ldm")["metrics"]
+    dec = pretrained.manifest("scenes-decoder")["metrics"]
+    assert set(ldm["groups"]) == set(dec["groups"]) == set(LDM_GROUPS)
+    for name in LDM_GROUPS:
+        a, b = ldm["groups"][name], dec["groups"][name]
+        for key in ("prompts", "prompt_seed", "sample_seed", "captions_sha256"):
+            assert a[key] == b[key], (name, key)
+        assert a["prompts"] >= 200
+        assert a["real_vs_real"]["fid"] == pytest.approx(b["real_vs_real"]["fid"])
+    for sweep in (ldm["guidance_sweep"], dec["guidance_sweep"]):
+        prints = {row["captions_sha256"] for k, row in sweep.items() if k != "real"}
+        assert len(prints) == 1
+    sd_print = next(
+        r["captions_sha256"] for k, r in ldm["guidance_sweep"].items() if k != "real"
+    )
+    assert all(
+        r["captions_sha256"] == sd_print
+        for k, r in dec["guidance_sweep"].items()
+        if k != "real"
+    )
+    rows = dec["binding"]
+    assert set(rows) == {"mini SD", "mini DALL-E 2"}
+    assert len({r["captions_sha256"] for r in rows.values()}) == 1
+    for name, row in rows.items():
+        assert row["prompts"] >= 200
+        assert sum(row[b] for b in BINDINGS) == pytest.approx(1, abs=1e-6)
+        outcomes = row["outcomes"]
+        assert set(outcomes) == set(BINDING_OUTCOMES)
+        assert sum(outcomes.values()) == pytest.approx(1, abs=1e-6)
+        bound = sum(v for k, v in outcomes.items() if k.startswith("bound right"))
+        assert bound == pytest.approx(row["bound right"], abs=1e-6), name
+        assert outcomes["attributes swapped"] == pytest.approx(
+            row["attributes swapped"], abs=1e-6
+        )
+        other = 1 - bound - outcomes["attributes swapped"]
+        assert other == pytest.approx(row["other"], abs=1e-6), name
