@@ -74,7 +74,9 @@ def test_a_rehashed_truncated_file_is_reported_corrupt(tmp_path):
 
 def test_another_models_weights_are_reported_as_a_mismatch(tmp_path):
     copy_checkpoints(tmp_path, "scenes-ldm", "shapes-ddpm")
-    shutil.copy(tmp_path / "shapes-ddpm.safetensors", tmp_path / "scenes-ldm.safetensors")
+    shutil.copy(
+        tmp_path / "shapes-ddpm.safetensors", tmp_path / "scenes-ldm.safetensors"
+    )
     new = sha256_file(tmp_path / "scenes-ldm.safetensors")
     edit(tmp_path, "scenes-ldm", lambda i: i.update(sha256=new))
     with pytest.raises(ValueError, match="does not fit its manifest's config.*rebuild"):
