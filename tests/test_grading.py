@@ -229,7 +229,7 @@ def test_a_hostile_class(outside):
         tmp_path / "submissions",
         out,
         root=root,
-        timeout=25,
+        timeout=40,
         jobs=2,
         verbose=False,
         memory=4 * 2**30,
@@ -280,8 +280,10 @@ def test_a_hostile_class(outside):
     }, thief
     assert thief["errors"], "reading the key must fail inside the sandbox"
     assert any(e[1] == "MemoryError" for e in runs["eats_memory", NAME]["errors"])
-    # within its limits: 25 s per notebook at most, and no waiting on a stuck kernel
-    assert seconds < 240, seconds
+    # within its limits: no run past 40 s, and no waiting on a stuck kernel (the old
+    # grader blocked forever on the lock-holding cell)
+    assert all(r.get("seconds", 0) <= 41 for r in result["runs"]), result["runs"]
+    assert seconds < 480, seconds
     # nothing left behind rewrites the grades or a classmate's notebook
     time.sleep(6)
     rows = list(csv.DictReader(open(out / "grades.csv")))
