@@ -167,6 +167,19 @@ def code_cells(nb) -> list[tuple[int, str, ast.Module | None]]:
     return out
 
 
+def _literal_call(node, name: str, literal: int, nargs: int) -> bool:
+    """`node` is a call of the plain name `name` with at least `nargs` arguments,
+    argument `literal` a string constant (`check("ch02.extract", f)`)."""
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == name
+        and len(node.args) >= nargs
+        and isinstance(node.args[literal], ast.Constant)
+        and isinstance(node.args[literal].value, str)
+    )
+
+
 def checked_functions(nb) -> dict[str, str]:
     """{exercise: the expression its `check("name", expr)` call passes}, in order."""
     found = {}
@@ -174,14 +187,7 @@ def checked_functions(nb) -> dict[str, str]:
         if tree is None:
             continue
         for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Name)
-                and node.func.id == "check"
-                and len(node.args) >= 2
-                and isinstance(node.args[0], ast.Constant)
-                and isinstance(node.args[0].value, str)
-            ):
+            if _literal_call(node, "check", 0, 2):
                 found[node.args[0].value] = ast.get_source_segment(source, node.args[1])
     return found
 
@@ -313,14 +319,7 @@ def _dotted(node) -> str | None:
         if isinstance(node, ast.Attribute):
             parts.append(node.attr)
             node = node.value
-        elif (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id == "getattr"
-            and len(node.args) >= 2
-            and isinstance(node.args[1], ast.Constant)
-            and isinstance(node.args[1].value, str)
-        ):
+        elif _literal_call(node, "getattr", 1, 2):
             parts.append(node.args[1].value)
             node = node.args[0]
         elif isinstance(node, ast.Name):

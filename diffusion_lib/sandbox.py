@@ -290,6 +290,11 @@ def _mount(libc, source, target, fstype, flags, data=None) -> str | None:
     return None if code == 0 else os.strerror(ctypes.get_errno())
 
 
+def _tmpfs(libc, path, flags: int, options: str) -> str | None:
+    """A fresh tmpfs over `path` (no set-uid, no devices); None or why it failed."""
+    return _mount(libc, "tmpfs", path, "tmpfs", flags | MS_NOSUID | MS_NODEV, options)
+
+
 def _mount_points() -> list[tuple[str, int]]:
     """(mount point, its locked flags) for every mount, from /proc/self/mountinfo."""
     points = []
@@ -324,14 +329,7 @@ def _enter(spec: dict) -> None:
     writable = ["/tmp", "/dev/shm", INSIDE_WORK]
     for path in ("/tmp", "/dev/shm"):  # fresh and empty: nothing of other runs
         if os.path.isdir(path):
-            err = _mount(
-                libc,
-                "tmpfs",
-                path,
-                "tmpfs",
-                MS_NOSUID | MS_NODEV,
-                f"size={spec['file']},mode=1777",
-            )
+            err = _tmpfs(libc, path, 0, f"size={spec['file']},mode=1777")
             if err:
                 problems.append(f"could not give a fresh {path}: {err}")
     os.makedirs(INSIDE_WORK, exist_ok=True)
@@ -349,14 +347,7 @@ def _enter(spec: dict) -> None:
         if not os.path.lexists(path):
             continue
         if os.path.isdir(path):
-            err = _mount(
-                libc,
-                "tmpfs",
-                path,
-                "tmpfs",
-                MS_RDONLY | MS_NOSUID | MS_NODEV,
-                "size=4k,mode=000",
-            )
+            err = _tmpfs(libc, path, MS_RDONLY, "size=4k,mode=000")
         else:
             err = _mount(libc, "/dev/null", path, None, MS_BIND)
         if err:
