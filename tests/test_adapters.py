@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from test_behaviour import check_recipe
 
 from diffusion_lib import data, finetune
 from diffusion_lib.adapters import (
@@ -207,6 +208,8 @@ def test_quick_adapter_recipes_load_into_a_pipeline(tiny_part4_dir):
     from diffusion_lib.pipelines import MiniStableDiffusion
 
     d = tiny_part4_dir
+    for name in finetune.RECIPES:  # they train as before the redesign (test_behaviour)
+        check_recipe(name, d)
     lora = pretrained.manifest("scenes-lora", d)
     inversion = pretrained.manifest("scenes-inversion", d)
     assert lora["trainable_parameters"] < 0.1 * lora["unet_parameters"]

@@ -1,28 +1,14 @@
-import subprocess
-import sys
-
 import pytest
+from test_behaviour import QUICK_RUNS, check_recipe, quick_recipe
 
 from diffusion_lib import pretrained
 
 
 def test_quick_recipes_write_loadable_checkpoints(tmp_path):
+    """...and train as they did before the library's redesign (test_behaviour)."""
     for name in ("shapes-evaluator", "shapes-ddpm"):
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "diffusion_lib.recipes",
-                name,
-                "--quick",
-                "--out",
-                str(tmp_path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
+        quick_recipe([name], tmp_path)
+        check_recipe(name, tmp_path)
         model, info = pretrained.load_pretrained(name, directory=tmp_path)
         assert info["quick"] is True and info["recipe"] == name
         assert (tmp_path / f"{name}.json").exists()
@@ -31,17 +17,9 @@ def test_quick_recipes_write_loadable_checkpoints(tmp_path):
 def test_quick_scene_recipes_chain_into_a_pipeline(tmp_path):
     """vae and clip first; the latent UNet trains on them (train stage only: the
     measuring stage is exercised on the shipped model)."""
-    runs = [["scenes-vae"], ["scenes-clip"], ["scenes-ldm", "--stage", "train"],
-            ["scenes-prior", "--stage", "train"],
-            ["scenes-upsampler", "--stage", "train"],
-            ["scenes-decoder", "--stage", "train"]]  # fmt: skip
-    for args in runs:
-        out = subprocess.run(
-            [sys.executable, "-m", "diffusion_lib.recipes", *args, "--quick",
-             "--out", str(tmp_path)],
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert out.returncode == 0, out.stderr[-3000:]
+    for args in QUICK_RUNS[2:]:
+        quick_recipe(args, tmp_path)
+        check_recipe(args[0], tmp_path)
     ldm = pretrained.manifest("scenes-ldm", tmp_path)
     assert ldm["vae_sha256"] == pretrained.manifest("scenes-vae", tmp_path)["sha256"]
     assert ldm["latent_shape"] == [4, 8, 8]
