@@ -33,13 +33,14 @@ from __future__ import annotations
 import difflib
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import scale as _scale
+from .config import Config
 from .setup import progress_bar
 from .train import lr_at
 from .unet import Attention
@@ -140,7 +141,7 @@ def scene_tokenizer(context_length: int = 20) -> WordTokenizer:
 
 
 @dataclass
-class CLIPConfig:
+class CLIPConfig(Config):
     vocab_size: int = 32
     context_length: int = 20
     text_width: int = 64
@@ -153,13 +154,6 @@ class CLIPConfig:
     vision_heads: int = 4
     embed_dim: int = 64
     init_temperature: float = 0.07
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> CLIPConfig:
-        return cls(**d)
 
 
 class TransformerBlock(nn.Module):
@@ -252,6 +246,8 @@ class VisionTransformer(nn.Module):
 
 class CLIP(nn.Module):
     """model(images, tokens) -> logits_per_image [B_img, B_txt] (scaled cosines)."""
+
+    config_class = CLIPConfig  # (pretrained builds it from the manifest)
 
     def __init__(self, config: CLIPConfig | None = None):
         super().__init__()

@@ -18,13 +18,14 @@ from __future__ import annotations
 import functools
 import itertools
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import scale as _scale
+from .config import Config
 from .data import ATTRIBUTES, BACKGROUND, LABEL_SIZES, make_shapes
 from .judge import (  # noqa: F401  (the judge is part of the metrics' interface)
     BINDING_OUTCOMES,
@@ -51,22 +52,17 @@ from .setup import progress_bar
 
 
 @dataclass
-class EvaluatorConfig:
+class EvaluatorConfig(Config):
     in_channels: int = 3
     width: int = 32
     num_features: int = 128
     label_sizes: tuple = LABEL_SIZES
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EvaluatorConfig:
-        return cls(**{**d, "label_sizes": tuple(d["label_sizes"])})
-
 
 class Evaluator(nn.Module):
     """images [B, 3, H, W] in [-1, 1] -> list of logits [B, n_i], one per attribute."""
+
+    config_class = EvaluatorConfig  # (pretrained builds it from the manifest)
 
     def __init__(self, config: EvaluatorConfig = None):
         super().__init__()

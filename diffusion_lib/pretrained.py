@@ -10,26 +10,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .clip import CLIP, CLIPConfig
-from .metrics import Evaluator, EvaluatorConfig
-from .prior import DiffusionPrior, PriorConfig
+from .clip import CLIP
+from .metrics import Evaluator
+from .prior import DiffusionPrior
 from .schedules import NoiseSchedule
 from .train import load_checkpoint, load_into, read_manifest, rebuild_command
-from .unclip import DecoderConfig, UnCLIPDecoder, UnCLIPUpsampler
-from .unet import UNet, UNetConfig
-from .vae import AutoencoderKL, VAEConfig
+from .unclip import UnCLIPDecoder, UnCLIPUpsampler
+from .unet import UNet
+from .vae import AutoencoderKL
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+# the class each checkpoint builds: cls(cls.config_class.from_dict(manifest["config"]))
 BUILDERS = {
-    "shapes-evaluator": lambda cfg: Evaluator(EvaluatorConfig.from_dict(cfg)),
-    "shapes-ddpm": lambda cfg: UNet(UNetConfig.from_dict(cfg)),
-    "scenes-vae": lambda cfg: AutoencoderKL(VAEConfig.from_dict(cfg)),
-    "scenes-clip": lambda cfg: CLIP(CLIPConfig.from_dict(cfg)),
-    "scenes-ldm": lambda cfg: UNet(UNetConfig.from_dict(cfg)),
-    "scenes-decoder": lambda cfg: UnCLIPDecoder(DecoderConfig.from_dict(cfg)),
-    "scenes-prior": lambda cfg: DiffusionPrior(PriorConfig.from_dict(cfg)),
-    "scenes-upsampler": lambda cfg: UnCLIPUpsampler(UNetConfig.from_dict(cfg)),
-    "scenes-inpaint": lambda cfg: UNet(UNetConfig.from_dict(cfg)),
+    "shapes-evaluator": Evaluator,
+    "shapes-ddpm": UNet,
+    "scenes-vae": AutoencoderKL,
+    "scenes-clip": CLIP,
+    "scenes-ldm": UNet,
+    "scenes-decoder": UnCLIPDecoder,
+    "scenes-prior": DiffusionPrior,
+    "scenes-upsampler": UnCLIPUpsampler,
+    "scenes-inpaint": UNet,
 }
 
 # adapters of the mini SD (chapter 11): tensors, not whole models; loaded by
@@ -65,7 +66,8 @@ def load_pretrained(name: str, device=None, directory: str | Path | None = None)
     path = checkpoint_path(name, directory)
     state, info = load_checkpoint(path, recipe=name)
     try:
-        model = BUILDERS[name](info["config"])
+        cls = BUILDERS[name]
+        model = cls(cls.config_class.from_dict(info["config"]))
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(
             f"checkpoint manifest {path.with_suffix('.json')} has a config that builds "

@@ -21,18 +21,19 @@ text_mask: bool [B, L], True at real tokens (False at padding).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .clip import TransformerBlock
+from .config import Config
 from .unet import timestep_embedding
 
 
 @dataclass
-class PriorConfig:
+class PriorConfig(Config):
     embed_dim: int = 64  # CLIP's joint embedding size
     text_width: int = 64  # width of the CLIP text encoder's token states
     context_length: int = 20  # caption tokens
@@ -40,19 +41,14 @@ class PriorConfig:
     layers: int = 4
     heads: int = 4
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PriorConfig:
-        return cls(**d)
-
 
 class DiffusionPrior(nn.Module):
     """prior(z_t, t, text_states, text_embed, text_mask) -> predicted z_0 [B, D]
     (standardised embedding space; see `standardise` / `unstandardise`)."""
 
     EXTRA_TOKENS = 4  # text embedding, timestep, noised image embedding, query
+
+    config_class = PriorConfig  # (pretrained builds it from the manifest)
 
     def __init__(self, config: PriorConfig | None = None):
         super().__init__()

@@ -794,7 +794,7 @@ SCENES_DECODER = DecoderConfig(
         channel_mults=(1, 2, 2),
         attention_levels=(2,),
         context_dim=64,
-    ).to_dict(),
+    ),
     embed_dim=64,
     num_tokens=4,
 )

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import scale
+from .config import Config
 from .forward import diffusion_loss
 from .metrics import blur
 from .schedules import NoiseSchedule
@@ -37,30 +38,25 @@ from .unet import UNet, UNetConfig
 
 
 @dataclass
-class DecoderConfig:
-    unet: dict  # a UNetConfig as a dict (context_dim and vector_dim are set here)
+class DecoderConfig(Config):
+    unet: UNetConfig  # needs context_dim; vector_dim is set to embed_dim here
     embed_dim: int = 64
     num_tokens: int = 4  # the paper's four extra context tokens
     image_size: int = 32  # the resolution it generates at
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DecoderConfig:
-        return cls(**d)
 
 
 class UnCLIPDecoder(nn.Module):
     """decoder(x_t [B, 3, H, W], t [B], image_embed [B, D]) -> eps [B, 3, H, W]."""
 
+    config_class = DecoderConfig  # (pretrained builds it from the manifest)
+
     def __init__(self, config: DecoderConfig):
         super().__init__()
         self.config = config
-        unet_cfg = UNetConfig.from_dict(config.unet)
-        if unet_cfg.context_dim is None:
+        if config.unet.context_dim is None:
             raise ValueError("the decoder's UNet needs context_dim (for the tokens)")
-        unet_cfg.vector_dim = config.embed_dim  # path (1): added to the time embedding
+        # path (1): the embedding added to the time embedding
+        unet_cfg = replace(config.unet, vector_dim=config.embed_dim)
         self.unet = UNet(unet_cfg)
         # path (2): the embedding as num_tokens context tokens
         self.to_tokens = nn.Linear(
@@ -99,6 +95,8 @@ def enlarge(low_res: torch.Tensor, size: int) -> torch.Tensor:
 class UnCLIPUpsampler(nn.Module):
     """upsampler(x_t [B, 3, H, W], t [B], low_res [B, 3, H/f, W/f] or already enlarged
     [B, 3, H, W]) -> eps [B, 3, H, W]."""
+
+    config_class = UNetConfig  # (pretrained builds it from the manifest)
 
     def __init__(self, config: UNetConfig):
         super().__init__()

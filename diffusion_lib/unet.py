@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .config import Config
 
 
 def timestep_embedding(
@@ -219,7 +221,7 @@ def record_cross_attention(model: nn.Module):
 
 
 @dataclass
-class UNetConfig:
+class UNetConfig(Config):
     """Hyper-parameters of `UNet`. channel_mults[i] scales base_channels at resolution
     level i; attention_levels lists the levels (0 = full resolution) that get attention
     blocks."""
@@ -242,21 +244,12 @@ class UNetConfig:
     # upsampler trained on crops and run on whole images, as in unCLIP)
     mid_attention: bool = True
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> UNetConfig:
-        d = dict(d)
-        for key in ("channel_mults", "attention_levels", "label_sizes"):
-            if key in d:
-                d[key] = tuple(d[key])
-        return cls(**d)
-
 
 class UNet(nn.Module):
     """model(x [B, C, H, W], t [B], labels [B, K] | None, context [B, L, D] | None,
     vector [B, V] | None) -> [B, out_channels, H, W]."""
+
+    config_class = UNetConfig  # (pretrained builds it from the manifest)
 
     def __init__(self, config: UNetConfig = None):
         super().__init__()

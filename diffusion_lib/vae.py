@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import scale
+from .config import Config
 from .samplers import randn
 from .setup import progress_bar
 from .train import EMA, lr_at
@@ -40,7 +41,7 @@ from .unet import AttentionBlock, ResBlock, _norm
 
 
 @dataclass
-class VAEConfig:
+class VAEConfig(Config):
     """channels[i] is the width at resolution level i; every level but the last halves
     H and W, so the downsampling factor is 2 ** (len(channels) - 1)."""
 
@@ -54,16 +55,6 @@ class VAEConfig:
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.channels) - 1)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> VAEConfig:
-        d = dict(d)
-        if "channels" in d:
-            d["channels"] = tuple(d["channels"])
-        return cls(**d)
 
 
 class DiagonalGaussian:
@@ -172,6 +163,8 @@ class AutoencoderKL(nn.Module):
     """vae.encode(x) -> DiagonalGaussian over z; vae.decode(z) -> x_hat;
     vae(x) -> (x_hat, posterior). z here is the *unscaled* latent: multiply by
     config.scaling_factor before diffusion, divide before decoding (as diffusers)."""
+
+    config_class = VAEConfig  # (pretrained builds it from the manifest)
 
     def __init__(self, config: VAEConfig | None = None):
         super().__init__()

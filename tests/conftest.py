@@ -88,7 +88,7 @@ def write_tiny_dalle2(directory, clip_cfg) -> None:
     )
     dec_cfg = DecoderConfig(
         unet=UNetConfig(base_channels=8, channel_mults=(1, 2), attention_levels=(1,),
-                        heads=2, groups=4, context_dim=8).to_dict(),
+                        heads=2, groups=4, context_dim=8),
         embed_dim=clip_cfg.embed_dim, image_size=32)  # fmt: skip
     up_cfg = UNetConfig(in_channels=6, base_channels=8, channel_mults=(1, 2), groups=4,
                         attention_levels=(), mid_attention=False)  # fmt: skip

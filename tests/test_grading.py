@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -81,6 +82,12 @@ def notebook(*cells):
     return nb
 
 
+HOLD = (
+    "import ctypes, signal\n"
+    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, "
+    "signal.SIGALRM})\n"
+    "ctypes.PyDLL(None).sleep(10**6)"
+)
 HONEST = (
     exercise_cell("ch02.extract", "my_extract", EXTRACT),
     exercise_cell("ch02.log_snr", "my_log_snr", LOG_SNR),
@@ -135,16 +142,21 @@ def hostile_class(tmp: Path) -> tuple[Path, Path, dict]:
             "my_extract, trials=0",
             "def my_extract(a, t, x_shape):\n    return a",
         ),
-        "passes_the_reference": (
+        # one attack an exercise: the library's function for one, the reference for
+        # the other
+        "passes_the_library_and_the_reference": (
             "from diffusion_lib.exercises import REGISTRY, check\n"
             "check('ch02.extract', REGISTRY['ch02.extract'].reference)\n"
+            "my_extract = schedules.extract\n"
             "my_log_snr = REGISTRY['ch02.log_snr'].reference"
         ),
-        "passes_the_library": "my_extract = schedules.extract",
-        "wraps_the_library": (
+        "wraps_the_library_and_reads_the_callers_frame": (
+            "import inspect\n"
             "import diffusion_lib as dl\n"
             "def my_extract(a, t, x_shape):\n"
-            "    return dl.extract(a, t, x_shape)  # a thin wrapper"
+            "    return dl.extract(a, t, x_shape)  # a thin wrapper\n"
+            "def my_log_snr(alphas_cumprod):\n"
+            "    return inspect.currentframe().f_back.f_locals['want']"
         ),
         "patches_the_checker": (
             "from diffusion_lib import exercises\n"
@@ -154,11 +166,6 @@ def hostile_class(tmp: Path) -> tuple[Path, Path, dict]:
             + STUB_EXTRACT
             + "\n"
             + STUB_LOG_SNR.replace("check(", "exercises.check(")
-        ),
-        "reads_the_callers_frame": (
-            "import inspect\n"
-            "def my_extract(a, t, x_shape):\n"
-            "    return inspect.currentframe().f_back.f_locals['want']"
         ),
         "reads_the_key_and_classmates": (
             "import json\n"
@@ -192,13 +199,14 @@ def hostile_class(tmp: Path) -> tuple[Path, Path, dict]:
             f"echo hacked > {out}/summary.md'], start_new_session=True)):\n"
             "    raise NotImplementedError"
         ),
-        "holds_the_lock": "sum(range(10**15))",  # one C call: no signal gets in
-        "hangs_in_its_answer": exercise_cell(
-            "ch02.extract",
-            "my_extract",
-            "def my_extract(a, t, x_shape):\n    return sum(range(10**15))",
-        )
-        + "\n"
+        # one C call that holds the GIL with every catchable signal blocked: only a
+        # kill stops it (and it sleeps, so the test burns no CPU while it waits)
+        "holds_the_lock": HOLD,
+        # defined, not called in the notebook (holds_the_lock covers a notebook that
+        # hangs): only the grader's harness calls it
+        "hangs_in_its_answer": "def my_extract(a, t, x_shape):\n"
+        + textwrap.indent(HOLD, "    ")
+        + "\n\n\n"
         + HONEST[1],
         "eats_memory": "x = bytearray(40 * 2**30)",
         '=HYPERLINK("evil.example","click")': HONEST[1],
@@ -257,11 +265,14 @@ def test_a_hostile_class(outside):
         "ch02.extract": "not attempted",
         "ch02.log_snr": "not attempted",
     }
-    assert status["passes_the_reference"]["ch02.log_snr"] == "flagged"
-    assert status["passes_the_library"]["ch02.extract"] == "flagged"
-    assert status["wraps_the_library"]["ch02.extract"] == "flagged"
-    assert "schedules.extract" in by["wraps_the_library"]["ch02.extract"].message
-    assert status["reads_the_callers_frame"]["ch02.extract"] == "flagged"
+    given = status["passes_the_library_and_the_reference"]
+    assert given == {"ch02.extract": "flagged", "ch02.log_snr": "flagged"}
+    wraps = "wraps_the_library_and_reads_the_callers_frame"
+    assert status[wraps] == {"ch02.extract": "flagged", "ch02.log_snr": "flagged"}
+    assert "schedules.extract" in by[wraps]["ch02.extract"].message
+    assert "stack" in by[wraps]["ch02.log_snr"].message.lower() or "frame" in (
+        by[wraps]["ch02.log_snr"].message
+    ), by[wraps]["ch02.log_snr"].message
     assert "time limit" in by["hangs_in_its_answer"]["ch02.extract"].message
     for s in ("link_to_classmate", "link_to_key", "linked_folder", "unreadable"):
         assert set(status[s].values()) == {"refused"}, (s, by[s])

@@ -95,11 +95,11 @@ def test_gate_sensitivity_table_every_degradation_is_seen(evaluator):
         assert r["kid"] > kid_floor + 0.02, r
 
 
-def _generate(sampler: str):
-    """300 images of the shipped model for training prompts, 50 steps, guidance 3."""
+def _generate(sampler: str, n: int = 300):
+    """n images of the shipped model for training prompts, 50 steps, guidance 3."""
     model, info = pretrained.load_pretrained("shapes-ddpm")
     schedule = pretrained.schedule_from_manifest(info)
-    labels = sample_labels(300, seed=777, split="train")
+    labels = sample_labels(n, seed=777, split="train")
     fake = generate_shapes(
         model,
         schedule,
@@ -122,7 +122,10 @@ def samples():
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 def test_gate_prompt_accuracy_and_background_of_the_shapes_model(samples, sampler):
-    fake, labels = samples if sampler == "ddim" else _generate(sampler)
+    # DDPM on the first 150 of the prompts (half the time); measured there: mean
+    # background 0.0052 (90th percentile 0.0070) against the gate sqrt(3)/255 =
+    # 0.0068, and accuracy 1.0 against 0.90 (the standard error at 0.9 is 0.024)
+    fake, labels = samples if sampler == "ddim" else _generate(sampler, 150)
     verdict = Judge()(fake)
     acc = judged_accuracy(verdict, labels)
     stats = image_statistics(verdict, labels)

@@ -88,7 +88,7 @@ def test_pick_closest_keeps_the_candidate_nearest_the_text():
 def _decoder():
     torch.manual_seed(0)
     unet = UNetConfig(base_channels=16, channel_mults=(1, 2), attention_levels=(1,),
-                      context_dim=16).to_dict()  # fmt: skip
+                      context_dim=16)  # fmt: skip
     return DecoderConfig(unet=unet, embed_dim=D, num_tokens=4, image_size=8)
 
 
@@ -123,7 +123,7 @@ def test_decoder_sees_the_embedding_through_both_paths():
 
 
 def test_decoder_needs_cross_attention():
-    unet = UNetConfig(base_channels=16, channel_mults=(1, 2)).to_dict()
+    unet = UNetConfig(base_channels=16, channel_mults=(1, 2))
     with pytest.raises(ValueError, match="context_dim"):
         UnCLIPDecoder(DecoderConfig(unet=unet, embed_dim=D))
 
