@@ -503,15 +503,15 @@ def _check_request(args, parser) -> None:
 
 
 def _add_adapters(pipe, args) -> None:
-    from . import adapters, finetune
+    from . import adapters
 
     if args.control is not None:  # first: it copies the UNet without LoRA layers
-        finetune.load_controlnet(pipe, directory=args.checkpoints)
+        pipe.load_controlnet(directory=args.checkpoints)
     if args.lora is not None:
-        finetune.load_lora_weights(pipe, args.lora, args.checkpoints)
+        pipe.load_lora_weights(args.lora, args.checkpoints)
         adapters.set_lora_scale(pipe.unet, args.lora_scale)
     if args.embedding is not None:
-        finetune.load_textual_inversion(pipe, args.embedding, args.checkpoints)
+        pipe.load_textual_inversion(args.embedding, args.checkpoints)
 
 
 def _run(pipe, args, n: int, seed: int) -> torch.Tensor:
@@ -533,13 +533,13 @@ def _run(pipe, args, n: int, seed: int) -> torch.Tensor:
     image = images["init_image"].repeat(n, 1, 1, 1)
     if args.mask is None:
         return pipe.img2img(image, prompts, args.strength, **kwargs)
-    from . import editing, finetune
+    from . import editing, loaders
 
     mask = (images["mask"] > 0.5).float().repeat(n, 1, 1, 1)
     if args.inpaint_method == "repaint":
         return editing.repaint(pipe, image, mask, prompts, **kwargs)
     if not hasattr(args, "_inpaint_model"):
-        args._inpaint_model, _ = finetune.load_inpainting(args.checkpoints, pipe.device)
+        args._inpaint_model, _ = loaders.load_inpainting(args.checkpoints, pipe.device)
     return editing.inpaint(pipe, args._inpaint_model, image, mask, prompts, **kwargs)
 
 

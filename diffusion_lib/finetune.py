@@ -39,7 +39,6 @@ from .adapters import (
     LORA_TARGETS,
     TrainableWords,
     add_lora,
-    add_words,
     count_trainable,
     load_lora_state_dict,
     lora_state_dict,
@@ -49,7 +48,6 @@ from .data import (
     ALL_COLOURS,
     ALL_SHAPES,
     COLOURS,
-    NEW_COLOURS,
     SHAPES,
     concept_scenes,
     full_captions,
@@ -60,9 +58,17 @@ from .data import (
 )
 from .forward import diffusion_loss, draw_noise
 from .judge import SceneJudge, scene_accuracy, scene_judge_config
+from .loaders import (
+    CONCEPT,
+    init_words,
+    load_controlnet,
+    load_inpainting,
+    load_lora_weights,
+    load_textual_inversion,
+    teach_word,
+)
 from .train import TrainConfig, TrainResult, save_checkpoint, train_diffusion
 
-CONCEPT = "diamond"  # a shape of data.NEW_SHAPES
 VAE_PROBES = ("diamond", "orange")  # what the frozen VAE can and cannot redraw
 CONCEPT_IMAGES = 48  # "a few dozen" pictures of the new concept
 PRESERVATION_IMAGES = 2000  # usual scenes mixed in (LoRA only)
@@ -84,21 +90,6 @@ def concept_judge() -> SceneJudge:
     """The open-set scene judge that also knows the new shapes and colours
     (ALL_SHAPES, ALL_COLOURS)."""
     return SceneJudge(scene_judge_config(palette=dict(ALL_COLOURS), shapes=ALL_SHAPES))
-
-
-def init_words(word: str) -> tuple:
-    """The words a new word's row starts from: the shape words for a shape, the colour
-    words for a colour."""
-    return tuple(COLOURS) if word in NEW_COLOURS else SHAPES
-
-
-def teach_word(pipe, word: str = CONCEPT) -> TrainableWords:
-    """Add `word` to the pipeline's tokenizer and text encoder (a new row at the mean
-    of its kind's words, see init_words); returns the table that holds the new row."""
-    pipe.tokenizer, table = add_words(
-        pipe.tokenizer, pipe.text_encoder.text, word, init_words(word)
-    )
-    return table
 
 
 @torch.no_grad()
@@ -489,63 +480,6 @@ def measure_inversion(out_dir=None, quick=False, seed=0) -> dict:
     return info
 
 
-def load_lora_weights(pipe, name: str = "scenes-lora", directory=None) -> dict:
-    """Load a shipped LoRA adapter into a MiniStableDiffusion (hash-checked): its word
-    joins the tokenizer with the stored row, the UNet gets the LoRA layers. Returns
-    the manifest."""
-    from .train import load_checkpoint
-
-    state, info = load_checkpoint(pretrained.checkpoint_path(name, directory),
-                                  recipe=name)  # fmt: skip
-    if info.get("kind") != "lora":
-        raise ValueError(f"{name} is not a LoRA adapter (kind {info.get('kind')!r})")
-    word = info["word"]
-    _require_tensor(state, f"word.{word}", name, directory)
-    table = teach_word(pipe, word)
-    with torch.no_grad():
-        table.new.copy_(state.pop(f"word.{word}"))
-    add_lora(pipe.unet, info["rank"], info["alpha"], info["targets"])
-    try:
-        load_lora_state_dict(pipe.unet, state)
-    except ValueError as err:
-        raise ValueError(
-            f"checkpoint {pretrained.checkpoint_path(name, directory)} "
-            f"does not fit its manifest's config ({err}); rebuild it with "
-            f"`python -m diffusion_lib.recipes {name}`"
-        ) from err
-    return info
-
-
-def _require_tensor(state: dict, key: str, name: str, directory) -> None:
-    if key not in state:
-        raise ValueError(
-            f"checkpoint {pretrained.checkpoint_path(name, directory)} does not fit "
-            f"its manifest's config (no tensor {key!r}): the weights and the manifest "
-            f"are from different models; rebuild it with "
-            f"`python -m diffusion_lib.recipes {name}`"
-        )
-
-
-def load_textual_inversion(
-    pipe, name: str = "scenes-inversion", directory=None
-) -> dict:
-    """Load a shipped learned word into a MiniStableDiffusion (hash-checked), as
-    diffusers' `load_textual_inversion` does for SD. Returns the manifest."""
-    from .train import load_checkpoint
-
-    state, info = load_checkpoint(pretrained.checkpoint_path(name, directory),
-                                  recipe=name)  # fmt: skip
-    if info.get("kind") != "textual inversion":
-        raise ValueError(f"{name} is not a textual inversion embedding "
-                         f"(kind {info.get('kind')!r})")  # fmt: skip
-    word = info["word"]
-    _require_tensor(state, word, name, directory)
-    table = teach_word(pipe, word)
-    with torch.no_grad():
-        table.new.copy_(state[word][None])
-    return info
-
-
 RECIPES = {"scenes-lora": lora_recipe, "scenes-inversion": inversion_recipe}
 
 
@@ -725,14 +659,6 @@ def inpaint_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> d
     return save_checkpoint(path, model.unet, info)
 
 
-def load_inpainting(directory=None, device=None):
-    """(InpaintingUNet, manifest) of the shipped scenes-inpaint (hash-checked)."""
-    from .editing import InpaintingUNet
-
-    unet, info = pretrained.load_pretrained("scenes-inpaint", device, directory)
-    return InpaintingUNet(unet).eval(), info
-
-
 # ----------------------------------------------------------------------------------
 # Chapter 13: ControlNet
 
@@ -854,27 +780,6 @@ def measure_controlnet(out_dir=None, quick=False, seed=0, device="cpu") -> dict:
     _, n, steps = _control_sizes(quick)
     info["metrics"] = _control_metrics(pipe, n, seed, steps)
     write_manifest(pretrained.checkpoint_path("scenes-controlnet", out_dir), info)
-    return info
-
-
-def load_controlnet(pipe, name: str = "scenes-controlnet", directory=None) -> dict:
-    """Attach the shipped ControlNet to a MiniStableDiffusion (pipe.controlnet),
-    hash-checked; it must have been trained for this pipeline's UNet."""
-    from .controlnet import ControlNet
-    from .train import load_checkpoint
-
-    state, info = load_checkpoint(pretrained.checkpoint_path(name, directory),
-                                  recipe=name)  # fmt: skip
-    from .train import load_into
-
-    if any("lora" in k for k in pipe.unet.state_dict()):
-        raise ValueError(
-            "load the ControlNet before the LoRA adapter: the ControlNet copies the "
-            "UNet as it was trained, without LoRA layers"
-        )
-    net = ControlNet(pipe.unet)
-    load_into(net, state, pretrained.checkpoint_path(name, directory), name)
-    pipe.controlnet = net.to(pipe.device).eval().requires_grad_(False)
     return info
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .controlnet import ControlledUNet
 from .data import parse_caption
 from .forward import q_sample
+from .loaders import StableDiffusionLoaderMixin
 from .prior import pick_closest
 from .samplers import sample
 from .unclip import enlarge
@@ -114,7 +115,7 @@ def generate_from_captions(model, schedule, captions: list, **kwargs) -> torch.T
     return generate_shapes(model, schedule, labels, **kwargs)
 
 
-class MiniStableDiffusion:
+class MiniStableDiffusion(StableDiffusionLoaderMixin):
     """Stable Diffusion in miniature (Rombach et al. 2022, Sec. 3.3):
 
         prompt -> tokenizer -> frozen CLIP text encoder -> token states c [B, L, D]
@@ -138,7 +139,7 @@ class MiniStableDiffusion:
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.tokenizer, self.schedule = tokenizer, schedule
         self.prediction_type, self.guidance_scale = prediction_type, guidance_scale
-        self.controlnet = None  # set to a controlnet.ControlNet (chapter 13)
+        self.controlnet = None  # a controlnet.ControlNet: see load_controlnet
 
     @classmethod
     def from_pretrained(cls, device=None, directory=None) -> MiniStableDiffusion:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .checkpoints import load_checkpoint, load_into, read_manifest, rebuild_command
 from .clip import CLIP
 from .metrics import Evaluator
 from .prior import DiffusionPrior
 from .schedules import NoiseSchedule
-from .train import load_checkpoint, load_into, read_manifest, rebuild_command
 from .unclip import UnCLIPDecoder, UnCLIPUpsampler
 from .unet import UNet
 from .vae import AutoencoderKL
@@ -34,7 +34,8 @@ BUILDERS = {
 }
 
 # adapters of the mini SD (chapter 11): tensors, not whole models; loaded by
-# adapters.load_lora_weights / adapters.load_textual_inversion
+# pipe.load_lora_weights / pipe.load_textual_inversion / pipe.load_controlnet
+# (diffusion_lib.loaders)
 ADAPTERS = ("scenes-lora", "scenes-inversion", "scenes-controlnet")
 
 
@@ -60,9 +61,10 @@ def manifest(name: str, directory: str | Path | None = None) -> dict:
 def load_pretrained(name: str, device=None, directory: str | Path | None = None):
     """(model in eval mode, manifest) for a shipped checkpoint, hash-checked."""
     if name in ADAPTERS:
-        raise ValueError(f"{name} is an adapter, not a model: load it into a pipeline "
-                         "(finetune.load_lora_weights / "
-                         "load_textual_inversion / load_controlnet)")  # fmt: skip
+        raise ValueError(
+            f"{name} is an adapter, not a model: load it into a pipeline "
+            "(pipe.load_lora_weights / load_textual_inversion / load_controlnet)"
+        )
     path = checkpoint_path(name, directory)
     state, info = load_checkpoint(path, recipe=name)
     try:

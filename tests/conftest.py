@@ -73,8 +73,9 @@ def write_tiny_sd(directory, seed: int = 0) -> None:
 def write_tiny_dalle2(directory, clip_cfg) -> None:
     """Tiny untrained scenes-prior / scenes-decoder / scenes-upsampler beside the tiny
     scenes-clip: the mini DALL-E 2's plumbing, without the shipped weights."""
+    from diffusion_lib.checkpoints import read_manifest
     from diffusion_lib.prior import DiffusionPrior, PriorConfig
-    from diffusion_lib.train import read_manifest, save_checkpoint
+    from diffusion_lib.train import save_checkpoint
     from diffusion_lib.unclip import DecoderConfig, UnCLIPDecoder, UnCLIPUpsampler
     from diffusion_lib.unet import UNetConfig
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_behaviour import check_recipe
 
-from diffusion_lib import data, finetune
+from diffusion_lib import data, finetune, loaders
 from diffusion_lib.adapters import (
     LoRALinear,
     add_lora,
@@ -175,7 +175,7 @@ def test_textual_inversion_trains_only_the_new_row(tiny_sd_dir):
     unet_before = copy.deepcopy(pipe.unet.state_dict())
     with pytest.raises(ValueError, match="teach"):
         finetune.train_textual_inversion(pipe, data.concept_scenes(4, seed=1))
-    table = finetune.teach_word(pipe)
+    table = loaders.teach_word(pipe)
     base_rows, row = table.base.weight.clone(), table.new.detach().clone()
     cfg = finetune.TrainConfig(steps=3, batch_size=4, lr=0.1)
     result = finetune.train_textual_inversion(pipe, data.concept_scenes(4, seed=1), cfg)
@@ -215,14 +215,14 @@ def test_quick_adapter_recipes_load_into_a_pipeline(tiny_part4_dir):
     assert lora["trainable_parameters"] < 0.1 * lora["unet_parameters"]
     assert set(lora["metrics"]["strength_sweep"]) == {"0", "0.5", "1", "1.5"}
     pipe = MiniStableDiffusion.from_pretrained(directory=d)
-    finetune.load_lora_weights(pipe, directory=d)
+    pipe.load_lora_weights(directory=d)
     assert pipe(["a red diamond"], num_steps=2).shape == (1, 3, 64, 64)
     assert count_trainable(pipe.unet)[0] == lora["trainable_parameters"]
     pipe = MiniStableDiffusion.from_pretrained(directory=d)
-    finetune.load_textual_inversion(pipe, directory=d)
+    pipe.load_textual_inversion(directory=d)
     assert pipe(["a red diamond"], num_steps=2).shape == (1, 3, 64, 64)
     assert inversion["trainable_parameters"] == pipe.text_encoder.config.text_width
     with pytest.raises(ValueError, match="not a LoRA"):
-        finetune.load_lora_weights(pipe, "scenes-inversion", d)
+        pipe.load_lora_weights("scenes-inversion", d)
     with pytest.raises(ValueError, match="adapter, not a model"):
         pretrained.load_pretrained("scenes-lora", directory=d)

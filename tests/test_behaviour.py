@@ -171,7 +171,7 @@ def _scene_inputs():
 
 
 def _sd_outputs() -> dict:
-    from diffusion_lib import editing, finetune
+    from diffusion_lib import editing, loaders
     from diffusion_lib.controlnet import layout_masks
     from diffusion_lib.judge import SceneJudge
     from diffusion_lib.pipelines import MiniStableDiffusion
@@ -216,20 +216,20 @@ def _sd_outputs() -> dict:
     out["edit/repaint"] = editing.repaint(
         pipe, scenes.images[[1, 3]], mask, prompts, num_steps=3, resample=2, seed=4
     )
-    model, _ = finetune.load_inpainting()
+    model, _ = loaders.load_inpainting()
     out["edit/inpaint"] = editing.inpaint(
         pipe, model, scenes.images[[1, 3]], mask, prompts, num_steps=3, seed=4
     )
-    finetune.load_controlnet(pipe)
+    pipe.load_controlnet()
     control = layout_masks(scenes.select([0, 1]))
     out["control/mask"] = control
     out["control/images"] = pipe(prompts, num_steps=3, seed=8, control=control)
     pipe.controlnet = None
-    finetune.load_lora_weights(pipe)
+    pipe.load_lora_weights()
     lora_prompts = ["a red diamond in the top left", "a blue square"]
     out["lora/images"] = pipe(lora_prompts, num_steps=3, seed=2)
     fresh = MiniStableDiffusion.from_pretrained()
-    finetune.load_textual_inversion(fresh)
+    fresh.load_textual_inversion()
     out["inversion/images"] = fresh(lora_prompts, num_steps=3, seed=2)
     return out
 

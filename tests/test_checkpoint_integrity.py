@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from diffusion_lib import pretrained
-from diffusion_lib.train import UNSEALED, manifest_hash, sha256_file
+from diffusion_lib.checkpoints import UNSEALED, manifest_hash, sha256_file
 
 ALL = pretrained.available()
 
@@ -91,11 +91,10 @@ def test_an_unsealed_manifest_is_refused(tmp_path):
 
 
 def test_adapters_are_verified_whole_too(tmp_path):
-    from diffusion_lib import finetune
     from diffusion_lib.pipelines import MiniStableDiffusion
 
     copy_checkpoints(tmp_path, "scenes-ldm", "scenes-vae", "scenes-clip", "scenes-lora")
     edit(tmp_path, "scenes-lora", lambda i: i.update(rank=i["rank"] * 2))
     pipe = MiniStableDiffusion.from_pretrained("cpu", tmp_path)
     with pytest.raises(ValueError, match="changed after it was written"):
-        finetune.load_lora_weights(pipe, directory=tmp_path)
+        pipe.load_lora_weights(directory=tmp_path)

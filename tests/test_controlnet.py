@@ -105,7 +105,7 @@ def test_quick_controlnet_recipe_and_loader(tiny_part4_dir):
     pipe = MiniStableDiffusion.from_pretrained(directory=tiny_part4_dir)
     with pytest.raises(ValueError, match="no controlnet"):
         pipe(["a red circle"], num_steps=2, control=torch.zeros(1, 1, 64, 64))
-    finetune.load_controlnet(pipe, directory=tiny_part4_dir)
+    pipe.load_controlnet(directory=tiny_part4_dir)
     out = pipe(["a red circle"], num_steps=2, control=torch.zeros(1, 1, 64, 64))
     assert out.shape == (1, 3, 64, 64)
 

@@ -4,7 +4,7 @@ and tiny models."""
 import pytest
 import torch
 
-from diffusion_lib import data, editing, finetune
+from diffusion_lib import data, editing, finetune, loaders
 from diffusion_lib.data import scene_held_out
 from diffusion_lib.judge import SceneJudge
 
@@ -169,7 +169,7 @@ def test_quick_inpaint_recipe_measures_every_method(tiny_part4_dir):
         "0.8",
         "1",
     }
-    model, manifest = finetune.load_inpainting(tiny_part4_dir)
+    model, manifest = loaders.load_inpainting(tiny_part4_dir)
     assert model.unet.config.in_channels == 9 and manifest["sha256"] == info["sha256"]
 
 
@@ -186,4 +186,4 @@ def test_inpaint_measure_stage_rewrites_only_the_metrics(tmp_path, tiny_part4_di
         after["sha256"] == before["sha256"]
         and "centre moved (pixels)" in (after["metrics"]["img2img_sweep"]["0.4"])
     )
-    finetune.load_inpainting(tmp_path)  # the weights still match their hash
+    loaders.load_inpainting(tmp_path)  # the weights still match their hash

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from diffusion_lib import pretrained
+from diffusion_lib.checkpoints import sha256_file
 from diffusion_lib.data import make_shapes, sample_labels
 from diffusion_lib.metrics import (
     DEGRADATIONS,
@@ -18,7 +19,6 @@ from diffusion_lib.metrics import (
     sensitivity_table,
 )
 from diffusion_lib.recipes import EVAL_SAMPLER, IMAGE_SIZE, generate_shapes
-from diffusion_lib.train import sha256_file
 
 NAMES = ["shapes-evaluator", "shapes-ddpm"]
 # Quality gates of the shipped shapes model (open-set judge, appearance FID), on 300

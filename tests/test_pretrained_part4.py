@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from diffusion_lib import adapters, editing, finetune, pretrained
+from diffusion_lib import adapters, editing, finetune, loaders, pretrained
 from diffusion_lib.pipelines import MiniStableDiffusion
 
 LORA_CONCEPT_GATE, MAX_DROP, MAX_TRAINABLE = 0.80, 0.03, 0.02
@@ -49,7 +49,7 @@ def test_inversion_leaves_old_prompts_exactly_and_is_measured():
 def test_shipped_lora_agrees_with_peft_on_the_same_weights():
     pipe = MiniStableDiffusion.from_pretrained()
     base = copy.deepcopy(pipe.unet)
-    finetune.load_lora_weights(pipe)
+    pipe.load_lora_weights()
     info = pretrained.manifest("scenes-lora")
     theirs = adapters.peft_lora(base, info["rank"], info["alpha"], info["targets"],
                                 state=adapters.lora_state_dict(pipe.unet))  # fmt: skip
@@ -76,7 +76,7 @@ def test_inpainting_gates():
 @pytest.mark.parametrize("n", [12])
 def test_shipped_inpainting_on_fresh_edits(n):
     pipe = MiniStableDiffusion.from_pretrained()
-    model, _ = finetune.load_inpainting()
+    model, _ = loaders.load_inpainting()
     task = finetune.edit_task(n, seed=777)
     fake = editing.inpaint(pipe, model, task[0].images, task[3], task[4], num_steps=25)
     row = finetune.measure_edits(fake, *task[:4])
@@ -90,7 +90,7 @@ def test_shipped_lora_draws_diamonds_on_new_prompts():
     from diffusion_lib.metrics import scene_accuracy
 
     pipe = MiniStableDiffusion.from_pretrained()
-    finetune.load_lora_weights(pipe)
+    pipe.load_lora_weights()
     seen = finetune.training_captions()
     captions, labels = finetune.new_prompts(finetune.concept_prompts, 24, 4242, seen)
     assert not set(captions) & seen
@@ -120,7 +120,7 @@ def test_shipped_controlnet_follows_fresh_layouts():
     from diffusion_lib import controlnet, data
 
     pipe = MiniStableDiffusion.from_pretrained()
-    finetune.load_controlnet(pipe)
+    pipe.load_controlnet()
     scenes = data.make_scenes(8, seed=4343, split="train", two_object_fraction=0.5)
     control = controlnet.layout_masks(scenes)
     fake = pipe(scenes.captions, num_steps=25, seed=1, control=control)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from diffusion_lib import interop, pretrained
+from diffusion_lib.checkpoints import sha256_file
 from diffusion_lib.clip import CLIP, tokenizer_from_manifest, zero_shot_one_object
 from diffusion_lib.data import make_scenes, parse_scene_caption, scene_caption
 from diffusion_lib.metrics import (
@@ -22,7 +23,6 @@ from diffusion_lib.metrics import (
 )
 from diffusion_lib.pipelines import MiniStableDiffusion
 from diffusion_lib.recipes import scene_prompts
-from diffusion_lib.train import sha256_file
 from diffusion_lib.vae import psnr, reconstruct
 
 NAMES = ["scenes-vae", "scenes-clip", "scenes-ldm"]

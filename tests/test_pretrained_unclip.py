@@ -6,6 +6,7 @@ import pytest
 import torch.nn.functional as F
 
 from diffusion_lib import pretrained
+from diffusion_lib.checkpoints import sha256_file
 from diffusion_lib.data import make_scenes, render_scenes
 from diffusion_lib.metrics import SceneJudge, keeps_objects, scene_correct
 from diffusion_lib.pipelines import MiniDALLE2
@@ -21,7 +22,6 @@ from diffusion_lib.recipes import (
     unseen_scenes,
     upsampler_psnr,
 )
-from diffusion_lib.train import sha256_file
 
 NAMES = ["scenes-prior", "scenes-decoder", "scenes-upsampler"]
 ONE_OBJECT_GATE = 0.85  # prompt accuracy, seen one-object prompts

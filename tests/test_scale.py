@@ -194,12 +194,12 @@ def _clip_run():
 
 
 def _inversion_run(directory):
-    from diffusion_lib import finetune
+    from diffusion_lib import finetune, loaders
     from diffusion_lib.pipelines import MiniStableDiffusion
     from diffusion_lib.train import TrainConfig
 
     pipe = MiniStableDiffusion.from_pretrained(directory=directory)
-    table = finetune.teach_word(pipe)
+    table = loaders.teach_word(pipe)
     concept = finetune.concept_scenes(8, 5, finetune.CONCEPT, 64)
     cfg = TrainConfig(steps=3, batch_size=4, lr=0.05, warmup=1)
     TRAINED_FROM["inversion"] = copy.deepcopy(table)
@@ -382,7 +382,7 @@ def test_recipes_measured_in_their_run_train_on_two_processes(
     one writes; the result loads onto the tiny mini SD."""
     import shutil
 
-    from diffusion_lib import finetune
+    from diffusion_lib import loaders
     from diffusion_lib.pipelines import MiniStableDiffusion
 
     out = tmp_path / "out"
@@ -391,17 +391,17 @@ def test_recipes_measured_in_their_run_train_on_two_processes(
     assert info["metrics"]
     pipe = MiniStableDiffusion.from_pretrained(directory=out)
     if name == "scenes-lora":
-        finetune.load_lora_weights(pipe, directory=out)
+        pipe.load_lora_weights(directory=out)
         assert pipe(["a red diamond"], num_steps=2).shape == (1, 3, 64, 64)
     elif name == "scenes-controlnet":
-        loaded = finetune.load_controlnet(pipe, directory=out)
+        loaded = pipe.load_controlnet(directory=out)
         assert loaded["sha256"] == info["sha256"] and info["iou_curve"]
     elif name == "scenes-inversion":
-        loaded = finetune.load_textual_inversion(pipe, directory=out)
+        loaded = pipe.load_textual_inversion(directory=out)
         assert loaded["sha256"] == info["sha256"]
         assert pipe(["a red diamond"], num_steps=2).shape == (1, 3, 64, 64)
     else:
-        model, loaded = finetune.load_inpainting(out)
+        model, loaded = loaders.load_inpainting(out)
         assert loaded["sha256"] == info["sha256"]
         assert json.loads(json.dumps(model.unet.config.to_dict())) == info["config"]
         assert model.unet.config.in_channels == 9  # latents, mask, masked latents

@@ -4,12 +4,12 @@ import re
 import pytest
 import torch
 
+from diffusion_lib.checkpoints import load_checkpoint
 from diffusion_lib.schedules import NoiseSchedule
 from diffusion_lib.train import (
     EMA,
     TrainConfig,
     drop_labels,
-    load_checkpoint,
     lr_at,
     save_checkpoint,
     train_diffusion,

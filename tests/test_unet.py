@@ -209,7 +209,7 @@ def test_the_shipped_checkpoint_uses_the_to_out_0_names():
     """The shipped model was re-exported after to_out became a ModuleList (older
     state dicts still load: see test_old_state_dicts_with_a_plain_to_out_still_load)."""
     from diffusion_lib import pretrained
-    from diffusion_lib.train import load_checkpoint
+    from diffusion_lib.checkpoints import load_checkpoint
 
     state, info = load_checkpoint(pretrained.checkpoint_path("shapes-ddpm"))
     assert any(k.endswith("attn1.to_out.0.weight") for k in state)
