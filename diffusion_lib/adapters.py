@@ -171,8 +171,10 @@ def load_lora_state_dict(model: nn.Module, state: dict) -> None:
         )
     for k, v in state.items():
         if v.shape != own[k].shape:
-            raise ValueError(f"{k}: adapter has shape {tuple(v.shape)}, model "
-                             f"{tuple(own[k].shape)} (another rank?)")  # fmt: skip
+            raise ValueError(
+                f"{k}: adapter has shape {tuple(v.shape)}, model "
+                f"{tuple(own[k].shape)} (another rank?)"
+            )
     model.load_state_dict(state, strict=False)
 
 

@@ -99,9 +99,11 @@ def _case(name: str, n: int):
         cfg, schedule = recipes.SCENES_PRIOR_TRAIN, recipes.UNCLIP_SCHEDULE
     else:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
-    return model, NoiseSchedule.make(schedule["kind"], schedule["num_timesteps"]), (
-        images, kwargs, cfg
-    )  # fmt: skip
+    return (
+        model,
+        NoiseSchedule.make(schedule["kind"], schedule["num_timesteps"]),
+        (images, kwargs, cfg),
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -109,8 +111,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(name: str, variant: str, device="cpu", warmup=5, steps=20,
-            batch_size=None) -> dict:  # fmt: skip
+def measure(
+    name: str, variant: str, device="cpu", warmup=5, steps=20, batch_size=None
+) -> dict:
     """One row: steps/s and images/s of `steps` training steps after `warmup` steps
     (which include any compilation), and the peak GPU memory."""
     if variant not in VARIANTS:
@@ -148,9 +151,16 @@ def measure(name: str, variant: str, device="cpu", warmup=5, steps=20,
     try:
         with scale.using(accelerator):  # None: the plain loop
             result = train_diffusion(
-                model, schedule, images, labels, cfg, progress=False, callback=clock,
-                callback_every=1, **kwargs,
-            )  # fmt: skip
+                model,
+                schedule,
+                images,
+                labels,
+                cfg,
+                progress=False,
+                callback=clock,
+                callback_every=1,
+                **kwargs,
+            )
     finally:
         restore()
     rate = steps / (stamps[-1] - stamps[warmup - 1])
@@ -204,14 +214,22 @@ def time_notebooks(paths, mode: str = "gpu", timeout: float = 900.0) -> list[dic
         if not path.is_file():
             raise FileNotFoundError(f"no notebook {path}; expected an .ipynb file")
         run = run_notebook(path, mode, timeout, isolate=False)
-        rows.append({
-            "notebook": path.name, "mode": mode, "seconds": round(run["seconds"], 1),
-            "timed_out": run["timed_out"], "failed": run["failed"],
-            "errors": [f"cell {i}: {name}: {message[:200]}"
-                       for i, name, message in run.get("errors", [])],
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available()
-            else "cpu",
-        })  # fmt: skip
+        rows.append(
+            {
+                "notebook": path.name,
+                "mode": mode,
+                "seconds": round(run["seconds"], 1),
+                "timed_out": run["timed_out"],
+                "failed": run["failed"],
+                "errors": [
+                    f"cell {i}: {name}: {message[:200]}"
+                    for i, name, message in run.get("errors", [])
+                ],
+                "device": torch.cuda.get_device_name()
+                if torch.cuda.is_available()
+                else "cpu",
+            }
+        )
     return rows
 
 

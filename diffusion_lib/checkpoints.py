@@ -105,8 +105,9 @@ def load_checkpoint(
                 "manifest_sha256"
             )
         )
-        raise ValueError(f"checkpoint manifest {manifest_path} is corrupt: it {what}; "
-                         f"{rebuild}")  # fmt: skip
+        raise ValueError(
+            f"checkpoint manifest {manifest_path} is corrupt: it {what}; {rebuild}"
+        )
     try:
         tensors = load_file(str(path))
     except Exception as err:  # a truncated or foreign file, even if re-hashed

@@ -152,8 +152,12 @@ GOALS = re.compile(
 CHECKPOINT_USE = re.compile(r"""(?:load_pretrained|manifest)\(\s*["']([\w-]+)["']""")
 # what the instructor guide prints from each shipped checkpoint's manifest:
 # (what, path of keys into manifest["metrics"])
-LDM_GROUPS = ("one object, seen", "two objects, seen", "one object, held out",
-              "two objects, held out")  # fmt: skip
+LDM_GROUPS = (
+    "one object, seen",
+    "two objects, seen",
+    "one object, held out",
+    "two objects, held out",
+)
 PRIOR_GROUPS = ("unseen captions, seen compositions", "held-out compositions")
 # finetune.OLD_GROUPS
 NEW_WORD_OLD_GROUPS = ("one object, training captions", "two objects, new captions")
@@ -198,8 +202,10 @@ HEADLINES = {
     ],
     "scenes-upsampler": [("PSNR gain over bicubic (dB)", ("gain_db",))],
     "scenes-lora": [
-        ("new word, prompt accuracy before",
-         ("before (new word, no adapter)", "concept", "joint")),
+        (
+            "new word, prompt accuracy before",
+            ("before (new word, no adapter)", "concept", "joint"),
+        ),
         ("new word, prompt accuracy with LoRA", ("after", "concept", "joint")),
     ]
     + [(f"{g}, with LoRA", ("after", g, "joint")) for g in NEW_WORD_OLD_GROUPS],
@@ -207,20 +213,28 @@ HEADLINES = {
         ("new word, prompt accuracy, learned row", ("after", "concept", "joint")),
     ],
     "scenes-inpaint": [
-        ("edited object right inside the mask", ("inpainting", "mask-conditioned UNet",
-                                                  "inside")),
-        ("PSNR outside the mask (dB)", ("inpainting", "mask-conditioned UNet",
-                                         "psnr_outside")),
-        ("RePaint (training-free): inside the mask", ("inpainting", "RePaint (U = 5)",
-                                                      "inside")),
+        (
+            "edited object right inside the mask",
+            ("inpainting", "mask-conditioned UNet", "inside"),
+        ),
+        (
+            "PSNR outside the mask (dB)",
+            ("inpainting", "mask-conditioned UNet", "psnr_outside"),
+        ),
+        (
+            "RePaint (training-free): inside the mask",
+            ("inpainting", "RePaint (U = 5)", "inside"),
+        ),
     ],
     "scenes-controlnet": [
         ("mask IoU with the control", ("control", "control + caption", "mask_iou")),
         ("prompt accuracy with the control", ("control", "control + caption", "joint")),
-        ("mask IoU without ControlNet", ("control", "caption only (no ControlNet)",
-                                          "mask_iou")),
+        (
+            "mask IoU without ControlNet",
+            ("control", "caption only (no ControlNet)", "mask_iou"),
+        ),
     ],
-}  # fmt: skip
+}
 
 
 def chapter_title(nb) -> str:
@@ -238,8 +252,12 @@ def chapter_goals(nb) -> list[str]:
 
 def checkpoints_used(nb) -> list[str]:
     """The shipped checkpoints a chapter loads or reads, in order of first use."""
-    names = [n for c in nb.cells if c.cell_type == "code"
-             for n in CHECKPOINT_USE.findall(c.source)]  # fmt: skip
+    names = [
+        n
+        for c in nb.cells
+        if c.cell_type == "code"
+        for n in CHECKPOINT_USE.findall(c.source)
+    ]
     return list(dict.fromkeys(names))
 
 
@@ -264,8 +282,12 @@ def headline_results(name: str, directory=None) -> list[tuple[str, float]]:
         if isinstance(value, (int, float)):
             rows.append((what, float(value)))
     rows.append(("parameters", float(_parameters(info))))
-    rows.append(("training time (s), " + str(info.get("hardware", "?")),
-                 float(info.get("training_seconds", float("nan")))))  # fmt: skip
+    rows.append(
+        (
+            "training time (s), " + str(info.get("hardware", "?")),
+            float(info.get("training_seconds", float("nan"))),
+        )
+    )
     return rows
 
 

@@ -64,8 +64,10 @@ class WordTokenizer:
         if not words or any(not re.fullmatch(r"[a-z]+", w) for w in words + added):
             raise ValueError("vocabulary must be a non-empty list of lower-case words")
         if set(added) & set(words):
-            raise ValueError(f"added words {sorted(set(added) & set(words))} are "
-                             "already in the vocabulary")  # fmt: skip
+            raise ValueError(
+                f"added words {sorted(set(added) & set(words))} are "
+                "already in the vocabulary"
+            )
         # words added later (textual inversion) come after the sorted vocabulary, so
         # that every old word keeps its id
         self.vocabulary, self.added = words + added, added
@@ -272,8 +274,9 @@ class CLIP(nn.Module):
         return scale * self.encode_image(images) @ self.encode_text(tokens).T
 
 
-def clip_loss(logits_per_image: torch.Tensor, logits_per_caption=None,
-              first: int = 0) -> torch.Tensor:  # fmt: skip
+def clip_loss(
+    logits_per_image: torch.Tensor, logits_per_caption=None, first: int = 0
+) -> torch.Tensor:
     """Symmetric InfoNCE: row i's (and column i's) right answer is i.
 
     For a share of the batch (data-parallel training): logits_per_image [rows, B] (these
@@ -328,8 +331,12 @@ def train_clip(
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     rest = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay},
-         {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)  # fmt: skip
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": rest, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+    )
 
     def loss_of(rows):  # the mean loss of some rows against the whole batch
         img = model.encode_image(rows["images"].to(device))
@@ -378,8 +385,11 @@ def embed_images(model: CLIP, images: torch.Tensor, batch_size: int = 500):
     device)."""
     device = _device(model)
     return torch.cat(
-        [model.encode_image(images[i : i + batch_size].to(device)).cpu()
-         for i in range(0, images.shape[0], batch_size)])  # fmt: skip
+        [
+            model.encode_image(images[i : i + batch_size].to(device)).cpu()
+            for i in range(0, images.shape[0], batch_size)
+        ]
+    )
 
 
 @torch.no_grad()
@@ -387,8 +397,11 @@ def embed_texts(model: CLIP, tokenizer: WordTokenizer, texts, batch_size: int = 
     """Unit caption embeddings [N, embed_dim] on the CPU."""
     texts, device = list(texts), _device(model)
     return torch.cat(
-        [model.encode_text(tokenizer(texts[i : i + batch_size]).to(device)).cpu()
-         for i in range(0, len(texts), batch_size)])  # fmt: skip
+        [
+            model.encode_text(tokenizer(texts[i : i + batch_size]).to(device)).cpu()
+            for i in range(0, len(texts), batch_size)
+        ]
+    )
 
 
 def _mean_off_diagonal(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -398,8 +411,9 @@ def _mean_off_diagonal(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor, seed: int = 0,
-                 shuffles: int = 20) -> dict:  # fmt: skip
+def modality_gap(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, seed: int = 0, shuffles: int = 20
+) -> dict:
     """The modality gap as Liang et al. (2022) define it: the distance between the
     centre of the image embeddings and the centre of the text embeddings (each
     normalised to unit length first), for N paired embeddings image_emb, text_emb

@@ -371,8 +371,9 @@ def karlo_stages(
     ]
 
 
-def stage_cost(stage: Stage, device="meta", dtype=torch.float32, time_it=False,
-               flops=True) -> dict:  # fmt: skip
+def stage_cost(
+    stage: Stage, device="meta", dtype=torch.float32, time_it=False, flops=True
+) -> dict:
     """Parameters, FLOPs of one forward pass (FlopCounterMode; on "meta" nothing is
     computed; flops=False skips the count and reports None: on a CPU counting is the
     slowest part of timing a scaled-down SD UNet) and, with time_it on a real device,

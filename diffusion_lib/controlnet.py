@@ -34,8 +34,9 @@ from .forward import diffusion_loss
 from .train import EMA, TrainConfig, TrainResult, lr_at
 from .unet import UNet
 
-CONTROL_TRAIN = TrainConfig(steps=3000, batch_size=64, lr=5e-4, warmup=100,
-                            ema_decay=0.999, p_uncond=0.5)  # fmt: skip
+CONTROL_TRAIN = TrainConfig(
+    steps=3000, batch_size=64, lr=5e-4, warmup=100, ema_decay=0.999, p_uncond=0.5
+)
 
 
 def zero_conv(in_ch: int, out_ch: int, kernel: int = 1) -> nn.Conv2d:
@@ -52,9 +53,12 @@ def hint_encoder(control_channels: int, out_channels: int, steps: int) -> nn.Seq
     layers, ch = [], control_channels
     for i in range(steps):
         width = 16 * 2**i
-        layers += [nn.Conv2d(ch, width, 3, padding=1), nn.SiLU(),
-                   nn.Conv2d(width, width, 3, padding=1, stride=2),
-                   nn.SiLU()]  # fmt: skip
+        layers += [
+            nn.Conv2d(ch, width, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width, width, 3, padding=1, stride=2),
+            nn.SiLU(),
+        ]
         ch = width
     return nn.Sequential(*layers, zero_conv(ch, out_channels, 3))
 
@@ -79,15 +83,20 @@ class ControlNet(nn.Module):
         f = 2**self.hint_steps
         expected = (x.shape[0], self.control_channels, x.shape[2] * f, x.shape[3] * f)
         if tuple(control.shape) != expected:
-            raise ValueError(f"control must be {list(expected)} for x of shape "
-                             f"{list(x.shape)}, got {list(control.shape)}")  # fmt: skip
+            raise ValueError(
+                f"control must be {list(expected)} for x of shape "
+                f"{list(x.shape)}, got {list(control.shape)}"
+            )
         enc = self.encoder
         emb = enc.embed(t, labels, vector)
         h = enc.conv_in(x) + self.hint(control)
         outs = [h]
         for layer in enc.down:
-            h = enc._run(layer, h, emb, context) if isinstance(layer, nn.ModuleList) \
-                else layer(h)  # fmt: skip
+            h = (
+                enc._run(layer, h, emb, context)
+                if isinstance(layer, nn.ModuleList)
+                else layer(h)
+            )
             outs.append(h)
         h = enc._run(enc.mid, h, emb, context)
         return [z(o) for z, o in zip(self.zero_convs, outs)], self.mid_zero(h)
@@ -107,9 +116,15 @@ class ControlledUNet(nn.Module):
         if control is None or self.scale == 0:
             return self.unet(x, t, labels, context, vector)
         down, mid = self.controlnet(x, t, control, context, labels, vector)
-        return self.unet(x, t, labels, context, vector,
-                         down_residuals=[self.scale * d for d in down],
-                         mid_residual=self.scale * mid)  # fmt: skip
+        return self.unet(
+            x,
+            t,
+            labels,
+            context,
+            vector,
+            down_residuals=[self.scale * d for d in down],
+            mid_residual=self.scale * mid,
+        )
 
 
 def layout_masks(scenes, image_size: int | None = None) -> torch.Tensor:
@@ -145,9 +160,18 @@ def mask_iou(images: torch.Tensor, control: torch.Tensor, background) -> torch.T
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
-def train_controlnet(unet: UNet, schedule, latents, context, null_context, control,
-                     config: TrainConfig = CONTROL_TRAIN, prediction_type="eps",
-                     callback=None, callback_every: int = 0):  # fmt: skip
+def train_controlnet(
+    unet: UNet,
+    schedule,
+    latents,
+    context,
+    null_context,
+    control,
+    config: TrainConfig = CONTROL_TRAIN,
+    prediction_type="eps",
+    callback=None,
+    callback_every: int = 0,
+):
     """Train a ControlNet for the frozen `unet` on latents [N, C, h, w], text states
     [N, L, D] (replaced by null_context [L, D] with probability p_uncond) and control
     images [N, c, H, W] (never dropped). A visible loop (as train.train_diffusion);
@@ -155,8 +179,10 @@ def train_controlnet(unet: UNet, schedule, latents, context, null_context, contr
     paper's "sudden convergence". Returns (EMA ControlNet, TrainResult)."""
     n = latents.shape[0]
     if context.shape[0] != n or control.shape[0] != n:
-        raise ValueError(f"latents, context and control need the same N = {n}, got "
-                         f"{context.shape[0]} and {control.shape[0]}")  # fmt: skip
+        raise ValueError(
+            f"latents, context and control need the same N = {n}, got "
+            f"{context.shape[0]} and {control.shape[0]}"
+        )
     unet.requires_grad_(False).eval()
     net = ControlNet(unet, control.shape[1]).to(latents.device)
     model = ControlledUNet(unet, net)
@@ -170,9 +196,20 @@ def train_controlnet(unet: UNet, schedule, latents, context, null_context, contr
 
     if (accelerator := scale.active()) is not None:  # under `accelerate launch`
         cfg = replace(config, weight_decay=0.0)
-        result = scale.fit(accelerator, model, net, next_batch, schedule, cfg,
-                           prediction_type, "none", False, callback, callback_every,
-                           desc="controlnet")  # fmt: skip
+        result = scale.fit(
+            accelerator,
+            model,
+            net,
+            next_batch,
+            schedule,
+            cfg,
+            prediction_type,
+            "none",
+            False,
+            callback,
+            callback_every,
+            desc="controlnet",
+        )
         return result.ema.model.eval(), result
     gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=0.0)
@@ -184,9 +221,14 @@ def train_controlnet(unet: UNet, schedule, latents, context, null_context, contr
         x0, kwargs = x0.to(device), {k: v.to(device) for k, v in kwargs.items()}
         for group in opt.param_groups:
             group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
-        loss = diffusion_loss(model, schedule, x0, kwargs, prediction_type,
-                              generator=gen if latents.device.type == "cpu"
-                              else None)  # fmt: skip
+        loss = diffusion_loss(
+            model,
+            schedule,
+            x0,
+            kwargs,
+            prediction_type,
+            generator=gen if latents.device.type == "cpu" else None,
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
@@ -203,5 +245,8 @@ def controlnet_parameters(net: ControlNet) -> dict:
     """Parameters of each part: the encoder copy, the hint encoder, the zero convs."""
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     zeros = count(net.zero_convs) + count(net.mid_zero)
-    return {"encoder copy": count(net.encoder), "hint encoder": count(net.hint),
-            "zero convolutions": zeros}  # fmt: skip
+    return {
+        "encoder copy": count(net.encoder),
+        "hint encoder": count(net.hint),
+        "zero convolutions": zeros,
+    }

@@ -604,9 +604,15 @@ class ScenesData:
                 )
             index = torch.nonzero(index).flatten()
         keep = index.long().tolist()
-        return ScenesData(self.images[index], self.objects[index], self.relation[index],
-                          self.position[index], self.centres[index], self.radii[index],
-                          [self.captions[i] for i in keep])  # fmt: skip
+        return ScenesData(
+            self.images[index],
+            self.objects[index],
+            self.relation[index],
+            self.position[index],
+            self.centres[index],
+            self.radii[index],
+            [self.captions[i] for i in keep],
+        )
 
 
 def make_scenes(
@@ -676,8 +682,10 @@ def concept_scenes(
     with its name ("a large red diamond in the top left"); the labels index into
     ALL_SHAPES and ALL_COLOURS."""
     if concept not in NEW_SHAPES and concept not in NEW_COLOURS:
-        raise ValueError(f"unknown new concept {concept!r}; expected one of "
-                         f"{NEW_SHAPES + tuple(NEW_COLOURS)}")  # fmt: skip
+        raise ValueError(
+            f"unknown new concept {concept!r}; expected one of "
+            f"{NEW_SHAPES + tuple(NEW_COLOURS)}"
+        )
     if n < 1:
         raise ValueError(f"need n >= 1, got {n}")
     objects, relation, position = sample_scene_labels(n, seed, "all", 0.0)

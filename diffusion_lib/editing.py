@@ -65,8 +65,17 @@ def masked_images(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def repaint(pipe, images, mask, prompts, *, num_steps: int = 50, resample: int = 5,
-            guidance_scale=None, seed: int = 0) -> torch.Tensor:  # fmt: skip
+def repaint(
+    pipe,
+    images,
+    mask,
+    prompts,
+    *,
+    num_steps: int = 50,
+    resample: int = 5,
+    guidance_scale=None,
+    seed: int = 0,
+) -> torch.Tensor:
     """Training-free inpainting (RePaint, Alg. 1) with the pipeline's own UNet in
     latent space: images [B, 3, 64, 64], mask [B, 1, 64, 64] (1 = generate), prompts
     describing the whole result. Returns images [B, 3, 64, 64]. resample = U, the
@@ -88,13 +97,21 @@ def repaint(pipe, images, mask, prompts, *, num_steps: int = 50, resample: int =
         t_prev = steps[i + 1] if i + 1 < len(steps) else -1
         for u in range(resample):
             tt = torch.full((len(x),), t, device=device, dtype=torch.long)
-            out = guided_model_output(pipe.unet, x, tt, {"context": context},
-                                      {"context": null}, scale)  # fmt: skip
+            out = guided_model_output(
+                pipe.unet, x, tt, {"context": context}, {"context": null}, scale
+            )
             # unknown part: one ancestral step (DDIM with eta = 1 = DDPM's variance)
             x_unknown = ddim_step(
-                sched, out, t, t_prev, x, 1.0, pipe.prediction_type, False,
+                sched,
+                out,
+                t,
+                t_prev,
+                x,
+                1.0,
+                pipe.prediction_type,
+                False,
                 generator=gen,
-            )  # fmt: skip
+            )
             # known part: the source noised to t_prev (Alg. 1, line 5)
             if t_prev >= 0:
                 tp = torch.full((len(x),), t_prev, device=device, dtype=torch.long)
@@ -135,8 +152,10 @@ class InpaintingUNet(nn.Module):
 
     def forward(self, x, t, context=None, cond=None):
         if cond is None:
-            raise ValueError("the inpainting UNet needs cond [B, 5, h, w] (the masked "
-                             "image's latent and the latent mask)")  # fmt: skip
+            raise ValueError(
+                "the inpainting UNet needs cond [B, 5, h, w] (the masked "
+                "image's latent and the latent mask)"
+            )
         return self.unet(torch.cat([x, cond], dim=1), t, context=context)
 
 
@@ -147,14 +166,27 @@ def inpaint_condition(pipe, images, mask, batch_size: int = 500) -> torch.Tensor
     one pass, each activation of the VAE's first level alone, 16 x 64 x 64 floats per
     image, would take 5.2 GB)."""
     device, masked = pipe.device, masked_images(images, mask)
-    z = torch.cat([pipe.vae.encode_scaled(masked[i : i + batch_size].to(device))
-                   for i in range(0, len(masked), batch_size)])  # fmt: skip
+    z = torch.cat(
+        [
+            pipe.vae.encode_scaled(masked[i : i + batch_size].to(device))
+            for i in range(0, len(masked), batch_size)
+        ]
+    )
     return torch.cat([z, latent_mask(mask).to(device)], dim=1)
 
 
 @torch.no_grad()
-def inpaint(pipe, model: InpaintingUNet, images, mask, prompts, *, num_steps=50,
-            guidance_scale=None, seed: int = 0) -> torch.Tensor:  # fmt: skip
+def inpaint(
+    pipe,
+    model: InpaintingUNet,
+    images,
+    mask,
+    prompts,
+    *,
+    num_steps=50,
+    guidance_scale=None,
+    seed: int = 0,
+) -> torch.Tensor:
     """Inpainting with a mask-conditioned UNet: images [B, 3, 64, 64] -> images; the
     unguided pass sees the same masked image, with the empty caption."""
     from .samplers import sample
@@ -162,15 +194,21 @@ def inpaint(pipe, model: InpaintingUNet, images, mask, prompts, *, num_steps=50,
     cond = inpaint_condition(pipe, images, mask)
     context = pipe.encode_prompts(prompts)
     z = sample(
-        model, pipe.schedule, (len(cond), *pipe.latent_shape), sampler="ddim",
+        model,
+        pipe.schedule,
+        (len(cond), *pipe.latent_shape),
+        sampler="ddim",
         num_steps=num_steps,
         model_kwargs={"context": context, "cond": cond},
         uncond_kwargs={"context": pipe.encode_prompts([""] * len(cond)), "cond": cond},
-        guidance_scale=pipe.guidance_scale if guidance_scale is None
+        guidance_scale=pipe.guidance_scale
+        if guidance_scale is None
         else guidance_scale,
-        prediction_type=pipe.prediction_type, clip_sample=False,
-        generator=torch.Generator().manual_seed(seed), device=pipe.device,
-    )  # fmt: skip
+        prediction_type=pipe.prediction_type,
+        clip_sample=False,
+        generator=torch.Generator().manual_seed(seed),
+        device=pipe.device,
+    )
     return pipe.decode(z)
 
 
@@ -207,8 +245,10 @@ def latent_grid_mask(mask: torch.Tensor, factor: int = 8) -> torch.Tensor:
     final latent is the source's on the kept cells and generated on the others, so the
     boundary between the two lies on this 8-pixel grid, not on the pixel mask."""
     if mask.shape[-1] % factor or mask.shape[-2] % factor:
-        raise ValueError(f"mask size {tuple(mask.shape[-2:])} is not a multiple of "
-                         f"the latent factor {factor}")  # fmt: skip
+        raise ValueError(
+            f"mask size {tuple(mask.shape[-2:])} is not a multiple of "
+            f"the latent factor {factor}"
+        )
     return F.interpolate(latent_mask(mask, factor), scale_factor=factor, mode="nearest")
 
 

@@ -118,9 +118,15 @@ def _encode(pipe, scenes) -> tuple[torch.Tensor, torch.Tensor]:
     return latents, pipe.encode_prompts(scenes.captions)
 
 
-def train_lora(pipe, concept, regular, config: TrainConfig = LORA_TRAIN,
-               r: int = LORA_RANK, alpha: float = LORA_ALPHA,
-               share: float = CONCEPT_SHARE) -> TrainResult:  # fmt: skip
+def train_lora(
+    pipe,
+    concept,
+    regular,
+    config: TrainConfig = LORA_TRAIN,
+    r: int = LORA_RANK,
+    alpha: float = LORA_ALPHA,
+    share: float = CONCEPT_SHARE,
+) -> TrainResult:
     """Add LoRA (rank r) to pipe.unet's attention projections and train it on the
     concept scenes mixed with `regular` scenes (a `share` of each batch from the
     concept, on average). The pipeline must know the concept's word (teach_word). The
@@ -137,9 +143,16 @@ def train_lora(pipe, concept, regular, config: TrainConfig = LORA_TRAIN,
         parts.append(_encode(pipe, regular))
     latents, context = (torch.cat(x) for x in zip(*parts))
     null = pipe.encode_prompts([""])[0]
-    result = train_diffusion(pipe.unet, pipe.schedule, latents, None, config,
-                             context=context, null_context=null,
-                             progress=False)  # fmt: skip
+    result = train_diffusion(
+        pipe.unet,
+        pipe.schedule,
+        latents,
+        None,
+        config,
+        context=context,
+        null_context=null,
+        progress=False,
+    )
     load_lora_state_dict(pipe.unet, lora_state_dict(result.ema.model))
     pipe.unet.eval()
     return result
@@ -165,10 +178,15 @@ def train_textual_inversion(
 
     def loss_of(rows):  # the mean loss over some rows of the batch
         context = pipe.text_encoder.text_states(rows["tokens"])  # grad reaches the row
-        return diffusion_loss(pipe.unet, pipe.schedule, rows["x0"],
-                              {"context": context}, pipe.prediction_type,
-                              t=rows["t"].to(pipe.device),
-                              eps=rows["eps"].to(pipe.device))  # fmt: skip
+        return diffusion_loss(
+            pipe.unet,
+            pipe.schedule,
+            rows["x0"],
+            {"context": context},
+            pipe.prediction_type,
+            t=rows["t"].to(pipe.device),
+            eps=rows["eps"].to(pipe.device),
+        )
 
     result, start = TrainResult(), time.perf_counter()
     for _ in range(config.steps):
@@ -177,9 +195,10 @@ def train_textual_inversion(
         opt.zero_grad(set_to_none=True)
         # loss_of(batch).backward(), or launched, its data-parallel share
         loss = _scale.backward(
-            loss_of, {"x0": latents[idx], "tokens": tokens[idx], "t": t, "eps": eps},
+            loss_of,
+            {"x0": latents[idx], "tokens": tokens[idx], "t": t, "eps": eps},
             [table.new],
-        )  # fmt: skip
+        )
         opt.step()
         result.losses.append(loss.item())
     table.new.requires_grad_(False)
@@ -223,15 +242,20 @@ def one_object_captions(split: str = "train") -> list[str]:
         objects = torch.tensor([[shape, colour, size], [-1, -1, -1]])
         if data.scene_held_out(objects[None])[0].item() != (split == "holdout"):
             continue
-        captions += [scene_caption(objects, -1, p, template=t)
-                     for p in range(len(data.POSITIONS))
-                     for t in range(len(data._TEMPLATES))]  # fmt: skip
+        captions += [
+            scene_caption(objects, -1, p, template=t)
+            for p in range(len(data.POSITIONS))
+            for t in range(len(data._TEMPLATES))
+        ]
     return captions
 
 
-def training_captions(concept_images: int = CONCEPT_IMAGES,
-                      preservation_images: int = PRESERVATION_IMAGES, seed: int = 0,
-                      directory=None) -> frozenset[str]:  # fmt: skip
+def training_captions(
+    concept_images: int = CONCEPT_IMAGES,
+    preservation_images: int = PRESERVATION_IMAGES,
+    seed: int = 0,
+    directory=None,
+) -> frozenset[str]:
     """Every caption an adapted mini SD was trained on: the training scenes of its UNet
     (scenes-ldm) and text encoder (scenes-clip), rebuilt from their manifests' size,
     seed and two-object share (make_scenes' 0.5 where none is recorded), and the adapter
@@ -275,16 +299,22 @@ def measured_prompts(n: int, seed: int, exclude) -> dict:
     for k, (name, two) in enumerate(OLD_GROUPS.items()):
         draw = lambda m, s, two=two: scene_prompts(m, s, "train", two)  # noqa: E731
         draws[name] = (draw, seed + 7100 + k)
-    return {name: new_prompts(draw, n, s, exclude) if name in NEW_CAPTION_GROUPS
-            else draw(n, s) for name, (draw, s) in draws.items()}  # fmt: skip
+    return {
+        name: new_prompts(draw, n, s, exclude)
+        if name in NEW_CAPTION_GROUPS
+        else draw(n, s)
+        for name, (draw, s) in draws.items()
+    }
 
 
 def caption_counts(n: int, seed: int, exclude) -> dict:
     """{group: how many of measured_prompts(n, seed, exclude)'s captions are in
     exclude}: 0 for NEW_CAPTION_GROUPS."""
     prompts = measured_prompts(n, seed, exclude)
-    return {name: sum(c in exclude for c in captions)
-            for name, (captions, _) in prompts.items()}  # fmt: skip
+    return {
+        name: sum(c in exclude for c in captions)
+        for name, (captions, _) in prompts.items()
+    }
 
 
 def measure_concept(pipe, n: int, seed: int, num_steps: int, exclude=None) -> dict:
@@ -302,8 +332,10 @@ def measure_concept(pipe, n: int, seed: int, num_steps: int, exclude=None) -> di
 
 
 def _summary(row: dict) -> dict:
-    return {"concept": row["concept"]["joint"],
-            **{k: row[k]["joint"] for k in OLD_GROUPS}}  # fmt: skip
+    return {
+        "concept": row["concept"]["joint"],
+        **{k: row[k]["joint"] for k in OLD_GROUPS},
+    }
 
 
 def _base_pipe(out_dir):
@@ -486,8 +518,9 @@ RECIPES = {"scenes-lora": lora_recipe, "scenes-inversion": inversion_recipe}
 # ----------------------------------------------------------------------------------
 # Chapter 12: image-to-image and inpainting
 
-INPAINT_TRAIN = TrainConfig(steps=3000, batch_size=64, lr=2e-4, warmup=100,
-                            ema_decay=0.999, p_uncond=0.1)  # fmt: skip
+INPAINT_TRAIN = TrainConfig(
+    steps=3000, batch_size=64, lr=2e-4, warmup=100, ema_decay=0.999, p_uncond=0.1
+)
 EDIT_IMAGES = 20000  # the mini SD's training scenes, each with one mask
 IMG2IMG_STRENGTHS = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
 REPAINT_RESAMPLE = 5
@@ -541,9 +574,10 @@ def measure_img2img(pipe, n: int, seed: int, steps: int, strengths=IMG2IMG_STREN
 
     scenes = make_scenes(n, seed=seed, split="train", two_object_fraction=0.0)
     edited = edit_labels(scenes.objects, torch.zeros(n, dtype=torch.long), seed)
-    captions = [scene_caption(o, r, p, template=i, omit=(True, True, True))
-                for i, (o, r, p) in
-                enumerate(zip(edited, scenes.relation, scenes.position))]  # fmt: skip
+    captions = [
+        scene_caption(o, r, p, template=i, omit=(True, True, True))
+        for i, (o, r, p) in enumerate(zip(edited, scenes.relation, scenes.position))
+    ]
     judge, rows = SceneJudge(), {}
     size = scenes.images.shape[-1]
     for s in strengths:
@@ -553,14 +587,22 @@ def measure_img2img(pipe, n: int, seed: int, steps: int, strengths=IMG2IMG_STREN
         moved = (v.centres[:, 0] - scenes.centres[:, 0].double()).norm(dim=1) * size
         kept = (moved <= 2.0) & (found[:, 2] == scenes.objects[:, 0, 2]) & v.valid
         rows[f"{s:g}"] = {
-            "prompt (shape and colour)": ((found[:, 0] == edited[:, 0, 0])
-                                          & (found[:, 1] == edited[:, 0, 1])
-                                          & v.valid).float().mean().item(),
+            "prompt (shape and colour)": (
+                (found[:, 0] == edited[:, 0, 0])
+                & (found[:, 1] == edited[:, 0, 1])
+                & v.valid
+            )
+            .float()
+            .mean()
+            .item(),
             "source (place and size)": kept.float().mean().item(),
             "centre moved (pixels)": moved.nanmedian().item(),
-            "psnr_to_source": psnr_where(fake, scenes.images,
-                                         torch.ones_like(fake[:, :1])).mean().item(),
-        }  # fmt: skip
+            "psnr_to_source": psnr_where(
+                fake, scenes.images, torch.ones_like(fake[:, :1])
+            )
+            .mean()
+            .item(),
+        }
     return rows
 
 
@@ -582,15 +624,28 @@ def _inpaint_metrics(pipe, model, n, steps, seed, quick) -> dict:
 
     task = edit_task(n, seed + 8000)
     fakes = {
-        "mask-conditioned UNet": inpaint(pipe, model, task[0].images, task[3], task[4],
-                                         num_steps=steps, seed=seed),
+        "mask-conditioned UNet": inpaint(
+            pipe, model, task[0].images, task[3], task[4], num_steps=steps, seed=seed
+        ),
         f"RePaint (U = {REPAINT_RESAMPLE})": repaint(
-            pipe, task[0].images, task[3], task[4], num_steps=steps,
-            resample=1 if quick else REPAINT_RESAMPLE, seed=seed),
+            pipe,
+            task[0].images,
+            task[3],
+            task[4],
+            num_steps=steps,
+            resample=1 if quick else REPAINT_RESAMPLE,
+            seed=seed,
+        ),
         "RePaint without resampling (U = 1)": repaint(
-            pipe, task[0].images, task[3], task[4], num_steps=steps, resample=1,
-            seed=seed),
-    }  # fmt: skip
+            pipe,
+            task[0].images,
+            task[3],
+            task[4],
+            num_steps=steps,
+            resample=1,
+            seed=seed,
+        ),
+    }
     recon = pipe.decode(pipe.vae.encode_scaled(task[0].images))
     far = (task[3] < 0.5) & ~seam_band(task[3])
     return {
@@ -627,14 +682,23 @@ def inpaint_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> d
         pipe.vae, pipe.text_encoder, pipe.tokenizer, scenes
     )
     parts = [slice(i, i + 500) for i in range(0, n_images, 500)]
-    cond = torch.cat([inpaint_condition(pipe, scenes.images[p], masks[p])
-                      for p in parts])  # fmt: skip
+    cond = torch.cat(
+        [inpaint_condition(pipe, scenes.images[p], masks[p]) for p in parts]
+    )
     encode_seconds = time.perf_counter() - start
     model = InpaintingUNet.from_text_to_image(pipe.unet)
     null = pipe.encode_prompts([""])[0]
-    result = train_diffusion(model, pipe.schedule, latents, None, cfg, context=context,
-                             null_context=null, conditions={"cond": (cond, None)},
-                             progress=False)  # fmt: skip
+    result = train_diffusion(
+        model,
+        pipe.schedule,
+        latents,
+        None,
+        cfg,
+        context=context,
+        null_context=null,
+        conditions={"cond": (cond, None)},
+        progress=False,
+    )
     model = result.ema.model.eval()
     info = {
         "recipe": "scenes-inpaint",
@@ -688,9 +752,11 @@ def measure_control(pipe, n: int, seed: int, steps: int, scale: float = 1.0) -> 
             prompts, num_steps=steps, seed=seed, control=ctl, control_scale=scale
         )
         iou = mask_iou(fake, control, BACKGROUND)
-        rows[name] = {"mask_iou": iou.mean().item(),
-                      "mask_iou_p10": iou.quantile(0.1).item(),
-                      **scene_accuracy(SceneJudge()(fake), *labels)}  # fmt: skip
+        rows[name] = {
+            "mask_iou": iou.mean().item(),
+            "mask_iou_p10": iou.quantile(0.1).item(),
+            **scene_accuracy(SceneJudge()(fake), *labels),
+        }
     return rows
 
 
@@ -725,8 +791,12 @@ def controlnet_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -
 
     def callback(step, net):
         pipe.controlnet = net
-        fake = pipe(watch.captions, num_steps=steps if quick else 20, seed=seed,
-                    control=watch_control)  # fmt: skip
+        fake = pipe(
+            watch.captions,
+            num_steps=steps if quick else 20,
+            seed=seed,
+            control=watch_control,
+        )
         curve.append(
             {
                 "step": step,
@@ -735,9 +805,18 @@ def controlnet_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -
         )
         print(f"step {step}: IoU {curve[-1]['mask_iou']:.3f}", flush=True)
 
-    net, result = train_controlnet(pipe.unet, pipe.schedule, latents, context, null,
-                                   control, cfg, pipe.prediction_type, callback,
-                                   2 if quick else CONTROL_WATCH)  # fmt: skip
+    net, result = train_controlnet(
+        pipe.unet,
+        pipe.schedule,
+        latents,
+        context,
+        null,
+        control,
+        cfg,
+        pipe.prediction_type,
+        callback,
+        2 if quick else CONTROL_WATCH,
+    )
     pipe.controlnet = net
     info = {
         "recipe": "scenes-controlnet",
@@ -767,8 +846,11 @@ def _control_sizes(quick):
 
 
 def _control_metrics(pipe, n, seed, steps) -> dict:
-    return {"prompts": n, "num_steps": steps,
-            "control": measure_control(pipe, n, seed + 8900, steps)}  # fmt: skip
+    return {
+        "prompts": n,
+        "num_steps": steps,
+        "control": measure_control(pipe, n, seed + 8900, steps),
+    }
 
 
 def measure_controlnet(out_dir=None, quick=False, seed=0, device="cpu") -> dict:

@@ -138,8 +138,9 @@ def to_diffusers(pipe) -> StableDiffusionPipeline:
     vcfg, ucfg = pipe.vae.config, pipe.unet.config
     unet = CourseUNet(ucfg.to_dict(), ucfg.in_channels, pipe.latent_shape[-1])
     unet.model.load_state_dict(pipe.unet.state_dict())
-    vae = CourseVAE(vcfg.to_dict(), tuple(vcfg.channels), vcfg.latent_channels,
-                    vcfg.scaling_factor)  # fmt: skip
+    vae = CourseVAE(
+        vcfg.to_dict(), tuple(vcfg.channels), vcfg.latent_channels, vcfg.scaling_factor
+    )
     vae.model.load_state_dict(pipe.vae.state_dict())
     schedule = {
         "kind": pipe.schedule.kind,
@@ -174,10 +175,14 @@ def load_diffusers(folder: str | Path) -> StableDiffusionPipeline:
         diffusers_logging.disable_progress_bar()
     try:
         sd = StableDiffusionPipeline.from_pretrained(
-            str(folder), text_encoder=None, tokenizer=None, safety_checker=None,
-            feature_extractor=None, requires_safety_checker=False,
+            str(folder),
+            text_encoder=None,
+            tokenizer=None,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
             local_files_only=True,
-        )  # fmt: skip
+        )
     finally:
         if quiet:
             diffusers_logging.enable_progress_bar()
@@ -214,8 +219,9 @@ def diffusers_generate(
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     scale = course_pipe.guidance_scale if guidance_scale is None else guidance_scale
     n, device = len(prompts), course_pipe.device
-    x_T = torch.randn((n, *course_pipe.latent_shape), generator=torch.Generator()
-                      .manual_seed(seed))  # fmt: skip
+    x_T = torch.randn(
+        (n, *course_pipe.latent_shape), generator=torch.Generator().manual_seed(seed)
+    )
     out = sd(
         prompt_embeds=course_pipe.encode_prompts(prompts),
         negative_prompt_embeds=course_pipe.encode_prompts([""] * n),
@@ -295,8 +301,10 @@ def sd15_editors(sd: StableDiffusionPipeline) -> tuple:
     as stable-diffusion-inpainting's is the mask-conditioned kind."""
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 
-    return (StableDiffusionImg2ImgPipeline.from_pipe(sd),
-            StableDiffusionInpaintPipeline.from_pipe(sd))  # fmt: skip
+    return (
+        StableDiffusionImg2ImgPipeline.from_pipe(sd),
+        StableDiffusionInpaintPipeline.from_pipe(sd),
+    )
 
 
 SD15_CONTROLNET = "lllyasviel/sd-controlnet-canny"  # edges (e.g. a layout's outlines)

@@ -52,8 +52,12 @@ NONE = -1  # "none of these": no value of the attribute fits the image
 # area of each shape drawn with "radius" r (see data._shape_mask): circle pi r^2,
 # square (1.7 r)^2, equilateral triangle of circumradius R = 1.15 r: 3 sqrt(3)/4 R^2
 # and diamond 2 (1.2 r)^2
-_AREA_PER_R2 = {"circle": np.pi, "square": 1.7**2, "triangle": 1.299 * 1.15**2,
-                "diamond": 2 * 1.2**2}  # fmt: skip
+_AREA_PER_R2 = {
+    "circle": np.pi,
+    "square": 1.7**2,
+    "triangle": 1.299 * 1.15**2,
+    "diamond": 2 * 1.2**2,
+}
 
 
 @dataclass
@@ -143,8 +147,14 @@ class Judge:
     def measure(self, p: np.ndarray) -> dict:
         """Measure one image p [H, W, 3] in [0, 1] (see the module docstring)."""
         distance, regions, keep, out = self._regions(p)
-        out.update({"labels": [NONE] * 4, "colour_rgb": [float("nan")] * 3,
-                    "colour_error": float("nan"), "shape_iou": 0.0})  # fmt: skip
+        out.update(
+            {
+                "labels": [NONE] * 4,
+                "colour_rgb": [float("nan")] * 3,
+                "colour_error": float("nan"),
+                "shape_iou": 0.0,
+            }
+        )
         if len(keep) == 1:
             out.update(self._measure_object(p, distance, regions == keep[0]))
         out["reason"] = self._reason(out)
@@ -167,8 +177,11 @@ class Judge:
         bg_rms = (
             np.sqrt((distance[background] ** 2).mean()) if background.any() else 0.0
         )
-        stats = {"objects": len(keep), "background_rms": float(bg_rms),
-                 "background_fraction": background.mean()}  # fmt: skip
+        stats = {
+            "objects": len(keep),
+            "background_rms": float(bg_rms),
+            "background_fraction": background.mean(),
+        }
         return distance, regions, keep, stats
 
     def _reason(self, m: dict) -> str:
@@ -197,9 +210,13 @@ class Judge:
         position = (
             int(offsets.argmin()) if offsets.min() <= cfg.max_position_error else NONE
         )
-        return {"labels": [shape, colour, size, position], "colour_rgb": rgb.tolist(),
-                "colour_error": float(errors.min()), "shape_iou": iou,
-                "centre": [float(cy), float(cx)]}  # fmt: skip
+        return {
+            "labels": [shape, colour, size, position],
+            "colour_rgb": rgb.tolist(),
+            "colour_error": float(errors.min()),
+            "shape_iou": iou,
+            "centre": [float(cy), float(cx)],
+        }
 
     def _size(self, radius: float) -> int:
         lo, hi = self.config.radius_range
@@ -292,8 +309,15 @@ def by_pair(verdict: Verdict, labels: torch.Tensor) -> dict:
 
 
 def _tensor_fields(v: Verdict) -> list:
-    return [v.labels, v.valid, v.objects, v.background_rms, v.colour_rgb,
-            v.colour_error, v.shape_iou]  # fmt: skip
+    return [
+        v.labels,
+        v.valid,
+        v.objects,
+        v.background_rms,
+        v.colour_rgb,
+        v.colour_error,
+        v.shape_iou,
+    ]
 
 
 # ---------------------------------------------------------------------------------
@@ -303,8 +327,12 @@ def _tensor_fields(v: Verdict) -> list:
 def scene_judge_config(**overrides) -> JudgeConfig:
     """The judge's tolerances for data.make_scenes images: the scenes' sizes, up to
     two objects, specks below 12 pixels of a 64x64 image."""
-    scene = {"radii": dict(SCENE_RADII), "radius_range": (0.06, 0.20),
-             "min_object_fraction": 0.003, "max_objects": 2}  # fmt: skip
+    scene = {
+        "radii": dict(SCENE_RADII),
+        "radius_range": (0.06, 0.20),
+        "min_object_fraction": 0.003,
+        "max_objects": 2,
+    }
     return JudgeConfig(**{**scene, **overrides})
 
 
@@ -362,10 +390,17 @@ class SceneJudge(Judge):
         """Measure one scene p [H, W, 3] in [0, 1]."""
         distance, regions, keep, out = self._regions(p)
         nan = float("nan")
-        out.update({"objects_found": [[NONE] * 3] * 2, "centres": [[nan] * 2] * 2,
-                    "colour_rgb": [[nan] * 3] * 2, "colour_error": [nan] * 2,
-                    "shape_iou": [0.0] * 2, "relation": NONE,
-                    "position": NONE})  # fmt: skip
+        out.update(
+            {
+                "objects_found": [[NONE] * 3] * 2,
+                "centres": [[nan] * 2] * 2,
+                "colour_rgb": [[nan] * 3] * 2,
+                "colour_error": [nan] * 2,
+                "shape_iou": [0.0] * 2,
+                "relation": NONE,
+                "position": NONE,
+            }
+        )
         if 1 <= len(keep) <= 2:
             found = [self._measure_object(p, distance, regions == k) for k in keep]
             for key in ("centre", "colour_rgb", "colour_error", "shape_iou"):
@@ -428,8 +463,10 @@ def relation_as_asked(verdict: SceneVerdict, objects: torch.Tensor) -> torch.Ten
         )
     two = (verdict.count == 2) & (objects[:, 1, 0] >= 0)
     # -2: no asked relation to break a tie with (two identical objects stay as found)
-    rows = [_align(verdict, i, objects[i], -2)[1] if two[i] else NONE
-            for i in range(objects.shape[0])]  # fmt: skip
+    rows = [
+        _align(verdict, i, objects[i], -2)[1] if two[i] else NONE
+        for i in range(objects.shape[0])
+    ]
     return torch.tensor(rows, dtype=torch.long)
 
 
@@ -459,10 +496,14 @@ def _scene_checks(verdict: SceneVerdict, objects, relation, position) -> dict:
     placed = (verdict.position == position) | (position < 0)
     where_right = torch.where(two, relation_right, placed) & ok
     return {
-        "objects": objects, "position": position, "named": named, "right": right,
-        "count_right": count_right, "where_right": where_right,
+        "objects": objects,
+        "position": position,
+        "named": named,
+        "right": right,
+        "count_right": count_right,
+        "where_right": where_right,
         "joint": (right.all(-1) | ~named).all(1) & where_right,
-    }  # fmt: skip
+    }
 
 
 def keeps_objects(
@@ -526,8 +567,9 @@ BINDING_OUTCOMES = (
 )
 
 
-def binding_outcomes(verdict: SceneVerdict, objects: torch.Tensor,
-                     relation: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def binding_outcomes(
+    verdict: SceneVerdict, objects: torch.Tensor, relation: torch.Tensor
+) -> torch.Tensor:
     """long [B]: index into BINDING_OUTCOMES of each image of a binding prompt (two
     different shapes, two different colours; -1 where the prompt is not one): what
     attribute_binding calls "other", broken down (not clean; not two objects; the two

@@ -40,8 +40,9 @@ def load_lora_weights(pipe, name: str = "scenes-lora", directory=None) -> dict:
     joins the tokenizer with the stored row, the UNet gets the LoRA layers. Returns
     the manifest."""
 
-    state, info = load_checkpoint(pretrained.checkpoint_path(name, directory),
-                                  recipe=name)  # fmt: skip
+    state, info = load_checkpoint(
+        pretrained.checkpoint_path(name, directory), recipe=name
+    )
     if info.get("kind") != "lora":
         raise ValueError(f"{name} is not a LoRA adapter (kind {info.get('kind')!r})")
     word = info["word"]
@@ -77,11 +78,13 @@ def load_textual_inversion(
     """Load a shipped learned word into a MiniStableDiffusion (hash-checked), as
     diffusers' `load_textual_inversion` does for SD. Returns the manifest."""
 
-    state, info = load_checkpoint(pretrained.checkpoint_path(name, directory),
-                                  recipe=name)  # fmt: skip
+    state, info = load_checkpoint(
+        pretrained.checkpoint_path(name, directory), recipe=name
+    )
     if info.get("kind") != "textual inversion":
-        raise ValueError(f"{name} is not a textual inversion embedding "
-                         f"(kind {info.get('kind')!r})")  # fmt: skip
+        raise ValueError(
+            f"{name} is not a textual inversion embedding (kind {info.get('kind')!r})"
+        )
     word = info["word"]
     _require_tensor(state, word, name, directory)
     table = teach_word(pipe, word)
@@ -100,8 +103,9 @@ def load_controlnet(pipe, name: str = "scenes-controlnet", directory=None) -> di
     """Attach the shipped ControlNet to a MiniStableDiffusion (pipe.controlnet),
     hash-checked; it must have been trained for this pipeline's UNet."""
 
-    state, info = load_checkpoint(pretrained.checkpoint_path(name, directory),
-                                  recipe=name)  # fmt: skip
+    state, info = load_checkpoint(
+        pretrained.checkpoint_path(name, directory), recipe=name
+    )
 
     if any("lora" in k for k in pipe.unet.state_dict()):
         raise ValueError(

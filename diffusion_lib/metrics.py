@@ -222,13 +222,15 @@ class AppearanceFeatures(nn.Module):
     def raw_blocks(self, images: torch.Tensor) -> list:
         x = images.float()
         high = x - blur(x, 1.0)
-        texture = [high.abs().mean((2, 3)), high.pow(2).mean((2, 3)).sqrt(),
-                   x.diff(dim=2).abs().mean((2, 3)),
-                   x.diff(dim=3).abs().mean((2, 3))]  # fmt: skip
+        texture = [
+            high.abs().mean((2, 3)),
+            high.pow(2).mean((2, 3)).sqrt(),
+            x.diff(dim=2).abs().mean((2, 3)),
+            x.diff(dim=3).abs().mean((2, 3)),
+        ]
         colour = [x.mean((2, 3)), x.std((2, 3)), x.amax((2, 3)), x.amin((2, 3))]
         layout = F.adaptive_avg_pool2d(x, self.layout_size).flatten(1)
-        blocks = [self.semantic(x), layout,
-                  torch.cat(colour, 1), torch.cat(texture, 1)]  # fmt: skip
+        blocks = [self.semantic(x), layout, torch.cat(colour, 1), torch.cat(texture, 1)]
         if self.edge_steepness:  # how sharp the steepest edges are (blur lowers it)
             # relative to each channel's range, so that the colours' contrast cancels
             span = (x.amax((2, 3)) - x.amin((2, 3))).clamp_min(0.05)
@@ -366,7 +368,7 @@ DEGRADATIONS = {  # name -> f(images in [-1, 1], seed) -> degraded images
     "blurred": lambda x, s: blur(x, 0.8),
     "channels swapped": lambda x, s: x.flip(1),
     "shapes moved 2 px": lambda x, s: _shift(x, 2),
-}  # fmt: skip
+}
 
 
 def sensitivity_table(
@@ -475,8 +477,10 @@ def train_evaluator(
 
     def loss_of(rows):  # the mean loss over some rows of the batch
         logits = evaluator(rows["x"].to(device))
-        return sum(F.cross_entropy(z, rows["labels"][:, i].to(device))
-                   for i, z in enumerate(logits))  # fmt: skip
+        return sum(
+            F.cross_entropy(z, rows["labels"][:, i].to(device))
+            for i, z in enumerate(logits)
+        )
 
     losses = []
     evaluator.train()

@@ -250,8 +250,16 @@ class MiniStableDiffusion(StableDiffusionLoaderMixin):
         return self.decode(self.generate_latents(prompts, **kwargs))
 
     @torch.no_grad()
-    def img2img(self, images, prompts, strength: float = 0.6, *, num_steps: int = 50,
-                seed: int = 0, **kwargs) -> torch.Tensor:  # fmt: skip
+    def img2img(
+        self,
+        images,
+        prompts,
+        strength: float = 0.6,
+        *,
+        num_steps: int = 50,
+        seed: int = 0,
+        **kwargs,
+    ) -> torch.Tensor:
         """Image-to-image (SDEdit, Meng et al. 2022): encode images [B, 3, 64, 64],
         noise the latents to timestep t = round(strength * (T - 1)) and denoise them
         with the prompts over round(num_steps * strength) DDIM steps (as diffusers'
@@ -265,8 +273,9 @@ class MiniStableDiffusion(StableDiffusionLoaderMixin):
         t_batch = torch.full((z0.shape[0],), t, device=self.device)
         x_t = q_sample(self.schedule, z0, t_batch, noise)
         steps = max(1, round(num_steps * strength))
-        latents = self.generate_latents(prompts, num_steps=steps, seed=seed, x_T=x_t,
-                                        start_step=t, **kwargs)  # fmt: skip
+        latents = self.generate_latents(
+            prompts, num_steps=steps, seed=seed, x_T=x_t, start_step=t, **kwargs
+        )
         return self.decode(latents)
 
 
@@ -297,9 +306,21 @@ class MiniDALLE2:
     Image variations and interpolations skip the prior: they start from the CLIP image
     embedding of real images."""
 
-    def __init__(self, prior, decoder, upsampler, clip_model, tokenizer, schedules,
-                 prior_guidance=2.0, decoder_guidance=3.0, prior_steps=25,
-                 upsampler_steps=10, candidates=2, upsampler_start=None):  # fmt: skip
+    def __init__(
+        self,
+        prior,
+        decoder,
+        upsampler,
+        clip_model,
+        tokenizer,
+        schedules,
+        prior_guidance=2.0,
+        decoder_guidance=3.0,
+        prior_steps=25,
+        upsampler_steps=10,
+        candidates=2,
+        upsampler_start=None,
+    ):
         self.prior, self.decoder, self.upsampler = prior, decoder, upsampler
         self.clip, self.tokenizer = clip_model, tokenizer
         self.prior_schedule, self.decoder_schedule, self.upsampler_schedule = schedules
@@ -334,16 +355,22 @@ class MiniDALLE2:
                     f"{infos[name]['clip_sha256'][:12]}...); rebuild it with "
                     f"`python -m diffusion_lib.recipes scenes-{name}`"
                 )
-        schedules = [pretrained.schedule_from_manifest(infos[n])
-                     for n in ("prior", "decoder", "upsampler")]  # fmt: skip
+        schedules = [
+            pretrained.schedule_from_manifest(infos[n])
+            for n in ("prior", "decoder", "upsampler")
+        ]
         return cls(
-            models["prior"], models["decoder"], models["upsampler"], models["clip"],
-            tokenizer_from_manifest(infos["clip"]), schedules,
+            models["prior"],
+            models["decoder"],
+            models["upsampler"],
+            models["clip"],
+            tokenizer_from_manifest(infos["clip"]),
+            schedules,
             prior_guidance=infos["prior"].get("guidance_scale", 2.0),
             decoder_guidance=infos["decoder"].get("guidance_scale", 3.0),
             upsampler_steps=infos["upsampler"].get("sampling_steps", 10),
             upsampler_start=infos["upsampler"].get("sampling_start"),
-        )  # fmt: skip
+        )
 
     @property
     def device(self) -> torch.device:
@@ -360,8 +387,11 @@ class MiniDALLE2:
         tokens = self.tokenizer(prompts).to(self.device)
         states, embed = self.clip.text(tokens)
         mask = tokens != self.tokenizer.pad_id
-        return {"text_states": states, "text_embed": F.normalize(embed, dim=-1),
-                "text_mask": mask}  # fmt: skip
+        return {
+            "text_states": states,
+            "text_embed": F.normalize(embed, dim=-1),
+            "text_mask": mask,
+        }
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -369,8 +399,9 @@ class MiniDALLE2:
         return self.clip.encode_image(images.to(self.device))
 
     @torch.no_grad()
-    def prior_embeddings(self, prompts, *, num_steps=None, guidance_scale=None,
-                         candidates=None, seed=0) -> torch.Tensor:  # fmt: skip
+    def prior_embeddings(
+        self, prompts, *, num_steps=None, guidance_scale=None, candidates=None, seed=0
+    ) -> torch.Tensor:
         """Unit image embeddings [B, D] sampled by the prior: `candidates` draws per
         prompt, keeping the one closest to the prompt's text embedding."""
         cond = self.encode_prompts(prompts)
@@ -381,36 +412,64 @@ class MiniDALLE2:
         null = self.encode_prompts([""] * b)
         repeat = lambda d: {n: v.repeat(k, *[1] * (v.ndim - 1)) for n, v in d.items()}  # noqa: E731
         z = sample(
-            self.prior, self.prior_schedule, (k * b, self.prior.config.embed_dim),
-            sampler="ddim", num_steps=num_steps or self.prior_steps,
-            model_kwargs=repeat(cond), uncond_kwargs=repeat(null),
-            guidance_scale=self.prior_guidance if guidance_scale is None
+            self.prior,
+            self.prior_schedule,
+            (k * b, self.prior.config.embed_dim),
+            sampler="ddim",
+            num_steps=num_steps or self.prior_steps,
+            model_kwargs=repeat(cond),
+            uncond_kwargs=repeat(null),
+            guidance_scale=self.prior_guidance
+            if guidance_scale is None
             else guidance_scale,
-            prediction_type="x0", clip_sample=False,
-            generator=torch.Generator().manual_seed(seed), device=self.device,
-        )  # fmt: skip
+            prediction_type="x0",
+            clip_sample=False,
+            generator=torch.Generator().manual_seed(seed),
+            device=self.device,
+        )
         embeds = self.prior.unstandardise(z).unflatten(0, (k, b))  # [k, B, D]
         return pick_closest(embeds, cond["text_embed"])
 
     @torch.no_grad()
-    def decode(self, image_embed: torch.Tensor, *, num_steps=50, guidance_scale=None,
-               seed=0, batch_size=250, progress=False) -> torch.Tensor:  # fmt: skip
+    def decode(
+        self,
+        image_embed: torch.Tensor,
+        *,
+        num_steps=50,
+        guidance_scale=None,
+        seed=0,
+        batch_size=250,
+        progress=False,
+    ) -> torch.Tensor:
         """Images [B, 3, 32, 32] in [-1, 1] from unit image embeddings [B, D]."""
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
         e = image_embed.to(self.device)
         size = self.decoder.config.image_size
         return sample(
-            _in_chunks(self.decoder, batch_size * 2), self.decoder_schedule,
-            (e.shape[0], 3, size, size), sampler="ddim", num_steps=num_steps,
+            _in_chunks(self.decoder, batch_size * 2),
+            self.decoder_schedule,
+            (e.shape[0], 3, size, size),
+            sampler="ddim",
+            num_steps=num_steps,
             model_kwargs={"image_embed": e},
             uncond_kwargs={"image_embed": torch.zeros_like(e)},
-            guidance_scale=scale, generator=torch.Generator().manual_seed(seed + 1),
-            device=self.device, progress=progress,
-        )  # fmt: skip
+            guidance_scale=scale,
+            generator=torch.Generator().manual_seed(seed + 1),
+            device=self.device,
+            progress=progress,
+        )
 
     @torch.no_grad()
-    def upsample(self, low_res: torch.Tensor, *, num_steps=None, seed=0, factor=2,
-                 batch_size=250, start_step=None) -> torch.Tensor:  # fmt: skip
+    def upsample(
+        self,
+        low_res: torch.Tensor,
+        *,
+        num_steps=None,
+        seed=0,
+        factor=2,
+        batch_size=250,
+        start_step=None,
+    ) -> torch.Tensor:
         """Images [B, 3, f H, f W] from low-resolution images [B, 3, H, W] (no
         guidance: the upsampler is not conditioned on the prompt). The reverse process
         starts at `start_step` (default: the pipeline's upsampler_start) from the
@@ -429,21 +488,41 @@ class MiniDALLE2:
         else:
             start = None
         return sample(
-            _in_chunks(self.upsampler, batch_size), self.upsampler_schedule, shape,
-            sampler="ddim", num_steps=num_steps or self.upsampler_steps,
-            model_kwargs={"low_res": cond}, generator=gen, device=self.device,
-            x_T=x_T, start_step=start,
-        ).cpu()  # fmt: skip
+            _in_chunks(self.upsampler, batch_size),
+            self.upsampler_schedule,
+            shape,
+            sampler="ddim",
+            num_steps=num_steps or self.upsampler_steps,
+            model_kwargs={"low_res": cond},
+            generator=gen,
+            device=self.device,
+            x_T=x_T,
+            start_step=start,
+        ).cpu()
 
-    def from_embeddings(self, image_embed, *, num_steps=50, guidance_scale=None,
-                        seed=0, progress=False) -> torch.Tensor:  # fmt: skip
+    def from_embeddings(
+        self, image_embed, *, num_steps=50, guidance_scale=None, seed=0, progress=False
+    ) -> torch.Tensor:
         """Decoder + upsampler: images [B, 3, 64, 64] from image embeddings."""
-        low = self.decode(image_embed, num_steps=num_steps, seed=seed,
-                          guidance_scale=guidance_scale, progress=progress)  # fmt: skip
+        low = self.decode(
+            image_embed,
+            num_steps=num_steps,
+            seed=seed,
+            guidance_scale=guidance_scale,
+            progress=progress,
+        )
         return self.upsample(low, seed=seed)
 
-    def __call__(self, prompts, *, num_steps=50, guidance_scale=None, seed=0,
-                 embedding="prior", progress=False) -> torch.Tensor:  # fmt: skip
+    def __call__(
+        self,
+        prompts,
+        *,
+        num_steps=50,
+        guidance_scale=None,
+        seed=0,
+        embedding="prior",
+        progress=False,
+    ) -> torch.Tensor:
         """Images [B, 3, 64, 64] in [-1, 1] for the prompts. embedding="prior" is
         unCLIP; "text" feeds the text embedding to the decoder in place of an image
         embedding (the paper's ablation)."""

@@ -403,9 +403,14 @@ SCENES_LDM_UNET = UNetConfig(
 # For chapter 6's cost comparison: the same UNet working on 64x64x3 pixels, with the
 # three extra levels (64 -> 32 -> 16 -> 8) that the VAE's encoder and decoder replace.
 PIXEL_COMPARISON_UNET = UNetConfig(
-    **{**SCENES_LDM_UNET.to_dict(), "in_channels": 3, "out_channels": 3,
-       "channel_mults": (1, 1, 1, 1, 2), "attention_levels": (3, 4)}
-)  # fmt: skip
+    **{
+        **SCENES_LDM_UNET.to_dict(),
+        "in_channels": 3,
+        "out_channels": 3,
+        "channel_mults": (1, 1, 1, 1, 2),
+        "attention_levels": (3, 4),
+    }
+)
 SCENES_VAE = VAEConfig(channels=(16, 32, 64, 64), blocks_per_level=1)
 SCENES_VAE_TRAIN = VAETrainConfig(
     steps=6000, batch_size=32, lr=2e-3, warmup=100, kl_weight=1e-6, seed=0
@@ -470,8 +475,12 @@ def vae_recipe(out_dir, quick=False, seed=0) -> dict:
     curve = []
 
     def measure(step, ema_model):
-        curve.append({"step": step, "psnr": psnr(reconstruct(ema_model, probe), probe)
-                      .mean().item()})  # fmt: skip
+        curve.append(
+            {
+                "step": step,
+                "psnr": psnr(reconstruct(ema_model, probe), probe).mean().item(),
+            }
+        )
         print(f"step {step}: PSNR, fresh scenes {curve[-1]['psnr']:.2f} dB", flush=True)
 
     torch.manual_seed(seed)
@@ -573,7 +582,7 @@ def clip_recipe(out_dir, quick=False, seed=0) -> dict:
                 "temperature": result.temperatures[i + every - 1],
             }
             for i in range(0, cfg.steps - every + 1, every)
-        ],  # fmt: skip
+        ],
         "metrics": {"eval_images": n, **measure_clip(model, tokenizer, n, seed)},
     }
     print(json.dumps(info["metrics"], indent=1))
@@ -637,8 +646,13 @@ def _train_ldm(out_dir, quick=False, seed=0, device="cpu") -> dict:
     vae, vae_info = pretrained.load_pretrained("scenes-vae", device, out_dir)
     text_encoder, clip_info = pretrained.load_pretrained("scenes-clip", device, out_dir)
     tokenizer = tokenizer_from_manifest(clip_info)
-    scenes = make_scenes(n_images, SCENE_SIZE, seed=seed, split="train",
-                         two_object_fraction=LDM_TWO_OBJECT_FRACTION)  # fmt: skip
+    scenes = make_scenes(
+        n_images,
+        SCENE_SIZE,
+        seed=seed,
+        split="train",
+        two_object_fraction=LDM_TWO_OBJECT_FRACTION,
+    )
     start = time.perf_counter()
     scenes.images = scenes.images.to(device)
     latents, context = encode_scenes(vae, text_encoder, tokenizer, scenes)
@@ -698,15 +712,23 @@ def diversity(images: torch.Tensor, per_prompt: int) -> float:
     return x.unflatten(0, (-1, per_prompt)).std(dim=1).mean().item()
 
 
-def measure_scene_pipeline(pipe, n: int, seed: int, num_steps: int, groups=LDM_GROUPS,
-                           guidance_scale=None, verbose=True) -> dict:  # fmt: skip
+def measure_scene_pipeline(
+    pipe,
+    n: int,
+    seed: int,
+    num_steps: int,
+    groups=LDM_GROUPS,
+    guidance_scale=None,
+    verbose=True,
+) -> dict:
     """Prompt accuracy (scene judge), FID / KID against real scenes of the same
     prompts (beside real vs real) for each group of prompts."""
     judge, out, feats = SceneJudge(), {}, scene_features(pipe.text_encoder)
     for k, (name, (split, two)) in enumerate(groups.items()):
         captions, labels = scene_prompts(n, seed + 9000 + k, split, two)
-        fake = pipe(captions, num_steps=num_steps, seed=seed + k,
-                    guidance_scale=guidance_scale)  # fmt: skip
+        fake = pipe(
+            captions, num_steps=num_steps, seed=seed + k, guidance_scale=guidance_scale
+        )
         real = render_scenes(*labels, SCENE_SIZE, seed=seed + 9100 + k)[0]
         other = render_scenes(*labels, SCENE_SIZE, seed=seed + 9200 + k)[0]
         out[name] = {
@@ -723,8 +745,15 @@ def measure_scene_pipeline(pipe, n: int, seed: int, num_steps: int, groups=LDM_G
     return out
 
 
-def guidance_sweep(pipe, n: int, seed: int, num_steps: int, per_prompt: int = 4,
-                   scales=LDM_SWEEP, verbose=True) -> dict:  # fmt: skip
+def guidance_sweep(
+    pipe,
+    n: int,
+    seed: int,
+    num_steps: int,
+    per_prompt: int = 4,
+    scales=LDM_SWEEP,
+    verbose=True,
+) -> dict:
     """Prompt accuracy, diversity and FID at each guidance scale, on n seen prompts
     (half one-object, half two-object), each drawn `per_prompt` times."""
     captions, labels = scene_prompts(n // per_prompt, seed + 9300, "train", 0.5)
@@ -758,15 +787,16 @@ def measure_ldm(out_dir=None, quick=False, seed=0, device="cpu") -> dict:
             "sampler": "ddim",
             "num_steps": steps,
             "guidance_scale": pipe.guidance_scale,
-        },  # fmt: skip
+        },
         "groups": measure_scene_pipeline(pipe, n, seed, steps),
         "guidance_sweep": guidance_sweep(pipe, n_sweep, seed, 2 if quick else 25),
         "guidance_sweep_steps": 2 if quick else 25,
     }
     print(json.dumps(metrics, indent=1))
     info = pretrained.manifest("scenes-ldm", out_dir)
-    write_manifest(pretrained.checkpoint_path("scenes-ldm", out_dir),
-                   {**info, "metrics": metrics})  # fmt: skip
+    write_manifest(
+        pretrained.checkpoint_path("scenes-ldm", out_dir), {**info, "metrics": metrics}
+    )
     return pretrained.manifest("scenes-ldm", out_dir)
 
 
@@ -835,16 +865,23 @@ def clip_embeddings(clip_model, tokenizer, scenes, batch_size=500) -> dict:
 
 def unclip_training_scenes(quick: bool, seed: int):
     n = 128 if quick else UNCLIP_TRAINING_IMAGES
-    return make_scenes(n, SCENE_SIZE, seed=seed, split="train",
-                       two_object_fraction=LDM_TWO_OBJECT_FRACTION)  # fmt: skip
+    return make_scenes(
+        n,
+        SCENE_SIZE,
+        seed=seed,
+        split="train",
+        two_object_fraction=LDM_TWO_OBJECT_FRACTION,
+    )
 
 
 def loss_summary(losses: list, every: int = 100) -> dict:
     """The manifest's "final_loss" (mean of the last `every` steps) and "loss_curve"
     (the mean of each block of `every` steps)."""
     blocks = [losses[i : i + every] for i in range(0, len(losses), every)]
-    return {"final_loss": sum(losses[-every:]) / len(losses[-every:]),
-            "loss_curve": [sum(b) / len(b) for b in blocks]}  # fmt: skip
+    return {
+        "final_loss": sum(losses[-every:]) / len(losses[-every:]),
+        "loss_curve": [sum(b) / len(b) for b in blocks],
+    }
 
 
 def _unclip_info(name, cfg, model, result, seed, quick, device, extra) -> dict:
@@ -895,9 +932,12 @@ def _train_decoder(out_dir, quick=False, seed=0, device="cpu") -> dict:
     model = UnCLIPDecoder(SCENES_DECODER).to(device)
     null = torch.zeros(SCENES_DECODER.embed_dim)
     result = train_diffusion(
-        model, schedule, images, config=cfg,
+        model,
+        schedule,
+        images,
+        config=cfg,
         conditions={"image_embed": (embeds["image_embed"], null)},
-    )  # fmt: skip
+    )
     info = _unclip_info(
         "scenes-decoder",
         cfg,
@@ -906,7 +946,7 @@ def _train_decoder(out_dir, quick=False, seed=0, device="cpu") -> dict:
         seed,
         quick,
         device,
-        {  # fmt: skip
+        {
             "config": SCENES_DECODER.to_dict(),
             "image_size": UNCLIP_BASE_SIZE,
             "clip_sha256": clip_info["sha256"],
@@ -920,8 +960,9 @@ def _train_decoder(out_dir, quick=False, seed=0, device="cpu") -> dict:
     return save_checkpoint(path, result.ema.model, info)
 
 
-SCENES_PRIOR = PriorConfig(embed_dim=64, text_width=64, context_length=20,
-                           width=128, layers=4, heads=4)  # fmt: skip
+SCENES_PRIOR = PriorConfig(
+    embed_dim=64, text_width=64, context_length=20, width=128, layers=4, heads=4
+)
 SCENES_PRIOR_TRAIN = TrainConfig(
     steps=3000,
     batch_size=128,
@@ -967,9 +1008,12 @@ def _train_prior(out_dir, quick=False, seed=0) -> dict:
     )
     names = ("text_states", "text_embed", "text_mask")
     result = train_diffusion(
-        model, schedule, model.standardise(e["image_embed"]), config=cfg,
+        model,
+        schedule,
+        model.standardise(e["image_embed"]),
+        config=cfg,
         conditions={k: (e[k], null[k]) for k in names},
-    )  # fmt: skip
+    )
     info = _unclip_info(
         "scenes-prior",
         cfg,
@@ -978,7 +1022,7 @@ def _train_prior(out_dir, quick=False, seed=0) -> dict:
         seed,
         quick,
         "cpu",
-        {  # fmt: skip
+        {
             "config": SCENES_PRIOR.to_dict(),
             "guidance_scale": PRIOR_GUIDANCE,
             "candidates": 2,
@@ -1014,20 +1058,32 @@ PRIOR_SPREAD_GATE = 0.1
 def unclip_training_captions(seed: int = 0) -> set:
     """Every caption the shipped prior and decoder were trained on (their recipes'
     scenes, without rendering them)."""
-    return set(scene_captions(UNCLIP_TRAINING_IMAGES, seed, "train",
-                              LDM_TWO_OBJECT_FRACTION))  # fmt: skip
+    return set(
+        scene_captions(UNCLIP_TRAINING_IMAGES, seed, "train", LDM_TWO_OBJECT_FRACTION)
+    )
 
 
-def unseen_scenes(n: int, seed: int, split: str, two_object_fraction: float,
-                  seen: set, max_draws: int = 20) -> ScenesData:  # fmt: skip
+def unseen_scenes(
+    n: int,
+    seed: int,
+    split: str,
+    two_object_fraction: float,
+    seen: set,
+    max_draws: int = 20,
+) -> ScenesData:
     """n scenes whose captions are not in `seen`: drawn in batches of 2n from seeds
     seed, seed + 1, ... (make_scenes), keeping the unseen ones in order. With a small
     grammar, most one-object captions are training captions, so the kept scenes have
     more two objects than two_object_fraction asks (their share is in the scenes)."""
     kept = []
     for k in range(max_draws):
-        pool = make_scenes(2 * n, SCENE_SIZE, seed=seed + k, split=split,
-                           two_object_fraction=two_object_fraction)  # fmt: skip
+        pool = make_scenes(
+            2 * n,
+            SCENE_SIZE,
+            seed=seed + k,
+            split=split,
+            two_object_fraction=two_object_fraction,
+        )
         kept.append(pool.select([c not in seen for c in pool.captions]))
         if sum(len(x) for x in kept) >= n:
             break
@@ -1042,8 +1098,9 @@ def _cosine(a, b) -> float:
     return F.cosine_similarity(a, b, dim=-1).mean().item()
 
 
-def measure_prior_on(pipe, scenes, guidance_scale=None, candidates=None, seed=0,
-                     spread=False) -> dict:  # fmt: skip
+def measure_prior_on(
+    pipe, scenes, guidance_scale=None, candidates=None, seed=0, spread=False
+) -> dict:
     """Mean cosine(prior's embedding, the true image's embedding) over scenes, beside
     the text-embedding baseline; with spread=True also "draw_vs_draw", the mean cosine
     between two independent draws of the prior for the same caption (1.0 for a prior
@@ -1094,16 +1151,22 @@ def measure_prior(out_dir=None, quick=False, seed=0) -> dict:
     seen = unclip_training_captions(info["seed"]) if not quick else set()
     for k, (name, (split, two)) in enumerate(PRIOR_GROUPS.items()):
         scenes = unseen_scenes(n, seed + 7000 + 10 * k, split, two, seen)
-        again = render_scenes(scenes.objects, scenes.relation, scenes.position,
-                              SCENE_SIZE, seed=seed + 7100 + k)[0]  # fmt: skip
+        again = render_scenes(
+            scenes.objects,
+            scenes.relation,
+            scenes.position,
+            SCENE_SIZE,
+            seed=seed + 7100 + k,
+        )[0]
         row = measure_prior_on(pipe, scenes, seed=seed, spread=True)
         row["real_vs_real"] = real = _cosine(
             pipe.encode_images(again).cpu(), pipe.encode_images(scenes.images).cpu()
         )
         row["one_candidate"] = _prior_setting(pipe, scenes, real, seed, candidates=1)
-        row["sweep"] = {f"{w:g}": _prior_setting(pipe, scenes, real, seed,
-                                                 guidance_scale=w)
-                        for w in PRIOR_SWEEP}  # fmt: skip
+        row["sweep"] = {
+            f"{w:g}": _prior_setting(pipe, scenes, real, seed, guidance_scale=w)
+            for w in PRIOR_SWEEP
+        }
         row["captions"] = n
         row["two_object_share"] = (scenes.num_objects == 2).float().mean().item()
         row["training_captions"] = sum(c in seen for c in scenes.captions)
@@ -1111,10 +1174,18 @@ def measure_prior(out_dir=None, quick=False, seed=0) -> dict:
         row["spread"] = prior_spread(row)
         groups[name] = row
         print(f"{name}: {row}", flush=True)
-    metrics = {"groups": groups, "sampler": {"num_steps": 25,
-               "guidance_scale": info["guidance_scale"], "candidates": 2}}  # fmt: skip
-    write_manifest(pretrained.checkpoint_path("scenes-prior", out_dir),
-                   {**info, "metrics": metrics})  # fmt: skip
+    metrics = {
+        "groups": groups,
+        "sampler": {
+            "num_steps": 25,
+            "guidance_scale": info["guidance_scale"],
+            "candidates": 2,
+        },
+    }
+    write_manifest(
+        pretrained.checkpoint_path("scenes-prior", out_dir),
+        {**info, "metrics": metrics},
+    )
     return pretrained.manifest("scenes-prior", out_dir)
 
 
@@ -1159,8 +1230,9 @@ def upsampler_recipe(out_dir, quick=False, seed=0, stage="all") -> dict:
         if quick:
             cfg.steps, cfg.warmup, cfg.batch_size = 4, 2, 8
         scenes = unclip_training_scenes(quick, seed)
-        schedule = NoiseSchedule.make(UNCLIP_SCHEDULE["kind"],
-                                      UNCLIP_SCHEDULE["num_timesteps"])  # fmt: skip
+        schedule = NoiseSchedule.make(
+            UNCLIP_SCHEDULE["kind"], UNCLIP_SCHEDULE["num_timesteps"]
+        )
         torch.manual_seed(seed)
         model = UnCLIPUpsampler(SCENES_UPSAMPLER)
         result = train_upsampler(model, schedule, scenes.images, cfg)
@@ -1172,7 +1244,7 @@ def upsampler_recipe(out_dir, quick=False, seed=0, stage="all") -> dict:
             seed,
             quick,
             "cpu",
-            {  # fmt: skip
+            {
                 "config": SCENES_UPSAMPLER.to_dict(),
                 "image_size": SCENE_SIZE,
                 "sampling_steps": UPSAMPLER_DEFAULT_STEPS,
@@ -1180,22 +1252,28 @@ def upsampler_recipe(out_dir, quick=False, seed=0, stage="all") -> dict:
                 "training_images": len(scenes),
             },
         )
-        save_checkpoint(pretrained.checkpoint_path("scenes-upsampler", out_dir),
-                        result.ema.model, info)  # fmt: skip
+        save_checkpoint(
+            pretrained.checkpoint_path("scenes-upsampler", out_dir),
+            result.ema.model,
+            info,
+        )
     if stage in ("all", "measure"):
         return measure_upsampler(out_dir, quick, seed)
     return pretrained.manifest("scenes-upsampler", out_dir)
 
 
-def upsampler_psnr(pipe, high: torch.Tensor, num_steps: int, seed=0,
-                   start_step=None) -> dict:  # fmt: skip
+def upsampler_psnr(
+    pipe, high: torch.Tensor, num_steps: int, seed=0, start_step=None
+) -> dict:
     """PSNR (dB) against the real 64x64 images of the upsampler's and bicubic's
     enlargements of their 32x32 box-downsampled copies."""
     low = downsample(high, 2)
     up = pipe.upsample(low, num_steps=num_steps, seed=seed, start_step=start_step)
     bicubic = enlarge(low, high.shape[-1])
-    return {"upsampler": psnr(up, high).mean().item(),
-            "bicubic": psnr(bicubic, high).mean().item()}  # fmt: skip
+    return {
+        "upsampler": psnr(up, high).mean().item(),
+        "bicubic": psnr(bicubic, high).mean().item(),
+    }
 
 
 def measure_upsampler(out_dir=None, quick=False, seed=0) -> dict:
@@ -1206,18 +1284,24 @@ def measure_upsampler(out_dir=None, quick=False, seed=0) -> dict:
     high = make_scenes(n, SCENE_SIZE, seed=seed + 8000, split="all").images
     rows = {
         f"start {start}, {k} steps": {
-            "start_step": start, "num_steps": k,
+            "start_step": start,
+            "num_steps": k,
             **upsampler_psnr(pipe, high, 2 if quick else k, seed, start),
         }
         for start, k in UPSAMPLER_SETTINGS
-    }  # fmt: skip
+    }
     print(json.dumps(rows, indent=1))
     default = rows[f"start {UPSAMPLER_START}, {UPSAMPLER_DEFAULT_STEPS} steps"]
-    metrics = {"psnr": rows, "images": n,
-               "gain_db": default["upsampler"] - default["bicubic"]}  # fmt: skip
+    metrics = {
+        "psnr": rows,
+        "images": n,
+        "gain_db": default["upsampler"] - default["bicubic"],
+    }
     info = {**info, "sampling_start": UPSAMPLER_START}
-    write_manifest(pretrained.checkpoint_path("scenes-upsampler", out_dir),
-                   {**info, "metrics": metrics})  # fmt: skip
+    write_manifest(
+        pretrained.checkpoint_path("scenes-upsampler", out_dir),
+        {**info, "metrics": metrics},
+    )
     return pretrained.manifest("scenes-upsampler", out_dir)
 
 
@@ -1273,12 +1357,15 @@ def measure_variations(pipe, n, seed, steps, per_source=2) -> dict:
     verdict = SceneJudge()(fake)
     kept = keeps_objects(verdict, *repeated)
     two = repeated[0][:, 1, 0] >= 0
-    return {"sources": n, "per_source": per_source,
-            "shape_and_colour": kept.float().mean().item(),
-            "shape_and_colour_one_object": kept[~two].float().mean().item(),
-            "shape_and_colour_two_objects": kept[two].float().mean().item(),
-            "one_object_images": int((~two).sum()),
-            **scene_accuracy(verdict, *repeated)}  # fmt: skip
+    return {
+        "sources": n,
+        "per_source": per_source,
+        "shape_and_colour": kept.float().mean().item(),
+        "shape_and_colour_one_object": kept[~two].float().mean().item(),
+        "shape_and_colour_two_objects": kept[two].float().mean().item(),
+        "one_object_images": int((~two).sum()),
+        **scene_accuracy(verdict, *repeated),
+    }
 
 
 def binding_prompts(n: int, seed: int, split: str = "train"):
@@ -1341,7 +1428,7 @@ def measure_dalle2(out_dir=None, quick=False, seed=0) -> dict:
                 "candidates": pipe.candidates,
             },
             "upsampler": {"num_steps": pipe.upsampler_steps},
-        },  # fmt: skip
+        },
         "groups": (groups := measure_scene_pipeline(pipe, n, seed, steps)),
         "ablation": _ablation(pipe, n, seed, steps, groups),
         "variations": measure_variations(
@@ -1349,7 +1436,7 @@ def measure_dalle2(out_dir=None, quick=False, seed=0) -> dict:
         ),
         "guidance_sweep": guidance_sweep(
             pipe, n, seed, 2 if quick else 25, scales=DECODER_SWEEP
-        ),  # fmt: skip
+        ),
         "guidance_sweep_steps": 2 if quick else 25,
         # measured here for both minis, on the same prompts and seeds (chapter 10)
         "binding": measure_binding(
@@ -1360,12 +1447,14 @@ def measure_dalle2(out_dir=None, quick=False, seed=0) -> dict:
             n,
             seed,
             steps,
-        ),  # fmt: skip
+        ),
     }
     print(json.dumps(metrics, indent=1))
     info = pretrained.manifest("scenes-decoder", out_dir)
-    write_manifest(pretrained.checkpoint_path("scenes-decoder", out_dir),
-                   {**info, "metrics": metrics})  # fmt: skip
+    write_manifest(
+        pretrained.checkpoint_path("scenes-decoder", out_dir),
+        {**info, "metrics": metrics},
+    )
     return pretrained.manifest("scenes-decoder", out_dir)
 
 
@@ -1447,20 +1536,37 @@ def main(argv=None):
     if args.name == "ablation":
         ablation(quick=args.quick, seed=args.seed, steps=args.steps)
         return
-    staged = ("shapes-ddpm", "scenes-ldm", "scenes-prior", "scenes-upsampler",
-              "scenes-decoder", "scenes-lora", "scenes-inversion", "scenes-inpaint",
-              "scenes-controlnet")  # fmt: skip
+    staged = (
+        "shapes-ddpm",
+        "scenes-ldm",
+        "scenes-prior",
+        "scenes-upsampler",
+        "scenes-decoder",
+        "scenes-lora",
+        "scenes-inversion",
+        "scenes-inpaint",
+        "scenes-controlnet",
+    )
     if args.stage != "all" and args.name not in staged:
-        parser.error(f"--stage is supported for {', '.join(staged)} only, not "
-                     f"{args.name} (it would train from scratch)")  # fmt: skip
+        parser.error(
+            f"--stage is supported for {', '.join(staged)} only, not "
+            f"{args.name} (it would train from scratch)"
+        )
     kwargs = {"stage": args.stage} if args.name in staged else {}
     if args.name in ("scenes-ldm", "scenes-decoder"):
         kwargs["device"] = args.device
     elif args.device != "cpu":
         parser.error(f"--device is supported for scenes-ldm only, not {args.name}")
     if scaling.launched():  # accelerate launch -m diffusion_lib.recipes NAME
-        info = scaling.run_recipe(args.name, RECIPES[args.name], args.out, args.quick,
-                                args.seed, args.grad_accum, **kwargs)  # fmt: skip
+        info = scaling.run_recipe(
+            args.name,
+            RECIPES[args.name],
+            args.out,
+            args.quick,
+            args.seed,
+            args.grad_accum,
+            **kwargs,
+        )
         if info is None:  # not the main process
             return
     else:

@@ -51,15 +51,24 @@ from .setup import progress_bar
 
 # a training stage apart from the measurement
 STAGED = (
-    "shapes-ddpm", "scenes-ldm", "scenes-prior", "scenes-decoder", "scenes-upsampler",
-)  # fmt: skip
+    "shapes-ddpm",
+    "scenes-ldm",
+    "scenes-prior",
+    "scenes-decoder",
+    "scenes-upsampler",
+)
 # measured inside the same run (before and after training, or while it trains):
 # every process runs the whole recipe; the measurements are seeded, so each process
 # computes the same numbers, and the main process writes them
 WHOLE = (
-    "scenes-lora", "scenes-inpaint", "scenes-controlnet",  # train_diffusion's loops
-    "shapes-evaluator", "scenes-vae", "scenes-clip", "scenes-inversion",  # backward()
-)  # fmt: skip
+    "scenes-lora",
+    "scenes-inpaint",
+    "scenes-controlnet",  # train_diffusion's loops
+    "shapes-evaluator",
+    "scenes-vae",
+    "scenes-clip",
+    "scenes-inversion",  # backward()
+)
 SCALES_OUT = STAGED + WHOLE
 
 _active = None  # the Accelerator of the running recipe, if launched by accelerate
@@ -144,9 +153,20 @@ def my_rows(accelerator, part: int, micro: int) -> slice:
     return slice(first, first + micro)
 
 
-def fit(accelerator, model, trainable, next_batch, schedule, cfg, prediction_type="eps",
-        loss_weighting="none", progress=True, callback=None, callback_every=0,
-        desc="train"):  # fmt: skip
+def fit(
+    accelerator,
+    model,
+    trainable,
+    next_batch,
+    schedule,
+    cfg,
+    prediction_type="eps",
+    loss_weighting="none",
+    progress=True,
+    callback=None,
+    callback_every=0,
+    desc="train",
+):
     """The data-parallel diffusion training loop behind the library's visible loops
     (train_diffusion, train_upsampler, train_controlnet) under `accelerate launch`.
 
@@ -347,8 +367,9 @@ def gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return _GatherWithGrad.apply(x), _active.process_index * x.shape[0]
 
 
-def run_recipe(name: str, recipe, out_dir, quick=False, seed=0, grad_accum=1,
-               **kwargs) -> dict | None:  # fmt: skip
+def run_recipe(
+    name: str, recipe, out_dir, quick=False, seed=0, grad_accum=1, **kwargs
+) -> dict | None:
     """Run recipe `name` (kwargs: its options, "stage" among them) in a process started
     by `accelerate launch`: the training stage on every process (data-parallel), then,
     for stage "all" or "measure", the measurement on the main process while the others

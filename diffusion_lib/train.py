@@ -134,9 +134,19 @@ def train_diffusion(
         )
 
     if (accelerator := _scale.active()) is not None:  # under `accelerate launch`
-        return _scale.fit(accelerator, model, model, next_batch, schedule, cfg,
-                          cfg.prediction_type, cfg.loss_weighting, progress, callback,
-                          callback_every)  # fmt: skip
+        return _scale.fit(
+            accelerator,
+            model,
+            model,
+            next_batch,
+            schedule,
+            cfg,
+            cfg.prediction_type,
+            cfg.loss_weighting,
+            progress,
+            callback,
+            callback_every,
+        )
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(

@@ -170,9 +170,18 @@ def train_upsampler(
         return high, {"low_res": cond}
 
     if (accelerator := scale.active()) is not None:  # under `accelerate launch`
-        return scale.fit(accelerator, model, model, next_batch, schedule, cfg,
-                         cfg.prediction_type, cfg.loss_weighting, progress,
-                         desc="upsampler")  # fmt: skip
+        return scale.fit(
+            accelerator,
+            model,
+            model,
+            next_batch,
+            schedule,
+            cfg,
+            cfg.prediction_type,
+            cfg.loss_weighting,
+            progress,
+            desc="upsampler",
+        )
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(
@@ -185,10 +194,14 @@ def train_upsampler(
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
         loss = diffusion_loss(
-            model, schedule, high.to(device), {"low_res": kwargs["low_res"].to(device)},
-            cfg.prediction_type, cfg.loss_weighting,
+            model,
+            schedule,
+            high.to(device),
+            {"low_res": kwargs["low_res"].to(device)},
+            cfg.prediction_type,
+            cfg.loss_weighting,
             generator=gen if device.type == "cpu" else None,
-        )  # fmt: skip
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

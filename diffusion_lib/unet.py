@@ -370,8 +370,16 @@ class UNet(nn.Module):
             h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h, context)
         return h
 
-    def forward(self, x, t, labels=None, context=None, vector=None,
-                down_residuals=None, mid_residual=None):  # fmt: skip
+    def forward(
+        self,
+        x,
+        t,
+        labels=None,
+        context=None,
+        vector=None,
+        down_residuals=None,
+        mid_residual=None,
+    ):
         """down_residuals (one per skip connection, see `skip_channels`) and
         mid_residual are added to the skips and to the middle block's output: how a
         ControlNet steers a frozen UNet (diffusers' down_block_additional_residuals,
@@ -400,8 +408,10 @@ class UNet(nn.Module):
         h = self._run(self.mid, h, emb, context)
         if down_residuals is not None:
             if len(down_residuals) != len(skips):
-                raise ValueError(f"down_residuals: expected {len(skips)} tensors (one "
-                                 f"per skip), got {len(down_residuals)}")  # fmt: skip
+                raise ValueError(
+                    f"down_residuals: expected {len(skips)} tensors (one "
+                    f"per skip), got {len(down_residuals)}"
+                )
             skips = [s + r for s, r in zip(skips, down_residuals)]
         if mid_residual is not None:
             h = h + mid_residual

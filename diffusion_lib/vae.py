@@ -65,8 +65,11 @@ class DiagonalGaussian:
         self.logvar = logvar.clamp(-30.0, 20.0)  # as SD, to keep exp() finite
         self.std = torch.exp(0.5 * self.logvar)
 
-    def sample(self, generator: torch.Generator | None = None,
-               noise: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def sample(
+        self,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """z = mean + std * e, e ~ N(0, I) (the reparameterisation trick); e is `noise`
         when given (a data-parallel loop draws the whole batch's)."""
         if noise is None:  # drawn on the generator's device (a CPU one works for CUDA)

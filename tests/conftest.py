@@ -20,9 +20,18 @@ def make_tiny_text_unet(context_dim: int = 8, seed: int = 0):
     from diffusion_lib.unet import UNet, UNetConfig
 
     torch.manual_seed(seed)
-    unet = UNet(UNetConfig(in_channels=4, out_channels=4, base_channels=8,
-                           channel_mults=(1, 2), attention_levels=(1,), heads=2,
-                           groups=4, context_dim=context_dim))  # fmt: skip
+    unet = UNet(
+        UNetConfig(
+            in_channels=4,
+            out_channels=4,
+            base_channels=8,
+            channel_mults=(1, 2),
+            attention_levels=(1,),
+            heads=2,
+            groups=4,
+            context_dim=context_dim,
+        )
+    )
     for p in unet.conv_out.parameters():  # not the zero init
         torch.nn.init.normal_(p, std=0.1)
     return unet
@@ -45,25 +54,46 @@ def write_tiny_sd(directory, seed: int = 0) -> None:
 
     torch.manual_seed(seed)
     tok = scene_tokenizer()
-    clip_cfg = CLIPConfig(vocab_size=tok.vocab_size, text_width=16, text_layers=1,
-                          text_heads=2, vision_width=16, vision_layers=1,
-                          vision_heads=2, embed_dim=8)  # fmt: skip
+    clip_cfg = CLIPConfig(
+        vocab_size=tok.vocab_size,
+        text_width=16,
+        text_layers=1,
+        text_heads=2,
+        vision_width=16,
+        vision_layers=1,
+        vision_heads=2,
+        embed_dim=8,
+    )
     vae_cfg = VAEConfig(channels=(8, 8, 8, 8), groups=4, scaling_factor=0.5)
-    unet_cfg = UNetConfig(in_channels=4, out_channels=4, base_channels=8,
-                          channel_mults=(1, 2), attention_levels=(1,), heads=2,
-                          groups=4, context_dim=16)  # fmt: skip
+    unet_cfg = UNetConfig(
+        in_channels=4,
+        out_channels=4,
+        base_channels=8,
+        channel_mults=(1, 2),
+        attention_levels=(1,),
+        heads=2,
+        groups=4,
+        context_dim=16,
+    )
     unet = UNet(unet_cfg)
     for p in unet.conv_out.parameters():  # not the zero init: outputs depend on inputs
         torch.nn.init.normal_(p, std=0.02)
     models = {
         "scenes-vae": (AutoencoderKL(vae_cfg), {"config": vae_cfg.to_dict()}),
-        "scenes-clip": (CLIP(clip_cfg), {"config": clip_cfg.to_dict(),
-                                         "tokenizer": tok.to_dict()}),
-        "scenes-ldm": (unet, {"config": unet_cfg.to_dict(),
-                              "schedule": {"kind": "scaled_linear",
-                                           "num_timesteps": 1000},
-                              "prediction_type": "eps", "guidance_scale": 3.0}),
-    }  # fmt: skip
+        "scenes-clip": (
+            CLIP(clip_cfg),
+            {"config": clip_cfg.to_dict(), "tokenizer": tok.to_dict()},
+        ),
+        "scenes-ldm": (
+            unet,
+            {
+                "config": unet_cfg.to_dict(),
+                "schedule": {"kind": "scaled_linear", "num_timesteps": 1000},
+                "prediction_type": "eps",
+                "guidance_scale": 3.0,
+            },
+        ),
+    }
     for name, (model, manifest) in models.items():
         path = f"{directory}/{name}.safetensors"
         save_checkpoint(path, model, {"recipe": name, **manifest}, torch.float32)
@@ -88,20 +118,48 @@ def write_tiny_dalle2(directory, clip_cfg) -> None:
         heads=2,
     )
     dec_cfg = DecoderConfig(
-        unet=UNetConfig(base_channels=8, channel_mults=(1, 2), attention_levels=(1,),
-                        heads=2, groups=4, context_dim=8),
-        embed_dim=clip_cfg.embed_dim, image_size=32)  # fmt: skip
-    up_cfg = UNetConfig(in_channels=6, base_channels=8, channel_mults=(1, 2), groups=4,
-                        attention_levels=(), mid_attention=False)  # fmt: skip
+        unet=UNetConfig(
+            base_channels=8,
+            channel_mults=(1, 2),
+            attention_levels=(1,),
+            heads=2,
+            groups=4,
+            context_dim=8,
+        ),
+        embed_dim=clip_cfg.embed_dim,
+        image_size=32,
+    )
+    up_cfg = UNetConfig(
+        in_channels=6,
+        base_channels=8,
+        channel_mults=(1, 2),
+        groups=4,
+        attention_levels=(),
+        mid_attention=False,
+    )
     cosine = {"schedule": {"kind": "cosine", "num_timesteps": 1000}}
     models = {
-        "scenes-prior": (DiffusionPrior(prior_cfg), {"config": prior_cfg.to_dict(),
-                         "clip_sha256": clip_sha, "guidance_scale": 2.0}),
-        "scenes-decoder": (UnCLIPDecoder(dec_cfg), {"config": dec_cfg.to_dict(),
-                           "clip_sha256": clip_sha, "guidance_scale": 3.0}),
-        "scenes-upsampler": (UnCLIPUpsampler(up_cfg), {"config": up_cfg.to_dict(),
-                             "sampling_steps": 2}),
-    }  # fmt: skip
+        "scenes-prior": (
+            DiffusionPrior(prior_cfg),
+            {
+                "config": prior_cfg.to_dict(),
+                "clip_sha256": clip_sha,
+                "guidance_scale": 2.0,
+            },
+        ),
+        "scenes-decoder": (
+            UnCLIPDecoder(dec_cfg),
+            {
+                "config": dec_cfg.to_dict(),
+                "clip_sha256": clip_sha,
+                "guidance_scale": 3.0,
+            },
+        ),
+        "scenes-upsampler": (
+            UnCLIPUpsampler(up_cfg),
+            {"config": up_cfg.to_dict(), "sampling_steps": 2},
+        ),
+    }
     for name, (model, manifest) in models.items():
         path = f"{directory}/{name}.safetensors"
         save_checkpoint(

@@ -29,9 +29,16 @@ from diffusion_lib.unet import UNet, UNetConfig
 
 def _unet(seed=0):
     torch.manual_seed(seed)
-    cfg = UNetConfig(in_channels=4, out_channels=4, base_channels=16,
-                     channel_mults=(1, 2), attention_levels=(0, 1), heads=2,
-                     groups=8, context_dim=8)  # fmt: skip
+    cfg = UNetConfig(
+        in_channels=4,
+        out_channels=4,
+        base_channels=16,
+        channel_mults=(1, 2),
+        attention_levels=(0, 1),
+        heads=2,
+        groups=8,
+        context_dim=8,
+    )
     model = UNet(cfg)
     for p in model.parameters():  # no zero inits: every layer reaches the output
         torch.nn.init.normal_(p, std=0.2)
@@ -40,8 +47,11 @@ def _unet(seed=0):
 
 def _inputs():
     g = torch.Generator().manual_seed(1)
-    return (torch.randn(2, 4, 8, 8, generator=g), torch.tensor([3, 500]),
-            torch.randn(2, 5, 8, generator=g))  # fmt: skip
+    return (
+        torch.randn(2, 4, 8, 8, generator=g),
+        torch.tensor([3, 500]),
+        torch.randn(2, 5, 8, generator=g),
+    )
 
 
 def _randomise(model):
@@ -138,9 +148,18 @@ def test_an_adapter_of_another_rank_or_model_is_refused():
 
 def _clip(tok):
     torch.manual_seed(0)
-    return CLIP(CLIPConfig(vocab_size=tok.vocab_size, text_width=16, text_layers=1,
-                           text_heads=2, vision_width=16, vision_layers=1,
-                           vision_heads=2, embed_dim=8)).eval()  # fmt: skip
+    return CLIP(
+        CLIPConfig(
+            vocab_size=tok.vocab_size,
+            text_width=16,
+            text_layers=1,
+            text_heads=2,
+            vision_width=16,
+            vision_layers=1,
+            vision_heads=2,
+            embed_dim=8,
+        )
+    ).eval()
 
 
 def test_a_new_word_keeps_every_old_prompt_as_it_was():
@@ -197,8 +216,15 @@ def test_concept_scenes_and_only_the_extended_judge_names_them():
         usual = scene_accuracy(SceneJudge()(s.images), *labels)
         assert usual[["shape", "colour"][i]] == 0.0, concept
     usual = data.make_scenes(40, seed=3)  # the usual scenes: no diamond, no orange
-    assert scene_accuracy(finetune.concept_judge()(usual.images), usual.objects,
-                          usual.relation, usual.position)["joint"] == 1.0  # fmt: skip
+    assert (
+        scene_accuracy(
+            finetune.concept_judge()(usual.images),
+            usual.objects,
+            usual.relation,
+            usual.position,
+        )["joint"]
+        == 1.0
+    )
     with pytest.raises(ValueError, match="new concept"):
         data.concept_scenes(4, concept="red")
 

@@ -38,11 +38,25 @@ def test_the_float32_variant_restores_pytorchs_setting():
 
 def test_table_reports_speed_up_over_plain():
     rows = [
-        {"model": "m", "variant": "plain", "batch_size": 8, "steps_per_s": 2.0,
-         "images_per_s": 16.0, "warmup_s": 1.0, "peak_memory_mb": None},
-        {"model": "m", "variant": "batch x4", "batch_size": 32, "steps_per_s": 1.0,
-         "images_per_s": 32.0, "warmup_s": 1.0, "peak_memory_mb": 100},
-    ]  # fmt: skip
+        {
+            "model": "m",
+            "variant": "plain",
+            "batch_size": 8,
+            "steps_per_s": 2.0,
+            "images_per_s": 16.0,
+            "warmup_s": 1.0,
+            "peak_memory_mb": None,
+        },
+        {
+            "model": "m",
+            "variant": "batch x4",
+            "batch_size": 32,
+            "steps_per_s": 1.0,
+            "images_per_s": 32.0,
+            "warmup_s": 1.0,
+            "peak_memory_mb": 100,
+        },
+    ]
     lines = bench.table(rows).splitlines()
     assert "| 1.00x |" in lines[2] and "| 2.00x |" in lines[3] and "| 100 |" in lines[3]
 
@@ -65,12 +79,26 @@ def test_chapters_are_timed_in_fresh_kernels_with_their_failures(tmp_path, capsy
         nbformat.write(nb, tmp_path / name)
         return str(tmp_path / name)
 
-    good = notebook("good.ipynb", "import os\nassert os.environ['DIFFUSION_MODE'] == "
-                    "'quick'", "x = 1")  # fmt: skip
+    good = notebook(
+        "good.ipynb",
+        "import os\nassert os.environ['DIFFUSION_MODE'] == 'quick'",
+        "x = 1",
+    )
     bad = notebook("bad.ipynb", "raise ValueError('a broken cell')", "y = 2")
     out = tmp_path / "rows.json"
-    bench.main(["--notebooks", good, bad, "--mode", "quick", "--timeout", "120",
-                "--json", str(out)])  # fmt: skip
+    bench.main(
+        [
+            "--notebooks",
+            good,
+            bad,
+            "--mode",
+            "quick",
+            "--timeout",
+            "120",
+            "--json",
+            str(out),
+        ]
+    )
     rows = json.loads(out.read_text())
     assert [r["notebook"] for r in rows] == ["good.ipynb", "bad.ipynb"]
     assert rows[0]["errors"] == [] and not rows[0]["timed_out"]

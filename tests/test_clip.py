@@ -17,8 +17,14 @@ TOK = clip.scene_tokenizer()
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    cfg = clip.CLIPConfig(vocab_size=TOK.vocab_size, text_width=32, vision_width=32,
-                          text_layers=2, vision_layers=2, embed_dim=16)  # fmt: skip
+    cfg = clip.CLIPConfig(
+        vocab_size=TOK.vocab_size,
+        text_width=32,
+        vision_width=32,
+        text_layers=2,
+        vision_layers=2,
+        embed_dim=16,
+    )
     return clip.CLIP(cfg).eval()
 
 
@@ -77,8 +83,9 @@ def test_embeddings_logits_and_loss(model):
     assert clip.clip_loss(perfect).item() < 1e-6
     # two processes' shares of the batch (rows 0-2 and 3-5, each against all 6): the
     # mean of their losses is the whole batch's
-    halves = [clip.clip_loss(logits[k : k + 3], logits.T[k : k + 3], first=k)
-              for k in (0, 3)]  # fmt: skip
+    halves = [
+        clip.clip_loss(logits[k : k + 3], logits.T[k : k + 3], first=k) for k in (0, 3)
+    ]
     torch.testing.assert_close((halves[0] + halves[1]) / 2, manual)
     with torch.no_grad():
         model.logit_scale.fill_(10.0)  # exp(10) > 100: clipped, as in CLIP
@@ -91,8 +98,14 @@ def test_embeddings_logits_and_loss(model):
 def test_training_learns_and_is_seeded():
     scenes = make_scenes(128, seed=1)
     tokens = TOK(scenes.captions)
-    cfg = clip.CLIPConfig(vocab_size=TOK.vocab_size, text_width=32, vision_width=32,
-                          text_layers=1, vision_layers=1, embed_dim=16)  # fmt: skip
+    cfg = clip.CLIPConfig(
+        vocab_size=TOK.vocab_size,
+        text_width=32,
+        vision_width=32,
+        text_layers=1,
+        vision_layers=1,
+        embed_dim=16,
+    )
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
@@ -122,8 +135,11 @@ class OracleCLIP(torch.nn.Module):
         from diffusion_lib.data import COLOURS, POSITIONS, SHAPES, SIZES
 
         sizes = (len(SHAPES), len(COLOURS), len(SIZES))
-        parts = [F.one_hot(o.clamp(min=0), n) * (o >= 0)
-                 for row in objects for o, n in zip(row, sizes)]  # fmt: skip
+        parts = [
+            F.one_hot(o.clamp(min=0), n) * (o >= 0)
+            for row in objects
+            for o, n in zip(row, sizes)
+        ]
         if self.bag:  # which words occur, not which object they belong to
             parts = [parts[0] + parts[3], parts[1] + parts[4], parts[2] + parts[5]]
             return torch.cat(parts).float()

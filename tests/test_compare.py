@@ -22,8 +22,9 @@ def test_sd15_shaped_networks_have_the_published_sizes():
 
 
 def test_scaled_down_karlo_runs_and_is_timed_on_the_cpu():
-    stages = compare.karlo_stages(scale=0.0625, prior_steps=2, decoder_steps=2,
-                                  upsampler_steps=1)  # fmt: skip
+    stages = compare.karlo_stages(
+        scale=0.0625, prior_steps=2, decoder_steps=2, upsampler_steps=1
+    )
     cost = compare.pipeline_cost(stages, device="cpu", time_it=True)
     assert set(cost["stages"]) == {"text encoder", "prior", "decoder", "upsampler"}
     assert all(r["seconds"] > 0 for r in cost["stages"].values())
@@ -38,9 +39,11 @@ def test_scaled_down_karlo_runs_and_is_timed_on_the_cpu():
 
 
 def test_diversity_at_interpolates_along_a_sweep():
-    sweep = {"1": {"joint": 0.5, "diversity": 0.04},
-             "3": {"joint": 0.9, "diversity": 0.02},
-             "real": {"diversity": 0.03}}  # fmt: skip
+    sweep = {
+        "1": {"joint": 0.5, "diversity": 0.04},
+        "3": {"joint": 0.9, "diversity": 0.02},
+        "real": {"diversity": 0.03},
+    }
     assert compare.diversity_at(sweep, 0.7) == pytest.approx(0.03)
     assert compare.diversity_at(sweep, 0.95) is None
     assert compare.peak_memory(lambda: None, "cpu") is None
@@ -59,6 +62,7 @@ def test_mini_costs_on_tiny_pipelines(tiny_sd_dir):
     flops = compare.mini_flops(dalle2, prompt, num_steps=2)
     assert set(flops) == {"text encoder", "prior", "decoder", "upsampler"}
     assert all(v > 0 for v in flops.values())
-    seconds = compare.seconds_per_image({"sd": sd, "dalle2": dalle2}, [prompt],
-                                        num_steps=2, repeats=1)  # fmt: skip
+    seconds = compare.seconds_per_image(
+        {"sd": sd, "dalle2": dalle2}, [prompt], num_steps=2, repeats=1
+    )
     assert set(seconds) == {"sd", "dalle2"} and min(seconds.values()) > 0

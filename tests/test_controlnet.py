@@ -64,18 +64,28 @@ def test_training_moves_only_the_controlnet(tiny_text_unet):
     from diffusion_lib.schedules import NoiseSchedule
 
     net, result = train_controlnet(
-        unet, NoiseSchedule.make("linear", 100), latents, context,
-        torch.zeros(3, 8), control.repeat(4, 1, 1, 1),
+        unet,
+        NoiseSchedule.make("linear", 100),
+        latents,
+        context,
+        torch.zeros(3, 8),
+        control.repeat(4, 1, 1, 1),
         TrainConfig(steps=3, batch_size=4, lr=1e-2, warmup=1, ema_decay=0.0),
-    )  # fmt: skip
+    )
     assert len(result.losses) == 3
     assert all(torch.equal(v, unet.state_dict()[k]) for k, v in before.items())
     assert any(z.weight.abs().sum() > 0 for z in net.zero_convs)
     parts = controlnet_parameters(net)
     assert parts["encoder copy"] < sum(p.numel() for p in unet.parameters())
     with pytest.raises(ValueError, match="same N"):
-        train_controlnet(unet, None, latents, context[:2], torch.zeros(3, 8),
-                         control.repeat(4, 1, 1, 1))  # fmt: skip
+        train_controlnet(
+            unet,
+            None,
+            latents,
+            context[:2],
+            torch.zeros(3, 8),
+            control.repeat(4, 1, 1, 1),
+        )
 
 
 def test_layout_masks_and_iou_see_a_moved_or_missing_shape():
@@ -115,12 +125,14 @@ def test_measured_captions_name_every_attribute_they_are_judged_on():
     measure_control and concept_prompts name all of them (parsed back exactly)."""
     scenes = data.make_scenes(200, seed=5, split="train", two_object_fraction=0.5)
     parsed = [data.parse_scene_caption(c) for c in scenes.captions]
-    omitted = sum(not torch.equal(p["objects"], o) for p, o in
-                  zip(parsed, scenes.objects))  # fmt: skip
+    omitted = sum(
+        not torch.equal(p["objects"], o) for p, o in zip(parsed, scenes.objects)
+    )
     assert omitted > 0  # the reason for full_captions
     labels = (scenes.objects, scenes.relation, scenes.position)
-    for caption, objects, position in zip(data.full_captions(*labels),
-                                          scenes.objects, scenes.position):  # fmt: skip
+    for caption, objects, position in zip(
+        data.full_captions(*labels), scenes.objects, scenes.position
+    ):
         p = data.parse_scene_caption(caption)
         assert torch.equal(p["objects"], objects), caption
         assert int(p["position"]) == int(position), caption

@@ -91,8 +91,9 @@ def test_the_inside_measure_sees_the_edit_and_only_inside_the_mask(scenes):
     edited, centres, radii = data.render_scenes(
         new, scenes.relation, scenes.position, 64, seed=5
     )
-    drawn = data.ScenesData(edited, new, scenes.relation, scenes.position, centres,
-                            radii, scenes.captions)  # fmt: skip
+    drawn = data.ScenesData(
+        edited, new, scenes.relation, scenes.position, centres, radii, scenes.captions
+    )
     mask = editing.object_masks(drawn, which)  # where the edited object was drawn
     verdict = SceneJudge()(edited)
     ok = editing.edited_object_right(verdict, new, which, mask)
@@ -147,8 +148,9 @@ def test_img2img_checks_strength_and_inpaint_runs(tiny_pipe, scenes):
         tiny_pipe.img2img(scenes.images[:2], scenes.captions[:2], 0.0)
     model = editing.InpaintingUNet.from_text_to_image(tiny_pipe.unet)
     mask = torch.ones(2, 1, 64, 64)
-    out = editing.inpaint(tiny_pipe, model, scenes.images[:2], mask,
-                          scenes.captions[:2], num_steps=2)  # fmt: skip
+    out = editing.inpaint(
+        tiny_pipe, model, scenes.images[:2], mask, scenes.captions[:2], num_steps=2
+    )
     assert out.shape == (2, 3, 64, 64)
 
 

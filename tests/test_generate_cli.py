@@ -30,8 +30,15 @@ def test_grid_and_folder_outputs(tiny_sd_dir, tmp_path):
 
 def test_same_seed_same_images_other_seed_other_images(tiny_sd_dir, tmp_path):
     for seed, name in ((0, "a"), (0, "b"), (1, "c")):
-        run(tiny_sd_dir, "--num-images", "2", "--seed", str(seed),
-            "--out", str(tmp_path / f"{name}.png"))  # fmt: skip
+        run(
+            tiny_sd_dir,
+            "--num-images",
+            "2",
+            "--seed",
+            str(seed),
+            "--out",
+            str(tmp_path / f"{name}.png"),
+        )
     a, b, c = (Image.open(tmp_path / f"{n}.png").tobytes() for n in "abc")
     assert a == b and a != c
 
@@ -65,8 +72,9 @@ def test_same_seed_same_images_other_seed_other_images(tiny_sd_dir, tmp_path):
         ),
     ],
 )
-def test_bad_input_exits_with_a_clear_message(tiny_sd_dir, tmp_path, args, message,
-                                              capsys, monkeypatch):  # fmt: skip
+def test_bad_input_exits_with_a_clear_message(
+    tiny_sd_dir, tmp_path, args, message, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--checkpoints", str(tiny_sd_dir)])
@@ -83,11 +91,25 @@ def test_missing_checkpoints_name_the_recipe(tmp_path, capsys):
 def test_module_entry_point_runs(tiny_sd_dir, tmp_path):
     out = tmp_path / "one.png"
     done = subprocess.run(
-        [sys.executable, "-m", "diffusion_lib", "generate", "a green triangle",
-         "--num-images", "1", "--steps", "1", "--out", str(out),
-         "--checkpoints", str(tiny_sd_dir)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "diffusion_lib",
+            "generate",
+            "a green triangle",
+            "--num-images",
+            "1",
+            "--steps",
+            "1",
+            "--out",
+            str(out),
+            "--checkpoints",
+            str(tiny_sd_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert out.exists() and "wrote" in done.stderr
 
@@ -126,9 +148,23 @@ def test_dalle2_prompt_and_variations(tiny_sd_dir, tmp_path):
     assert Image.open(tmp_path / "t.png").size == (2 * 66 + 2, 66 + 2)
     source = tmp_path / "source.png"
     Image.new("RGB", (48, 48), (200, 30, 30)).save(source)  # resized to 64x64
-    main(["generate", "--model", "dalle2", "--variations", str(source),
-          "--checkpoints", str(tiny_sd_dir), "--steps", "2", "--num-images", "3",
-          "--out", str(tmp_path / "v")])  # fmt: skip
+    main(
+        [
+            "generate",
+            "--model",
+            "dalle2",
+            "--variations",
+            str(source),
+            "--checkpoints",
+            str(tiny_sd_dir),
+            "--steps",
+            "2",
+            "--num-images",
+            "3",
+            "--out",
+            str(tmp_path / "v"),
+        ]
+    )
     files = sorted((tmp_path / "v").glob("*.png"))
     assert len(files) == 3 and all(Image.open(f).size == (64, 64) for f in files)
 
@@ -147,10 +183,17 @@ def test_part_four_options(tiny_part4_dir, tmp_path):
         "embedding": ["a red diamond", "--embedding"],
         "img2img": [PROMPT, "--init-image", str(source), "--strength", "0.5"],
         "inpaint": [PROMPT, "--init-image", str(source), "--mask", str(mask)],
-        "repaint": [PROMPT, "--init-image", str(source), "--mask", str(mask),
-                    "--inpaint-method", "repaint"],
+        "repaint": [
+            PROMPT,
+            "--init-image",
+            str(source),
+            "--mask",
+            str(mask),
+            "--inpaint-method",
+            "repaint",
+        ],
         "control": [PROMPT, "--control", str(mask)],
-    }  # fmt: skip
+    }
     for name, args in runs.items():
         out = tmp_path / f"{name}.png"
         main(["generate", *args, *common, "--out", str(out)])

@@ -42,8 +42,9 @@ def colab_like(tmp_path_factory):
         ).strip()
     )
     _fake_distribution(site_dir, "torch", OLD["torch"])
-    _fake_distribution(site_dir, "torchvision", OLD["torchvision"],
-                       [f"torch=={OLD['torch']}"])  # fmt: skip
+    _fake_distribution(
+        site_dir, "torchvision", OLD["torchvision"], [f"torch=={OLD['torch']}"]
+    )
     # everything else (numpy, matplotlib, setuptools, ...) from this environment,
     # after the venv's own site-packages, so the fake torch is the one pip sees
     (site_dir / "course_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
@@ -59,10 +60,18 @@ def colab_like(tmp_path_factory):
 def _dry_run(python, *requirements, report: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     env |= {"PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    command = [python, "-m", "pip", "install", "--dry-run", "--no-build-isolation",
-               "--report", str(report), *requirements]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, env=env,
-                          timeout=300)  # fmt: skip
+    command = [
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--dry-run",
+        "--no-build-isolation",
+        "--report",
+        str(report),
+        *requirements,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_installing_the_course_keeps_an_older_torch(colab_like, tmp_path):

@@ -103,36 +103,64 @@ def tiny_real_sd_folder(folder):
     (folder / "tok").mkdir(parents=True)
     (folder / "tok" / "vocab.json").write_text(json.dumps(vocab))
     (folder / "tok" / "merges.txt").write_text("#version: 0.2\nr e\n")
-    tokenizer = CLIPTokenizer(str(folder / "tok" / "vocab.json"),
-                              str(folder / "tok" / "merges.txt"),
-                              model_max_length=77)  # fmt: skip
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=16,
-                                        intermediate_size=32, num_hidden_layers=1,
-                                        num_attention_heads=2,
-                                        max_position_embeddings=77))  # fmt: skip
+    tokenizer = CLIPTokenizer(
+        str(folder / "tok" / "vocab.json"),
+        str(folder / "tok" / "merges.txt"),
+        model_max_length=77,
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+        )
+    )
     unet = UNet2DConditionModel(
-        sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
+        sample_size=8,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
-        norm_num_groups=4, attention_head_dim=2,
-    )  # fmt: skip
-    vae = AutoencoderKL(block_out_channels=(8, 8), latent_channels=4, norm_num_groups=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2)  # fmt: skip
-    sd = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer,
-                                 unet=unet, safety_checker=None, feature_extractor=None,
-                                 scheduler=course_scheduler({"kind": "linear",
-                                                             "num_timesteps": 1000}),
-                                 requires_safety_checker=False)  # fmt: skip
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        norm_num_groups=4,
+        attention_head_dim=2,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8),
+        latent_channels=4,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    )
+    sd = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tokenizer,
+        unet=unet,
+        safety_checker=None,
+        feature_extractor=None,
+        scheduler=course_scheduler({"kind": "linear", "num_timesteps": 1000}),
+        requires_safety_checker=False,
+    )
     sd.save_pretrained(str(folder / "sd"))
     return folder / "sd"
 
 
 def test_sd15_loader_runs_offline_on_a_tiny_real_pipeline(tmp_path):
-    sd = load_sd15(repo=str(tiny_real_sd_folder(tmp_path)), device="cpu",
-                   dtype=torch.float32)  # fmt: skip
-    out = sd("a red circle", num_inference_steps=2, height=16, width=16,
-             output_type="pt", generator=torch.Generator().manual_seed(0))  # fmt: skip
+    sd = load_sd15(
+        repo=str(tiny_real_sd_folder(tmp_path)), device="cpu", dtype=torch.float32
+    )
+    out = sd(
+        "a red circle",
+        num_inference_steps=2,
+        height=16,
+        width=16,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.images.shape == (1, 3, 16, 16)
     assert torch.isfinite(out.images).all()
 
@@ -155,8 +183,14 @@ def test_diffusers_adapter_loading_runs_offline_on_a_tiny_real_pipeline(tmp_path
 
     folder = tiny_real_sd_folder(tmp_path)
     trainer = load_sd15(repo=str(folder), device="cpu", dtype=torch.float32)
-    trainer.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian",
-                                        target_modules=list(LORA_TARGETS)))  # fmt: skip
+    trainer.unet.add_adapter(
+        LoraConfig(
+            r=2,
+            lora_alpha=2,
+            init_lora_weights="gaussian",
+            target_modules=list(LORA_TARGETS),
+        )
+    )
     for name, p in trainer.unet.named_parameters():
         if "lora_B" in name:  # as if trained: B is no longer zero
             torch.nn.init.normal_(p, std=0.5)
@@ -164,8 +198,13 @@ def test_diffusers_adapter_loading_runs_offline_on_a_tiny_real_pipeline(tmp_path
         tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(trainer.unet)
     )
     kw = dict(num_inference_steps=2, height=16, width=16, output_type="pt")
-    run = lambda sd: sd("a red circle", generator=torch.Generator().manual_seed(0),  # noqa: E731
-                        **kw).images  # fmt: skip
+    run = lambda sd: (
+        sd(
+            "a red circle",
+            generator=torch.Generator().manual_seed(0),  # noqa: E731
+            **kw,
+        ).images
+    )
     sd = load_sd15(repo=str(folder), device="cpu", dtype=torch.float32)
     base = run(sd)
     load_adapters(sd, lora=str(tmp_path / "lora"))
@@ -192,8 +231,9 @@ def test_real_editing_and_controlnet_pipelines_run_offline(tmp_path):
 
     from diffusion_lib.interop import outlines, sd15_editors, sd15_with_controlnet
 
-    sd = load_sd15(repo=str(tiny_real_sd_folder(tmp_path)), device="cpu",
-                   dtype=torch.float32)  # fmt: skip
+    sd = load_sd15(
+        repo=str(tiny_real_sd_folder(tmp_path)), device="cpu", dtype=torch.float32
+    )
     img2img, inpaint = sd15_editors(sd)
     assert img2img.unet is sd.unet and inpaint.vae is sd.vae
     image = torch.rand(1, 3, 16, 16)
@@ -201,8 +241,14 @@ def test_real_editing_and_controlnet_pipelines_run_offline(tmp_path):
     mask[..., 4:12, 4:12] = 1
     kw = dict(num_inference_steps=4, output_type="pt", height=16, width=16)
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    out = img2img("a red circle", image=image, strength=0.5, generator=g(),
-                  output_type="pt", num_inference_steps=4).images  # fmt: skip
+    out = img2img(
+        "a red circle",
+        image=image,
+        strength=0.5,
+        generator=g(),
+        output_type="pt",
+        num_inference_steps=4,
+    ).images
     assert out.shape == (1, 3, 16, 16) and torch.isfinite(out).all()
     out = inpaint(
         "a red circle", image=image, mask_image=mask, generator=g(), **kw

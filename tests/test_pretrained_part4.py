@@ -27,8 +27,10 @@ def test_lora_gates():
         assert drop <= MAX_DROP, (group, drop)
     # the groups are what their names say (finetune.measured_prompts)
     counts = m["training_captions_measured"]
-    assert counts == {g: 0 if g in finetune.NEW_CAPTION_GROUPS else m["prompts"]
-                      for g in ("concept", *finetune.OLD_GROUPS)}, counts  # fmt: skip
+    assert counts == {
+        g: 0 if g in finetune.NEW_CAPTION_GROUPS else m["prompts"]
+        for g in ("concept", *finetune.OLD_GROUPS)
+    }, counts
     # the VAE probe that decided the concept: diamonds survive it, orange does not
     probe = m["vae_reconstruction"]
     assert probe["diamond"]["joint"] >= 0.95 > 0.5 > probe["orange"]["joint"]
@@ -40,8 +42,9 @@ def test_inversion_leaves_old_prompts_exactly_and_is_measured():
     m = info["metrics"]
     for group in finetune.OLD_GROUPS:
         assert m["after"][group]["joint"] == m["before"][group]["joint"]
-    assert all(m["training_captions_measured"][g] == 0
-               for g in finetune.NEW_CAPTION_GROUPS)  # fmt: skip
+    assert all(
+        m["training_captions_measured"][g] == 0 for g in finetune.NEW_CAPTION_GROUPS
+    )
     width = pretrained.manifest("scenes-clip")["config"]["text_width"]
     assert info["trainable_parameters"] == width  # one row of the embedding table
 
@@ -51,8 +54,13 @@ def test_shipped_lora_agrees_with_peft_on_the_same_weights():
     base = copy.deepcopy(pipe.unet)
     pipe.load_lora_weights()
     info = pretrained.manifest("scenes-lora")
-    theirs = adapters.peft_lora(base, info["rank"], info["alpha"], info["targets"],
-                                state=adapters.lora_state_dict(pipe.unet))  # fmt: skip
+    theirs = adapters.peft_lora(
+        base,
+        info["rank"],
+        info["alpha"],
+        info["targets"],
+        state=adapters.lora_state_dict(pipe.unet),
+    )
     g = torch.Generator().manual_seed(0)
     z = torch.randn(4, *pipe.latent_shape, generator=g)
     t = torch.tensor([10, 300, 600, 900])

@@ -63,8 +63,10 @@ def test_gate_vae_psnr_and_judge_on_reconstructions(vae, split):
     judge, labels = SceneJudge(), (real.objects, real.relation, real.position)
     before = scene_accuracy(judge(real.images), *labels)["joint"]
     after = scene_accuracy(judge(rec), *labels)["joint"]
-    print(f"{split}: PSNR {p.mean():.2f} dB (5th pct {p.quantile(0.05):.2f}); judge "
-          f"{before:.3f} on originals, {after:.3f} on reconstructions")  # fmt: skip
+    print(
+        f"{split}: PSNR {p.mean():.2f} dB (5th pct {p.quantile(0.05):.2f}); judge "
+        f"{before:.3f} on originals, {after:.3f} on reconstructions"
+    )
     assert p.mean() >= PSNR_GATE
     assert after >= before - RECONSTRUCTION_JUDGE_GATE
     # PSNR is lenient on these mostly flat images: a copy blurred by 1 px still scores
@@ -132,8 +134,12 @@ def test_gate_mini_sd_prompt_accuracy_in_the_manifest():
     are reported."""
     metrics = pretrained.manifest("scenes-ldm")["metrics"]
     groups = metrics["groups"]
-    assert set(groups) == {"one object, seen", "two objects, seen",
-                           "one object, held out", "two objects, held out"}  # fmt: skip
+    assert set(groups) == {
+        "one object, seen",
+        "two objects, seen",
+        "one object, held out",
+        "two objects, held out",
+    }
     for name, row in groups.items():
         assert row["prompts"] >= 200 and 0 <= row["joint"] <= 1, name
         assert row["fid"] > 0 and row["real_vs_real"]["fid"] >= 0, name
@@ -168,8 +174,10 @@ def live_accuracy(sd, n, two, guidance_scale=None, steps=50, mirror=False):
     its relation reversed and judges it against the prompt's labels."""
     captions, labels = scene_prompts(n, 4747, "train", two)  # seeds no recipe uses
     if mirror:
-        captions = [scene_caption(o, r ^ 1, p, template=i)
-                    for i, (o, r, p) in enumerate(zip(*labels))]  # fmt: skip
+        captions = [
+            scene_caption(o, r ^ 1, p, template=i)
+            for i, (o, r, p) in enumerate(zip(*labels))
+        ]
     images = sd(captions, num_steps=steps, seed=4848, guidance_scale=guidance_scale)
     return scene_correct(SceneJudge()(images), *labels).float().mean().item()
 
@@ -184,8 +192,10 @@ def test_mini_sd_reads_the_relation_on_fresh_prompts(sd):
     mirrored = live_accuracy(sd, n, 1.0, mirror=True)
     gate = LDM_GATES["two objects, seen"]
     bound = gate - 2 * (gate * (1 - gate) / n) ** 0.5
-    print(f"fresh two-object prompts: {acc:.3f} (bound {bound:.3f}); "
-          f"relation reversed: {mirrored:.3f}")  # fmt: skip
+    print(
+        f"fresh two-object prompts: {acc:.3f} (bound {bound:.3f}); "
+        f"relation reversed: {mirrored:.3f}"
+    )
     assert acc >= bound
     assert mirrored < bound and acc - mirrored > 0.5
 
@@ -202,8 +212,10 @@ def test_mini_sd_accuracy_reproduces_on_fresh_prompts_and_can_fail(sd):
     _, labels = scene_prompts(n, 4747, "train", 0.0)
     blind = sd([""] * n, num_steps=50, seed=4848, guidance_scale=1.0)  # no prompt
     blind_acc = scene_correct(SceneJudge()(blind), *labels).float().mean().item()
-    print(f"fresh one-object prompts: {acc:.3f} (bound {bound:.3f}); "
-          f"unconditional: {blind_acc:.3f}")  # fmt: skip
+    print(
+        f"fresh one-object prompts: {acc:.3f} (bound {bound:.3f}); "
+        f"unconditional: {blind_acc:.3f}"
+    )
     assert acc >= bound
     assert blind_acc < bound
 
@@ -211,8 +223,9 @@ def test_mini_sd_accuracy_reproduces_on_fresh_prompts_and_can_fail(sd):
 def test_mini_sd_runs_the_same_inside_diffusers(sd):
     prompts = ["a large green triangle above a small red square", "a blue circle"]
     ours = sd(prompts, num_steps=20, seed=3)
-    theirs = interop.diffusers_generate(interop.to_diffusers(sd), sd, prompts,
-                                        num_steps=20, seed=3)  # fmt: skip
+    theirs = interop.diffusers_generate(
+        interop.to_diffusers(sd), sd, prompts, num_steps=20, seed=3
+    )
     assert (ours - theirs).abs().max().item() <= 1e-3
 
 
@@ -220,10 +233,25 @@ def test_generate_command_with_the_shipped_model(tmp_path):
     out = tmp_path / "images"
     prompt = "a large red circle to the left of a small blue square"
     done = subprocess.run(
-        [sys.executable, "-m", "diffusion_lib", "generate", prompt,
-         "--num-images", "4", "--seed", "0", "--steps", "50", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "diffusion_lib",
+            "generate",
+            prompt,
+            "--num-images",
+            "4",
+            "--seed",
+            "0",
+            "--steps",
+            "50",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     files = sorted(out.glob("*.png"))
     assert len(files) == 4 and all(Image.open(f).size == (64, 64) for f in files)

@@ -170,13 +170,30 @@ def test_sample_can_start_part_way_from_a_noised_image():
     model = GaussianDataDenoiser(s, mean=0.3, std=0.5)
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     x_T = torch.randn(4, 1, 2, 2, generator=g())
-    full = sample(model, s, x_T.shape, num_steps=10, x_T=x_T, generator=g(),
-                  clip_sample=False)  # fmt: skip
-    same = sample(model, s, x_T.shape, num_steps=10, x_T=x_T, generator=g(),
-                  clip_sample=False, start_step=999)  # fmt: skip
+    full = sample(
+        model, s, x_T.shape, num_steps=10, x_T=x_T, generator=g(), clip_sample=False
+    )
+    same = sample(
+        model,
+        s,
+        x_T.shape,
+        num_steps=10,
+        x_T=x_T,
+        generator=g(),
+        clip_sample=False,
+        start_step=999,
+    )
     assert torch.equal(full, same)
-    _, traj = sample(model, s, x_T.shape, num_steps=4, x_T=x_T, start_step=99,
-                     return_trajectory=True, clip_sample=False)  # fmt: skip
+    _, traj = sample(
+        model,
+        s,
+        x_T.shape,
+        num_steps=4,
+        x_T=x_T,
+        start_step=99,
+        return_trajectory=True,
+        clip_sample=False,
+    )
     assert len(traj) == 5
     with pytest.raises(ValueError, match="pass x_T"):
         sample(model, s, x_T.shape, num_steps=4, start_step=99)

@@ -44,13 +44,28 @@ def _train(tiny_text_unet, accelerator=None, steps=6):
     cfg = TrainConfig(steps=steps, batch_size=8, lr=1e-3, warmup=2, seed=3)
     schedule = NoiseSchedule.make("cosine", 100)
     if accelerator is None:
-        result = train_diffusion(model, schedule, latents, None, cfg, progress=False,
-                                 context=context, null_context=null)  # fmt: skip
+        result = train_diffusion(
+            model,
+            schedule,
+            latents,
+            None,
+            cfg,
+            progress=False,
+            context=context,
+            null_context=null,
+        )
     else:
         with scale.using(accelerator):
-            result = train_diffusion(model, schedule, latents, None, cfg,
-                                     progress=False, context=context,
-                                     null_context=null)  # fmt: skip
+            result = train_diffusion(
+                model,
+                schedule,
+                latents,
+                None,
+                cfg,
+                progress=False,
+                context=context,
+                null_context=null,
+            )
     return result, model
 
 
@@ -112,16 +127,22 @@ def test_the_upsampler_loop_scales_out_unchanged(accelerator_factory):
         torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     )
     cfg = UpsamplerTrainConfig(steps=3, batch_size=4, warmup=1, crop=8, factor=2)
-    config = UNetConfig(in_channels=6, out_channels=3, base_channels=8,
-                        channel_mults=(1, 2), attention_levels=(),
-                        mid_attention=False)  # fmt: skip
+    config = UNetConfig(
+        in_channels=6,
+        out_channels=3,
+        base_channels=8,
+        channel_mults=(1, 2),
+        attention_levels=(),
+        mid_attention=False,
+    )
 
     def run():
         model = UnCLIPUpsampler(config)
         from diffusion_lib.unclip import train_upsampler
 
-        result = train_upsampler(model, NoiseSchedule.make("cosine", 100), images, cfg,
-                                 progress=False)  # fmt: skip
+        result = train_upsampler(
+            model, NoiseSchedule.make("cosine", 100), images, cfg, progress=False
+        )
         return result, model
 
     (plain, plain_model), (acc, acc_model) = _both(run, accelerator_factory())
@@ -141,8 +162,9 @@ def test_the_controlnet_loop_scales_out_unchanged(tiny_text_unet, accelerator_fa
     def run():
         unet = tiny_text_unet()
         schedule = NoiseSchedule.make("linear", 100)
-        net, result = train_controlnet(unet, schedule, latents, context,
-                                       torch.zeros(5, 8), control, cfg)  # fmt: skip
+        net, result = train_controlnet(
+            unet, schedule, latents, context, torch.zeros(5, 8), control, cfg
+        )
         return result, net
 
     (plain, plain_net), (acc, acc_net) = _both(run, accelerator_factory())
@@ -160,8 +182,9 @@ def _evaluator_run():
     shapes = data.make_shapes(48, 32, seed=0, split="all")
     model = metrics.Evaluator(metrics.EvaluatorConfig(width=8, num_features=16))
     TRAINED_FROM["evaluator"] = copy.deepcopy(model)
-    losses = metrics.train_evaluator(model, shapes.images, shapes.labels, steps=3,
-                                     batch_size=8, progress=False)  # fmt: skip
+    losses = metrics.train_evaluator(
+        model, shapes.images, shapes.labels, steps=3, batch_size=8, progress=False
+    )
     return losses, model
 
 
@@ -181,15 +204,25 @@ def _clip_run():
 
     tokenizer = clip.scene_tokenizer()
     scenes = data.make_scenes(24, 64, seed=0, split="train")
-    model = clip.CLIP(clip.CLIPConfig(vocab_size=tokenizer.vocab_size,
-                                      context_length=tokenizer.context_length,
-                                      text_width=16, text_layers=1, text_heads=2,
-                                      patch_size=16, vision_width=16, vision_layers=1,
-                                      vision_heads=2, embed_dim=8))  # fmt: skip
+    model = clip.CLIP(
+        clip.CLIPConfig(
+            vocab_size=tokenizer.vocab_size,
+            context_length=tokenizer.context_length,
+            text_width=16,
+            text_layers=1,
+            text_heads=2,
+            patch_size=16,
+            vision_width=16,
+            vision_layers=1,
+            vision_heads=2,
+            embed_dim=8,
+        )
+    )
     TRAINED_FROM["clip"] = copy.deepcopy(model)
     cfg = clip.CLIPTrainConfig(steps=3, batch_size=8, warmup=1)
-    result = clip.train_clip(model, scenes.images, tokenizer(scenes.captions), cfg,
-                             progress=False)  # fmt: skip
+    result = clip.train_clip(
+        model, scenes.images, tokenizer(scenes.captions), cfg, progress=False
+    )
     return result.losses + result.temperatures, model
 
 
@@ -246,8 +279,10 @@ def test_backward_in_micro_batches_gives_the_whole_batchs_gradient(
 
     def loss_of(rows):
         logits = model(rows["x"])
-        return sum(torch.nn.functional.cross_entropy(z, rows["labels"][:, i])
-                   for i, z in enumerate(logits))  # fmt: skip
+        return sum(
+            torch.nn.functional.cross_entropy(z, rows["labels"][:, i])
+            for i, z in enumerate(logits)
+        )
 
     batch = {"x": shapes.images, "labels": shapes.labels}
     grads = []
@@ -306,14 +341,32 @@ def _launch(tmp_path, out, *extra, recipe=("shapes-ddpm", "--stage", "train")):
     arguments, then the recipe's."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("DIFFUSION_MODE", None)
-    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--dynamo_backend", "no",
-           "--num_cpu_threads_per_process", "1",
-           "--main_process_port", str(_free_port()), *extra[:2],
-           "-m", "diffusion_lib.recipes", *recipe, "--quick",
-           "--out", str(out), *extra[2:]]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path, env=env)  # fmt: skip
+    cmd = [
+        str(ACCELERATE),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--dynamo_backend",
+        "no",
+        "--num_cpu_threads_per_process",
+        "1",
+        "--main_process_port",
+        str(_free_port()),
+        *extra[:2],
+        "-m",
+        "diffusion_lib.recipes",
+        *recipe,
+        "--quick",
+        "--out",
+        str(out),
+        *extra[2:],
+    ]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+    )
 
 
 def _trained_on_two(tmp_path, out, name, *extra, recipe=None):
@@ -341,8 +394,14 @@ def test_two_cpu_processes_train_the_same_weights_and_the_result_loads(
     tmp_path, monkeypatch
 ):
     out = tmp_path / "two"
-    info = _trained_on_two(tmp_path, out, "shapes-ddpm", "--mixed_precision", "no",
-                           recipe=("shapes-ddpm", "--stage", "train"))  # fmt: skip
+    info = _trained_on_two(
+        tmp_path,
+        out,
+        "shapes-ddpm",
+        "--mixed_precision",
+        "no",
+        recipe=("shapes-ddpm", "--stage", "train"),
+    )
     model, loaded = pretrained.load_pretrained("shapes-ddpm", directory=out)
     assert loaded["sha256"] == info["sha256"]
     x = torch.randn(2, 3, 32, 32)
@@ -351,8 +410,13 @@ def test_two_cpu_processes_train_the_same_weights_and_the_result_loads(
     # weights up to the order in which the two halves' gradients are summed
     monkeypatch.chdir(tmp_path)
     recipes._train_ddpm(tmp_path / "one", quick=True)
-    assert _file_diff(tmp_path / "one" / "shapes-ddpm.safetensors",
-                      out / "shapes-ddpm.safetensors") < 1e-3  # fmt: skip
+    assert (
+        _file_diff(
+            tmp_path / "one" / "shapes-ddpm.safetensors",
+            out / "shapes-ddpm.safetensors",
+        )
+        < 1e-3
+    )
     two = load_file(str(out / "shapes-ddpm.safetensors"))
     torch.manual_seed(0)
     init = recipes.UNet(recipes.SHAPES_UNET).state_dict()
@@ -362,9 +426,16 @@ def test_two_cpu_processes_train_the_same_weights_and_the_result_loads(
 
 def test_two_cpu_processes_with_bf16_and_accumulation(tmp_path):
     out = tmp_path / "bf16"
-    info = _trained_on_two(tmp_path, out, "shapes-ddpm", "--mixed_precision", "bf16",
-                           "--grad-accum", "2",
-                           recipe=("shapes-ddpm", "--stage", "train"))  # fmt: skip
+    info = _trained_on_two(
+        tmp_path,
+        out,
+        "shapes-ddpm",
+        "--mixed_precision",
+        "bf16",
+        "--grad-accum",
+        "2",
+        recipe=("shapes-ddpm", "--stage", "train"),
+    )
     dist = info["distributed"]
     assert dist["mixed_precision"] == "bf16"
     assert dist["gradient_accumulation_steps"] == 2
@@ -409,8 +480,14 @@ def test_recipes_measured_in_their_run_train_on_two_processes(
 
 def test_upsampler_trains_on_two_processes(tmp_path):
     out = tmp_path / "up"
-    _trained_on_two(tmp_path, out, "scenes-upsampler", "--mixed_precision", "no",
-                    recipe=("scenes-upsampler", "--stage", "train"))  # fmt: skip
+    _trained_on_two(
+        tmp_path,
+        out,
+        "scenes-upsampler",
+        "--mixed_precision",
+        "no",
+        recipe=("scenes-upsampler", "--stage", "train"),
+    )
     model, _ = pretrained.load_pretrained("scenes-upsampler", directory=out)
     x = torch.randn(1, 3, 64, 64)
     assert model(x, torch.tensor([10]), low_res=x).shape == x.shape
@@ -436,5 +513,9 @@ def test_two_cpu_processes_train_what_one_plain_process_trains(
         assert two["train"]["final_loss"] == pytest.approx(
             one["train"]["final_loss"], rel=1e-4
         )
-    assert _file_diff(tmp_path / "one" / f"{name}.safetensors",
-                      out / f"{name}.safetensors") < 1e-3  # fmt: skip
+    assert (
+        _file_diff(
+            tmp_path / "one" / f"{name}.safetensors", out / f"{name}.safetensors"
+        )
+        < 1e-3
+    )

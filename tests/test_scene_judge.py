@@ -89,9 +89,15 @@ def test_relations_and_their_ambiguity(judge):
 def test_relation_as_asked_reads_the_prompts_object_order(judge):
     """The judge numbers objects in its own order; relation_as_asked reads the relation
     as "prompt object 0 <relation> prompt object 1", so mirrored images differ."""
-    images = torch.stack([two_shapes(dx=0.45), two_shapes(dx=-0.45),
-                          two_shapes(dx=0.0, dy=0.45), two_shapes(dx=0.0, dy=-0.45),
-                          two_shapes(dx=0.4, dy=0.4)])  # fmt: skip
+    images = torch.stack(
+        [
+            two_shapes(dx=0.45),
+            two_shapes(dx=-0.45),
+            two_shapes(dx=0.0, dy=0.45),
+            two_shapes(dx=0.0, dy=-0.45),
+            two_shapes(dx=0.4, dy=0.4),
+        ]
+    )
     v = judge(images)
     circle_then_square = prompt(
         f"a large red circle {RELATIONS[0]} a small blue square", 5
@@ -200,11 +206,14 @@ def test_scene_correct_is_the_joint_accuracy_per_image(judge):
     yellow = draw([("circle", COLOURS["yellow"], (0.5, 0.5), LARGE)], size=S)
     pair = two_shapes()  # large red circle to the left of a small blue square
     images = torch.stack([yellow, orange, pair, pair])
-    labels = [torch.cat(x) for x in zip(
-        prompt("a large yellow circle in the centre", 2),
-        prompt("a large red circle to the left of a small blue square"),
-        prompt("a red circle to the right of a blue square"),
-    )]  # fmt: skip
+    labels = [
+        torch.cat(x)
+        for x in zip(
+            prompt("a large yellow circle in the centre", 2),
+            prompt("a large red circle to the left of a small blue square"),
+            prompt("a red circle to the right of a blue square"),
+        )
+    ]
     v = judge(images)
     correct = scene_correct(v, *labels)
     assert correct.tolist() == [True, False, True, False]

@@ -28,8 +28,11 @@ D, L, W = 16, 20, 32
 
 def _prior():
     torch.manual_seed(0)
-    return DiffusionPrior(PriorConfig(embed_dim=D, text_width=W, context_length=L,
-                                      width=32, layers=2, heads=2)).eval()  # fmt: skip
+    return DiffusionPrior(
+        PriorConfig(
+            embed_dim=D, text_width=W, context_length=L, width=32, layers=2, heads=2
+        )
+    ).eval()
 
 
 def _prior_inputs(b=3):
@@ -37,10 +40,12 @@ def _prior_inputs(b=3):
     mask = torch.zeros(b, L, dtype=torch.bool)
     mask[:, :6] = True
     return dict(
-        x_t=torch.randn(b, D, generator=g), t=torch.tensor([5, 500, 999][:b]),
+        x_t=torch.randn(b, D, generator=g),
+        t=torch.tensor([5, 500, 999][:b]),
         text_states=torch.randn(b, L, W, generator=g),
-        text_embed=F.normalize(torch.randn(b, D, generator=g), dim=-1), text_mask=mask,
-    )  # fmt: skip
+        text_embed=F.normalize(torch.randn(b, D, generator=g), dim=-1),
+        text_mask=mask,
+    )
 
 
 def test_prior_predicts_one_embedding_and_ignores_caption_padding():
@@ -80,15 +85,20 @@ def test_pick_closest_keeps_the_candidate_nearest_the_text():
     far = F.normalize(torch.randn(4, D), dim=-1)
     near = F.normalize(text + 0.1 * torch.randn(4, D), dim=-1)
     order = torch.tensor([0, 1, 0, 1])  # the near one first in rows 0 and 2
-    cands = torch.stack([torch.where(order[:, None] == 0, near, far),
-                         torch.where(order[:, None] == 0, far, near)])  # fmt: skip
+    cands = torch.stack(
+        [
+            torch.where(order[:, None] == 0, near, far),
+            torch.where(order[:, None] == 0, far, near),
+        ]
+    )
     assert torch.equal(pick_closest(cands, text), near)
 
 
 def _decoder():
     torch.manual_seed(0)
-    unet = UNetConfig(base_channels=16, channel_mults=(1, 2), attention_levels=(1,),
-                      context_dim=16)  # fmt: skip
+    unet = UNetConfig(
+        base_channels=16, channel_mults=(1, 2), attention_levels=(1,), context_dim=16
+    )
     return DecoderConfig(unet=unet, embed_dim=D, num_tokens=4, image_size=8)
 
 
@@ -250,10 +260,14 @@ def test_slerp_is_unit_and_hits_both_ends():
 @pytest.fixture(scope="module")
 def tiny_pipeline():
     torch.manual_seed(0)
-    clip = CLIP(CLIPConfig(text_width=32, vision_width=32, embed_dim=D, text_layers=1,
-                           vision_layers=1)).eval()  # fmt: skip
-    prior = DiffusionPrior(PriorConfig(embed_dim=D, text_width=32, width=32, layers=1,
-                                       heads=2)).eval()  # fmt: skip
+    clip = CLIP(
+        CLIPConfig(
+            text_width=32, vision_width=32, embed_dim=D, text_layers=1, vision_layers=1
+        )
+    ).eval()
+    prior = DiffusionPrior(
+        PriorConfig(embed_dim=D, text_width=32, width=32, layers=1, heads=2)
+    ).eval()
     cfg = _decoder()
     cfg.image_size = 32
     decoder = UnCLIPDecoder(cfg).eval()
@@ -261,8 +275,16 @@ def tiny_pipeline():
     for m in (prior, decoder, upsampler):
         _perturb(m)
     s = NoiseSchedule.make("cosine", 1000)
-    return MiniDALLE2(prior, decoder, upsampler, clip, scene_tokenizer(), (s, s, s),
-                      prior_steps=3, upsampler_steps=2)  # fmt: skip
+    return MiniDALLE2(
+        prior,
+        decoder,
+        upsampler,
+        clip,
+        scene_tokenizer(),
+        (s, s, s),
+        prior_steps=3,
+        upsampler_steps=2,
+    )
 
 
 def test_pipeline_text_to_image_variations_and_interpolation(tiny_pipeline):

@@ -29,9 +29,15 @@ def test_slider_passes_the_value_by_the_callbacks_argument_name():
 def test_at_least_four_chapters_have_a_slider():
     """Found from the TOC's notebooks, not a list; each slider draws its first figure
     at once, so nbval runs every chapter's callback."""
-    with_slider = [p.stem for p in classroom.course_notebooks()
-                   if any("viz.slider(" in c.source for c in nbformat.read(p, 4).cells
-                          if c.cell_type == "code")]  # fmt: skip
+    with_slider = [
+        p.stem
+        for p in classroom.course_notebooks()
+        if any(
+            "viz.slider(" in c.source
+            for c in nbformat.read(p, 4).cells
+            if c.cell_type == "code"
+        )
+    ]
     assert len(with_slider) >= 4, with_slider
 
 

@@ -10,21 +10,27 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "book.yml"
-CHECK = [str(Path(sys.executable).parent / "check-jsonschema"),
-         "--builtin-schema", "vendor.github-workflows"]  # fmt: skip
+CHECK = [
+    str(Path(sys.executable).parent / "check-jsonschema"),
+    "--builtin-schema",
+    "vendor.github-workflows",
+]
 
 
 def _validate(path):
-    return subprocess.run([*CHECK, str(path)], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    return subprocess.run(
+        [*CHECK, str(path)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_workflow_is_valid_and_runs_the_readme_commands():
     done = _validate(WORKFLOW)
     assert done.returncode == 0, done.stdout + done.stderr
     flow = yaml.safe_load(WORKFLOW.read_text())
-    runs = {job: [s.get("run") for s in spec["steps"] if "run" in s]
-            for job, spec in flow["jobs"].items()}  # fmt: skip
+    runs = {
+        job: [s.get("run") for s in spec["steps"] if "run" in s]
+        for job, spec in flow["jobs"].items()
+    }
     assert runs["test"] == ["make test", "make test-from-scratch"]
     assert runs["book"] == ["make book"]
     uses = [s.get("uses", "") for s in flow["jobs"]["deploy"]["steps"]]

@@ -201,8 +201,10 @@ def _patch_inputs(gen: torch.Generator) -> dict:
     p = int(torch.randint(2, 5, (), generator=gen))
     rows, cols = (int(v) for v in torch.randint(1, 5, (2,), generator=gen))
     b, c = int(torch.randint(1, 4, (), generator=gen)), 3
-    return {"images": torch.randn(b, c, rows * p, cols * p, generator=gen),
-            "patch_size": p}  # fmt: skip
+    return {
+        "images": torch.randn(b, c, rows * p, cols * p, generator=gen),
+        "patch_size": p,
+    }
 
 
 def _mistake_patchify_plain_reshape(images: torch.Tensor, patch_size: int):

@@ -20,10 +20,13 @@ def reference_cross_attention_probs(q: torch.Tensor, k: torch.Tensor) -> torch.T
 
 
 def _probs_inputs(gen: torch.Generator) -> dict:
-    b, h, n, length, d = (int(torch.randint(1, m, (), generator=gen)) for m in
-                          (4, 5, 65, 21, 33))  # fmt: skip
-    return {"q": torch.randn(b, h, n, d, generator=gen),
-            "k": torch.randn(b, h, length, d, generator=gen)}  # fmt: skip
+    b, h, n, length, d = (
+        int(torch.randint(1, m, (), generator=gen)) for m in (4, 5, 65, 21, 33)
+    )
+    return {
+        "q": torch.randn(b, h, n, d, generator=gen),
+        "k": torch.randn(b, h, length, d, generator=gen),
+    }
 
 
 def _mistake_cross_attention_probs_query_axis(q, k) -> torch.Tensor:
@@ -64,8 +67,9 @@ def reference_word_heatmap(probs: torch.Tensor, token: int) -> torch.Tensor:
 
 
 def _heatmap_inputs(gen: torch.Generator) -> dict:
-    b, h, size, length = (int(torch.randint(1, m, (), generator=gen)) for m in
-                          (4, 5, 9, 21))  # fmt: skip
+    b, h, size, length = (
+        int(torch.randint(1, m, (), generator=gen)) for m in (4, 5, 9, 21)
+    )
     logits = torch.randn(b, h, size * size, length, generator=gen)
     token = int(torch.randint(0, length, (), generator=gen))
     return {"probs": logits.softmax(-1), "token": token}
@@ -103,8 +107,9 @@ register(
 # alphas_cumprod of t and t_prev -> z_{t_prev}
 
 
-def reference_guided_ddim_step(z_t, eps_cond, eps_uncond, guidance_scale,
-                               alpha_bar_t, alpha_bar_prev):  # fmt: skip
+def reference_guided_ddim_step(
+    z_t, eps_cond, eps_uncond, guidance_scale, alpha_bar_t, alpha_bar_prev
+):
     eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
     z0_hat = (z_t - (1 - alpha_bar_t) ** 0.5 * eps) / alpha_bar_t**0.5
     return alpha_bar_prev**0.5 * z0_hat + (1 - alpha_bar_prev) ** 0.5 * eps
@@ -116,21 +121,28 @@ def _step_inputs(gen: torch.Generator) -> dict:
     a_prev = a_t + (1 - a_t) * float(torch.rand((), generator=gen)) * 0.9
     z = [torch.randn(b, 4, 8, 8, generator=gen) for _ in range(3)]
     scale = float(torch.rand((), generator=gen)) * 7 + 1
-    return {"z_t": z[0], "eps_cond": z[1], "eps_uncond": z[2],
-            "guidance_scale": scale, "alpha_bar_t": a_t,
-            "alpha_bar_prev": a_prev}  # fmt: skip
+    return {
+        "z_t": z[0],
+        "eps_cond": z[1],
+        "eps_uncond": z[2],
+        "guidance_scale": scale,
+        "alpha_bar_t": a_t,
+        "alpha_bar_prev": a_prev,
+    }
 
 
-def _mistake_guided_ddim_step_clipped(z_t, eps_cond, eps_uncond, guidance_scale,
-                                      alpha_bar_t, alpha_bar_prev):  # fmt: skip
+def _mistake_guided_ddim_step_clipped(
+    z_t, eps_cond, eps_uncond, guidance_scale, alpha_bar_t, alpha_bar_prev
+):
     eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
     z0_hat = (z_t - (1 - alpha_bar_t) ** 0.5 * eps) / alpha_bar_t**0.5
     z0_hat = z0_hat.clamp(-1, 1)  # right for pixels, wrong for latents
     return alpha_bar_prev**0.5 * z0_hat + (1 - alpha_bar_prev) ** 0.5 * eps
 
 
-def _mistake_guided_ddim_step_swapped(z_t, eps_cond, eps_uncond, guidance_scale,
-                                      alpha_bar_t, alpha_bar_prev):  # fmt: skip
+def _mistake_guided_ddim_step_swapped(
+    z_t, eps_cond, eps_uncond, guidance_scale, alpha_bar_t, alpha_bar_prev
+):
     eps = eps_cond + guidance_scale * (eps_uncond - eps_cond)
     z0_hat = (z_t - (1 - alpha_bar_t) ** 0.5 * eps) / alpha_bar_t**0.5
     return alpha_bar_prev**0.5 * z0_hat + (1 - alpha_bar_prev) ** 0.5 * eps

@@ -114,9 +114,11 @@ def reference_slerp(a, b, weight) -> torch.Tensor:
 def _slerp_inputs(gen: torch.Generator) -> dict:
     b, d = (int(torch.randint(1, m, (), generator=gen)) for m in (5, 17))
     d = max(d, 2)
-    return {"a": F.normalize(torch.randn(b, d, generator=gen), dim=-1),
-            "b": F.normalize(torch.randn(b, d, generator=gen), dim=-1),
-            "weight": float(torch.rand((), generator=gen)) * 0.8 + 0.1}  # fmt: skip
+    return {
+        "a": F.normalize(torch.randn(b, d, generator=gen), dim=-1),
+        "b": F.normalize(torch.randn(b, d, generator=gen), dim=-1),
+        "weight": float(torch.rand((), generator=gen)) * 0.8 + 0.1,
+    }
 
 
 def _mistake_slerp_lerp(a, b, weight) -> torch.Tensor:

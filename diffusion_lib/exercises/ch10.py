@@ -17,8 +17,14 @@ def reference_conv_flops(batch, c_in, c_out, k, h, w) -> torch.Tensor:
 
 def _conv_inputs(gen: torch.Generator) -> dict:
     draw = lambda lo, hi: int(torch.randint(lo, hi, (), generator=gen))  # noqa: E731
-    return {"batch": draw(1, 9), "c_in": draw(1, 513), "c_out": draw(1, 513),
-            "k": [1, 3, 5][draw(0, 3)], "h": draw(4, 65), "w": draw(4, 65)}  # fmt: skip
+    return {
+        "batch": draw(1, 9),
+        "c_in": draw(1, 513),
+        "c_out": draw(1, 513),
+        "k": [1, 3, 5][draw(0, 3)],
+        "h": draw(4, 65),
+        "w": draw(4, 65),
+    }
 
 
 def _mistake_conv_flops_macs(batch, c_in, c_out, k, h, w):
@@ -112,8 +118,9 @@ register(
 # linearly interpolated between the first two neighbouring points that bracket it
 
 
-def reference_diversity_at(accuracy: torch.Tensor, diversity: torch.Tensor,
-                           target: float) -> torch.Tensor:  # fmt: skip
+def reference_diversity_at(
+    accuracy: torch.Tensor, diversity: torch.Tensor, target: float
+) -> torch.Tensor:
     for i in range(len(accuracy) - 1):
         a, b = float(accuracy[i]), float(accuracy[i + 1])
         if min(a, b) <= target <= max(a, b):

@@ -21,9 +21,14 @@ def _lora_inputs(gen: torch.Generator) -> dict:
     r = max(r, 2)  # alpha / r differs from alpha
     d_in, d_out = max(d_in, r), max(d_out, r)
     randn = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
-    return {"x": randn(n, d_in), "weight": randn(d_out, d_in), "bias": randn(d_out),
-            "A": randn(r, d_in), "B": randn(d_out, r),
-            "alpha": float(torch.randint(1, 17, (), generator=gen))}  # fmt: skip
+    return {
+        "x": randn(n, d_in),
+        "weight": randn(d_out, d_in),
+        "bias": randn(d_out),
+        "A": randn(r, d_in),
+        "B": randn(d_out, r),
+        "alpha": float(torch.randint(1, 17, (), generator=gen)),
+    }
 
 
 def _mistake_lora_no_scaling(x, weight, bias, A, B, alpha) -> torch.Tensor:
@@ -97,9 +102,11 @@ def reference_add_token_rows(table, init_ids, k) -> torch.Tensor:
 def _rows_inputs(gen: torch.Generator) -> dict:
     v, w = (int(torch.randint(4, m, (), generator=gen)) for m in (30, 17))
     m = int(torch.randint(2, 5, (), generator=gen))
-    return {"table": torch.randn(v, w, generator=gen),
-            "init_ids": torch.randperm(v, generator=gen)[:m],
-            "k": int(torch.randint(1, 4, (), generator=gen))}  # fmt: skip
+    return {
+        "table": torch.randn(v, w, generator=gen),
+        "init_ids": torch.randperm(v, generator=gen)[:m],
+        "k": int(torch.randint(1, 4, (), generator=gen)),
+    }
 
 
 def _mistake_rows_overwrite(table, init_ids, k) -> torch.Tensor:

@@ -18,9 +18,11 @@ def reference_controlled_skips(skips, residuals, scale) -> list:
 def _skips_inputs(gen: torch.Generator) -> dict:
     b = int(torch.randint(1, 3, (), generator=gen))
     shapes = [(8, 8, 8), (8, 4, 4), (16, 4, 4), (16, 2, 2)]
-    return {"skips": [torch.randn(b, *s, generator=gen) for s in shapes],
-            "residuals": [torch.randn(b, *s, generator=gen) for s in shapes],
-            "scale": float(torch.rand((), generator=gen)) * 1.5 + 0.25}  # fmt: skip
+    return {
+        "skips": [torch.randn(b, *s, generator=gen) for s in shapes],
+        "residuals": [torch.randn(b, *s, generator=gen) for s in shapes],
+        "scale": float(torch.rand((), generator=gen)) * 1.5 + 0.25,
+    }
 
 
 def _mistake_skips_replace(skips, residuals, scale) -> list:
