@@ -21,17 +21,14 @@ training pairs (the paper's 50%), so that the control alone carries the layout.
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import scale
 from .data import scene_masks
-from .forward import diffusion_loss
-from .train import EMA, TrainConfig, TrainResult, lr_at
+from .train import TrainConfig, fit
 from .unet import UNet
 
 CONTROL_TRAIN = TrainConfig(
@@ -171,10 +168,11 @@ def train_controlnet(
     prediction_type="eps",
     callback=None,
     callback_every: int = 0,
+    accelerator=None,
 ):
     """Train a ControlNet for the frozen `unet` on latents [N, C, h, w], text states
     [N, L, D] (replaced by null_context [L, D] with probability p_uncond) and control
-    images [N, c, H, W] (never dropped). A visible loop (as train.train_diffusion);
+    images [N, c, H, W] (never dropped), with train.fit (weight decay 0);
     callback(step, ema ControlNet) every `callback_every` steps, e.g. to watch for the
     paper's "sudden convergence". Returns (EMA ControlNet, TrainResult)."""
     n = latents.shape[0]
@@ -194,51 +192,22 @@ def train_controlnet(
         ctx = torch.where(drop, null_context[None].to(context.device), context[idx])
         return latents[idx], {"context": ctx, "control": control[idx]}
 
-    if (accelerator := scale.active()) is not None:  # under `accelerate launch`
-        cfg = replace(config, weight_decay=0.0)
-        result = scale.fit(
-            accelerator,
-            model,
-            net,
-            next_batch,
-            schedule,
-            cfg,
-            prediction_type,
-            "none",
-            False,
-            callback,
-            callback_every,
-            desc="controlnet",
-        )
-        return result.ema.model.eval(), result
-    gen = torch.Generator().manual_seed(config.seed)
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=0.0)
-    ema, result, start = EMA(net, config.ema_decay), TrainResult(), time.perf_counter()
-    net.train()
-    device = latents.device
-    for step in range(config.steps):
-        x0, kwargs = next_batch(gen)
-        x0, kwargs = x0.to(device), {k: v.to(device) for k, v in kwargs.items()}
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
-        loss = diffusion_loss(
-            model,
-            schedule,
-            x0,
-            kwargs,
-            prediction_type,
-            generator=gen if latents.device.type == "cpu" else None,
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-        opt.step()
-        ema.update(net)
-        result.losses.append(loss.item())
-        if callback is not None and callback_every and (step + 1) % callback_every == 0:
-            callback(step + 1, ema.model)
-    result.seconds, result.ema = time.perf_counter() - start, ema
-    return ema.model.eval(), result
+    cfg = replace(
+        config, weight_decay=0.0, prediction_type=prediction_type, loss_weighting="none"
+    )
+    result = fit(
+        model,
+        next_batch,
+        schedule,
+        cfg,
+        accelerator,
+        trainable=net,
+        progress=False,
+        callback=callback,
+        callback_every=callback_every,
+        desc="controlnet",
+    )
+    return result.ema.model.eval(), result
 
 
 def controlnet_parameters(net: ControlNet) -> dict:

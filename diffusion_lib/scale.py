@@ -5,11 +5,11 @@
     accelerate launch --multi_gpu --num_processes 2 -m diffusion_lib.recipes \\
         shapes-ddpm --quick --grad-accum 2 --out /tmp/ckpt  # no GPU: 2 CPU processes
 
-The chapters train with plain, visible loops (`train.train_diffusion`, and the
-upsampler's and ControlNet's, which differ only in how a batch is drawn). Under
-`accelerate launch`, `recipes.main` makes one `Accelerator` and activates it here; each
-of those loops then hands its batch-drawing function to `fit`, which keeps the recipe's
-meaning and changes only where the arithmetic happens:
+Every diffusion model trains with one loop, `train.fit` (train_diffusion, the
+upsampler's and ControlNet's differ only in how a batch is drawn). Under
+`accelerate launch`, `recipes.main` makes one `Accelerator` and activates it here (or
+a caller passes one to `fit`); the loop keeps the recipe's meaning and changes only
+where the arithmetic happens:
 
 * every process draws the same global batch of `config.batch_size` rows (the same seeded
   generator on each), with its timesteps and noise, and computes the loss on its own
@@ -42,12 +42,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from contextlib import contextmanager
 
 import torch
-
-from .setup import progress_bar
 
 # a training stage apart from the measurement
 STAGED = (
@@ -151,90 +148,6 @@ def my_rows(accelerator, part: int, micro: int) -> slice:
     each step."""
     first = (part * accelerator.num_processes + accelerator.process_index) * micro
     return slice(first, first + micro)
-
-
-def fit(
-    accelerator,
-    model,
-    trainable,
-    next_batch,
-    schedule,
-    cfg,
-    prediction_type="eps",
-    loss_weighting="none",
-    progress=True,
-    callback=None,
-    callback_every=0,
-    desc="train",
-):
-    """The data-parallel diffusion training loop behind the library's visible loops
-    (train_diffusion, train_upsampler, train_controlnet) under `accelerate launch`.
-
-    model: what the loss calls, model(x_t, t, **kwargs); trainable: the module whose
-    parameters train and whose EMA is kept (model itself, or a part of it such as a
-    ControlNet beside its frozen UNet). next_batch(gen) -> (x0 [B, ...], kwargs of
-    [B, ...] tensors) draws the whole batch of cfg.batch_size rows from the generator,
-    as the plain loop does. Trains in place on accelerator.device; returns a
-    train.TrainResult whose losses are the whole batch's mean loss per step, on every
-    process."""
-    from .forward import diffusion_loss, draw_noise
-    from .train import EMA, TrainResult, lr_at
-
-    micro = share(cfg.batch_size, accelerator)
-    accum = accelerator.gradient_accumulation_steps
-    gen = torch.Generator().manual_seed(cfg.seed)  # the same on every process
-    opt = torch.optim.AdamW(
-        trainable.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
-    dev = accelerator.device
-    model.to(dev)
-    ema = EMA(trainable, cfg.ema_decay)  # a float32 copy, before any wrapping
-    ddp_model, opt = accelerator.prepare(model, opt)
-    # DistributedDataParallel has just given every process the main process's weights
-    # (an adapter initialised from each process's own random state, say): start the
-    # EMA from those
-    ema.model.load_state_dict(trainable.state_dict())
-    result, start = TrainResult(), time.perf_counter()
-    trainable.train()
-    show = progress and accelerator.is_main_process
-    for step in (bar := progress_bar(range(cfg.steps), show, desc)):
-        x0, kwargs = next_batch(gen)
-        t, eps = draw_noise(schedule, x0, gen)  # the whole batch's, as the plain loop
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
-        step_loss = torch.zeros((), device=dev)
-        for part in range(accum):  # this process's rows of micro-batch `part`
-            rows = my_rows(accelerator, part, micro)
-            with accelerator.accumulate(ddp_model):
-                loss = diffusion_loss(
-                    ddp_model,
-                    schedule,
-                    x0[rows].to(dev),
-                    {k: v[rows].to(dev) for k, v in kwargs.items()},
-                    prediction_type,
-                    loss_weighting,
-                    t=t[rows].to(dev),
-                    eps=eps[rows].to(dev),
-                )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(trainable.parameters(), cfg.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            step_loss += loss.detach() / accum
-        ema.update(trainable)
-        result.losses.append(accelerator.reduce(step_loss, reduction="mean").item())
-        if step % 50 == 0:
-            bar.set_postfix(
-                loss=f"{sum(result.losses[-50:]) / len(result.losses[-50:]):.4f}"
-            )
-        if callback is not None and callback_every and (step + 1) % callback_every == 0:
-            if accelerator.is_main_process:  # callbacks write files or measure
-                callback(step + 1, ema.model)
-            accelerator.wait_for_everyone()
-    result.seconds, result.ema = time.perf_counter() - start, ema
-    trainable.eval()
-    return result
 
 
 # ---------------------------------------------------------------------------------

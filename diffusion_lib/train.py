@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -25,7 +26,7 @@ from safetensors.torch import save_file
 
 from . import scale as _scale
 from .checkpoints import manifest_hash, read_manifest, sha256_file
-from .forward import diffusion_loss
+from .forward import diffusion_loss, draw_noise
 from .schedules import NoiseSchedule
 from .setup import progress_bar
 
@@ -110,6 +111,7 @@ def train_diffusion(
     context: torch.Tensor | None = None,
     null_context: torch.Tensor | None = None,
     conditions: dict | None = None,
+    accelerator=None,
 ) -> TrainResult:
     """Train `model` (a UNet) on images [N, C, H, W] (pixels in [-1, 1], or scaled
     latents) with optional labels [N, K], or text states context [N, L, D] for
@@ -123,7 +125,8 @@ def train_diffusion(
     callback(step, ema_model) is called every `callback_every` steps (e.g. to measure
     FID during training).
     Returns the per-step losses, the wall-clock seconds and the EMA of the weights.
-    Under `accelerate launch` the same call trains data-parallel (diffusion_lib.scale).
+    The loop is `fit`; with an `accelerator` (or under `accelerate launch`, see
+    diffusion_lib.scale) the same call trains data-parallel.
     """
     cfg = config or TrainConfig()
     check_training_inputs(images, context, null_context, conditions)
@@ -133,55 +136,136 @@ def train_diffusion(
             model, images, labels, cfg, gen, context, null_context, conditions
         )
 
-    if (accelerator := _scale.active()) is not None:  # under `accelerate launch`
-        return _scale.fit(
-            accelerator,
-            model,
-            model,
-            next_batch,
-            schedule,
-            cfg,
-            cfg.prediction_type,
-            cfg.loss_weighting,
-            progress,
-            callback,
-            callback_every,
-        )
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+    return fit(
+        model,
+        next_batch,
+        schedule,
+        cfg,
+        accelerator,
+        progress=progress,
+        callback=callback,
+        callback_every=callback_every,
     )
-    ema, result, start = EMA(model, cfg.ema_decay), TrainResult(), time.perf_counter()
-    model.train()
-    for step in (bar := progress_bar(range(cfg.steps), progress, "train")):
-        x0, kwargs = next_batch(gen)
-        x0, kwargs = x0.to(device), {k: v.to(device) for k, v in kwargs.items()}
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
-        loss = diffusion_loss(
-            model,
-            schedule,
-            x0,
-            kwargs,
-            cfg.prediction_type,
-            cfg.loss_weighting,
-            generator=gen if device.type == "cpu" else None,
-        )
-        opt.zero_grad(set_to_none=True)
+
+
+class OneProcess:
+    """What `fit` asks of an 🤗 Accelerator, for one plain process on the device the
+    model is on: nothing is wrapped, split or gathered (a one-process Accelerator on
+    the CPU does the same; this one needs no accelerate)."""
+
+    num_processes, process_index, gradient_accumulation_steps = 1, 0, 1
+    is_main_process, sync_gradients = True, True
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+    def prepare(self, *objects):
+        return objects
+
+    def accumulate(self, model):
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        ema.update(model)
-        result.losses.append(loss.item())
+
+    def clip_grad_norm_(self, parameters, max_norm: float):
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+    def reduce(self, value: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        return value
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+def fit(
+    model,
+    next_batch,
+    schedule: NoiseSchedule,
+    config: TrainConfig,
+    accelerator=None,
+    *,
+    trainable=None,
+    progress: bool = True,
+    callback=None,
+    callback_every: int = 0,
+    desc: str = "train",
+) -> TrainResult:
+    """The diffusion training loop of every diffusion model of the course: draw a
+    batch, draw t and the noise, regress the model onto the target (forward.
+    diffusion_loss), step AdamW with warm-up + cosine decay (lr_at), clip the gradient
+    norm, update the EMA.
+
+    model: what the loss calls, model(x_t, t, **kwargs); trainable: the module whose
+    parameters train and whose EMA is kept (model itself by default, or a part of it,
+    such as a ControlNet beside its frozen UNet). next_batch(gen) -> (x0 [B, ...],
+    kwargs of [B, ...] tensors) draws a whole batch of config.batch_size rows from the
+    seeded generator `gen` (on the CPU), which then draws t [B] and eps (draw_noise),
+    so the same seed gives the same numbers on any device.
+
+    accelerator: an 🤗 Accelerator, for data-parallel training, mixed precision and
+    gradient accumulation (each process computes its share of the same global batch;
+    see diffusion_lib.scale); None: the accelerator that `accelerate launch` made
+    (scale.active()), else one plain process (OneProcess).
+    callback(step, ema_model) every `callback_every` steps (on the main process).
+    Returns a TrainResult: the whole batch's mean loss per step, the seconds, the EMA.
+    """
+    trainable = model if trainable is None else trainable
+    acc = accelerator or _scale.active()
+    acc = acc or OneProcess(next(trainable.parameters()).device)
+    micro = _scale.share(config.batch_size, acc)
+    accum = acc.gradient_accumulation_steps
+    gen = torch.Generator().manual_seed(config.seed)  # the same on every process
+    opt = torch.optim.AdamW(
+        trainable.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    device = acc.device
+    model.to(device)
+    ema = EMA(trainable, config.ema_decay)  # a float32 copy, before any wrapping
+    wrapped, opt = acc.prepare(model, opt)
+    # DistributedDataParallel has just given every process the main process's weights
+    # (an adapter initialised from each process's own random state, say): start the
+    # EMA from those
+    ema.model.load_state_dict(trainable.state_dict())
+    result, start = TrainResult(), time.perf_counter()
+    trainable.train()
+    show = progress and acc.is_main_process
+    for step in (bar := progress_bar(range(config.steps), show, desc)):
+        x0, kwargs = next_batch(gen)
+        t, eps = draw_noise(schedule, x0, gen)  # the whole batch's
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
+        step_loss = torch.zeros((), device=device)
+        for part in range(accum):  # this process's rows of micro-batch `part`
+            rows = _scale.my_rows(acc, part, micro)
+            with acc.accumulate(wrapped):
+                loss = diffusion_loss(
+                    wrapped,
+                    schedule,
+                    x0[rows].to(device),
+                    {k: v[rows].to(device) for k, v in kwargs.items()},
+                    config.prediction_type,
+                    config.loss_weighting,
+                    t=t[rows].to(device),
+                    eps=eps[rows].to(device),
+                )
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(trainable.parameters(), config.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            step_loss += loss.detach() / accum
+        ema.update(trainable)
+        result.losses.append(acc.reduce(step_loss, reduction="mean").item())
         if step % 50 == 0:
-            bar.set_postfix(
-                loss=f"{sum(result.losses[-50:]) / len(result.losses[-50:]):.4f}"
-            )
+            recent = result.losses[-50:]
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
         if callback is not None and callback_every and (step + 1) % callback_every == 0:
-            callback(step + 1, ema.model)
+            if acc.is_main_process:  # callbacks write files or measure
+                callback(step + 1, ema.model)
+            acc.wait_for_everyone()
     result.seconds, result.ema = time.perf_counter() - start, ema
-    model.eval()
+    trainable.eval()
     return result
 
 

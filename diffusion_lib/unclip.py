@@ -20,20 +20,16 @@ low_res: [B, 3, H / f, W / f].
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import scale
 from .config import Config
-from .forward import diffusion_loss
 from .metrics import blur
 from .schedules import NoiseSchedule
-from .setup import progress_bar
-from .train import EMA, TrainConfig, TrainResult, lr_at
+from .train import TrainConfig, TrainResult, fit
 from .unet import UNet, UNetConfig
 
 
@@ -157,9 +153,11 @@ def train_upsampler(
     images: torch.Tensor,
     config: UpsamplerTrainConfig | None = None,
     progress: bool = True,
+    accelerator=None,
 ) -> TrainResult:
     """Train on high-resolution images [N, 3, H, W]: each batch downsamples them,
-    corrupts the low-res copy, enlarges it, and crops both at the same place."""
+    corrupts the low-res copy, enlarges it, and crops both at the same place (the loop
+    is train.fit)."""
     cfg = config or UpsamplerTrainConfig()
 
     def next_batch(gen):  # [B, 3, crop, crop] targets and enlarged low-res inputs
@@ -169,49 +167,12 @@ def train_upsampler(
         high, cond = random_crops(high, enlarge(low, high.shape[-1]), cfg.crop, gen)
         return high, {"low_res": cond}
 
-    if (accelerator := scale.active()) is not None:  # under `accelerate launch`
-        return scale.fit(
-            accelerator,
-            model,
-            model,
-            next_batch,
-            schedule,
-            cfg,
-            cfg.prediction_type,
-            cfg.loss_weighting,
-            progress,
-            desc="upsampler",
-        )
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+    return fit(
+        model,
+        next_batch,
+        schedule,
+        cfg,
+        accelerator,
+        progress=progress,
+        desc="upsampler",
     )
-    ema, result, start = EMA(model, cfg.ema_decay), TrainResult(), time.perf_counter()
-    model.train()
-    for step in (bar := progress_bar(range(cfg.steps), progress, "upsampler")):
-        high, kwargs = next_batch(gen)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
-        loss = diffusion_loss(
-            model,
-            schedule,
-            high.to(device),
-            {"low_res": kwargs["low_res"].to(device)},
-            cfg.prediction_type,
-            cfg.loss_weighting,
-            generator=gen if device.type == "cpu" else None,
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        ema.update(model)
-        result.losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(
-                loss=f"{sum(result.losses[-50:]) / len(result.losses[-50:]):.4f}"
-            )
-    result.seconds, result.ema = time.perf_counter() - start, ema
-    model.eval()
-    return result
