@@ -23,6 +23,7 @@ integers in the order of `ATTRIBUTES`, the scenes' labels are described in `Scen
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ ATTRIBUTES = {
 LABEL_SIZES = tuple(len(v) for v in ATTRIBUTES.values())
 HELD_OUT = (("triangle", "blue"), ("circle", "yellow"), ("square", "purple"))
 SPLITS = ("train", "holdout", "all")
+IMAGE_SIZE = 16  # Part I: one shape on 16 x 16 pixels
+SCENE_SIZE = 64  # Parts II-IV: scenes of one or two shapes on 64 x 64 pixels
 BACKGROUND = (0.08, 0.08, 0.10)
 
 _CENTRES = {
@@ -755,3 +758,18 @@ def stack_dataset(dataset, n: int | None = None) -> tuple[torch.Tensor, torch.Te
     n = len(dataset) if n is None else min(n, len(dataset))
     items = [dataset[i] for i in range(n)]
     return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
+
+
+def scene_prompts(n: int, seed: int, split: str, two_object_fraction: float):
+    """n full captions (every attribute named; the grammar's phrasings in turn) with
+    their labels (objects, relation, position)."""
+    objects, relation, position = sample_scene_labels(
+        n, seed, split, two_object_fraction
+    )
+    return full_captions(objects, relation, position), (objects, relation, position)
+
+
+def captions_sha256(captions) -> str:
+    """A fingerprint of a list of prompts, in order: two measurements are on the same
+    prompts exactly when their fingerprints are equal (the manifests record it)."""
+    return hashlib.sha256("\n".join(captions).encode()).hexdigest()

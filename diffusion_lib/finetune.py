@@ -44,17 +44,39 @@ from .adapters import (
     lora_state_dict,
     set_lora_scale,
 )
+from .controlnet import (
+    CONTROL_TRAIN,
+    controlnet_parameters,
+    layout_masks,
+    mask_iou,
+    train_controlnet,
+)
 from .data import (
     ALL_COLOURS,
     ALL_SHAPES,
+    BACKGROUND,
     COLOURS,
+    SCENE_SIZE,
     SHAPES,
     concept_scenes,
     full_captions,
     make_scenes,
     sample_scene_labels,
     scene_caption,
+    scene_prompts,
     with_articles,
+)
+from .editing import (
+    InpaintingUNet,
+    edit_labels,
+    edited_object_right,
+    inpaint,
+    inpaint_condition,
+    object_masks,
+    psnr_where,
+    repaint,
+    seam_band,
+    training_masks,
 )
 from .forward import diffusion_loss, draw_noise
 from .judge import SceneJudge, scene_accuracy, scene_judge_config
@@ -67,7 +89,16 @@ from .loaders import (
     load_textual_inversion,
     teach_word,
 )
-from .train import TrainConfig, TrainResult, save_checkpoint, train_diffusion
+from .pipelines import MiniStableDiffusion, encode_scenes
+from .scale import hardware
+from .train import (
+    TrainConfig,
+    TrainResult,
+    loss_summary,
+    save_checkpoint,
+    train_diffusion,
+    write_manifest,
+)
 
 VAE_PROBES = ("diamond", "orange")  # what the frozen VAE can and cannot redraw
 CONCEPT_IMAGES = 48  # "a few dozen" pictures of the new concept
@@ -293,7 +324,6 @@ def measured_prompts(n: int, seed: int, exclude) -> dict:
     ("concept") and OLD_GROUPS, those of NEW_CAPTION_GROUPS drawn from captions not in
     `exclude` (new_prompts); the others as drawn (one-object full captions: most of
     them are training captions, see training_captions)."""
-    from .recipes import scene_prompts  # recipes imports this module lazily
 
     draws = {"concept": (concept_prompts, seed + 7000)}
     for k, (name, two) in enumerate(OLD_GROUPS.items()):
@@ -340,8 +370,6 @@ def _summary(row: dict) -> dict:
 
 def _base_pipe(out_dir):
     """The shipped mini SD, on the accelerator's device under `accelerate launch`."""
-    from .pipelines import MiniStableDiffusion
-
     accelerator = _scale.active()
     device = accelerator.device if accelerator is not None else None
     return MiniStableDiffusion.from_pretrained(device, out_dir)
@@ -383,7 +411,6 @@ def lora_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict
     """Teach the mini SD the word "diamond" with LoRA; measure before, after and at
     several adapter strengths; ship the adapter (and the word's frozen row). Stage
     "measure": only re-measure the saved adapter (measure_lora)."""
-    from .recipes import SCENE_SIZE, hardware, loss_summary
 
     _check_stage(stage)
     if stage == "measure":
@@ -429,8 +456,6 @@ def lora_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict
 def measure_lora(out_dir=None, quick=False, seed=0) -> dict:
     """Re-measure the saved scenes-lora (before: the word's starting row without the
     adapter, as the recipe measured it) and rewrite its manifest's metrics."""
-    from .train import write_manifest
-
     n_concept, n_regular, _, n, steps = _settings(quick)
     exclude = training_captions(n_concept, n_regular, seed, out_dir)
     base = _base_pipe(out_dir)
@@ -459,7 +484,6 @@ def inversion_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") ->
     """Teach the mini SD the word "diamond" by textual inversion (one embedding row);
     measure before and after; ship the row. Stage "measure": only re-measure the saved
     row (measure_inversion)."""
-    from .recipes import SCENE_SIZE, hardware, loss_summary
 
     _check_stage(stage)
     if stage == "measure":
@@ -499,8 +523,6 @@ def inversion_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") ->
 
 def measure_inversion(out_dir=None, quick=False, seed=0) -> dict:
     """Re-measure the saved scenes-inversion and rewrite its manifest's metrics."""
-    from .train import write_manifest
-
     n_concept, _, _, n, steps = _settings(quick)
     exclude = training_captions(n_concept, 0, seed, out_dir)
     base = _base_pipe(out_dir)
@@ -530,8 +552,6 @@ def edit_task(n: int, seed: int):
     """n seen scenes (half with two objects), one object of each to be replaced by
     another shape and colour: (scenes, which [n], edited objects [n, 2, 3], mask
     [n, 1, 64, 64], captions of the edited scenes)."""
-    from .editing import edit_labels, object_masks
-
     scenes = make_scenes(n, seed=seed, split="train", two_object_fraction=0.5)
     rng = torch.Generator().manual_seed(seed)
     two = scenes.objects[:, 1, 0] >= 0
@@ -546,8 +566,6 @@ def measure_edits(fake, scenes, which, edited, mask) -> dict:
     judge), the whole edited caption right, and PSNR against the source outside the
     mask away from the seam, and at the seam (editing.seam_band: 2 pixels on each side
     of the boundary between kept and regenerated latent cells, outside the mask)."""
-    from .editing import edited_object_right, psnr_where, seam_band
-
     verdict = SceneJudge()(fake)
     band = seam_band(mask)
     far = (mask < 0.5) & ~band
@@ -569,9 +587,6 @@ def measure_img2img(pipe, n: int, seed: int, steps: int, strengths=IMG2IMG_STREN
     ("a blue square": no size, no place, so that only the source can fix those): per
     strength, faithful to the prompt (shape and colour as asked) and to the source
     (the object's centre within 2 pixels of the source's and its size kept; PSNR)."""
-    from .data import scene_caption
-    from .editing import edit_labels, psnr_where
-
     scenes = make_scenes(n, seed=seed, split="train", two_object_fraction=0.0)
     edited = edit_labels(scenes.objects, torch.zeros(n, dtype=torch.long), seed)
     captions = [
@@ -609,8 +624,6 @@ def measure_img2img(pipe, n: int, seed: int, steps: int, strengths=IMG2IMG_STREN
 def measure_inpaint(out_dir=None, quick=False, seed=0, device="cpu") -> dict:
     """Re-measure the saved scenes-inpaint (the inpainting methods and image-to-image)
     and rewrite its manifest's metrics."""
-    from .train import write_manifest
-
     pipe = _base_pipe(out_dir)
     model, info = load_inpainting(out_dir, device)
     n, steps = (4, 2) if quick else (100, 50)
@@ -620,8 +633,6 @@ def measure_inpaint(out_dir=None, quick=False, seed=0, device="cpu") -> dict:
 
 
 def _inpaint_metrics(pipe, model, n, steps, seed, quick) -> dict:
-    from .editing import inpaint, psnr_where, repaint, seam_band
-
     task = edit_task(n, seed + 8000)
     fakes = {
         "mask-conditioned UNet": inpaint(
@@ -664,13 +675,6 @@ def inpaint_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> d
     "measure": only re-measure the saved model)."""
     if stage == "measure":
         return measure_inpaint(out_dir, quick, seed, device)
-    from .editing import (
-        InpaintingUNet,
-        inpaint_condition,
-        training_masks,
-    )
-    from .recipes import SCENE_SIZE, encode_scenes, hardware, loss_summary
-
     n_images, n, steps = (EDIT_IMAGES, 100, 50) if not quick else (64, 4, 2)
     patch = {"steps": 3, "warmup": 1, "batch_size": 8} if quick else {}
     cfg = TrainConfig(**{**asdict(INPAINT_TRAIN), **patch, "seed": seed})
@@ -736,9 +740,6 @@ def measure_control(pipe, n: int, seed: int, steps: int, scale: float = 1.0) -> 
     and without control (the mini SD alone). The captions name every attribute
     (data.full_captions), so that the mini SD alone is not judged on a size or a place
     its caption never asked for."""
-    from .controlnet import layout_masks, mask_iou
-    from .data import BACKGROUND
-
     scenes = make_scenes(n, seed=seed, split="train", two_object_fraction=0.5)
     control = layout_masks(scenes)
     labels = (scenes.objects, scenes.relation, scenes.position)
@@ -766,16 +767,6 @@ def controlnet_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -
     (stage "measure": only re-measure the saved ControlNet)."""
     if stage == "measure":
         return measure_controlnet(out_dir, quick, seed, device)
-    from .controlnet import (
-        CONTROL_TRAIN,
-        controlnet_parameters,
-        layout_masks,
-        mask_iou,
-        train_controlnet,
-    )
-    from .data import BACKGROUND
-    from .recipes import SCENE_SIZE, encode_scenes, hardware, loss_summary
-
     n_images, n, steps = _control_sizes(quick)
     patch = {"steps": 4, "warmup": 1, "batch_size": 8} if quick else {}
     cfg = TrainConfig(**{**asdict(CONTROL_TRAIN), **patch, "seed": seed})
@@ -855,8 +846,6 @@ def _control_metrics(pipe, n, seed, steps) -> dict:
 
 def measure_controlnet(out_dir=None, quick=False, seed=0, device="cpu") -> dict:
     """Re-measure the saved scenes-controlnet and rewrite its manifest's metrics."""
-    from .train import write_manifest
-
     pipe = _base_pipe(out_dir)
     info = load_controlnet(pipe, directory=out_dir)
     _, n, steps = _control_sizes(quick)

@@ -520,3 +520,10 @@ def count_flops(fn, *args, **kwargs) -> int:
         with FlopCounterMode(display=False) as counter:
             fn(*args, **kwargs)
     return counter.get_total_flops()
+
+
+def diversity(images: torch.Tensor, per_prompt: int) -> float:
+    """Mean per-pixel standard deviation (on the [0, 1] scale) across the `per_prompt`
+    images of each prompt; images [P * per_prompt, 3, H, W], grouped by prompt."""
+    x = (images.float() + 1) / 2
+    return x.unflatten(0, (-1, per_prompt)).std(dim=1).mean().item()

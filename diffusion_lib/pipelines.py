@@ -13,14 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from .controlnet import ControlledUNet
-from .data import parse_caption
+from .data import IMAGE_SIZE, parse_caption
 from .forward import q_sample
 from .loaders import StableDiffusionLoaderMixin
 from .prior import pick_closest
 from .samplers import sample
 from .unclip import enlarge
-
-IMAGE_SIZE = 16
 
 
 def check_labels(labels: torch.Tensor, label_sizes: tuple) -> None:
@@ -561,3 +559,17 @@ class MiniDALLE2:
         return torch.cat(
             [self.from_embeddings(e[i : i + 1], **kwargs) for i in range(steps)]
         )
+
+
+@torch.no_grad()
+def encode_scenes(vae, text_encoder, tokenizer, scenes, batch_size=500):
+    """(scaled latents [N, 4, 8, 8], text states [N, L, D]) of scenes and captions:
+    what the latent UNet trains on (computed once: both encoders are frozen)."""
+    latents, states = [], []
+    device = next(vae.parameters()).device  # computed (and returned) where the VAE is
+    for i in range(0, len(scenes), batch_size):
+        part = slice(i, i + batch_size)
+        latents.append(vae.encode_scaled(scenes.images[part].to(device)))
+        tokens = tokenizer(scenes.captions[part]).to(device)
+        states.append(text_encoder.text_states(tokens))
+    return torch.cat(latents), torch.cat(states)

@@ -19,9 +19,7 @@ accumulation under 🤗 Accelerate (see diffusion_lib.scale):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import platform
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -46,15 +44,17 @@ from .clip import (
 )
 from .data import (
     HELD_OUT,
+    IMAGE_SIZE,
     LABEL_SIZES,
+    SCENE_SIZE,
     ScenesData,
-    full_captions,
+    captions_sha256,
     make_scenes,
     make_shapes,
     render_scenes,
     sample_labels,
-    sample_scene_labels,
     scene_captions,
+    scene_prompts,
 )
 from .metrics import (
     BINDING_OUTCOMES,
@@ -67,6 +67,7 @@ from .metrics import (
     binding_outcomes,
     by_pair,
     classifier_accuracy,
+    diversity,
     fid_kid,
     fid_kid_with,
     image_statistics,
@@ -77,10 +78,22 @@ from .metrics import (
     scene_features,
     train_evaluator,
 )
-from .pipelines import IMAGE_SIZE, MiniDALLE2, MiniStableDiffusion, generate_shapes
+from .pipelines import (
+    MiniDALLE2,
+    MiniStableDiffusion,
+    encode_scenes,
+    generate_shapes,
+)
 from .prior import DiffusionPrior, PriorConfig
+from .scale import hardware
 from .schedules import NoiseSchedule
-from .train import TrainConfig, save_checkpoint, train_diffusion, write_manifest
+from .train import (
+    TrainConfig,
+    loss_summary,
+    save_checkpoint,
+    train_diffusion,
+    write_manifest,
+)
 from .unclip import (
     DecoderConfig,
     UnCLIPDecoder,
@@ -121,18 +134,6 @@ SHAPES_TRAIN = TrainConfig(
 STAGES = ("all", "train", "measure")
 SCHEDULE = {"kind": "cosine", "num_timesteps": 1000}
 EVAL_SAMPLER = {"sampler": "ddim", "num_steps": 50, "guidance_scale": 3.0}
-
-
-def hardware(device="cpu") -> str:
-    """Where a recipe ran: the GPU's name, or the CPU and its thread count (under
-    `accelerate launch`, the accelerator's device, whatever `device` says; the
-    manifest's "distributed" entry gives the process count)."""
-    if (accelerator := scaling.active()) is not None:
-        device = accelerator.device
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def evaluator_recipe(out_dir, quick=False, seed=0) -> dict:
@@ -388,7 +389,6 @@ def ablation(quick=False, seed=0, steps=1500) -> dict:
 # ---------------------------------------------------------------------------------
 # Part II: the scene VAE (chapter 6)
 
-SCENE_SIZE = 64
 # The mini Stable Diffusion's denoiser (chapter 8): a cross-attention UNet on 8x8x4
 # latents, attending to the CLIP text encoder's token states (width 64).
 SCENES_LDM_UNET = UNetConfig(
@@ -623,20 +623,6 @@ LDM_GROUPS = {  # name -> (split, two_object_fraction) of the measured prompts
 }
 
 
-@torch.no_grad()
-def encode_scenes(vae, text_encoder, tokenizer, scenes, batch_size=500):
-    """(scaled latents [N, 4, 8, 8], text states [N, L, D]) of scenes and captions:
-    what the latent UNet trains on (computed once: both encoders are frozen)."""
-    latents, states = [], []
-    device = next(vae.parameters()).device  # computed (and returned) where the VAE is
-    for i in range(0, len(scenes), batch_size):
-        part = slice(i, i + batch_size)
-        latents.append(vae.encode_scaled(scenes.images[part].to(device)))
-        tokens = tokenizer(scenes.captions[part]).to(device)
-        states.append(text_encoder.text_states(tokens))
-    return torch.cat(latents), torch.cat(states)
-
-
 def _train_ldm(out_dir, quick=False, seed=0, device="cpu") -> dict:
     cfg = TrainConfig(**{**asdict(SCENES_LDM_TRAIN), "seed": seed})
     n_images = 20000
@@ -688,28 +674,6 @@ def _train_ldm(out_dir, quick=False, seed=0, device="cpu") -> dict:
         "metrics": None,
     }
     return save_checkpoint(pretrained.checkpoint_path("scenes-ldm", out_dir), ema, info)
-
-
-def scene_prompts(n: int, seed: int, split: str, two_object_fraction: float):
-    """n full captions (every attribute named; the grammar's phrasings in turn) with
-    their labels (objects, relation, position)."""
-    objects, relation, position = sample_scene_labels(
-        n, seed, split, two_object_fraction
-    )
-    return full_captions(objects, relation, position), (objects, relation, position)
-
-
-def captions_sha256(captions) -> str:
-    """A fingerprint of a list of prompts, in order: two measurements are on the same
-    prompts exactly when their fingerprints are equal (the manifests record it)."""
-    return hashlib.sha256("\n".join(captions).encode()).hexdigest()
-
-
-def diversity(images: torch.Tensor, per_prompt: int) -> float:
-    """Mean per-pixel standard deviation (on the [0, 1] scale) across the `per_prompt`
-    images of each prompt; images [P * per_prompt, 3, H, W], grouped by prompt."""
-    x = (images.float() + 1) / 2
-    return x.unflatten(0, (-1, per_prompt)).std(dim=1).mean().item()
 
 
 def measure_scene_pipeline(
@@ -872,16 +836,6 @@ def unclip_training_scenes(quick: bool, seed: int):
         split="train",
         two_object_fraction=LDM_TWO_OBJECT_FRACTION,
     )
-
-
-def loss_summary(losses: list, every: int = 100) -> dict:
-    """The manifest's "final_loss" (mean of the last `every` steps) and "loss_curve"
-    (the mean of each block of `every` steps)."""
-    blocks = [losses[i : i + every] for i in range(0, len(losses), every)]
-    return {
-        "final_loss": sum(losses[-every:]) / len(losses[-every:]),
-        "loss_curve": [sum(b) / len(b) for b in blocks],
-    }
 
 
 def _unclip_info(name, cfg, model, result, seed, quick, device, extra) -> dict:

@@ -46,6 +46,8 @@ from contextlib import contextmanager
 
 import torch
 
+from .setup import hardware as _hardware
+
 # a training stage apart from the measurement
 STAGED = (
     "shapes-ddpm",
@@ -91,6 +93,13 @@ def using(accelerator):
         yield accelerator
     finally:
         _active = previous
+
+
+def hardware(device="cpu") -> str:
+    """Where a recipe runs (setup.hardware): under `accelerate launch`, the
+    accelerator's device, whatever `device` says (the manifest's "distributed" entry
+    gives the process count)."""
+    return _hardware(_active.device if _active is not None else device)
 
 
 def is_main_process() -> bool:

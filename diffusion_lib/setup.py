@@ -19,6 +19,7 @@ cells (its figures are then the book's).
 from __future__ import annotations
 
 import os
+import platform
 import random
 import socket
 from dataclasses import dataclass
@@ -29,6 +30,15 @@ import torch
 MODES = ("quick", "cpu", "gpu")
 MODE_VARIABLE = "DIFFUSION_MODE"
 FROM_SCRATCH_VARIABLE = "DIFFUSION_FROM_SCRATCH"
+
+
+def hardware(device="cpu") -> str:
+    """The GPU's name, or the CPU (machine, torch threads): where something ran, as
+    the chapters print it and the manifests record it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,11 @@ class RunMode:
         return {"quick": quick, "cpu": cpu, "gpu": cpu if gpu is None else gpu}[
             self.mode
         ]
+
+    @property
+    def hardware(self) -> str:
+        """Where the chapter runs: the GPU's name, or the CPU and its thread count."""
+        return hardware(self.device)
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator seeded from the chapter seed (CPU so that results agree

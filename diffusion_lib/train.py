@@ -367,3 +367,13 @@ def write_manifest(path: str | Path, manifest: dict) -> None:
     Path(path).with_suffix(".json").write_text(
         json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     )
+
+
+def loss_summary(losses: list, every: int = 100) -> dict:
+    """The manifest's "final_loss" (mean of the last `every` steps) and "loss_curve"
+    (the mean of each block of `every` steps)."""
+    blocks = [losses[i : i + every] for i in range(0, len(losses), every)]
+    return {
+        "final_loss": sum(losses[-every:]) / len(losses[-every:]),
+        "loss_curve": [sum(b) / len(b) for b in blocks],
+    }

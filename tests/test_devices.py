@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from diffusion_lib import clip, data, editing, recipes, vae
+from diffusion_lib import clip, data, editing, pipelines, vae
 
 META = torch.device("meta")
 
@@ -36,7 +36,7 @@ def test_a_meta_module_refuses_cpu_inputs_as_a_cuda_one_would():
 def test_encode_scenes_encodes_where_the_models_are():
     scenes = data.make_scenes(5, 64, seed=0, split="train")  # on the CPU, as built
     text = _TextOn(META)
-    latents, states = recipes.encode_scenes(
+    latents, states = pipelines.encode_scenes(
         _vae().to(META), text, clip.scene_tokenizer(), scenes, batch_size=2
     )
     assert latents.device == META and latents.shape == (5, 4, 8, 8)

@@ -6,7 +6,7 @@ import torch
 
 from diffusion_lib import pretrained
 from diffusion_lib.checkpoints import sha256_file
-from diffusion_lib.data import make_shapes, sample_labels
+from diffusion_lib.data import IMAGE_SIZE, make_shapes, sample_labels
 from diffusion_lib.metrics import (
     DEGRADATIONS,
     Judge,
@@ -18,7 +18,8 @@ from diffusion_lib.metrics import (
     real_vs_real,
     sensitivity_table,
 )
-from diffusion_lib.recipes import EVAL_SAMPLER, IMAGE_SIZE, generate_shapes
+from diffusion_lib.pipelines import generate_shapes
+from diffusion_lib.recipes import EVAL_SAMPLER
 
 NAMES = ["shapes-evaluator", "shapes-ddpm"]
 # Quality gates of the shipped shapes model (open-set judge, appearance FID), on 300

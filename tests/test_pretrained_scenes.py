@@ -12,7 +12,12 @@ from PIL import Image
 from diffusion_lib import interop, pretrained
 from diffusion_lib.checkpoints import sha256_file
 from diffusion_lib.clip import CLIP, tokenizer_from_manifest, zero_shot_one_object
-from diffusion_lib.data import make_scenes, parse_scene_caption, scene_caption
+from diffusion_lib.data import (
+    make_scenes,
+    parse_scene_caption,
+    scene_caption,
+    scene_prompts,
+)
 from diffusion_lib.metrics import (
     SCENE_DEGRADATIONS,
     SceneJudge,
@@ -22,7 +27,6 @@ from diffusion_lib.metrics import (
     scene_sensitivity_table,
 )
 from diffusion_lib.pipelines import MiniStableDiffusion
-from diffusion_lib.recipes import scene_prompts
 from diffusion_lib.vae import psnr, reconstruct
 
 NAMES = ["scenes-vae", "scenes-clip", "scenes-ldm"]

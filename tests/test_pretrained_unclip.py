@@ -7,17 +7,20 @@ import torch.nn.functional as F
 
 from diffusion_lib import pretrained
 from diffusion_lib.checkpoints import sha256_file
-from diffusion_lib.data import make_scenes, render_scenes
+from diffusion_lib.data import (
+    captions_sha256,
+    make_scenes,
+    render_scenes,
+    scene_prompts,
+)
 from diffusion_lib.metrics import SceneJudge, keeps_objects, scene_correct
 from diffusion_lib.pipelines import MiniDALLE2
 from diffusion_lib.recipes import (
     LDM_GROUPS,
     PRIOR_GROUPS,
     PRIOR_SPREAD_GATE,
-    captions_sha256,
     measure_prior_on,
     prior_spread,
-    scene_prompts,
     unclip_training_captions,
     unseen_scenes,
     upsampler_psnr,

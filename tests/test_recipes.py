@@ -49,7 +49,8 @@ def test_quick_ablation_reports_every_variant():
 
 
 def test_device_option_is_checked_and_named_in_the_manifest(capsys):
-    from diffusion_lib.recipes import hardware, main
+    from diffusion_lib.recipes import main
+    from diffusion_lib.setup import hardware
 
     with pytest.raises(SystemExit):
         main(["scenes-vae", "--device", "cuda"])

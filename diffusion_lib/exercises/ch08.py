@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..recipes import diversity
+from ..metrics import diversity
 from ..unet import attention_probabilities
 from . import register
 
