@@ -64,6 +64,7 @@ from pathlib import Path
 import nbformat
 
 from . import sandbox
+from .classroom import course_notebooks, exercise_names
 from .setup import HEADLESS
 
 LIBRARY = Path(__file__).resolve().parent
@@ -909,8 +910,6 @@ def grade(
     `jobs` notebooks at a time; write one JSON file per student as each finishes, and
     grades.csv and summary.md after each. Returns {"marks": [Mark], "runs": [one dict
     per notebook run], "isolated": bool, "resumed": [students not graded again]}."""
-    from .classroom import course_notebooks, exercise_names
-
     submissions, out_dir = Path(submissions), Path(out_dir)
     _validate(timeout, jobs, memory, mode)
     if not submissions.is_dir():

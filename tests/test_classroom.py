@@ -5,7 +5,7 @@ import csv
 import nbformat
 import pytest
 
-from diffusion_lib import classroom
+from diffusion_lib import classroom, grading
 from diffusion_lib.exercises import REGISTRY
 
 ROOT = classroom.repo_root()
@@ -133,7 +133,7 @@ def test_grading_a_real_chapter(tmp_path):
         nbformat.write(nb, subs / student / chapter.name)
     nbformat.write(broken, subs / "crash" / "not_a_chapter.ipynb")
 
-    result = classroom.grade(subs, tmp_path / "grades", jobs=2, verbose=False)
+    result = grading.grade(subs, tmp_path / "grades", jobs=2, verbose=False)
 
     by = {}
     for m in result["marks"]:
