@@ -13,6 +13,7 @@ import venv
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD = {"torch": "2.3.1", "torchvision": "0.18.1"}  # the oldest pyproject.toml allows
@@ -49,11 +50,14 @@ def colab_like(tmp_path_factory):
     # after the venv's own site-packages, so the fake torch is the one pip sees
     (site_dir / "course_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     project = tmp / "project"
-    (project / "diffusion_lib" / "exercises").mkdir(parents=True)
+    project.mkdir()
     shutil.copy(ROOT / "pyproject.toml", project)
     shutil.copy(ROOT / "README.md", project)
-    for init in ("diffusion_lib", "diffusion_lib/exercises"):
-        (project / init / "__init__.py").write_text("")
+    # an empty __init__.py for every package pyproject.toml lists
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for package in config["tool"]["setuptools"]["packages"]:
+        (project / package.replace(".", "/")).mkdir(parents=True)
+        (project / package.replace(".", "/") / "__init__.py").write_text("")
     return python, project
 
 
