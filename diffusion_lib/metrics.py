@@ -5,8 +5,9 @@
 * `Evaluator`: a small CNN trained on the captioned-shapes labels (one head per
   attribute). It is closed-set (it always names a palette colour), so it serves as a
   feature extractor and for comparison (`classifier_accuracy`), never as the score.
-* FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) via torchmetrics, on
-  `AppearanceFeatures`: the evaluator's features plus colour layout, colour statistics
+* FID (Heusel et al. 2017) and KID (Binkowski et al. 2018), computed as torchmetrics
+  computes them (a test checks they agree), on `AppearanceFeatures`: the evaluator's
+  features plus colour layout, colour statistics
   and texture, because features trained to recognise shapes are blind to what FID must
   see (noise, brightness). `sensitivity_table` measures what the metric can see. Always
   compare with `real_vs_real`, two disjoint real sets of the same size: FID is biased
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -287,17 +287,60 @@ def fid_kid(
     return fid_kid_with(feats, fake, real, kid_subset)
 
 
+def _features(feats: nn.Module, images: torch.Tensor, device) -> torch.Tensor:
+    """feats of images [N, ...] in chunks of 500, on `device`: [N, num_features]."""
+    return torch.cat([feats(part.to(device)) for part in images.split(500)])
+
+
+def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """FID between two feature sets [N, D] (Heusel et al. 2017): |mu_r - mu_f|^2 +
+    Tr(S_r + S_f - 2 (S_r S_f)^(1/2)), in float64, the square root's trace from the
+    eigenvalues of S_r S_f (as torchmetrics computes it: a test checks they agree)."""
+    moments = []
+    for f in (real.double(), fake.double()):
+        n = f.shape[0]
+        if n < 2:
+            raise ValueError(f"FID needs at least 2 images a side, got {n}")
+        mean = f.mean(0, keepdim=True)
+        cov = (f.t().mm(f) - n * mean.t().mm(mean)) / (n - 1)
+        moments.append((mean.squeeze(0), cov))
+    (mu_r, s_r), (mu_f, s_f) = moments
+    root = torch.linalg.eigvals(s_r @ s_f).sqrt().real.sum()
+    return ((mu_r - mu_f).square().sum() + s_r.trace() + s_f.trace() - 2 * root).item()
+
+
+def kernel_distance(
+    real: torch.Tensor, fake: torch.Tensor, subset: int, subsets: int = 100
+) -> tuple[float, float]:
+    """KID between two feature sets [N, D] (Binkowski et al. 2018): the unbiased MMD^2
+    with the kernel (x.y / D + 1)^3, over `subsets` random subsets of `subset` rows a
+    side drawn from torch's global generator (as torchmetrics draws them, so the two
+    agree to float rounding). Returns (mean, spread) over the subsets."""
+    scores = []
+    for _ in range(subsets):
+        x = real[torch.randperm(real.shape[0])[:subset]]
+        y = fake[torch.randperm(fake.shape[0])[:subset]]
+        k_xx, k_yy = (x @ x.T / x.shape[1] + 1) ** 3, (y @ y.T / y.shape[1] + 1) ** 3
+        k_xy = (x @ y.T / x.shape[1] + 1) ** 3
+        m = x.shape[0]
+        within = (k_xx.sum() - k_xx.diag().sum() + k_yy.sum() - k_yy.diag().sum()) / (
+            m * (m - 1)
+        )
+        scores.append(within - 2 * k_xy.sum() / m**2)
+    scores = torch.stack(scores)
+    return scores.mean().item(), scores.std(unbiased=False).item()
+
+
 def fid_kid_with(
     feats: nn.Module, fake: torch.Tensor, real: torch.Tensor, kid_subset: int = 100
 ) -> dict:
     """FID and KID between image sets [N, 3, H, W] through the feature module `feats`
-    (a torchmetrics feature extractor: an nn.Module with `num_features`). KID is the
-    mean over 100 random subsets of min(kid_subset, N / 2) images a side, kid_std its
-    spread over those subsets (NaN below 4 images a side: then the one subset is the
-    whole set)."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
-
+    (an nn.Module with `num_features`, as torchmetrics takes one). KID is the mean over
+    100 random subsets of min(kid_subset, N / 2) images a side, kid_std its spread over
+    those subsets (NaN below 4 images a side: then the one subset is the whole set).
+    The numbers are torchmetrics' FrechetInceptionDistance and KernelInceptionDistance
+    (tests/test_metrics.py checks that they agree); computed here because importing
+    torchmetrics takes about 6 s, in every process that measures."""
     if fake.shape[1:] != real.shape[1:]:
         raise ValueError(
             f"image shapes differ: {tuple(fake.shape)} vs {tuple(real.shape)}"
@@ -307,25 +350,15 @@ def fid_kid_with(
     # below 4 images a side there is no spread to report (kid_std NaN)
     smallest = min(fake.shape[0], real.shape[0])
     subset = min(kid_subset, smallest // 2 if smallest >= 4 else smallest)
-    fid = FrechetInceptionDistance(feature=feats, reset_real_features=True)
-    with warnings.catch_warnings():  # KID keeps all features: fine for a few thousand
-        warnings.filterwarnings("ignore", message=".*will save all extracted features")
-        kid = KernelInceptionDistance(
-            feature=feats, subset_size=subset, reset_real_features=True
-        )
     tensors = itertools.chain(feats.parameters(), feats.buffers())
     device = next(tensors, torch.zeros(())).device
-    for metric in (fid, kid):
-        metric.to(device)
-        for chunk in real.split(500):
-            metric.update(chunk.to(device), real=True)
-        for chunk in fake.split(500):
-            metric.update(chunk.to(device), real=False)
-    kid_mean, kid_std = kid.compute()
+    with torch.no_grad():
+        real_f, fake_f = _features(feats, real, device), _features(feats, fake, device)
+    kid, kid_std = kernel_distance(real_f, fake_f, subset)
     return {
-        "fid": fid.compute().item(),
-        "kid": kid_mean.item(),
-        "kid_std": kid_std.item() if subset < smallest else float("nan"),
+        "fid": frechet_distance(real_f, fake_f),
+        "kid": kid,
+        "kid_std": kid_std if subset < smallest else float("nan"),
     }
 
 

@@ -102,3 +102,32 @@ def test_kid_spread_is_over_subsets_that_differ():
     assert out["kid_std"] > 1e-6, out
     tiny = fid_kid_with(_PooledColours(), fake[:3], real[:3])
     assert tiny["kid_std"] != tiny["kid_std"], tiny  # NaN
+
+
+def test_fid_and_kid_agree_with_torchmetrics_and_see_a_colour_swap():
+    """The library's FID and KID are torchmetrics' numbers (same features, same
+    subsets from the same global seed), over more than one chunk of 500 images; and
+    the comparison can fail: a colour swap moves both far above real vs real."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    from diffusion_lib.metrics import fid_kid_with
+
+    gen = torch.Generator().manual_seed(0)
+    real = torch.rand(600, 3, 8, 8, generator=gen) * 2 - 1
+    fake = (torch.rand(520, 3, 8, 8, generator=gen) * 1.6 - 0.9).flip(1)
+    torch.manual_seed(3)
+    ours = fid_kid_with(_PooledColours(), fake, real, kid_subset=50)
+    fid = FrechetInceptionDistance(feature=_PooledColours())
+    kid = KernelInceptionDistance(feature=_PooledColours(), subset_size=50)
+    for metric in (fid, kid):
+        for images, is_real in ((real, True), (fake, False)):
+            for chunk in images.split(500):
+                metric.update(chunk, real=is_real)
+    torch.manual_seed(3)
+    kid_mean, kid_std = kid.compute()
+    assert ours["fid"] == pytest.approx(fid.compute().item(), rel=1e-9)
+    assert ours["kid"] == pytest.approx(kid_mean.item(), rel=1e-9)
+    assert ours["kid_std"] == pytest.approx(kid_std.item(), rel=1e-9)
+    same = fid_kid_with(_PooledColours(), real[300:], real[:300], kid_subset=50)
+    assert ours["fid"] > 10 * same["fid"] and ours["kid"] > same["kid"] + 0.01
