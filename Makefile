@@ -51,18 +51,7 @@ test-notebooks: $(STAMP)
 ## ~5 min for scenes-inversion (1500 steps in ~3 min), ~60 min for scenes-inpaint (3000 steps, part of it beside other jobs) plus ~10 min measuring,
 ## and ~20 min for scenes-controlnet (3000 steps in ~17 min) plus ~3 min measuring)
 checkpoints: $(STAMP)
-	$(PY) -m diffusion_lib.recipes shapes-evaluator
-	$(PY) -m diffusion_lib.recipes shapes-ddpm
-	$(PY) -m diffusion_lib.recipes scenes-vae
-	$(PY) -m diffusion_lib.recipes scenes-clip
-	$(PY) -m diffusion_lib.recipes scenes-ldm
-	$(PY) -m diffusion_lib.recipes scenes-prior
-	$(PY) -m diffusion_lib.recipes scenes-upsampler
-	$(PY) -m diffusion_lib.recipes scenes-decoder
-	$(PY) -m diffusion_lib.recipes scenes-lora
-	$(PY) -m diffusion_lib.recipes scenes-inversion
-	$(PY) -m diffusion_lib.recipes scenes-inpaint
-	$(PY) -m diffusion_lib.recipes scenes-controlnet
+	$(PY) -m diffusion_lib.recipes all  # diffusion_lib.recipes.RECIPES, in order
 
 ## make handouts: student versions of every chapter (solutions removed) in _build/handouts;
 ## grade a class with: python -m diffusion_lib.classroom grade SUBMISSIONS (see the instructor guide)

@@ -1,4 +1,7 @@
-"""Part IV recipes: a new word (chapter 11), editing (chapter 12), ControlNet (13).
+"""Part IV's tools: a new word (chapter 11), editing (chapter 12), ControlNet (13):
+the concept data, the adapters' training functions and how the chapters measure them.
+The recipes that ship the checkpoints are in diffusion_lib.recipes (scenes_lora,
+scenes_inversion, scenes_inpaint, scenes_controlnet).
 
 The mini SD (scenes-ldm) never saw a diamond (a square standing on a corner) and its
 tokenizer does not know the word. (A new *colour* was the first choice; the frozen VAE
@@ -22,13 +25,12 @@ one-object captions, which are all training captions (the grammar has few one-ob
 full captions, `one_object_captions`, and every one of them is among the captions of
 the scenes the mini SD was trained on, `training_captions`); before and after.
 
-Recipes: `python -m diffusion_lib.recipes scenes-lora` / `scenes-inversion`.
+Recipes: `python -m diffusion_lib.recipes scenes-lora scenes-inversion`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from itertools import product
 
 import torch
@@ -36,27 +38,20 @@ import torch
 from . import data, pretrained
 from . import scale as _scale
 from .adapters import (
-    LORA_TARGETS,
     TrainableWords,
     add_lora,
-    count_trainable,
     load_lora_state_dict,
     lora_state_dict,
-    set_lora_scale,
 )
 from .controlnet import (
-    CONTROL_TRAIN,
-    controlnet_parameters,
     layout_masks,
     mask_iou,
-    train_controlnet,
 )
 from .data import (
     ALL_COLOURS,
     ALL_SHAPES,
     BACKGROUND,
     COLOURS,
-    SCENE_SIZE,
     SHAPES,
     concept_scenes,
     full_captions,
@@ -67,37 +62,21 @@ from .data import (
     with_articles,
 )
 from .editing import (
-    InpaintingUNet,
     edit_labels,
     edited_object_right,
-    inpaint,
-    inpaint_condition,
     object_masks,
     psnr_where,
-    repaint,
     seam_band,
-    training_masks,
 )
 from .forward import diffusion_loss, draw_noise
 from .judge import SceneJudge, scene_accuracy, scene_judge_config
 from .loaders import (
     CONCEPT,
-    init_words,
-    load_controlnet,
-    load_inpainting,
-    load_lora_weights,
-    load_textual_inversion,
-    teach_word,
 )
-from .pipelines import MiniStableDiffusion, encode_scenes
-from .scale import hardware
 from .train import (
     TrainConfig,
     TrainResult,
-    loss_summary,
-    save_checkpoint,
     train_diffusion,
-    write_manifest,
 )
 
 VAE_PROBES = ("diamond", "orange")  # what the frozen VAE can and cannot redraw
@@ -114,7 +93,6 @@ CONCEPT_SEED = 1100  # concept pictures for training; measurement uses other see
 OLD_GROUPS = {"one object, training captions": 0.0, "two objects, new captions": 1.0}
 # the groups measured only on captions that are not training captions
 NEW_CAPTION_GROUPS = ("concept", "two objects, new captions")
-STRENGTHS = (0.0, 0.5, 1.0, 1.5)
 
 
 def concept_judge() -> SceneJudge:
@@ -157,6 +135,7 @@ def train_lora(
     r: int = LORA_RANK,
     alpha: float = LORA_ALPHA,
     share: float = CONCEPT_SHARE,
+    accelerator=None,
 ) -> TrainResult:
     """Add LoRA (rank r) to pipe.unet's attention projections and train it on the
     concept scenes mixed with `regular` scenes (a `share` of each batch from the
@@ -183,6 +162,7 @@ def train_lora(
         context=context,
         null_context=null,
         progress=False,
+        accelerator=accelerator,
     )
     load_lora_state_dict(pipe.unet, lora_state_dict(result.ema.model))
     pipe.unet.eval()
@@ -361,191 +341,10 @@ def measure_concept(pipe, n: int, seed: int, num_steps: int, exclude=None) -> di
     return row
 
 
-def _summary(row: dict) -> dict:
-    return {
-        "concept": row["concept"]["joint"],
-        **{k: row[k]["joint"] for k in OLD_GROUPS},
-    }
-
-
-def _base_pipe(out_dir):
-    """The shipped mini SD, on the accelerator's device under `accelerate launch`."""
-    accelerator = _scale.active()
-    device = accelerator.device if accelerator is not None else None
-    return MiniStableDiffusion.from_pretrained(device, out_dir)
-
-
-def _settings(quick):
-    """(concept images, preservation images, training config patch, prompts, steps)."""
-    if quick:
-        return 8, 32, {"steps": 3, "warmup": 1, "batch_size": 8}, 6, 2
-    return CONCEPT_IMAGES, PRESERVATION_IMAGES, {}, 100, 50
-
-
-def _check_stage(stage):
-    if stage not in ("all", "measure"):
-        raise ValueError(f"unknown stage {stage!r}; expected 'all' or 'measure'")
-
-
-def _lora_metrics(pipe, before: dict, n, seed, steps, exclude) -> dict:
-    """The LoRA manifest's metrics: `before` (measure_concept without the adapter),
-    then pipe (with it) measured at strength 1 and along STRENGTHS."""
-    after, sweep = measure_concept(pipe, n, seed, steps, exclude), {}
-    for s in STRENGTHS:  # strength 1 is `after`: the same prompts and seeds
-        set_lora_scale(pipe.unet, s)
-        row = after if s == 1.0 else measure_concept(pipe, n, seed, steps, exclude)
-        sweep[f"{s:g}"] = _summary(row)
-    set_lora_scale(pipe.unet, 1.0)
-    return {
-        "prompts": n,
-        "num_steps": steps,
-        "training_captions_measured": caption_counts(n, seed, exclude),
-        "vae_reconstruction": vae_reconstruction(pipe, n, seed + 7200),
-        "before (new word, no adapter)": before,
-        "after": after,
-        "strength_sweep": sweep,
-    }
-
-
-def lora_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict:
-    """Teach the mini SD the word "diamond" with LoRA; measure before, after and at
-    several adapter strengths; ship the adapter (and the word's frozen row). Stage
-    "measure": only re-measure the saved adapter (measure_lora)."""
-
-    _check_stage(stage)
-    if stage == "measure":
-        return measure_lora(out_dir, quick, seed)
-    n_concept, n_regular, patch, n, steps = _settings(quick)
-    exclude = training_captions(n_concept, n_regular, seed, out_dir)
-    cfg = TrainConfig(**{**asdict(LORA_TRAIN), **patch, "seed": seed})
-    pipe = _base_pipe(out_dir)
-    teach_word(pipe)  # old prompts read exactly as before (tested)
-    before = measure_concept(pipe, n, seed, steps, exclude)
-    concept = concept_scenes(n_concept, CONCEPT_SEED + seed, CONCEPT, SCENE_SIZE)
-    regular = make_scenes(n_regular, SCENE_SIZE, seed=seed + 1, split="train")
-    result = train_lora(pipe, concept, regular, cfg)
-    trainable, total = count_trainable(pipe.unet)
-    word_row = pipe.text_encoder.text.token_embedding.new.detach()  # [1, W]
-    state = {**lora_state_dict(pipe.unet), f"word.{CONCEPT}": word_row}
-    info = {
-        "recipe": "scenes-lora",
-        "kind": "lora",
-        "word": CONCEPT,
-        "init_words": list(init_words(CONCEPT)),
-        "rank": LORA_RANK,
-        "alpha": LORA_ALPHA,
-        "targets": list(LORA_TARGETS),
-        "train": asdict(cfg),
-        "seed": seed,
-        "quick": quick,
-        "concept_images": n_concept,
-        "preservation_images": n_regular,
-        "concept_share": CONCEPT_SHARE,
-        "trainable_parameters": trainable,
-        "unet_parameters": total - trainable,
-        "training_seconds": round(result.seconds, 1),
-        "hardware": hardware(torch.device(device)),
-        "ldm_sha256": pretrained.manifest("scenes-ldm", out_dir)["sha256"],
-        **loss_summary(result.losses),
-        "metrics": _lora_metrics(pipe, before, n, seed, steps, exclude),
-    }
-    path = pretrained.checkpoint_path("scenes-lora", out_dir)
-    return save_checkpoint(path, state, info)
-
-
-def measure_lora(out_dir=None, quick=False, seed=0) -> dict:
-    """Re-measure the saved scenes-lora (before: the word's starting row without the
-    adapter, as the recipe measured it) and rewrite its manifest's metrics."""
-    n_concept, n_regular, _, n, steps = _settings(quick)
-    exclude = training_captions(n_concept, n_regular, seed, out_dir)
-    base = _base_pipe(out_dir)
-    teach_word(base)
-    before = measure_concept(base, n, seed, steps, exclude)
-    pipe = _base_pipe(out_dir)
-    info = load_lora_weights(pipe, directory=out_dir)
-    info["metrics"] = _lora_metrics(pipe, before, n, seed, steps, exclude)
-    write_manifest(pretrained.checkpoint_path("scenes-lora", out_dir), info)
-    return info
-
-
-def _inversion_metrics(base, pipe, n, seed, steps, exclude) -> dict:
-    """The textual-inversion manifest's metrics: base (the word's starting row) and
-    pipe (the learned row) by measure_concept."""
-    return {
-        "prompts": n,
-        "num_steps": steps,
-        "training_captions_measured": caption_counts(n, seed, exclude),
-        "before": measure_concept(base, n, seed, steps, exclude),
-        "after": measure_concept(pipe, n, seed, steps, exclude),
-    }
-
-
-def inversion_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict:
-    """Teach the mini SD the word "diamond" by textual inversion (one embedding row);
-    measure before and after; ship the row. Stage "measure": only re-measure the saved
-    row (measure_inversion)."""
-
-    _check_stage(stage)
-    if stage == "measure":
-        return measure_inversion(out_dir, quick, seed)
-    n_concept, _, patch, n, steps = _settings(quick)
-    exclude = training_captions(n_concept, 0, seed, out_dir)
-    cfg = TrainConfig(**{**asdict(INVERSION_TRAIN), **patch, "seed": seed})
-    base = _base_pipe(out_dir)
-    teach_word(base)
-    pipe = _base_pipe(out_dir)
-    table = teach_word(pipe)
-    concept = concept_scenes(n_concept, CONCEPT_SEED + seed, CONCEPT, SCENE_SIZE)
-    result = train_textual_inversion(pipe, concept, cfg)
-    info = {
-        "recipe": "scenes-inversion",
-        "kind": "textual inversion",
-        "word": CONCEPT,
-        "init_words": list(init_words(CONCEPT)),
-        "train": asdict(cfg),
-        "seed": seed,
-        "quick": quick,
-        "concept_images": n_concept,
-        "trainable_parameters": table.new.numel(),
-        "text_encoder_parameters": count_trainable(pipe.text_encoder)[1],
-        "training_seconds": round(result.seconds, 1),
-        "hardware": hardware(torch.device(device)),
-        "ldm_sha256": pretrained.manifest("scenes-ldm", out_dir)["sha256"],
-        "clip_sha256": pretrained.manifest("scenes-clip", out_dir)["sha256"],
-        **loss_summary(result.losses),
-        "metrics": _inversion_metrics(base, pipe, n, seed, steps, exclude),
-    }
-    # the diffusers convention for a learned embedding: {word: row [W]}
-    state = {CONCEPT: table.new.detach()[0]}
-    path = pretrained.checkpoint_path("scenes-inversion", out_dir)
-    return save_checkpoint(path, state, info)
-
-
-def measure_inversion(out_dir=None, quick=False, seed=0) -> dict:
-    """Re-measure the saved scenes-inversion and rewrite its manifest's metrics."""
-    n_concept, _, _, n, steps = _settings(quick)
-    exclude = training_captions(n_concept, 0, seed, out_dir)
-    base = _base_pipe(out_dir)
-    teach_word(base)
-    pipe = _base_pipe(out_dir)
-    info = load_textual_inversion(pipe, directory=out_dir)
-    info["metrics"] = _inversion_metrics(base, pipe, n, seed, steps, exclude)
-    write_manifest(pretrained.checkpoint_path("scenes-inversion", out_dir), info)
-    return info
-
-
-RECIPES = {"scenes-lora": lora_recipe, "scenes-inversion": inversion_recipe}
-
-
 # ----------------------------------------------------------------------------------
 # Chapter 12: image-to-image and inpainting
 
-INPAINT_TRAIN = TrainConfig(
-    steps=3000, batch_size=64, lr=2e-4, warmup=100, ema_decay=0.999, p_uncond=0.1
-)
-EDIT_IMAGES = 20000  # the mini SD's training scenes, each with one mask
 IMG2IMG_STRENGTHS = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
-REPAINT_RESAMPLE = 5
 
 
 def edit_task(n: int, seed: int):
@@ -621,117 +420,8 @@ def measure_img2img(pipe, n: int, seed: int, steps: int, strengths=IMG2IMG_STREN
     return rows
 
 
-def measure_inpaint(out_dir=None, quick=False, seed=0, device="cpu") -> dict:
-    """Re-measure the saved scenes-inpaint (the inpainting methods and image-to-image)
-    and rewrite its manifest's metrics."""
-    pipe = _base_pipe(out_dir)
-    model, info = load_inpainting(out_dir, device)
-    n, steps = (4, 2) if quick else (100, 50)
-    info["metrics"] = _inpaint_metrics(pipe, model, n, steps, seed, quick)
-    write_manifest(pretrained.checkpoint_path("scenes-inpaint", out_dir), info)
-    return info
-
-
-def _inpaint_metrics(pipe, model, n, steps, seed, quick) -> dict:
-    task = edit_task(n, seed + 8000)
-    fakes = {
-        "mask-conditioned UNet": inpaint(
-            pipe, model, task[0].images, task[3], task[4], num_steps=steps, seed=seed
-        ),
-        f"RePaint (U = {REPAINT_RESAMPLE})": repaint(
-            pipe,
-            task[0].images,
-            task[3],
-            task[4],
-            num_steps=steps,
-            resample=1 if quick else REPAINT_RESAMPLE,
-            seed=seed,
-        ),
-        "RePaint without resampling (U = 1)": repaint(
-            pipe,
-            task[0].images,
-            task[3],
-            task[4],
-            num_steps=steps,
-            resample=1,
-            seed=seed,
-        ),
-    }
-    recon = pipe.decode(pipe.vae.encode_scaled(task[0].images))
-    far = (task[3] < 0.5) & ~seam_band(task[3])
-    return {
-        "prompts": n,
-        "num_steps": steps,
-        "inpainting": {k: measure_edits(v, *task[:4]) for k, v in fakes.items()},
-        "vae_psnr_outside": psnr_where(recon, task[0].images, far).mean().item(),
-        "img2img_sweep": measure_img2img(pipe, n, seed + 8500, steps),
-    }
-
-
-def inpaint_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict:
-    """Fine-tune the mini SD's UNet into a mask-conditioned inpainting UNet (9 input
-    channels) on the mini SD's scenes with object / rectangle / full masks; measure it
-    beside training-free RePaint, and measure image-to-image's strength sweep (stage
-    "measure": only re-measure the saved model)."""
-    if stage == "measure":
-        return measure_inpaint(out_dir, quick, seed, device)
-    n_images, n, steps = (EDIT_IMAGES, 100, 50) if not quick else (64, 4, 2)
-    patch = {"steps": 3, "warmup": 1, "batch_size": 8} if quick else {}
-    cfg = TrainConfig(**{**asdict(INPAINT_TRAIN), **patch, "seed": seed})
-    pipe = _base_pipe(out_dir)
-    scenes = make_scenes(n_images, SCENE_SIZE, seed=seed, split="train")
-    masks = training_masks(scenes, seed)
-    start = time.perf_counter()
-    latents, context = encode_scenes(
-        pipe.vae, pipe.text_encoder, pipe.tokenizer, scenes
-    )
-    parts = [slice(i, i + 500) for i in range(0, n_images, 500)]
-    cond = torch.cat(
-        [inpaint_condition(pipe, scenes.images[p], masks[p]) for p in parts]
-    )
-    encode_seconds = time.perf_counter() - start
-    model = InpaintingUNet.from_text_to_image(pipe.unet)
-    null = pipe.encode_prompts([""])[0]
-    result = train_diffusion(
-        model,
-        pipe.schedule,
-        latents,
-        None,
-        cfg,
-        context=context,
-        null_context=null,
-        conditions={"cond": (cond, None)},
-        progress=False,
-    )
-    model = result.ema.model.eval()
-    info = {
-        "recipe": "scenes-inpaint",
-        "config": model.unet.config.to_dict(),
-        "train": asdict(cfg),
-        "seed": seed,
-        "quick": quick,
-        "schedule": pretrained.manifest("scenes-ldm", out_dir)["schedule"],
-        "prediction_type": pipe.prediction_type,
-        "guidance_scale": pipe.guidance_scale,
-        "training_images": n_images,
-        "masks": "1/2 a box around one object, 1/4 a random rectangle, 1/4 all",
-        "encode_seconds": round(encode_seconds, 1),
-        "training_seconds": round(result.seconds, 1),
-        "hardware": hardware(torch.device(device)),
-        "ldm_sha256": pretrained.manifest("scenes-ldm", out_dir)["sha256"],
-        "parameters": count_trainable(model)[1],
-        **loss_summary(result.losses),
-        "metrics": _inpaint_metrics(pipe, model, n, steps, seed, quick),
-    }
-    path = pretrained.checkpoint_path("scenes-inpaint", out_dir)
-    return save_checkpoint(path, model.unet, info)
-
-
 # ----------------------------------------------------------------------------------
 # Chapter 13: ControlNet
-
-CONTROL_IMAGES = 20000
-CONTROL_WATCH = 250  # measure the IoU of a fixed batch every this many steps
 
 
 def measure_control(pipe, n: int, seed: int, steps: int, scale: float = 1.0) -> dict:
@@ -759,101 +449,3 @@ def measure_control(pipe, n: int, seed: int, steps: int, scale: float = 1.0) -> 
             **scene_accuracy(SceneJudge()(fake), *labels),
         }
     return rows
-
-
-def controlnet_recipe(out_dir, quick=False, seed=0, stage="all", device="cpu") -> dict:
-    """Train a ControlNet (layout masks) for the frozen mini SD; watch the IoU during
-    training (the paper's "sudden convergence"); measure with and without control
-    (stage "measure": only re-measure the saved ControlNet)."""
-    if stage == "measure":
-        return measure_controlnet(out_dir, quick, seed, device)
-    n_images, n, steps = _control_sizes(quick)
-    patch = {"steps": 4, "warmup": 1, "batch_size": 8} if quick else {}
-    cfg = TrainConfig(**{**asdict(CONTROL_TRAIN), **patch, "seed": seed})
-    pipe = _base_pipe(out_dir)
-    scenes = make_scenes(n_images, SCENE_SIZE, seed=seed, split="train")
-    latents, context = encode_scenes(
-        pipe.vae, pipe.text_encoder, pipe.tokenizer, scenes
-    )
-    control = layout_masks(scenes)
-    null = pipe.encode_prompts([""])[0]
-    watch = make_scenes(8 if quick else 32, seed=seed + 8800, split="train")
-    watch_control, curve = layout_masks(watch), []
-
-    def callback(step, net):
-        pipe.controlnet = net
-        fake = pipe(
-            watch.captions,
-            num_steps=steps if quick else 20,
-            seed=seed,
-            control=watch_control,
-        )
-        curve.append(
-            {
-                "step": step,
-                "mask_iou": mask_iou(fake, watch_control, BACKGROUND).mean().item(),
-            }
-        )
-        print(f"step {step}: IoU {curve[-1]['mask_iou']:.3f}", flush=True)
-
-    net, result = train_controlnet(
-        pipe.unet,
-        pipe.schedule,
-        latents,
-        context,
-        null,
-        control,
-        cfg,
-        pipe.prediction_type,
-        callback,
-        2 if quick else CONTROL_WATCH,
-    )
-    pipe.controlnet = net
-    info = {
-        "recipe": "scenes-controlnet",
-        "kind": "controlnet",
-        "control": "layout mask [1, 64, 64]: how much of each pixel the shapes cover",
-        "train": asdict(cfg),
-        "seed": seed,
-        "quick": quick,
-        "training_images": n_images,
-        "training_seconds": round(result.seconds, 1),
-        "hardware": hardware(torch.device(device)),
-        "ldm_sha256": pretrained.manifest("scenes-ldm", out_dir)["sha256"],
-        "parameters": controlnet_parameters(net),
-        "unet_parameters": count_trainable(pipe.unet)[1],
-        **loss_summary(result.losses),
-        "iou_curve": curve,
-        "iou_curve_steps": steps if quick else 20,
-        "metrics": _control_metrics(pipe, n, seed, steps),
-    }
-    path = pretrained.checkpoint_path("scenes-controlnet", out_dir)
-    return save_checkpoint(path, net, info)
-
-
-def _control_sizes(quick):
-    """(training images, measured scenes, DDIM steps)."""
-    return (CONTROL_IMAGES, 100, 50) if not quick else (64, 4, 2)
-
-
-def _control_metrics(pipe, n, seed, steps) -> dict:
-    return {
-        "prompts": n,
-        "num_steps": steps,
-        "control": measure_control(pipe, n, seed + 8900, steps),
-    }
-
-
-def measure_controlnet(out_dir=None, quick=False, seed=0, device="cpu") -> dict:
-    """Re-measure the saved scenes-controlnet and rewrite its manifest's metrics."""
-    pipe = _base_pipe(out_dir)
-    info = load_controlnet(pipe, directory=out_dir)
-    _, n, steps = _control_sizes(quick)
-    info["metrics"] = _control_metrics(pipe, n, seed, steps)
-    write_manifest(pretrained.checkpoint_path("scenes-controlnet", out_dir), info)
-    return info
-
-
-RECIPES.update(
-    {"scenes-inpaint": inpaint_recipe, "scenes-controlnet": controlnet_recipe}
-)

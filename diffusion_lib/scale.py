@@ -7,9 +7,9 @@
 
 Every diffusion model trains with one loop, `train.fit` (train_diffusion, the
 upsampler's and ControlNet's differ only in how a batch is drawn). Under
-`accelerate launch`, `recipes.main` makes one `Accelerator` and activates it here (or
-a caller passes one to `fit`); the loop keeps the recipe's meaning and changes only
-where the arithmetic happens:
+`accelerate launch`, the recipes' command line makes one `Accelerator`, passes it to
+the recipe and activates it here (or a caller passes one to `fit`); the loop keeps the
+recipe's meaning and changes only where the arithmetic happens:
 
 * every process draws the same global batch of `config.batch_size` rows (the same seeded
   generator on each), with its timesteps and noise, and computes the loss on its own
@@ -23,10 +23,11 @@ where the arithmetic happens:
 * checkpoints and manifests are written by the main process only, after every process
   has hashed the weights it holds (the manifest records the hashes: they must agree).
 
-Every recipe scales out (`SCALES_OUT`). `run_recipe` trains those with a separate
-training stage (`STAGED`) on every process, then measures on the main process alone;
-the others (`WHOLE`) measure inside the same run, so every process runs the whole
-recipe (seeded: the same numbers), and the main one writes.
+Every recipe scales out. `run_recipe` runs a recipe's training function on every
+process; a recipe with a separate measurement stage is then measured on the main
+process alone, while one that measures inside its training run (before and after, or
+while it trains) does so on every process (seeded: the same numbers), and the main
+one writes.
 
 The loops that are not diffusion training (the evaluator's, the VAE's, CLIP's) and
 textual inversion's (one embedding row of a text encoder that the loop calls before
@@ -47,28 +48,6 @@ from contextlib import contextmanager
 import torch
 
 from .setup import hardware as _hardware
-
-# a training stage apart from the measurement
-STAGED = (
-    "shapes-ddpm",
-    "scenes-ldm",
-    "scenes-prior",
-    "scenes-decoder",
-    "scenes-upsampler",
-)
-# measured inside the same run (before and after training, or while it trains):
-# every process runs the whole recipe; the measurements are seeded, so each process
-# computes the same numbers, and the main process writes them
-WHOLE = (
-    "scenes-lora",
-    "scenes-inpaint",
-    "scenes-controlnet",  # train_diffusion's loops
-    "shapes-evaluator",
-    "scenes-vae",
-    "scenes-clip",
-    "scenes-inversion",  # backward()
-)
-SCALES_OUT = STAGED + WHOLE
 
 _active = None  # the Accelerator of the running recipe, if launched by accelerate
 
@@ -290,39 +269,35 @@ def gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def run_recipe(
-    name: str, recipe, out_dir, quick=False, seed=0, grad_accum=1, **kwargs
+    recipe, out_dir, quick=False, seed=0, stage="all", grad_accum=1
 ) -> dict | None:
-    """Run recipe `name` (kwargs: its options, "stage" among them) in a process started
-    by `accelerate launch`: the training stage on every process (data-parallel), then,
-    for stage "all" or "measure", the measurement on the main process while the others
-    wait. Returns the manifest on the main process, None on the others."""
+    """Run `recipe` (a recipes.Recipe) in a process started by `accelerate launch`:
+    its training function on every process (data-parallel; a recipe that measures
+    inside its training run measures there, seeded, so every process computes the
+    same numbers and the main one writes them), then, where the recipe has a separate
+    measurement stage, the measurement on the main process while the others wait.
+    Returns the manifest on the main process, None on the others."""
     from accelerate import Accelerator
 
-    if name not in SCALES_OUT:
-        raise SystemExit(
-            f"{name} is not known to diffusion_lib.scale: add it to STAGED (a separate "
-            "training stage) or WHOLE (measured in the same run)"
-        )
+    recipe.check(stage)
     # without a GPU, several processes train on the CPU over gloo (accelerate needs
     # cpu=True to take that path; `accelerate launch --multi_gpu` starts them)
     accelerator = Accelerator(
         gradient_accumulation_steps=grad_accum, cpu=not torch.cuda.is_available()
     )
-    stage = kwargs.pop("stage", "all")
-    if "device" in kwargs:  # the recipes with a --device option: where accelerate says
-        kwargs["device"] = str(accelerator.device)
-    if name in WHOLE and stage != "measure":
-        with using(accelerator):
-            info = recipe(out_dir, quick=quick, seed=seed, **kwargs)
-        accelerator.end_training()
-        return info if accelerator.is_main_process else None
+    # where accelerate says, for the recipes that take a device
+    device = accelerator.device.type
+    device = str(accelerator.device) if device in recipe.devices else "cpu"
     info = None
     if stage in ("all", "train"):
         with using(accelerator):
-            info = recipe(out_dir, quick=quick, seed=seed, stage="train", **kwargs)
+            info = recipe.train(
+                out_dir, quick=quick, seed=seed, device=device, accelerator=accelerator
+            )
     accelerator.wait_for_everyone()
-    if stage in ("all", "measure") and accelerator.is_main_process:
-        info = recipe(out_dir, quick=quick, seed=seed, stage="measure", **kwargs)
+    measure = stage == "measure" or (stage == "all" and recipe.measures_apart)
+    if measure and accelerator.is_main_process:
+        info = recipe.measure(out_dir, quick=quick, seed=seed, device=device)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return info if accelerator.is_main_process else None

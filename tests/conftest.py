@@ -180,7 +180,7 @@ def tiny_part4_dir(tmp_path_factory, tiny_sd_dir):
     (LoRA, textual inversion, inpainting UNet, ControlNet)."""
     import shutil
 
-    from diffusion_lib import finetune
+    from diffusion_lib.recipes import PART_IV, RECIPES
 
     directory = tmp_path_factory.mktemp("tiny_part4")
     for f in tiny_sd_dir.iterdir():
@@ -188,6 +188,6 @@ def tiny_part4_dir(tmp_path_factory, tiny_sd_dir):
     # the LoRA recipe initialises its A matrices from torch's global generator: seed
     # it, so that the adapters do not depend on which tests ran before in this process
     torch.manual_seed(0)
-    for recipe in finetune.RECIPES.values():
-        recipe(directory, quick=True)
+    for name in PART_IV:
+        RECIPES[name].run(directory, quick=True)
     return directory

@@ -24,6 +24,7 @@ from diffusion_lib.adapters import (
 )
 from diffusion_lib.clip import CLIP, CLIPConfig, UnknownWordError, scene_tokenizer
 from diffusion_lib.judge import SceneJudge, scene_accuracy
+from diffusion_lib.recipes import PART_IV
 from diffusion_lib.unet import UNet, UNetConfig
 
 
@@ -234,7 +235,7 @@ def test_quick_adapter_recipes_load_into_a_pipeline(tiny_part4_dir):
     from diffusion_lib.pipelines import MiniStableDiffusion
 
     d = tiny_part4_dir
-    for name in finetune.RECIPES:  # they train as before the redesign (test_behaviour)
+    for name in PART_IV:  # they train as before the redesign (test_behaviour)
         check_recipe(name, d)
     lora = pretrained.manifest("scenes-lora", d)
     inversion = pretrained.manifest("scenes-inversion", d)

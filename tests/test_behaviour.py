@@ -436,7 +436,7 @@ def record_recipes() -> dict:
 
     from conftest import write_tiny_sd
 
-    from diffusion_lib import finetune
+    from diffusion_lib.recipes import PART_IV, RECIPES
 
     runs = {}
     with tempfile.TemporaryDirectory() as d:
@@ -446,8 +446,8 @@ def record_recipes() -> dict:
     with tempfile.TemporaryDirectory() as d:  # as tests/conftest.py's tiny_part4_dir
         write_tiny_sd(d)
         torch.manual_seed(0)
-        for name, recipe in finetune.RECIPES.items():
-            recipe(d, quick=True)
+        for name in PART_IV:
+            RECIPES[name].run(d, quick=True)
             runs[name] = recipe_record(name, d)
     return runs
 

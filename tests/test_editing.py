@@ -4,7 +4,7 @@ and tiny models."""
 import pytest
 import torch
 
-from diffusion_lib import data, editing, finetune, loaders
+from diffusion_lib import data, editing, loaders, recipes
 from diffusion_lib.data import scene_held_out
 from diffusion_lib.judge import SceneJudge
 
@@ -160,7 +160,7 @@ def test_quick_inpaint_recipe_measures_every_method(tiny_part4_dir):
     info = pretrained.manifest("scenes-inpaint", tiny_part4_dir)
     assert set(info["metrics"]["inpainting"]) == {
         "mask-conditioned UNet",
-        f"RePaint (U = {finetune.REPAINT_RESAMPLE})",
+        f"RePaint (U = {recipes.REPAINT_RESAMPLE})",
         "RePaint without resampling (U = 1)",
     }
     assert set(info["metrics"]["img2img_sweep"]) == {
@@ -183,7 +183,7 @@ def test_inpaint_measure_stage_rewrites_only_the_metrics(tmp_path, tiny_part4_di
     for f in tiny_part4_dir.iterdir():
         shutil.copy(f, tmp_path)
     before = pretrained.manifest("scenes-inpaint", tmp_path)
-    after = finetune.inpaint_recipe(tmp_path, quick=True, stage="measure")
+    after = recipes.RECIPES["scenes-inpaint"].run(tmp_path, quick=True, stage="measure")
     assert (
         after["sha256"] == before["sha256"]
         and "centre moved (pixels)" in (after["metrics"]["img2img_sweep"]["0.4"])

@@ -5,6 +5,7 @@ the adapted mini SD was trained on."""
 import pytest
 
 from diffusion_lib import data, finetune
+from diffusion_lib.recipes import RECIPES
 
 
 def test_captions_without_images_are_the_scenes_captions():
@@ -75,7 +76,7 @@ def test_the_measure_stage_rewrites_the_metrics_and_not_the_weights(
         shutil.copy(f, tmp_path)
     before = pretrained.manifest(name, tmp_path)
     weights = (tmp_path / f"{name}.safetensors").read_bytes()
-    info = finetune.RECIPES[name](tmp_path, quick=True, stage="measure")
+    info = RECIPES[name].run(tmp_path, quick=True, stage="measure")
     after = pretrained.manifest(name, tmp_path)
     assert (tmp_path / f"{name}.safetensors").read_bytes() == weights
     assert after["sha256"] == before["sha256"]
@@ -85,4 +86,4 @@ def test_the_measure_stage_rewrites_the_metrics_and_not_the_weights(
     counts = after["metrics"]["training_captions_measured"]
     assert all(counts[g] == 0 for g in finetune.NEW_CAPTION_GROUPS)
     with pytest.raises(ValueError, match="stage"):
-        finetune.RECIPES[name](tmp_path, quick=True, stage="train")
+        RECIPES[name].run(tmp_path, quick=True, stage="train")

@@ -54,7 +54,8 @@ def test_device_option_is_checked_and_named_in_the_manifest(capsys):
 
     with pytest.raises(SystemExit):
         main(["scenes-vae", "--device", "cuda"])
-    assert "--device is supported for scenes-ldm only" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--device cuda is supported for scenes-ldm, scenes-decoder only" in err
     assert hardware("cpu").startswith("CPU (")  # not the GPU's name, even if one exists
 
 
@@ -66,4 +67,85 @@ def test_a_stage_for_a_recipe_without_stages_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["scenes-clip", "--stage", "measure"])
     err = capsys.readouterr().err
-    assert "--stage is supported for" in err and "scenes-lora" in err
+    assert (
+        "--stage measure is supported for shapes-ddpm" in err and "scenes-lora" in err
+    )
+
+
+def test_the_registry_lists_every_shipped_checkpoint_after_what_it_needs():
+    """One registry: the CLI, `make checkpoints` (`recipes all`) and `accelerate
+    launch` read it; a recipe runs after the checkpoints it reads, and each shipped
+    manifest names its recipe."""
+    from diffusion_lib.recipes import RECIPES
+
+    shipped = set(pretrained.BUILDERS) | set(pretrained.ADAPTERS)
+    assert list(RECIPES) and set(RECIPES) == shipped
+    order = list(RECIPES)
+    for name, recipe in RECIPES.items():
+        assert recipe.name == name
+        for need in recipe.needs:
+            assert order.index(need) < order.index(name), (name, need)
+        assert pretrained.manifest(name)["recipe"] == name
+
+
+def test_a_recipe_refuses_what_it_cannot_do_before_it_runs():
+    from diffusion_lib.recipes import RECIPES
+
+    def fail(*args, **kwargs):
+        raise AssertionError("ran")
+
+    clip = RECIPES["scenes-clip"]
+    with pytest.raises(ValueError, match="scenes-clip has no stage 'train'"):
+        clip.run(stage="train")
+    with pytest.raises(ValueError, match="unknown stage 'trian'"):
+        clip.run(stage="trian")
+    with pytest.raises(ValueError, match="scenes-clip runs on cpu only, not 'cuda'"):
+        clip.run(device="cuda")
+    lora = RECIPES["scenes-lora"]
+    assert lora.stages == ("all", "measure")  # it measures inside its training run
+    assert RECIPES["scenes-ldm"].stages == ("all", "train", "measure")
+    from dataclasses import replace
+
+    calls = []
+    ddpm = replace(
+        RECIPES["shapes-ddpm"],
+        train=lambda out, **kw: calls.append(("train", kw)) or {"t": 1},
+        measure=lambda out, **kw: calls.append(("measure", kw)) or {"m": 1},
+    )
+    assert ddpm.run("d", stage="train", seed=3) == {"t": 1}
+    assert ddpm.run("d", stage="all") == {"m": 1}
+    assert ddpm.run("d", stage="measure") == {"m": 1}
+    assert [c[0] for c in calls] == ["train", "train", "measure", "measure"]
+    assert calls[0][1] == {
+        "quick": False,
+        "seed": 3,
+        "device": "cpu",
+        "accelerator": None,
+    }
+
+
+def test_seed_streams_are_named_and_keep_the_shipped_offsets():
+    from diffusion_lib.recipes import LDM_GROUPS, SEED_STREAMS, seed_of
+
+    # the offsets the shipped checkpoints were measured with (their manifests record
+    # the prompt seeds: scenes-ldm's groups 9000 + k)
+    groups = pretrained.manifest("scenes-ldm")["metrics"]["groups"]
+    for k, name in enumerate(LDM_GROUPS):
+        assert groups[name]["prompt_seed"] == seed_of(0, "prompts", k) == 9000 + k
+    assert seed_of(5, "binding prompts") == 5 + SEED_STREAMS["binding prompts"]
+    with pytest.raises(ValueError, match="unknown seed stream 'prompt'"):
+        seed_of(0, "prompt")
+
+
+def test_the_command_line_runs_several_recipes_or_all(capsys):
+    from diffusion_lib.recipes import RECIPES
+    from diffusion_lib.recipes.__main__ import parse
+
+    assert parse(["scenes-vae", "scenes-clip"]).names == ["scenes-vae", "scenes-clip"]
+    assert parse(["all"]).names == list(RECIPES)
+    with pytest.raises(SystemExit):
+        parse(["all", "scenes-vae"])
+    assert "'all' runs every recipe" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # checked for every name before anything runs
+        parse(["scenes-ldm", "scenes-vae", "--device", "cuda"])
+    assert "not scenes-vae" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from diffusion_lib import pretrained, recipes, scale
 from diffusion_lib.schedules import NoiseSchedule
 from diffusion_lib.train import TrainConfig, train_diffusion
+from diffusion_lib.unet import UNet
 
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 
@@ -316,11 +317,17 @@ def test_a_batch_that_does_not_split_is_refused(tiny_text_unet, accelerator_fact
         _train(tiny_text_unet, acc)
 
 
-def test_every_recipe_scales_out_and_an_unknown_one_is_refused(monkeypatch):
-    assert set(scale.SCALES_OUT) == set(recipes.RECIPES)  # a new recipe must be placed
-    assert not set(scale.STAGED) & set(scale.WHOLE)
-    with pytest.raises(SystemExit, match="new-recipe is not known"):
-        scale.run_recipe("new-recipe", lambda *a, **k: {}, None)
+def test_every_recipe_takes_the_accelerator_and_a_bad_stage_is_refused_first():
+    """run_recipe hands each recipe's training function the Accelerator (so the loops
+    need no module global to find it), and refuses a stage the recipe lacks before an
+    Accelerator is made."""
+    import inspect
+
+    for name, recipe in recipes.RECIPES.items():
+        params = inspect.signature(recipe.train).parameters
+        assert {"quick", "seed", "device", "accelerator"} <= set(params), name
+    with pytest.raises(ValueError, match="scenes-clip has no stage 'measure'"):
+        scale.run_recipe(recipes.RECIPES["scenes-clip"], None, stage="measure")
 
 
 def test_grad_accum_outside_accelerate_is_refused(capsys):
@@ -409,7 +416,7 @@ def test_two_cpu_processes_train_the_same_weights_and_the_result_loads(
     # the same recipe in one plain process: the same global batches, so the same
     # weights up to the order in which the two halves' gradients are summed
     monkeypatch.chdir(tmp_path)
-    recipes._train_ddpm(tmp_path / "one", quick=True)
+    recipes.RECIPES["shapes-ddpm"].run(tmp_path / "one", quick=True, stage="train")
     assert (
         _file_diff(
             tmp_path / "one" / "shapes-ddpm.safetensors",
@@ -419,7 +426,7 @@ def test_two_cpu_processes_train_the_same_weights_and_the_result_loads(
     )
     two = load_file(str(out / "shapes-ddpm.safetensors"))
     torch.manual_seed(0)
-    init = recipes.UNet(recipes.SHAPES_UNET).state_dict()
+    init = UNet(recipes.SHAPES_UNET).state_dict()
     moved = max((init[k] - two[k].float()).abs().max().item() for k in init)
     assert moved > 1e-3  # and it did train
 

@@ -1,0 +1,169 @@
+"""What every recipe shares: the `Recipe` record, the stage dispatch, named seed
+streams and the manifest fields every checkpoint carries.
+
+A recipe is two functions and a description. `train(out_dir, *, quick, seed, device,
+accelerator)` trains, writes NAME.safetensors + NAME.json and returns the manifest;
+`measure(out_dir, *, quick, seed, device)`, where the recipe has a measurement stage
+apart from training, re-measures the saved checkpoint and rewrites the manifest's
+"metrics" (the weights are not touched). `run` below is the only place that decides
+which of the two a `--stage` runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+from ..scale import hardware, using
+from ..train import loss_summary
+from ..unet import count_parameters
+
+STAGES = ("all", "train", "measure")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One shipped checkpoint and how it is made.
+
+    name: the checkpoint's name (pretrained/NAME.safetensors).
+    builds: what it is, in a few words (the CLI's help).
+    chapter: where the course builds it.
+    train: trains and writes the checkpoint; returns its manifest.
+    measure: re-measures the saved checkpoint (stage "measure"); None where the
+        recipe measures only inside its training run (the numbers then come from
+        the model as it trains: a PSNR curve, a before-and-after).
+    measure_after_train: stage "all" runs `measure` after `train` (False where
+        `train` measures already).
+    devices: the --device values it takes (under `accelerate launch` the
+        accelerator's device replaces it).
+    needs: the checkpoints it reads from the same folder.
+    """
+
+    name: str
+    builds: str
+    chapter: int
+    train: Callable[..., dict]
+    measure: Callable[..., dict] | None = None
+    measure_after_train: bool = True
+    devices: tuple[str, ...] = ("cpu",)
+    needs: tuple[str, ...] = ()
+
+    @property
+    def measures_apart(self) -> bool:
+        """Whether measuring is a stage of its own, after training."""
+        return self.measure is not None and self.measure_after_train
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The --stage values it accepts: "train" alone only where measuring is a
+        separate step, "measure" only where there is a measure function."""
+        if self.measures_apart:
+            return STAGES
+        return ("all",) if self.measure is None else ("all", "measure")
+
+    def check(self, stage: str = "all", device: str = "cpu") -> None:
+        """Refuse a stage or device this recipe does not have, before anything runs
+        (a stage it ignored would retrain from scratch and overwrite a checkpoint)."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+        if stage not in self.stages:
+            raise ValueError(
+                f"{self.name} has no stage {stage!r}; its stages: "
+                f"{', '.join(self.stages)}"
+            )
+        kind = str(device).split(":")[0]
+        if kind not in self.devices:
+            raise ValueError(
+                f"{self.name} runs on {', '.join(self.devices)} only, not {device!r}"
+            )
+
+    def run(
+        self,
+        out_dir=None,
+        *,
+        quick: bool = False,
+        seed: int = 0,
+        stage: str = "all",
+        device: str = "cpu",
+        accelerator=None,
+    ) -> dict:
+        """Train and/or measure as `stage` says; returns the manifest."""
+        self.check(stage, device)
+        if stage in ("all", "train"):
+            # the loops not yet given the accelerator find it in diffusion_lib.scale
+            with using(accelerator) if accelerator is not None else nullcontext():
+                info = self.train(
+                    out_dir,
+                    quick=quick,
+                    seed=seed,
+                    device=device,
+                    accelerator=accelerator,
+                )
+            if stage == "train" or not self.measures_apart:
+                return info
+        return self.measure(out_dir, quick=quick, seed=seed, device=device)
+
+    # a recipe is called like the function it used to be: recipe(out_dir, quick=True)
+    __call__ = run
+
+
+# Every random draw of a recipe has its own stream: the run's seed plus the stream's
+# offset (plus k for the k-th group of a measurement). The offsets are the ones the
+# shipped checkpoints were made and measured with; a new purpose gets a new name.
+SEED_STREAMS = {
+    "training data": 0,  # the training set, and torch's global seed for the weights
+    "preservation scenes": 1,  # usual scenes mixed into the LoRA's batches
+    "shapes prompts": 7,  # the labels a shapes model is measured on
+    "shapes real images": 500,  # real images of those labels (FID)
+    "shapes real images, again": 900,  # a second real set (real vs real)
+    "evaluator test images": 1000,
+    "concept pictures": 1100,  # the new concept's training pictures (chapter 11)
+    "held-out captions": 7000,  # scenes whose captions a model never saw
+    "real scenes, again": 7100,  # a second drawing of those scenes
+    "vae probe scenes": 7200,  # chapter 11: can the frozen VAE redraw a concept
+    "vae test scenes": 7000,  # the VAE's reconstruction test (its own recipe)
+    "vae curve scenes": 7500,  # the VAE's PSNR during training
+    "upsampler test scenes": 8000,
+    "edit scenes": 8000,  # chapter 12's inpainting task
+    "zero-shot scenes": 8000,  # CLIP's zero-shot test
+    "retrieval scenes": 8100,
+    "binding scenes": 8200,
+    "img2img scenes": 8500,
+    "control watch scenes": 8800,  # the IoU watched while ControlNet trains
+    "control scenes": 8900,
+    "prompts": 9000,  # the measured prompts of a text-to-image pipeline, per group
+    "real scenes": 9100,  # real scenes of those prompts (FID)
+    "real scenes, second": 9200,  # a second drawing of them (real vs real)
+    "sweep prompts": 9300,  # the guidance sweep's prompts
+    "sweep real scenes": 9400,
+    "embedding sources": 9500,  # the scenes whose true embeddings the ablation uses
+    "variation prompts": 9600,
+    "variation sources": 9700,
+    "binding prompts": 9800,
+}
+
+
+def seed_of(seed: int, stream: str, k: int = 0) -> int:
+    """The seed of `stream` (SEED_STREAMS) in a run with seed `seed`, for its k-th
+    group."""
+    if stream not in SEED_STREAMS:
+        raise ValueError(
+            f"unknown seed stream {stream!r}; known: {', '.join(SEED_STREAMS)}"
+        )
+    return seed + SEED_STREAMS[stream] + k
+
+
+def training_fields(name, cfg, model, result, *, seed, quick, device) -> dict:
+    """The manifest fields of every trained checkpoint: the recipe, its training
+    config, seed, time, hardware, size and losses. A recipe adds its own."""
+    return {
+        "recipe": name,
+        "train": asdict(cfg),
+        "seed": seed,
+        "quick": quick,
+        "training_seconds": round(result.seconds, 1),
+        "hardware": hardware(device),
+        "parameters": count_parameters(model),
+        **loss_summary(result.losses),
+    }
