@@ -106,3 +106,16 @@ def test_the_check_fails_for_a_library_that_needs_a_newer_torch(colab_like, tmp_
     done = _dry_run(python, str(greedy), report=tmp_path / "report.json")
     said = done.stdout + done.stderr
     assert done.returncode != 0 and "depends on torch>=2.14" in said, said
+
+
+def test_every_package_of_the_library_is_installed():
+    """A subpackage left out of pyproject.toml's list works in the editable install
+    the tests use and is missing from a wheel (diffusion_lib.recipes was, for one
+    commit)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for p in (ROOT / "diffusion_lib").rglob("__init__.py")
+    }
+    assert found == listed
