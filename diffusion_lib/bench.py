@@ -40,7 +40,6 @@ from dataclasses import asdict, replace
 
 import torch
 
-from . import scale
 from .schedules import NoiseSchedule
 from .setup import full_float32
 from .train import train_diffusion
@@ -149,18 +148,18 @@ def measure(
     restore = full_float32() if variant == "no tf32" else (lambda: None)
     start = time.perf_counter()
     try:
-        with scale.using(accelerator):  # None: the plain loop
-            result = train_diffusion(
-                model,
-                schedule,
-                images,
-                labels,
-                cfg,
-                progress=False,
-                callback=clock,
-                callback_every=1,
-                **kwargs,
-            )
+        result = train_diffusion(
+            model,
+            schedule,
+            images,
+            labels,
+            cfg,
+            progress=False,
+            callback=clock,
+            callback_every=1,
+            accelerator=accelerator,  # None: the plain loop
+            **kwargs,
+        )
     finally:
         restore()
     rate = steps / (stamps[-1] - stamps[warmup - 1])

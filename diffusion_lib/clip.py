@@ -317,16 +317,18 @@ def train_clip(
     tokens: torch.Tensor,
     config: CLIPTrainConfig | None = None,
     progress: bool = True,
+    accelerator=None,
 ) -> CLIPTrainResult:
     """Contrastive training on pairs (images [N, 3, H, W], tokens [N, L]): each batch
-    of B pairs is one B-way classification in each direction."""
+    of B pairs is one B-way classification in each direction. accelerator: an 🤗
+    Accelerator for data-parallel training (diffusion_lib.scale), or None."""
     cfg = config or CLIPTrainConfig()
     if images.shape[0] != tokens.shape[0]:
         raise ValueError(
             f"need one caption per image, got {images.shape[0]} images and "
             f"{tokens.shape[0]} captions"
         )
-    device, homes = _scale.start(model)  # under `accelerate launch`: its device
+    device, homes = _scale.start(accelerator, model)  # launched: its device
     gen = torch.Generator().manual_seed(cfg.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     rest = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -343,7 +345,8 @@ def train_clip(
         txt = model.encode_text(rows["tokens"].to(device))
         # every row's negatives are the whole batch's other rows: with several
         # processes, gather theirs (plain: all_img is img and `first` is 0)
-        (all_img, first), (all_txt, _) = _scale.gather(img), _scale.gather(txt)
+        (all_img, first) = _scale.gather(accelerator, img)
+        (all_txt, _) = _scale.gather(accelerator, txt)
         s = model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
         per_image = s * img @ all_txt.T  # [rows, batch]: plain, model(images, tokens)
         per_caption = (s * all_img @ txt.T).T  # [rows, batch]: plain, its transpose
@@ -353,7 +356,7 @@ def train_clip(
     model.train()
     for step in (
         bar := progress_bar(
-            range(cfg.steps), progress and _scale.is_main_process(), "clip"
+            range(cfg.steps), progress and _scale.is_main(accelerator), "clip"
         )
     ):
         idx = torch.randperm(images.shape[0], generator=gen)[: cfg.batch_size]
@@ -361,7 +364,9 @@ def train_clip(
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
         opt.zero_grad(set_to_none=True)
         batch = {"images": images[idx], "tokens": tokens[idx]}
-        loss = _scale.backward(loss_of, batch, model.parameters(), contrastive=True)
+        loss = _scale.backward(
+            accelerator, loss_of, batch, model.parameters(), contrastive=True
+        )
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         result.losses.append(loss.item())
@@ -369,7 +374,7 @@ def train_clip(
         if step % 50 == 0:
             recent = result.losses[-50:]
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}")
-    _scale.finish(homes, model)
+    _scale.finish(accelerator, homes, model)
     result.seconds = time.perf_counter() - start
     model.eval()
     return result

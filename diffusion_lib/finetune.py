@@ -140,7 +140,8 @@ def train_lora(
     """Add LoRA (rank r) to pipe.unet's attention projections and train it on the
     concept scenes mixed with `regular` scenes (a `share` of each batch from the
     concept, on average). The pipeline must know the concept's word (teach_word). The
-    UNet ends with the EMA of the adapter."""
+    UNet ends with the EMA of the adapter. accelerator: an 🤗 Accelerator for
+    data-parallel training (diffusion_lib.scale), or None."""
     if not 0 < share <= 1:
         raise ValueError(f"share must be in (0, 1], got {share}")
     add_lora(pipe.unet, r, alpha)
@@ -170,11 +171,12 @@ def train_lora(
 
 
 def train_textual_inversion(
-    pipe, concept, config: TrainConfig = INVERSION_TRAIN
+    pipe, concept, config: TrainConfig = INVERSION_TRAIN, accelerator=None
 ) -> TrainResult:
     """Train only the new word's embedding row (teach_word first) on the concept
     scenes, the UNet and the rest of the text encoder frozen: a visible loop, since
-    the text states now depend on the trained row."""
+    the text states now depend on the trained row. accelerator: an 🤗 Accelerator for
+    data-parallel training (diffusion_lib.scale), or None."""
     table = pipe.text_encoder.text.token_embedding
     if not isinstance(table, TrainableWords):
         raise ValueError("teach the pipeline its new word first (teach_word)")
@@ -206,6 +208,7 @@ def train_textual_inversion(
         opt.zero_grad(set_to_none=True)
         # loss_of(batch).backward(), or launched, its data-parallel share
         loss = _scale.backward(
+            accelerator,
             loss_of,
             {"x0": latents[idx], "tokens": tokens[idx], "t": t, "eps": eps},
             [table.new],
@@ -307,7 +310,7 @@ def measured_prompts(n: int, seed: int, exclude) -> dict:
 
     draws = {"concept": (concept_prompts, seed + 7000)}
     for k, (name, two) in enumerate(OLD_GROUPS.items()):
-        draw = lambda m, s, two=two: scene_prompts(m, s, "train", two)  # noqa: E731
+        draw = lambda m, s, two=two: scene_prompts(m, s, "train", two)
         draws[name] = (draw, seed + 7100 + k)
     return {
         name: new_prompts(draw, n, s, exclude)

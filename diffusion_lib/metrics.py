@@ -499,11 +499,13 @@ def train_evaluator(
     noise_std: float = 0.1,
     seed: int = 0,
     progress: bool = True,
+    accelerator=None,
 ) -> list:
     """Cross-entropy on every attribute head, with Gaussian-noise augmentation (so
     that the evaluator is not thrown by the slight noise left in generated images).
-    Returns the per-step losses."""
-    device, homes = _scale.start(evaluator)  # under `accelerate launch`: its device
+    accelerator: an 🤗 Accelerator for data-parallel training (diffusion_lib.scale),
+    or None. Returns the per-step losses."""
+    device, homes = _scale.start(accelerator, evaluator)  # launched: its device
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(evaluator.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -518,7 +520,7 @@ def train_evaluator(
     losses = []
     evaluator.train()
     for _ in progress_bar(
-        range(steps), progress and _scale.is_main_process(), "evaluator"
+        range(steps), progress and _scale.is_main(accelerator), "evaluator"
     ):
         idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen)
         x = images[idx] + noise_std * torch.rand(
@@ -527,12 +529,15 @@ def train_evaluator(
         opt.zero_grad(set_to_none=True)
         # loss_of(batch).backward(), or its data-parallel share
         loss = _scale.backward(
-            loss_of, {"x": x, "labels": labels[idx]}, evaluator.parameters()
+            accelerator,
+            loss_of,
+            {"x": x, "labels": labels[idx]},
+            evaluator.parameters(),
         )
         opt.step()
         sched.step()
         losses.append(loss.item())
-    _scale.finish(homes, evaluator)
+    _scale.finish(accelerator, homes, evaluator)
     evaluator.eval()
     return losses
 

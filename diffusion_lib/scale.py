@@ -7,9 +7,10 @@
 
 Every diffusion model trains with one loop, `train.fit` (train_diffusion, the
 upsampler's and ControlNet's differ only in how a batch is drawn). Under
-`accelerate launch`, the recipes' command line makes one `Accelerator`, passes it to
-the recipe and activates it here (or a caller passes one to `fit`); the loop keeps the
-recipe's meaning and changes only where the arithmetic happens:
+`accelerate launch`, the recipes' command line makes one `Accelerator` and passes it
+to the recipe, which passes it to every loop and to `save_checkpoint` (there is no
+module-level state: a caller may pass its own to `fit`); the loop keeps the recipe's
+meaning and changes only where the arithmetic happens:
 
 * every process draws the same global batch of `config.batch_size` rows (the same seeded
   generator on each), with its timesteps and noise, and computes the loss on its own
@@ -31,9 +32,10 @@ one writes.
 
 The loops that are not diffusion training (the evaluator's, the VAE's, CLIP's) and
 textual inversion's (one embedding row of a text encoder that the loop calls before
-the UNet) stay plain loops around one call, `backward(loss_of, batch, params)`: plain,
-loss_of(batch).backward(); launched, each process's share of the rows, with the
-gradients summed across processes by one all-reduce. CLIP's contrastive loss compares
+the UNet) stay plain loops around one call, `backward(accelerator, loss_of, batch,
+params)`: plain (accelerator None), loss_of(batch).backward(); launched, each
+process's share of the rows, with the gradients summed across processes by one
+all-reduce. CLIP's contrastive loss compares
 every caption with every image of the batch, so there each process `gather`s the
 others' embeddings (gradients flow back to the process that computed them), and
 gradient accumulation is refused: a micro-batch would see fewer negatives.
@@ -43,13 +45,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from contextlib import contextmanager
 
 import torch
-
-from .setup import hardware as _hardware
-
-_active = None  # the Accelerator of the running recipe, if launched by accelerate
 
 
 def launched() -> bool:
@@ -57,34 +54,10 @@ def launched() -> bool:
     return "ACCELERATE_MIXED_PRECISION" in os.environ
 
 
-def active():
-    """The Accelerator that train_diffusion should use, or None (the plain loop)."""
-    return _active
-
-
-@contextmanager
-def using(accelerator):
-    """Run the block with `accelerator` active (train_diffusion and save_checkpoint
-    consult it)."""
-    global _active
-    previous, _active = _active, accelerator
-    try:
-        yield accelerator
-    finally:
-        _active = previous
-
-
-def hardware(device="cpu") -> str:
-    """Where a recipe runs (setup.hardware): under `accelerate launch`, the
-    accelerator's device, whatever `device` says (the manifest's "distributed" entry
-    gives the process count)."""
-    return _hardware(_active.device if _active is not None else device)
-
-
-def is_main_process() -> bool:
-    """Whether this process writes files: always, unless an Accelerator is active and
-    this is not its main process."""
-    return _active is None or _active.is_main_process
+def is_main(accelerator) -> bool:
+    """Whether this process writes files and shows progress: always in a plain run
+    (accelerator None), else on the accelerator's main process only."""
+    return accelerator is None or accelerator.is_main_process
 
 
 def describe(accelerator) -> dict:
@@ -140,55 +113,56 @@ def my_rows(accelerator, part: int, micro: int) -> slice:
 
 # ---------------------------------------------------------------------------------
 # The other loops (the evaluator's, the VAE's, CLIP's, textual inversion's): written
-# out in their modules as plain loops around one call, `backward(loss_of, batch,
-# params)`, which under an active Accelerator becomes the data-parallel step.
+# out in their modules as plain loops around one call, `backward(accelerator, loss_of,
+# batch, params)`, which under an Accelerator becomes the data-parallel step.
 
 
 def _distributed(accelerator) -> bool:
     return accelerator is not None and accelerator.num_processes > 1
 
 
-def start(*modules):
-    """Where a loop trains: the active Accelerator's device (the modules are moved
+def start(accelerator, *modules):
+    """Where a loop trains: the Accelerator's device (the modules are moved
     there, and every process starts from the main process's weights, as
     DistributedDataParallel would give them), or, in the plain loop, where the first
     module's parameters are. Returns (device, the devices to move them back to)."""
     homes = [next(m.parameters()).device for m in modules]
-    if _active is None:
+    if accelerator is None:
         return homes[0], homes
     for m in modules:
-        m.to(_active.device)
-        if _distributed(_active):
+        m.to(accelerator.device)
+        if _distributed(accelerator):
             import torch.distributed as dist
 
             with torch.no_grad():
                 for v in [*m.parameters(), *m.buffers()]:
                     dist.broadcast(v.data, src=0)
-    return _active.device, homes
+    return accelerator.device, homes
 
 
-def finish(homes, *modules) -> None:
+def finish(accelerator, homes, *modules) -> None:
     """Move the modules back to where `start` found them (the recipe goes on to measure
     where it built them)."""
-    if _active is not None:
+    if accelerator is not None:
         for m, home in zip(modules, homes):
             m.to(home)
 
 
-def backward(loss_of, batch: dict, params, contrastive: bool = False):
+def backward(accelerator, loss_of, batch: dict, params, contrastive: bool = False):
     """One step's gradient of the whole batch's mean loss, into the params' .grad.
 
     loss_of(rows) -> the mean loss over `rows` (a dict of tensors, rows of `batch`), or
     a tuple (loss, other means to report). batch: the whole batch, the same on every
     process (drawn from the same seeded generator). Plain: loss_of(batch).backward().
-    Under an active Accelerator, this process computes its share of the rows,
-    micro-batch by micro-batch (under the launch's autocast), each weighted by its
-    share of the batch, and the gradients are summed across processes: the gradient
-    of the same mean as in the plain loop. contrastive: the loss compares each row
-    with every other row of the batch (CLIP), so it cannot be split into
+    Under an Accelerator (one made by `accelerate launch`), this process computes its
+    share of the rows, micro-batch by micro-batch (under the launch's autocast), each
+    weighted by its share of the batch, and the gradients are summed across processes:
+    the gradient of the same mean as in the plain loop. contrastive: the loss compares
+    each row with every other row of the batch (CLIP), so it cannot be split into
     micro-batches; loss_of must then `gather` the embeddings of all processes.
-    Returns the whole batch's mean loss (and the other means), detached."""
-    acc = _active
+    Returns the whole batch's mean loss (and the other means), detached.
+    """
+    acc = accelerator
     if acc is None:
         out = loss_of(batch)
         loss = out[0] if isinstance(out, tuple) else out
@@ -259,13 +233,13 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
 
 
-def gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+def gather(accelerator, x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(every process's rows of x, concatenated in process order, with gradients
     flowing back to each process's own rows; where this process's rows start). In the
     plain loop, or with one process: (x, 0)."""
-    if not _distributed(_active):
+    if not _distributed(accelerator):
         return x, 0
-    return _GatherWithGrad.apply(x), _active.process_index * x.shape[0]
+    return _GatherWithGrad.apply(x), accelerator.process_index * x.shape[0]
 
 
 def run_recipe(
@@ -290,10 +264,9 @@ def run_recipe(
     device = str(accelerator.device) if device in recipe.devices else "cpu"
     info = None
     if stage in ("all", "train"):
-        with using(accelerator):
-            info = recipe.train(
-                out_dir, quick=quick, seed=seed, device=device, accelerator=accelerator
-            )
+        info = recipe.train(
+            out_dir, quick=quick, seed=seed, device=device, accelerator=accelerator
+        )
     accelerator.wait_for_everyone()
     measure = stage == "measure" or (stage == "all" and recipe.measures_apart)
     if measure and accelerator.is_main_process:

@@ -205,14 +205,12 @@ def fit(
 
     accelerator: an 🤗 Accelerator, for data-parallel training, mixed precision and
     gradient accumulation (each process computes its share of the same global batch;
-    see diffusion_lib.scale); None: the accelerator that `accelerate launch` made
-    (scale.active()), else one plain process (OneProcess).
+    see diffusion_lib.scale); None: one plain process (OneProcess).
     callback(step, ema_model) every `callback_every` steps (on the main process).
     Returns a TrainResult: the whole batch's mean loss per step, the seconds, the EMA.
     """
     trainable = model if trainable is None else trainable
-    acc = accelerator or _scale.active()
-    acc = acc or OneProcess(next(trainable.parameters()).device)
+    acc = accelerator or OneProcess(next(trainable.parameters()).device)
     micro = _scale.share(config.batch_size, acc)
     accum = acc.gradient_accumulation_steps
     gen = torch.Generator().manual_seed(config.seed)  # the same on every process
@@ -317,10 +315,13 @@ def draw_batch(
 
 
 def save_checkpoint(
-    path: str | Path, model, manifest: dict, dtype=torch.float16
+    path: str | Path, model, manifest: dict, dtype=torch.float16, accelerator=None
 ) -> dict:
     """Write `path` (.safetensors, weights cast to `dtype`) and `path` with .json (the
-    manifest + sha256). `model`: a module, or a dict of tensors (e.g. an adapter)."""
+    manifest + sha256). `model`: a module, or a dict of tensors (e.g. an adapter).
+    accelerator: the 🤗 Accelerator it was trained under, if any: every process then
+    hashes its weights (recorded under "distributed"; they must agree) and the main
+    process alone writes, while the others wait for the file."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"checkpoint path must end in .safetensors, got {path.name}")
@@ -330,7 +331,7 @@ def save_checkpoint(
         .contiguous()
         for k, v in (model if isinstance(model, dict) else model.state_dict()).items()
     }
-    if (accelerator := _scale.active()) is not None:  # data-parallel training
+    if accelerator is not None:  # data-parallel training
         hashes = _scale.gather_hashes(state)  # every process, before anyone writes
         manifest = {
             **manifest,
@@ -360,10 +361,8 @@ def save_checkpoint(
 
 def write_manifest(path: str | Path, manifest: dict) -> None:
     """Write the manifest of checkpoint `path` (NAME.safetensors) to NAME.json; the
-    weights are not touched, so the sha256 inside stays valid. Under data-parallel
-    training only the main process writes."""
-    if not _scale.is_main_process():
-        return
+    weights are not touched, so the sha256 inside stays valid (under data-parallel
+    training, only the main process calls it)."""
     Path(path).with_suffix(".json").write_text(
         json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     )

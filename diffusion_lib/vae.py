@@ -261,13 +261,15 @@ def train_vae(
     progress: bool = True,
     callback=None,
     callback_every: int = 0,
+    accelerator=None,
 ) -> VAETrainResult:
     """Train the autoencoder on images [N, 3, H, W] in [-1, 1] with AdamW, warm-up +
     cosine learning rate and an EMA of the weights (the loop written out, as
     `train.train_diffusion`). callback(step, ema_model) runs every `callback_every`
-    steps."""
+    steps. accelerator: an 🤗 Accelerator for data-parallel training
+    (diffusion_lib.scale), or None."""
     cfg = config or VAETrainConfig()
-    device, homes = scale.start(model)  # under `accelerate launch`: its device
+    device, homes = scale.start(accelerator, model)  # launched: its device
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     ema, result, start = (
@@ -289,7 +291,7 @@ def train_vae(
     model.train()
     for step in (
         bar := progress_bar(
-            range(cfg.steps), progress and scale.is_main_process(), "vae"
+            range(cfg.steps), progress and scale.is_main(accelerator), "vae"
         )
     ):
         idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen)
@@ -299,7 +301,9 @@ def train_vae(
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
         opt.zero_grad(set_to_none=True)
         # loss_of({"x": x, "e": e}).backward(), or its data-parallel share
-        loss, kl = scale.backward(loss_of, {"x": x, "e": e}, model.parameters())
+        loss, kl = scale.backward(
+            accelerator, loss_of, {"x": x, "e": e}, model.parameters()
+        )
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         ema.update(model)
@@ -310,7 +314,7 @@ def train_vae(
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
         if callback is not None and callback_every and (step + 1) % callback_every == 0:
             callback(step + 1, ema.model)
-    scale.finish(homes, model, ema.model)
+    scale.finish(accelerator, homes, model, ema.model)
     result.seconds, result.ema = time.perf_counter() - start, ema
     model.eval()
     return result

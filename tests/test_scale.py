@@ -44,29 +44,17 @@ def _train(tiny_text_unet, accelerator=None, steps=6):
     model = tiny_text_unet()
     cfg = TrainConfig(steps=steps, batch_size=8, lr=1e-3, warmup=2, seed=3)
     schedule = NoiseSchedule.make("cosine", 100)
-    if accelerator is None:
-        result = train_diffusion(
-            model,
-            schedule,
-            latents,
-            None,
-            cfg,
-            progress=False,
-            context=context,
-            null_context=null,
-        )
-    else:
-        with scale.using(accelerator):
-            result = train_diffusion(
-                model,
-                schedule,
-                latents,
-                None,
-                cfg,
-                progress=False,
-                context=context,
-                null_context=null,
-            )
+    result = train_diffusion(
+        model,
+        schedule,
+        latents,
+        None,
+        cfg,
+        progress=False,
+        context=context,
+        null_context=null,
+        accelerator=accelerator,  # None: the plain loop
+    )
     return result, model
 
 
@@ -111,12 +99,12 @@ def test_bf16_autocast_trains_float32_weights(tiny_text_unet, accelerator_factor
 
 
 def _both(run, accelerator):
-    """run() plainly and under a one-process Accelerator, from the same seed."""
+    """run() plainly and run(accelerator) under a one-process Accelerator, from the
+    same seed."""
     torch.manual_seed(0)
     plain = run()
     torch.manual_seed(0)
-    with scale.using(accelerator):
-        accelerated = run()
+    accelerated = run(accelerator)
     return plain, accelerated
 
 
@@ -137,12 +125,17 @@ def test_the_upsampler_loop_scales_out_unchanged(accelerator_factory):
         mid_attention=False,
     )
 
-    def run():
+    def run(accelerator=None):
         model = UnCLIPUpsampler(config)
         from diffusion_lib.unclip import train_upsampler
 
         result = train_upsampler(
-            model, NoiseSchedule.make("cosine", 100), images, cfg, progress=False
+            model,
+            NoiseSchedule.make("cosine", 100),
+            images,
+            cfg,
+            progress=False,
+            accelerator=accelerator,
         )
         return result, model
 
@@ -160,11 +153,18 @@ def test_the_controlnet_loop_scales_out_unchanged(tiny_text_unet, accelerator_fa
     control = (torch.rand(8, 1, 64, 64, generator=g) > 0.5).float()
     cfg = TrainConfig(steps=3, batch_size=4, lr=1e-2, warmup=1, ema_decay=0.5)
 
-    def run():
+    def run(accelerator=None):
         unet = tiny_text_unet()
         schedule = NoiseSchedule.make("linear", 100)
         net, result = train_controlnet(
-            unet, schedule, latents, context, torch.zeros(5, 8), control, cfg
+            unet,
+            schedule,
+            latents,
+            context,
+            torch.zeros(5, 8),
+            control,
+            cfg,
+            accelerator=accelerator,
         )
         return result, net
 
@@ -177,30 +177,38 @@ def test_the_controlnet_loop_scales_out_unchanged(tiny_text_unet, accelerator_fa
 # the loops around scale.backward: the evaluator's, VAE's, CLIP's, textual inversion's
 
 
-def _evaluator_run():
+def _evaluator_run(accelerator=None):
     from diffusion_lib import data, metrics
 
     shapes = data.make_shapes(48, 32, seed=0, split="all")
     model = metrics.Evaluator(metrics.EvaluatorConfig(width=8, num_features=16))
     TRAINED_FROM["evaluator"] = copy.deepcopy(model)
     losses = metrics.train_evaluator(
-        model, shapes.images, shapes.labels, steps=3, batch_size=8, progress=False
+        model,
+        shapes.images,
+        shapes.labels,
+        steps=3,
+        batch_size=8,
+        progress=False,
+        accelerator=accelerator,
     )
     return losses, model
 
 
-def _vae_run():
+def _vae_run(accelerator=None):
     from diffusion_lib import vae
 
     images = torch.rand(24, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     model = vae.AutoencoderKL(vae.VAEConfig(channels=(8, 16), groups=4))
     TRAINED_FROM["vae"] = copy.deepcopy(model)
     cfg = vae.VAETrainConfig(steps=3, batch_size=8, warmup=1)
-    result = vae.train_vae(model, images * 2 - 1, cfg, progress=False)
+    result = vae.train_vae(
+        model, images * 2 - 1, cfg, progress=False, accelerator=accelerator
+    )
     return result.losses + result.kl, model
 
 
-def _clip_run():
+def _clip_run(accelerator=None):
     from diffusion_lib import clip, data
 
     tokenizer = clip.scene_tokenizer()
@@ -222,12 +230,17 @@ def _clip_run():
     TRAINED_FROM["clip"] = copy.deepcopy(model)
     cfg = clip.CLIPTrainConfig(steps=3, batch_size=8, warmup=1)
     result = clip.train_clip(
-        model, scenes.images, tokenizer(scenes.captions), cfg, progress=False
+        model,
+        scenes.images,
+        tokenizer(scenes.captions),
+        cfg,
+        progress=False,
+        accelerator=accelerator,
     )
     return result.losses + result.temperatures, model
 
 
-def _inversion_run(directory):
+def _inversion_run(directory, accelerator=None):
     from diffusion_lib import finetune, loaders
     from diffusion_lib.pipelines import MiniStableDiffusion
     from diffusion_lib.train import TrainConfig
@@ -237,7 +250,7 @@ def _inversion_run(directory):
     concept = finetune.concept_scenes(8, 5, finetune.CONCEPT, 64)
     cfg = TrainConfig(steps=3, batch_size=4, lr=0.05, warmup=1)
     TRAINED_FROM["inversion"] = copy.deepcopy(table)
-    result = finetune.train_textual_inversion(pipe, concept, cfg)
+    result = finetune.train_textual_inversion(pipe, concept, cfg, accelerator)
     return result.losses, table
 
 
@@ -249,7 +262,7 @@ LOOPS = {"evaluator": _evaluator_run, "vae": _vae_run, "clip": _clip_run}
 def test_the_other_loops_run_unchanged_under_one_accelerator(
     name, accelerator_factory, tiny_sd_dir
 ):
-    run = LOOPS.get(name) or (lambda: _inversion_run(tiny_sd_dir))
+    run = LOOPS.get(name) or (lambda acc=None: _inversion_run(tiny_sd_dir, acc))
     (plain, plain_model), (acc, acc_model) = _both(run, accelerator_factory())
     assert acc == plain  # the same losses (and KL terms, temperatures)
     assert _max_diff(acc_model, plain_model) == 0.0
@@ -289,8 +302,7 @@ def test_backward_in_micro_batches_gives_the_whole_batchs_gradient(
     grads = []
     for accelerator in (None, accelerator_factory(gradient_accumulation_steps=4)):
         model.zero_grad()
-        with scale.using(accelerator):
-            loss = scale.backward(loss_of, batch, model.parameters())
+        loss = scale.backward(accelerator, loss_of, batch, model.parameters())
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
         assert loss.item() == pytest.approx(loss_of(batch).item(), rel=1e-6)
     assert (grads[0] - grads[1]).abs().max() < 1e-5 * grads[0].abs().max()
@@ -306,9 +318,8 @@ def test_clip_refuses_accumulation_and_fp16_is_refused(accelerator_factory):
         mixed_precision, is_main_process = "fp16", True
         device = torch.device("cpu")
 
-    with scale.using(HalfPrecision()):
-        with pytest.raises(ValueError, match="fp16 would need loss scaling"):
-            _evaluator_run()
+    with pytest.raises(ValueError, match="fp16 would need loss scaling"):
+        _evaluator_run(HalfPrecision())
 
 
 def test_a_batch_that_does_not_split_is_refused(tiny_text_unet, accelerator_factory):

@@ -12,10 +12,11 @@ which of the two a `--stage` runs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
-from ..scale import hardware, using
+import torch
+
+from ..setup import hardware
 from ..train import loss_summary
 from ..unet import count_parameters
 
@@ -91,15 +92,9 @@ class Recipe:
         """Train and/or measure as `stage` says; returns the manifest."""
         self.check(stage, device)
         if stage in ("all", "train"):
-            # the loops not yet given the accelerator find it in diffusion_lib.scale
-            with using(accelerator) if accelerator is not None else nullcontext():
-                info = self.train(
-                    out_dir,
-                    quick=quick,
-                    seed=seed,
-                    device=device,
-                    accelerator=accelerator,
-                )
+            info = self.train(
+                out_dir, quick=quick, seed=seed, device=device, accelerator=accelerator
+            )
             if stage == "train" or not self.measures_apart:
                 return info
         return self.measure(out_dir, quick=quick, seed=seed, device=device)
@@ -154,7 +149,15 @@ def seed_of(seed: int, stream: str, k: int = 0) -> int:
     return seed + SEED_STREAMS[stream] + k
 
 
-def training_fields(name, cfg, model, result, *, seed, quick, device) -> dict:
+def where(device, accelerator=None) -> torch.device:
+    """Where a recipe ran: the accelerator's device under `accelerate launch`, else
+    `device`."""
+    return accelerator.device if accelerator is not None else torch.device(device)
+
+
+def training_fields(
+    name, cfg, model, result, *, seed, quick, device, accelerator=None
+) -> dict:
     """The manifest fields of every trained checkpoint: the recipe, its training
     config, seed, time, hardware, size and losses. A recipe adds its own."""
     return {
@@ -163,7 +166,7 @@ def training_fields(name, cfg, model, result, *, seed, quick, device) -> dict:
         "seed": seed,
         "quick": quick,
         "training_seconds": round(result.seconds, 1),
-        "hardware": hardware(device),
+        "hardware": hardware(where(device, accelerator)),
         "parameters": count_parameters(model),
         **loss_summary(result.losses),
     }

@@ -21,10 +21,10 @@ from ..clip import (
     zero_shot_one_object,
 )
 from ..data import SCENE_SIZE, make_scenes
-from ..scale import hardware
+from ..setup import hardware
 from ..train import save_checkpoint
 from ..unet import count_parameters
-from .base import Recipe, seed_of
+from .base import Recipe, seed_of, where
 
 SCENES_CLIP_TRAIN = CLIPTrainConfig(
     steps=3000, batch_size=256, lr=1e-3, warmup=100, weight_decay=0.1, seed=0
@@ -69,7 +69,8 @@ def train_scenes_clip(out_dir, *, quick=False, seed=0, device="cpu", accelerator
     data = make_scenes(n_images, SCENE_SIZE, seed=seed, split="train")
     torch.manual_seed(seed)
     model = CLIP(scenes_clip_config(tokenizer))
-    result = train_clip(model, data.images, tokenizer(data.captions), cfg)
+    tokens = tokenizer(data.captions)
+    result = train_clip(model, data.images, tokens, cfg, accelerator=accelerator)
     every = max(1, cfg.steps // 30)
     n = 64 if quick else 1000
     info = {
@@ -82,7 +83,7 @@ def train_scenes_clip(out_dir, *, quick=False, seed=0, device="cpu", accelerator
         "image_size": SCENE_SIZE,
         "training_images": n_images,
         "training_seconds": round(result.seconds, 1),
-        "hardware": hardware(),
+        "hardware": hardware(where(device, accelerator)),
         "parameters": count_parameters(model),
         "final_temperature": result.temperatures[-1],
         "curve": [
@@ -97,7 +98,7 @@ def train_scenes_clip(out_dir, *, quick=False, seed=0, device="cpu", accelerator
     }
     print(json.dumps(info["metrics"], indent=1))
     path = pretrained.checkpoint_path("scenes-clip", out_dir)
-    return save_checkpoint(path, model, info)
+    return save_checkpoint(path, model, info, accelerator=accelerator)
 
 
 CLIP_RECIPE = Recipe(

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 
-import torch
-
 from .. import pretrained
 from ..adapters import count_trainable
 from ..controlnet import (
@@ -20,9 +18,9 @@ from ..data import BACKGROUND, SCENE_SIZE, make_scenes
 from ..finetune import measure_control
 from ..loaders import load_controlnet
 from ..pipelines import encode_scenes
-from ..scale import hardware
+from ..setup import hardware
 from ..train import loss_summary, save_checkpoint, write_manifest
-from .base import Recipe, seed_of
+from .base import Recipe, seed_of, where
 from .part4 import base_pipe, quick_patch
 
 CONTROL_IMAGES = 20000
@@ -94,7 +92,7 @@ def train_scenes_controlnet(
         "quick": quick,
         "training_images": n_images,
         "training_seconds": round(result.seconds, 1),
-        "hardware": hardware(torch.device(device)),
+        "hardware": hardware(where(device, accelerator)),
         "ldm_sha256": pretrained.manifest("scenes-ldm", out_dir)["sha256"],
         "parameters": controlnet_parameters(net),
         "unet_parameters": count_trainable(pipe.unet)[1],
@@ -104,7 +102,7 @@ def train_scenes_controlnet(
         "metrics": control_metrics(pipe, n, seed, steps),
     }
     path = pretrained.checkpoint_path("scenes-controlnet", out_dir)
-    return save_checkpoint(path, net, info)
+    return save_checkpoint(path, net, info, accelerator=accelerator)
 
 
 def measure_controlnet(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:

@@ -105,6 +105,7 @@ def train_decoder(out_dir, *, quick=False, seed=0, device="cpu", accelerator=Non
         seed=seed,
         quick=quick,
         device=device,
+        accelerator=accelerator,
     )
     info = {
         **fields,
@@ -120,7 +121,7 @@ def train_decoder(out_dir, *, quick=False, seed=0, device="cpu", accelerator=Non
         "guidance_scale": DECODER_GUIDANCE,
     }
     path = pretrained.checkpoint_path("scenes-decoder", out_dir)
-    return save_checkpoint(path, result.ema.model, info)
+    return save_checkpoint(path, result.ema.model, info, accelerator=accelerator)
 
 
 def embedding_ablation(pipe, n, seed, steps, groups=None) -> dict:

@@ -24,7 +24,7 @@ from ..editing import (
 from ..finetune import edit_task, measure_edits, measure_img2img
 from ..loaders import load_inpainting
 from ..pipelines import encode_scenes
-from ..scale import hardware
+from ..setup import hardware
 from ..train import (
     TrainConfig,
     loss_summary,
@@ -32,7 +32,7 @@ from ..train import (
     train_diffusion,
     write_manifest,
 )
-from .base import Recipe, seed_of
+from .base import Recipe, seed_of, where
 from .part4 import base_pipe, quick_patch
 
 INPAINT_TRAIN = TrainConfig(
@@ -129,14 +129,14 @@ def train_scenes_inpaint(
         "masks": "1/2 a box around one object, 1/4 a random rectangle, 1/4 all",
         "encode_seconds": round(encode_seconds, 1),
         "training_seconds": round(result.seconds, 1),
-        "hardware": hardware(torch.device(device)),
+        "hardware": hardware(where(device, accelerator)),
         "ldm_sha256": pretrained.manifest("scenes-ldm", out_dir)["sha256"],
         "parameters": count_trainable(model)[1],
         **loss_summary(result.losses),
         "metrics": inpaint_metrics(pipe, model, n, steps, seed, quick),
     }
     path = pretrained.checkpoint_path("scenes-inpaint", out_dir)
-    return save_checkpoint(path, model.unet, info)
+    return save_checkpoint(path, model.unet, info, accelerator=accelerator)
 
 
 def measure_inpaint(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 
-import torch
-
 from .. import pretrained
 from ..adapters import count_trainable
 from ..data import SCENE_SIZE, concept_scenes
@@ -18,9 +16,9 @@ from ..finetune import (
     training_captions,
 )
 from ..loaders import CONCEPT, init_words, load_textual_inversion, teach_word
-from ..scale import hardware
+from ..setup import hardware
 from ..train import loss_summary, save_checkpoint, write_manifest
-from .base import Recipe, seed_of
+from .base import Recipe, seed_of, where
 from .part4 import base_pipe, quick_patch
 from .scenes_lora import concept_settings
 
@@ -51,7 +49,7 @@ def train_scenes_inversion(
     table = teach_word(pipe)
     concept_seed = seed_of(seed, "concept pictures")
     concept = concept_scenes(n_concept, concept_seed, CONCEPT, SCENE_SIZE)
-    result = train_textual_inversion(pipe, concept, cfg)
+    result = train_textual_inversion(pipe, concept, cfg, accelerator=accelerator)
     info = {
         "recipe": "scenes-inversion",
         "kind": "textual inversion",
@@ -64,7 +62,7 @@ def train_scenes_inversion(
         "trainable_parameters": table.new.numel(),
         "text_encoder_parameters": count_trainable(pipe.text_encoder)[1],
         "training_seconds": round(result.seconds, 1),
-        "hardware": hardware(torch.device(device)),
+        "hardware": hardware(where(device, accelerator)),
         "ldm_sha256": pretrained.manifest("scenes-ldm", out_dir)["sha256"],
         "clip_sha256": pretrained.manifest("scenes-clip", out_dir)["sha256"],
         **loss_summary(result.losses),
@@ -73,7 +71,7 @@ def train_scenes_inversion(
     # the diffusers convention for a learned embedding: {word: row [W]}
     state = {CONCEPT: table.new.detach()[0]}
     path = pretrained.checkpoint_path("scenes-inversion", out_dir)
-    return save_checkpoint(path, state, info)
+    return save_checkpoint(path, state, info, accelerator=accelerator)
 
 
 def measure_inversion(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:

@@ -101,7 +101,14 @@ def train_ldm(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None):
     )
     ema = result.ema.model
     fields = training_fields(
-        "scenes-ldm", cfg, ema, result, seed=seed, quick=quick, device=device
+        "scenes-ldm",
+        cfg,
+        ema,
+        result,
+        seed=seed,
+        quick=quick,
+        device=device,
+        accelerator=accelerator,
     )
     info = {
         **fields,
@@ -118,7 +125,12 @@ def train_ldm(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None):
         "encode_seconds": round(encode_seconds, 1),
         "metrics": None,
     }
-    return save_checkpoint(pretrained.checkpoint_path("scenes-ldm", out_dir), ema, info)
+    return save_checkpoint(
+        pretrained.checkpoint_path("scenes-ldm", out_dir),
+        ema,
+        info,
+        accelerator=accelerator,
+    )
 
 
 def measure_ldm(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:

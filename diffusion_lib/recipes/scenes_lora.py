@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 
-import torch
-
 from .. import pretrained
 from ..adapters import LORA_TARGETS, count_trainable, lora_state_dict, set_lora_scale
 from ..data import SCENE_SIZE, concept_scenes, make_scenes
@@ -25,9 +23,9 @@ from ..finetune import (
     vae_reconstruction,
 )
 from ..loaders import CONCEPT, init_words, load_lora_weights, teach_word
-from ..scale import hardware
+from ..setup import hardware
 from ..train import loss_summary, save_checkpoint, write_manifest
-from .base import Recipe, seed_of
+from .base import Recipe, seed_of, where
 from .part4 import base_pipe, quick_patch
 
 STRENGTHS = (0.0, 0.5, 1.0, 1.5)  # adapter strengths of the sweep
@@ -104,13 +102,13 @@ def train_scenes_lora(out_dir, *, quick=False, seed=0, device="cpu", accelerator
         "trainable_parameters": trainable,
         "unet_parameters": total - trainable,
         "training_seconds": round(result.seconds, 1),
-        "hardware": hardware(torch.device(device)),
+        "hardware": hardware(where(device, accelerator)),
         "ldm_sha256": pretrained.manifest("scenes-ldm", out_dir)["sha256"],
         **loss_summary(result.losses),
         "metrics": lora_metrics(pipe, before, n, seed, steps, exclude),
     }
     path = pretrained.checkpoint_path("scenes-lora", out_dir)
-    return save_checkpoint(path, state, info)
+    return save_checkpoint(path, state, info, accelerator=accelerator)
 
 
 def measure_lora(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:

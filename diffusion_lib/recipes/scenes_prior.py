@@ -87,6 +87,7 @@ def train_prior(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None)
         seed=seed,
         quick=quick,
         device="cpu",
+        accelerator=accelerator,
     )
     info = {
         **fields,
@@ -102,7 +103,7 @@ def train_prior(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None)
         "two_object_fraction": LDM_TWO_OBJECT_FRACTION,
     }
     path = pretrained.checkpoint_path("scenes-prior", out_dir)
-    return save_checkpoint(path, result.ema.model, info)
+    return save_checkpoint(path, result.ema.model, info, accelerator=accelerator)
 
 
 def _prior_setting(pipe, scenes, real_vs_real: float, seed: int, **setting) -> dict:

@@ -78,6 +78,7 @@ def train_scenes_upsampler(
         seed=seed,
         quick=quick,
         device="cpu",
+        accelerator=accelerator,
     )
     info = {
         **fields,
@@ -91,7 +92,7 @@ def train_scenes_upsampler(
         "training_images": len(scenes),
     }
     path = pretrained.checkpoint_path("scenes-upsampler", out_dir)
-    return save_checkpoint(path, result.ema.model, info)
+    return save_checkpoint(path, result.ema.model, info, accelerator=accelerator)
 
 
 def measure_upsampler(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:

@@ -11,7 +11,7 @@ import torch
 from .. import pretrained
 from ..data import SCENE_SIZE, make_scenes
 from ..metrics import SceneJudge, scene_accuracy
-from ..scale import hardware
+from ..setup import hardware
 from ..train import save_checkpoint
 from ..unet import count_parameters
 from ..vae import (
@@ -23,7 +23,7 @@ from ..vae import (
     reconstruct,
     train_vae,
 )
-from .base import Recipe, seed_of
+from .base import Recipe, seed_of, where
 
 SCENES_VAE = VAEConfig(channels=(16, 32, 64, 64), blocks_per_level=1)
 SCENES_VAE_TRAIN = VAETrainConfig(
@@ -107,6 +107,7 @@ def train_scenes_vae(out_dir, *, quick=False, seed=0, device="cpu", accelerator=
         cfg,
         callback=measure,
         callback_every=max(1, cfg.steps // 12),
+        accelerator=accelerator,
     )
     vae = result.ema.model
     vae.config.scaling_factor = latent_scaling_factor(vae, data.images[:2000], seed)
@@ -120,7 +121,7 @@ def train_scenes_vae(out_dir, *, quick=False, seed=0, device="cpu", accelerator=
         "image_size": SCENE_SIZE,
         "training_images": n_images,
         "training_seconds": round(result.seconds, 1),
-        "hardware": hardware(),
+        "hardware": hardware(where(device, accelerator)),
         "parameters": count_parameters(vae),
         "final_loss": sum(result.losses[-100:]) / len(result.losses[-100:]),
         "metrics": {
@@ -132,7 +133,7 @@ def train_scenes_vae(out_dir, *, quick=False, seed=0, device="cpu", accelerator=
     }
     print(json.dumps(info["metrics"], indent=1))
     path = pretrained.checkpoint_path("scenes-vae", out_dir)
-    return save_checkpoint(path, vae, info)
+    return save_checkpoint(path, vae, info, accelerator=accelerator)
 
 
 VAE = Recipe(

@@ -25,11 +25,11 @@ from ..metrics import (
     train_evaluator,
 )
 from ..pipelines import generate_shapes
-from ..scale import hardware
 from ..schedules import NoiseSchedule
+from ..setup import hardware
 from ..train import TrainConfig, save_checkpoint, train_diffusion, write_manifest
 from ..unet import UNet, UNetConfig, count_parameters
-from .base import Recipe, seed_of
+from .base import Recipe, seed_of, where
 from .measure import shapes_quality
 
 SHAPES_UNET = UNetConfig(
@@ -70,7 +70,14 @@ def train_evaluator_recipe(
     torch.manual_seed(seed)
     model = Evaluator(EvaluatorConfig())
     start = time.perf_counter()
-    losses = train_evaluator(model, train.images, train.labels, steps=steps, seed=seed)
+    losses = train_evaluator(
+        model,
+        train.images,
+        train.labels,
+        steps=steps,
+        seed=seed,
+        accelerator=accelerator,
+    )
     seconds = time.perf_counter() - start
     acc = classifier_accuracy(
         model,
@@ -91,13 +98,16 @@ def train_evaluator_recipe(
             "final_loss": losses[-1],
         },
         "training_seconds": round(seconds, 1),
-        "hardware": hardware(),
+        "hardware": hardware(where(device, accelerator)),
         "image_size": IMAGE_SIZE,
         "parameters": count_parameters(model),
         "metrics": {"test_accuracy": acc, "test_images": test.images.shape[0]},
     }
     return save_checkpoint(
-        pretrained.checkpoint_path("shapes-evaluator", out_dir), model, info
+        pretrained.checkpoint_path("shapes-evaluator", out_dir),
+        model,
+        info,
+        accelerator=accelerator,
     )
 
 
@@ -145,13 +155,13 @@ def train_ddpm(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None):
         "image_size": IMAGE_SIZE,
         "held_out_combinations": HELD_OUT,
         "training_seconds": round(result.seconds, 1),
-        "hardware": hardware(),
+        "hardware": hardware(where(device, accelerator)),
         "parameters": count_parameters(ema),
         "final_loss": sum(result.losses[-100:]) / len(result.losses[-100:]),
         "metrics": None,
     }
     path = pretrained.checkpoint_path("shapes-ddpm", out_dir)
-    return save_checkpoint(path, ema, info)
+    return save_checkpoint(path, ema, info, accelerator=accelerator)
 
 
 def measure_ddpm(out_dir=None, *, quick=False, seed=0, device="cpu", with_history=True):
