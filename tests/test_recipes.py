@@ -139,7 +139,7 @@ def test_seed_streams_are_named_and_keep_the_shipped_offsets():
 
 def test_the_command_line_runs_several_recipes_or_all(capsys):
     from diffusion_lib.recipes import RECIPES
-    from diffusion_lib.recipes.__main__ import parse
+    from diffusion_lib.recipes.cli import parse
 
     assert parse(["scenes-vae", "scenes-clip"]).names == ["scenes-vae", "scenes-clip"]
     assert parse(["all"]).names == list(RECIPES)

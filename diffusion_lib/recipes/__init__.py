@@ -16,13 +16,14 @@ accumulation under 🤗 Accelerate (see diffusion_lib.scale):
 One file per model holds its presets (a config, and the differences of its smoke run
 with the reason for each), its training function and its measurement; `base` holds
 the `Recipe` record, the stage dispatch and the named seed streams; `measure` the
-measurements several recipes share. RECIPES below is the registry the CLI, the
-Makefile's `checkpoints` target and `accelerate launch` read.
+measurements several recipes share; `registry` the RECIPES that the command line
+(`cli`), the Makefile's `checkpoints` target and `accelerate launch` read.
 """
 
 from __future__ import annotations
 
 from .base import SEED_STREAMS, STAGES, Recipe, seed_of
+from .cli import main
 from .dalle2 import (
     UNCLIP_BASE_SIZE,
     UNCLIP_SCHEDULE,
@@ -45,6 +46,7 @@ from .measure import (
     unseen_scenes,
     upsampler_psnr,
 )
+from .registry import PART_IV, RECIPES
 from .scenes_clip import (
     CLIP_RECIPE,
     SCENES_CLIP_TRAIN,
@@ -100,35 +102,6 @@ from .shapes import (
     SHAPES_UNET,
     ablation,
 )
-
-# every shipped checkpoint, in the order `make checkpoints` trains them (each after
-# the ones it needs)
-RECIPES = {
-    r.name: r
-    for r in (
-        EVALUATOR,
-        DDPM,
-        VAE,
-        CLIP_RECIPE,
-        LDM,
-        PRIOR,
-        UPSAMPLER,
-        DECODER,
-        LORA,
-        INVERSION,
-        INPAINT,
-        CONTROLNET,
-    )
-}
-PART_IV = tuple(name for name, r in RECIPES.items() if r.chapter >= 11)
-
-
-def main(argv=None):
-    """The command line (python -m diffusion_lib.recipes NAME ...)."""
-    from .__main__ import main as cli
-
-    return cli(argv)
-
 
 __all__ = [
     "ABLATION",
