@@ -26,23 +26,20 @@ exp(t) clipped at 100, as in the paper, Sec. 2.5).
   transformer blocks, the class token's state times a projection.
 
 Shapes: images [B, 3, H, W] in [-1, 1]; tokens [B, L] long; embeddings [B, embed_dim].
+Training: train_parts.train_clip.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import scale as _scale
 from .config import Config
-from .setup import progress_bar
-from .train import lr_at
 from .unet import Attention
 
 SPECIAL_TOKENS = ("<pad>", "<start>", "<end>")  # ids 0, 1, 2
@@ -291,93 +288,6 @@ def clip_loss(
         F.cross_entropy(logits_per_image, target)
         + F.cross_entropy(logits_per_caption, target)
     )
-
-
-@dataclass
-class CLIPTrainConfig:
-    steps: int = 3000
-    batch_size: int = 256
-    lr: float = 1e-3
-    warmup: int = 100
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
-
-
-@dataclass
-class CLIPTrainResult:
-    losses: list = field(default_factory=list)
-    temperatures: list = field(default_factory=list)  # 1 / exp(logit_scale) per step
-    seconds: float = 0.0
-
-
-def train_clip(
-    model: CLIP,
-    images: torch.Tensor,
-    tokens: torch.Tensor,
-    config: CLIPTrainConfig | None = None,
-    progress: bool = True,
-    accelerator=None,
-) -> CLIPTrainResult:
-    """Contrastive training on pairs (images [N, 3, H, W], tokens [N, L]): each batch
-    of B pairs is one B-way classification in each direction. accelerator: an 🤗
-    Accelerator for data-parallel training (diffusion_lib.scale), or None."""
-    cfg = config or CLIPTrainConfig()
-    if images.shape[0] != tokens.shape[0]:
-        raise ValueError(
-            f"need one caption per image, got {images.shape[0]} images and "
-            f"{tokens.shape[0]} captions"
-        )
-    device, homes = _scale.start(accelerator, model)  # launched: its device
-    gen = torch.Generator().manual_seed(cfg.seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    rest = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": rest, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-    )
-
-    def loss_of(rows):  # the mean loss of some rows against the whole batch
-        img = model.encode_image(rows["images"].to(device))
-        txt = model.encode_text(rows["tokens"].to(device))
-        # every row's negatives are the whole batch's other rows: with several
-        # processes, gather theirs (plain: all_img is img and `first` is 0)
-        (all_img, first) = _scale.gather(accelerator, img)
-        (all_txt, _) = _scale.gather(accelerator, txt)
-        s = model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
-        per_image = s * img @ all_txt.T  # [rows, batch]: plain, model(images, tokens)
-        per_caption = (s * all_img @ txt.T).T  # [rows, batch]: plain, its transpose
-        return clip_loss(per_image, per_caption, first)
-
-    result, start = CLIPTrainResult(), time.perf_counter()
-    model.train()
-    for step in (
-        bar := progress_bar(
-            range(cfg.steps), progress and _scale.is_main(accelerator), "clip"
-        )
-    ):
-        idx = torch.randperm(images.shape[0], generator=gen)[: cfg.batch_size]
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
-        opt.zero_grad(set_to_none=True)
-        batch = {"images": images[idx], "tokens": tokens[idx]}
-        loss = _scale.backward(
-            accelerator, loss_of, batch, model.parameters(), contrastive=True
-        )
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        result.losses.append(loss.item())
-        result.temperatures.append(1 / model.logit_scale.exp().clamp(max=100).item())
-        if step % 50 == 0:
-            recent = result.losses[-50:]
-            bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}")
-    _scale.finish(accelerator, homes, model)
-    result.seconds = time.perf_counter() - start
-    model.eval()
-    return result
 
 
 def _device(model) -> torch.device:

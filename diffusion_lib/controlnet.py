@@ -16,24 +16,19 @@ describes four convolutions with 4x4 kernels and 2x2 strides; the released code
 (cldm/cldm.py, input_hint_block) has eight 3x3 convolutions, three of them with
 stride 2. Here three stride-2 stages do 64 -> 8. Captions are dropped for half of the
 training pairs (the paper's 50%), so that the control alone carries the layout.
+Training: train.train_controlnet.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .data import scene_masks
-from .train import TrainConfig, fit
 from .unet import UNet
-
-CONTROL_TRAIN = TrainConfig(
-    steps=3000, batch_size=64, lr=5e-4, warmup=100, ema_decay=0.999, p_uncond=0.5
-)
 
 
 def zero_conv(in_ch: int, out_ch: int, kernel: int = 1) -> nn.Conv2d:
@@ -155,59 +150,6 @@ def mask_iou(images: torch.Tensor, control: torch.Tensor, background) -> torch.T
     inter = (drawn & asked).flatten(1).sum(1).float()
     union = (drawn | asked).flatten(1).sum(1).float()
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-
-
-def train_controlnet(
-    unet: UNet,
-    schedule,
-    latents,
-    context,
-    null_context,
-    control,
-    config: TrainConfig = CONTROL_TRAIN,
-    prediction_type="eps",
-    callback=None,
-    callback_every: int = 0,
-    accelerator=None,
-):
-    """Train a ControlNet for the frozen `unet` on latents [N, C, h, w], text states
-    [N, L, D] (replaced by null_context [L, D] with probability p_uncond) and control
-    images [N, c, H, W] (never dropped), with train.fit (weight decay 0);
-    callback(step, ema ControlNet) every `callback_every` steps, e.g. to watch for the
-    paper's "sudden convergence". Returns (EMA ControlNet, TrainResult)."""
-    n = latents.shape[0]
-    if context.shape[0] != n or control.shape[0] != n:
-        raise ValueError(
-            f"latents, context and control need the same N = {n}, got "
-            f"{context.shape[0]} and {control.shape[0]}"
-        )
-    unet.requires_grad_(False).eval()
-    net = ControlNet(unet, control.shape[1]).to(latents.device)
-    model = ControlledUNet(unet, net)
-
-    def next_batch(gen):  # latents, and the caption (dropped to null) and control
-        idx = torch.randint(0, n, (config.batch_size,), generator=gen)
-        drop = torch.rand(config.batch_size, generator=gen) < config.p_uncond
-        drop = drop.to(context.device)[:, None, None]
-        ctx = torch.where(drop, null_context[None].to(context.device), context[idx])
-        return latents[idx], {"context": ctx, "control": control[idx]}
-
-    cfg = replace(
-        config, weight_decay=0.0, prediction_type=prediction_type, loss_weighting="none"
-    )
-    result = fit(
-        model,
-        next_batch,
-        schedule,
-        cfg,
-        accelerator,
-        trainable=net,
-        progress=False,
-        callback=callback,
-        callback_every=callback_every,
-        desc="controlnet",
-    )
-    return result.ema.model.eval(), result
 
 
 def controlnet_parameters(net: ControlNet) -> dict:

@@ -24,7 +24,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import scale as _scale
 from .config import Config
 from .data import ATTRIBUTES, BACKGROUND, LABEL_SIZES, make_shapes
 from .judge import (  # noqa: F401  (the judge is part of the metrics' interface)
@@ -48,7 +47,6 @@ from .judge import (  # noqa: F401  (the judge is part of the metrics' interface
     scene_correct,
     scene_judge_config,
 )
-from .setup import progress_bar
 
 
 @dataclass
@@ -487,63 +485,6 @@ def scene_sensitivity_table(
     real = lambda k: make_scenes(n, 64, seed=seed + k).images
     feats = scene_features(clip_model)
     return _sensitivity(feats, real, real_pairs, SCENE_DEGRADATIONS, seed)
-
-
-def train_evaluator(
-    evaluator: Evaluator,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    steps: int = 1500,
-    batch_size: int = 128,
-    lr: float = 2e-3,
-    noise_std: float = 0.1,
-    seed: int = 0,
-    progress: bool = True,
-    accelerator=None,
-) -> list:
-    """Cross-entropy on every attribute head, with Gaussian-noise augmentation (so
-    that the evaluator is not thrown by the slight noise left in generated images).
-    accelerator: an 🤗 Accelerator for data-parallel training (diffusion_lib.scale),
-    or None. Returns the per-step losses."""
-    device, homes = _scale.start(accelerator, evaluator)  # launched: its device
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(evaluator.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-
-    def loss_of(rows):  # the mean loss over some rows of the batch
-        logits = evaluator(rows["x"].to(device))
-        return sum(
-            F.cross_entropy(z, rows["labels"][:, i].to(device))
-            for i, z in enumerate(logits)
-        )
-
-    losses = []
-    evaluator.train()
-    for _ in progress_bar(
-        range(steps), progress and _scale.is_main(accelerator), "evaluator"
-    ):
-        idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen)
-        x = images[idx] + noise_std * torch.rand(
-            batch_size, 1, 1, 1, generator=gen
-        ) * torch.randn(images[idx].shape, generator=gen)
-        opt.zero_grad(set_to_none=True)
-        # loss_of(batch).backward(), or its data-parallel share
-        loss = _scale.backward(
-            accelerator,
-            loss_of,
-            {"x": x, "labels": labels[idx]},
-            evaluator.parameters(),
-        )
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    _scale.finish(accelerator, homes, evaluator)
-    evaluator.eval()
-    return losses
-
-
-# ---------------------------------------------------------------------------------
-# Cost
 
 
 def count_flops(fn, *args, **kwargs) -> int:

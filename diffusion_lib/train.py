@@ -18,7 +18,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -26,9 +26,12 @@ from safetensors.torch import save_file
 
 from . import scale as _scale
 from .checkpoints import manifest_hash, read_manifest, sha256_file
+from .controlnet import ControlledUNet, ControlNet
 from .forward import diffusion_loss, draw_noise
 from .schedules import NoiseSchedule
 from .setup import progress_bar
+from .unclip import UnCLIPUpsampler, corrupt, downsample, enlarge, random_crops
+from .unet import UNet
 
 
 class EMA:
@@ -376,3 +379,106 @@ def loss_summary(losses: list, every: int = 100) -> dict:
         "final_loss": sum(losses[-every:]) / len(losses[-every:]),
         "loss_curve": [sum(b) / len(b) for b in blocks],
     }
+
+
+# ---------------------------------------------------------------------------------
+# The diffusion models whose batches are not (x0, labels or a caption): each differs
+# from train_diffusion only in how a batch is drawn (its next_batch), as
+# improved-diffusion's super-resolution script feeds its one TrainLoop.
+
+
+@dataclass
+class UpsamplerTrainConfig(TrainConfig):
+    crop: int = 32  # random crops of the high-resolution image (the paper's App. C)
+    factor: int = 2  # low-res side = high-res side / factor
+    blur_prob: float = 0.5  # how often the conditioning image is blurred
+    blur_sigma: tuple = (0.2, 0.8)  # its blur sigma ~ U(lo, hi), in low-res pixels
+
+
+def train_upsampler(
+    model: UnCLIPUpsampler,
+    schedule: NoiseSchedule,
+    images: torch.Tensor,
+    config: UpsamplerTrainConfig | None = None,
+    progress: bool = True,
+    accelerator=None,
+) -> TrainResult:
+    """Train on high-resolution images [N, 3, H, W]: each batch downsamples them,
+    corrupts the low-res copy, enlarges it, and crops both at the same place (the loop
+    is train.fit)."""
+    cfg = config or UpsamplerTrainConfig()
+
+    def next_batch(gen):  # [B, 3, crop, crop] targets and enlarged low-res inputs
+        idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen)
+        high = images[idx]
+        low = corrupt(downsample(high, cfg.factor), cfg, gen)
+        high, cond = random_crops(high, enlarge(low, high.shape[-1]), cfg.crop, gen)
+        return high, {"low_res": cond}
+
+    return fit(
+        model,
+        next_batch,
+        schedule,
+        cfg,
+        accelerator,
+        progress=progress,
+        desc="upsampler",
+    )
+
+
+CONTROL_TRAIN = TrainConfig(
+    steps=3000, batch_size=64, lr=5e-4, warmup=100, ema_decay=0.999, p_uncond=0.5
+)
+
+
+def train_controlnet(
+    unet: UNet,
+    schedule,
+    latents,
+    context,
+    null_context,
+    control,
+    config: TrainConfig = CONTROL_TRAIN,
+    prediction_type="eps",
+    callback=None,
+    callback_every: int = 0,
+    accelerator=None,
+):
+    """Train a ControlNet for the frozen `unet` on latents [N, C, h, w], text states
+    [N, L, D] (replaced by null_context [L, D] with probability p_uncond) and control
+    images [N, c, H, W] (never dropped), with train.fit (weight decay 0);
+    callback(step, ema ControlNet) every `callback_every` steps, e.g. to watch for the
+    paper's "sudden convergence". Returns (EMA ControlNet, TrainResult)."""
+    n = latents.shape[0]
+    if context.shape[0] != n or control.shape[0] != n:
+        raise ValueError(
+            f"latents, context and control need the same N = {n}, got "
+            f"{context.shape[0]} and {control.shape[0]}"
+        )
+    unet.requires_grad_(False).eval()
+    net = ControlNet(unet, control.shape[1]).to(latents.device)
+    model = ControlledUNet(unet, net)
+
+    def next_batch(gen):  # latents, and the caption (dropped to null) and control
+        idx = torch.randint(0, n, (config.batch_size,), generator=gen)
+        drop = torch.rand(config.batch_size, generator=gen) < config.p_uncond
+        drop = drop.to(context.device)[:, None, None]
+        ctx = torch.where(drop, null_context[None].to(context.device), context[idx])
+        return latents[idx], {"context": ctx, "control": control[idx]}
+
+    cfg = replace(
+        config, weight_decay=0.0, prediction_type=prediction_type, loss_weighting="none"
+    )
+    result = fit(
+        model,
+        next_batch,
+        schedule,
+        cfg,
+        accelerator,
+        trainable=net,
+        progress=False,
+        callback=callback,
+        callback_every=callback_every,
+        desc="controlnet",
+    )
+    return result.ema.model.eval(), result

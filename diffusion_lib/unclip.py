@@ -14,7 +14,8 @@ and no guidance, and its conditioning image is corrupted during training (Gaussi
 blur), so that it tolerates the decoder's imperfect output.
 
 Shapes: x: [B, 3, H, W] in [-1, 1]; image_embed: [B, D] unit CLIP image embeddings;
-low_res: [B, 3, H / f, W / f].
+low_res: [B, 3, H / f, W / f]. Training: train.train_diffusion (decoder),
+train.train_upsampler.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ import torch.nn.functional as F
 
 from .config import Config
 from .metrics import blur
-from .schedules import NoiseSchedule
-from .train import TrainConfig, TrainResult, fit
 from .unet import UNet, UNetConfig
 
 
@@ -111,17 +110,10 @@ class UnCLIPUpsampler(nn.Module):
         return self.unet(torch.cat([x_t, low_res], dim=1), t)
 
 
-@dataclass
-class UpsamplerTrainConfig(TrainConfig):
-    crop: int = 32  # random crops of the high-resolution image (the paper's App. C)
-    factor: int = 2  # low-res side = high-res side / factor
-    blur_prob: float = 0.5  # how often the conditioning image is blurred
-    blur_sigma: tuple = (0.2, 0.8)  # its blur sigma ~ U(lo, hi), in low-res pixels
-
-
-def corrupt(low_res: torch.Tensor, cfg: UpsamplerTrainConfig, gen) -> torch.Tensor:
+def corrupt(low_res: torch.Tensor, cfg, gen) -> torch.Tensor:
     """Gaussian blur of a random share of the conditioning images (each its own
-    sigma): the paper's conditioning augmentation for the first upsampler."""
+    sigma): the paper's conditioning augmentation for the first upsampler. cfg: a
+    train.UpsamplerTrainConfig (blur_prob, blur_sigma)."""
     out = low_res.clone()
     pick = torch.rand(low_res.shape[0], generator=gen) < cfg.blur_prob
     lo, hi = cfg.blur_sigma
@@ -145,34 +137,3 @@ def random_crops(images: torch.Tensor, cond: torch.Tensor, size: int, gen):
         )
     )
     return crop(images), crop(cond)
-
-
-def train_upsampler(
-    model: UnCLIPUpsampler,
-    schedule: NoiseSchedule,
-    images: torch.Tensor,
-    config: UpsamplerTrainConfig | None = None,
-    progress: bool = True,
-    accelerator=None,
-) -> TrainResult:
-    """Train on high-resolution images [N, 3, H, W]: each batch downsamples them,
-    corrupts the low-res copy, enlarges it, and crops both at the same place (the loop
-    is train.fit)."""
-    cfg = config or UpsamplerTrainConfig()
-
-    def next_batch(gen):  # [B, 3, crop, crop] targets and enlarged low-res inputs
-        idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen)
-        high = images[idx]
-        low = corrupt(downsample(high, cfg.factor), cfg, gen)
-        high, cond = random_crops(high, enlarge(low, high.shape[-1]), cfg.crop, gen)
-        return high, {"low_res": cond}
-
-    return fit(
-        model,
-        next_batch,
-        schedule,
-        cfg,
-        accelerator,
-        progress=progress,
-        desc="upsampler",
-    )

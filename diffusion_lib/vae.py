@@ -19,24 +19,20 @@ latent_channels (mean, log-variance). The decoder mirrors it with nearest-neighb
 upsampling + conv.
 
 Shapes: x: [B, 3, H, W] in [-1, 1]; z: [B, latent_channels, H/f, W/f], f =
-2 ** (len(channels) - 1).
+2 ** (len(channels) - 1). Training: train_parts.train_vae.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import scale
 from .config import Config
 from .samplers import randn
-from .setup import progress_bar
-from .train import EMA, lr_at
 from .unet import AttentionBlock, ResBlock, _norm
 
 
@@ -231,93 +227,6 @@ def vae_loss(
     rec = err.flatten(1).sum(dim=1).mean() / d
     kl = posterior.kl().mean() / d
     return rec + kl_weight * kl, rec, kl
-
-
-@dataclass
-class VAETrainConfig:
-    steps: int = 4000
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup: int = 100
-    kl_weight: float = 1e-6
-    reconstruction: str = "l1"
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    seed: int = 0
-
-
-@dataclass
-class VAETrainResult:
-    losses: list = field(default_factory=list)  # total loss per step
-    kl: list = field(default_factory=list)  # KL per image value, per step
-    seconds: float = 0.0
-    ema: EMA | None = None
-
-
-def train_vae(
-    model: AutoencoderKL,
-    images: torch.Tensor,
-    config: VAETrainConfig | None = None,
-    progress: bool = True,
-    callback=None,
-    callback_every: int = 0,
-    accelerator=None,
-) -> VAETrainResult:
-    """Train the autoencoder on images [N, 3, H, W] in [-1, 1] with AdamW, warm-up +
-    cosine learning rate and an EMA of the weights (the loop written out, as
-    `train.train_diffusion`). callback(step, ema_model) runs every `callback_every`
-    steps. accelerator: an 🤗 Accelerator for data-parallel training
-    (diffusion_lib.scale), or None."""
-    cfg = config or VAETrainConfig()
-    device, homes = scale.start(accelerator, model)  # launched: its device
-    gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    ema, result, start = (
-        EMA(model, cfg.ema_decay),
-        VAETrainResult(),
-        time.perf_counter(),
-    )
-    f, c = model.config.downsample_factor, model.config.latent_channels
-
-    def loss_of(rows):  # the mean loss over some rows of the batch, and its KL term
-        x = rows["x"].to(device)
-        posterior = model.encode(x)
-        z = posterior.sample(noise=rows["e"])  # reparameterised, with the batch's noise
-        loss, _, kl = vae_loss(
-            model.decode(z), x, posterior, cfg.kl_weight, cfg.reconstruction
-        )
-        return loss, kl
-
-    model.train()
-    for step in (
-        bar := progress_bar(
-            range(cfg.steps), progress and scale.is_main(accelerator), "vae"
-        )
-    ):
-        idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen)
-        x = images[idx]
-        e = torch.randn((len(x), c, x.shape[2] // f, x.shape[3] // f), generator=gen)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
-        opt.zero_grad(set_to_none=True)
-        # loss_of({"x": x, "e": e}).backward(), or its data-parallel share
-        loss, kl = scale.backward(
-            accelerator, loss_of, {"x": x, "e": e}, model.parameters()
-        )
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        ema.update(model)
-        result.losses.append(loss.item())
-        result.kl.append(kl.item())
-        if step % 50 == 0:
-            recent = result.losses[-50:]
-            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
-        if callback is not None and callback_every and (step + 1) % callback_every == 0:
-            callback(step + 1, ema.model)
-    scale.finish(accelerator, homes, model, ema.model)
-    result.seconds, result.ema = time.perf_counter() - start, ema
-    model.eval()
-    return result
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion_lib import clip
+from diffusion_lib import clip, train_parts
 from diffusion_lib.data import make_scenes, scene_caption
 
 TOK = clip.scene_tokenizer()
@@ -110,15 +110,17 @@ def test_training_learns_and_is_seeded():
     for _ in range(2):
         torch.manual_seed(0)
         m = clip.CLIP(cfg)
-        train_cfg = clip.CLIPTrainConfig(steps=40, batch_size=32, lr=2e-3, warmup=5)
+        train_cfg = train_parts.CLIPTrainConfig(
+            steps=40, batch_size=32, lr=2e-3, warmup=5
+        )
         runs.append(
-            clip.train_clip(m, scenes.images, tokens, train_cfg, progress=False)
+            train_parts.train_clip(m, scenes.images, tokens, train_cfg, progress=False)
         )
     assert runs[0].losses == runs[1].losses
     assert sum(runs[0].losses[-5:]) < 0.85 * sum(runs[0].losses[:5]), runs[0].losses
     assert len(runs[0].temperatures) == 40
     with pytest.raises(ValueError, match="one caption per image"):
-        clip.train_clip(m, scenes.images, tokens[:3], train_cfg, progress=False)
+        train_parts.train_clip(m, scenes.images, tokens[:3], train_cfg, progress=False)
 
 
 class OracleCLIP(torch.nn.Module):

@@ -11,10 +11,9 @@ from diffusion_lib.controlnet import (
     controlnet_parameters,
     layout_masks,
     mask_iou,
-    train_controlnet,
     zero_conv,
 )
-from diffusion_lib.train import TrainConfig
+from diffusion_lib.train import TrainConfig, train_controlnet
 
 
 def _inputs(b=2):

@@ -200,6 +200,58 @@ def test_part_four_options(tiny_part4_dir, tmp_path):
         assert Image.open(out).size == (2 * 66 + 2, 66 + 2), name
 
 
+TRAINING_CODE = (
+    "diffusion_lib.train",
+    "diffusion_lib.train_parts",
+    "diffusion_lib.scale",
+    "diffusion_lib.finetune",
+    "diffusion_lib.recipes",
+    "accelerate",
+)
+
+
+def test_generate_imports_no_training_code(tiny_part4_dir, tmp_path):
+    """Inference stands below training: generating with every adapter (LoRA, the
+    textual-inversion word, ControlNet) and inpainting with the trained UNet loads
+    none of the training loops, recipes or accelerate. Checked in a fresh process;
+    importing the recipes there shows that the check can fail."""
+    mask = tmp_path / "mask.png"
+    m = Image.new("L", (64, 64), 0)
+    m.paste(255, (16, 16, 40, 40))
+    m.save(mask)
+    runs = [
+        ["a red diamond", "--lora"],
+        ["a red diamond", "--embedding"],
+        [PROMPT, "--control", str(mask)],
+        [PROMPT, "--init-image", str(mask), "--mask", str(mask)],
+    ]
+    script = f"""
+import sys
+from diffusion_lib.__main__ import main
+common = ["--checkpoints", {str(tiny_part4_dir)!r}, "--steps", "1"]
+for i, args in enumerate({runs!r}):
+    out = {str(tmp_path)!r} + f"/{{i}}.png"
+    main(["generate", *args, *common, "--overwrite", "--out", out])
+if len(sys.argv) > 1:
+    import diffusion_lib.recipes
+print(sorted(m for m in sys.modules if m.startswith({TRAINING_CODE!r})))
+"""
+    for extra in ([], ["--import-recipes"]):
+        run = subprocess.run(
+            [sys.executable, "-c", script, *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        loaded = run.stdout.strip().splitlines()[-1]
+        if extra:
+            assert "'diffusion_lib.train'" in loaded, loaded
+        else:
+            assert loaded == "[]", loaded
+    assert len(list(tmp_path.glob("?.png"))) == 4
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffusion_lib import pretrained, recipes, scale
+from diffusion_lib import pretrained, recipes, scale, train_parts
 from diffusion_lib.schedules import NoiseSchedule
 from diffusion_lib.train import TrainConfig, train_diffusion
 from diffusion_lib.unet import UNet
@@ -109,7 +109,8 @@ def _both(run, accelerator):
 
 
 def test_the_upsampler_loop_scales_out_unchanged(accelerator_factory):
-    from diffusion_lib.unclip import UnCLIPUpsampler, UpsamplerTrainConfig
+    from diffusion_lib.train import UpsamplerTrainConfig
+    from diffusion_lib.unclip import UnCLIPUpsampler
     from diffusion_lib.unet import UNetConfig
 
     images = (
@@ -127,7 +128,7 @@ def test_the_upsampler_loop_scales_out_unchanged(accelerator_factory):
 
     def run(accelerator=None):
         model = UnCLIPUpsampler(config)
-        from diffusion_lib.unclip import train_upsampler
+        from diffusion_lib.train import train_upsampler
 
         result = train_upsampler(
             model,
@@ -146,7 +147,7 @@ def test_the_upsampler_loop_scales_out_unchanged(accelerator_factory):
 
 
 def test_the_controlnet_loop_scales_out_unchanged(tiny_text_unet, accelerator_factory):
-    from diffusion_lib.controlnet import train_controlnet
+    from diffusion_lib.train import train_controlnet
 
     g = torch.Generator().manual_seed(2)
     latents, context = torch.randn(8, 4, 8, 8, generator=g), torch.randn(8, 5, 8)
@@ -183,7 +184,7 @@ def _evaluator_run(accelerator=None):
     shapes = data.make_shapes(48, 32, seed=0, split="all")
     model = metrics.Evaluator(metrics.EvaluatorConfig(width=8, num_features=16))
     TRAINED_FROM["evaluator"] = copy.deepcopy(model)
-    losses = metrics.train_evaluator(
+    losses = train_parts.train_evaluator(
         model,
         shapes.images,
         shapes.labels,
@@ -201,8 +202,8 @@ def _vae_run(accelerator=None):
     images = torch.rand(24, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     model = vae.AutoencoderKL(vae.VAEConfig(channels=(8, 16), groups=4))
     TRAINED_FROM["vae"] = copy.deepcopy(model)
-    cfg = vae.VAETrainConfig(steps=3, batch_size=8, warmup=1)
-    result = vae.train_vae(
+    cfg = train_parts.VAETrainConfig(steps=3, batch_size=8, warmup=1)
+    result = train_parts.train_vae(
         model, images * 2 - 1, cfg, progress=False, accelerator=accelerator
     )
     return result.losses + result.kl, model
@@ -228,8 +229,8 @@ def _clip_run(accelerator=None):
         )
     )
     TRAINED_FROM["clip"] = copy.deepcopy(model)
-    cfg = clip.CLIPTrainConfig(steps=3, batch_size=8, warmup=1)
-    result = clip.train_clip(
+    cfg = train_parts.CLIPTrainConfig(steps=3, batch_size=8, warmup=1)
+    result = train_parts.train_clip(
         model,
         scenes.images,
         tokenizer(scenes.captions),

@@ -9,17 +9,20 @@ from diffusion_lib.clip import CLIP, CLIPConfig, scene_tokenizer
 from diffusion_lib.pipelines import MiniDALLE2, slerp
 from diffusion_lib.prior import DiffusionPrior, PriorConfig, pick_closest
 from diffusion_lib.schedules import NoiseSchedule
-from diffusion_lib.train import TrainConfig, train_diffusion
+from diffusion_lib.train import (
+    TrainConfig,
+    UpsamplerTrainConfig,
+    train_diffusion,
+    train_upsampler,
+)
 from diffusion_lib.unclip import (
     DecoderConfig,
     UnCLIPDecoder,
     UnCLIPUpsampler,
-    UpsamplerTrainConfig,
     corrupt,
     downsample,
     enlarge,
     random_crops,
-    train_upsampler,
 )
 from diffusion_lib.unet import UNetConfig
 

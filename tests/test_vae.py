@@ -7,16 +7,15 @@ import pytest
 import torch
 
 from diffusion_lib.data import make_scenes
+from diffusion_lib.train_parts import VAETrainConfig, train_vae
 from diffusion_lib.vae import (
     AutoencoderKL,
     DiagonalGaussian,
     VAEConfig,
-    VAETrainConfig,
     compression,
     latent_scaling_factor,
     psnr,
     reconstruct,
-    train_vae,
     vae_loss,
 )
 

@@ -12,17 +12,16 @@ from .. import pretrained
 from ..clip import (
     CLIP,
     CLIPConfig,
-    CLIPTrainConfig,
     WordTokenizer,
     binding_test,
     retrieval,
     scene_tokenizer,
-    train_clip,
     zero_shot_one_object,
 )
 from ..data import SCENE_SIZE, make_scenes
 from ..setup import hardware
 from ..train import save_checkpoint
+from ..train_parts import CLIPTrainConfig, train_clip
 from ..unet import count_parameters
 from .base import Recipe, seed_of, where
 

@@ -7,19 +7,19 @@ from dataclasses import asdict, replace
 
 from .. import pretrained
 from ..adapters import count_trainable
-from ..controlnet import (
-    CONTROL_TRAIN,
-    controlnet_parameters,
-    layout_masks,
-    mask_iou,
-    train_controlnet,
-)
+from ..controlnet import controlnet_parameters, layout_masks, mask_iou
 from ..data import BACKGROUND, SCENE_SIZE, make_scenes
 from ..finetune import measure_control
 from ..loaders import load_controlnet
 from ..pipelines import encode_scenes
 from ..setup import hardware
-from ..train import loss_summary, save_checkpoint, write_manifest
+from ..train import (
+    CONTROL_TRAIN,
+    loss_summary,
+    save_checkpoint,
+    train_controlnet,
+    write_manifest,
+)
 from .base import Recipe, seed_of, where
 from .part4 import base_pipe, quick_patch
 

@@ -12,8 +12,13 @@ from .. import pretrained
 from ..data import SCENE_SIZE, make_scenes
 from ..pipelines import MiniDALLE2
 from ..schedules import NoiseSchedule
-from ..train import save_checkpoint, write_manifest
-from ..unclip import UnCLIPUpsampler, UpsamplerTrainConfig, train_upsampler
+from ..train import (
+    UpsamplerTrainConfig,
+    save_checkpoint,
+    train_upsampler,
+    write_manifest,
+)
+from ..unclip import UnCLIPUpsampler
 from ..unet import UNetConfig
 from .base import Recipe, seed_of, training_fields
 from .dalle2 import UNCLIP_SCHEDULE, unclip_training_scenes

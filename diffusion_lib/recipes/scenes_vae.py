@@ -13,16 +13,9 @@ from ..data import SCENE_SIZE, make_scenes
 from ..metrics import SceneJudge, scene_accuracy
 from ..setup import hardware
 from ..train import save_checkpoint
+from ..train_parts import VAETrainConfig, train_vae
 from ..unet import count_parameters
-from ..vae import (
-    AutoencoderKL,
-    VAEConfig,
-    VAETrainConfig,
-    latent_scaling_factor,
-    psnr,
-    reconstruct,
-    train_vae,
-)
+from ..vae import AutoencoderKL, VAEConfig, latent_scaling_factor, psnr, reconstruct
 from .base import Recipe, seed_of, where
 
 SCENES_VAE = VAEConfig(channels=(16, 32, 64, 64), blocks_per_level=1)

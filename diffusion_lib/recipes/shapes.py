@@ -22,12 +22,12 @@ from ..metrics import (
     image_statistics,
     judged_accuracy,
     real_vs_real,
-    train_evaluator,
 )
 from ..pipelines import generate_shapes
 from ..schedules import NoiseSchedule
 from ..setup import hardware
 from ..train import TrainConfig, save_checkpoint, train_diffusion, write_manifest
+from ..train_parts import train_evaluator
 from ..unet import UNet, UNetConfig, count_parameters
 from .base import Recipe, seed_of, where
 from .measure import shapes_quality
