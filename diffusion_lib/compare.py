@@ -71,11 +71,11 @@ def mini_flops(pipe, prompt: str, num_steps: int = 50) -> dict[str, int]:
             "VAE decoder": count_flops(pipe.decode, latents),
         }
     embed = pipe.prior_embeddings([prompt])
-    low = pipe.decode(embed, num_steps=num_steps)
+    low = pipe.decoder_images(embed, num_steps=num_steps)
     return {
         "text encoder": text,
         "prior": count_flops(pipe.prior_embeddings, [prompt]) - text,
-        "decoder": count_flops(pipe.decode, embed, num_steps=num_steps),
+        "decoder": count_flops(pipe.decoder_images, embed, num_steps=num_steps),
         "upsampler": count_flops(pipe.upsample, low),
     }
 

@@ -20,6 +20,28 @@ from .prior import pick_closest
 from .samplers import sample
 from .unclip import enlarge
 
+# Each stage of a pipeline draws its noise from its own generator, seeded from the
+# call's `seed` plus the stage's offset: one seed fixes a whole image, and a stage run
+# alone (a chapter rebuilding a pipeline by hand, a measurement of one stage) gets the
+# same noise from stage_generator(seed, stage).
+STAGE_SEEDS = {
+    "latents": 0,  # the mini SD's initial latents (and DDIM's noise with eta > 0)
+    "prior": 0,  # the mini DALL-E 2's prior
+    "decoder": 1,  # its decoder, at 32x32
+    "upsampler": 2,  # its upsampler, at 64x64
+    "img2img noise": 3,  # the noise image-to-image adds to the source's latents
+}
+
+
+def stage_generator(seed: int, stage: str) -> torch.Generator:
+    """The CPU generator of pipeline stage `stage` (STAGE_SEEDS) in a call with
+    `seed`."""
+    if stage not in STAGE_SEEDS:
+        raise ValueError(
+            f"unknown stage {stage!r}; expected one of {list(STAGE_SEEDS)}"
+        )
+    return torch.Generator().manual_seed(seed + STAGE_SEEDS[stage])
+
 
 def check_labels(labels: torch.Tensor, label_sizes: tuple) -> None:
     """Raise ValueError unless labels is an integer [N, K] prompt with labels[:, k] in
@@ -228,7 +250,7 @@ class MiniStableDiffusion(StableDiffusionLoaderMixin):
             guidance_scale=scale,
             prediction_type=self.prediction_type,
             clip_sample=False,
-            generator=torch.Generator().manual_seed(seed),
+            generator=stage_generator(seed, "latents"),
             device=self.device,
             x_T=x_T,
             progress=progress,
@@ -266,7 +288,7 @@ class MiniStableDiffusion(StableDiffusionLoaderMixin):
             raise ValueError(f"strength must be in (0, 1], got {strength}")
         z0 = self.vae.encode_scaled(images.to(self.device))
         t = round(strength * (self.schedule.num_timesteps - 1))
-        gen = torch.Generator().manual_seed(seed + 3)
+        gen = stage_generator(seed, "img2img noise")
         noise = torch.randn(z0.shape, generator=gen).to(self.device)
         t_batch = torch.full((z0.shape[0],), t, device=self.device)
         x_t = q_sample(self.schedule, z0, t_batch, noise)
@@ -302,16 +324,22 @@ class MiniDALLE2:
         -> images [B, 3, 64, 64] in [-1, 1].
 
     Image variations and interpolations skip the prior: they start from the CLIP image
-    embedding of real images."""
+    embedding of real images. Each stage is a method that measurement code can call
+    alone (prior_embeddings, decoder_images, upsample), so a pipeline may be built
+    with only the components one stage needs: MiniDALLE2(clip_model=..., tokenizer=...)
+    encodes prompts and images and nothing else."""
 
     def __init__(
         self,
-        prior,
-        decoder,
-        upsampler,
-        clip_model,
-        tokenizer,
-        schedules,
+        *,
+        prior=None,
+        decoder=None,
+        upsampler=None,
+        clip_model=None,
+        tokenizer=None,
+        prior_schedule=None,
+        decoder_schedule=None,
+        upsampler_schedule=None,
         prior_guidance=2.0,
         decoder_guidance=3.0,
         prior_steps=25,
@@ -321,7 +349,9 @@ class MiniDALLE2:
     ):
         self.prior, self.decoder, self.upsampler = prior, decoder, upsampler
         self.clip, self.tokenizer = clip_model, tokenizer
-        self.prior_schedule, self.decoder_schedule, self.upsampler_schedule = schedules
+        self.prior_schedule = prior_schedule
+        self.decoder_schedule = decoder_schedule
+        self.upsampler_schedule = upsampler_schedule
         self.prior_guidance, self.guidance_scale = prior_guidance, decoder_guidance
         self.prior_steps, self.upsampler_steps = prior_steps, upsampler_steps
         self.candidates = candidates
@@ -353,17 +383,15 @@ class MiniDALLE2:
                     f"{infos[name]['clip_sha256'][:12]}...); rebuild it with "
                     f"`python -m diffusion_lib.recipes scenes-{name}`"
                 )
-        schedules = [
-            pretrained.schedule_from_manifest(infos[n])
-            for n in ("prior", "decoder", "upsampler")
-        ]
         return cls(
-            models["prior"],
-            models["decoder"],
-            models["upsampler"],
-            models["clip"],
-            tokenizer_from_manifest(infos["clip"]),
-            schedules,
+            prior=models["prior"],
+            decoder=models["decoder"],
+            upsampler=models["upsampler"],
+            clip_model=models["clip"],
+            tokenizer=tokenizer_from_manifest(infos["clip"]),
+            prior_schedule=pretrained.schedule_from_manifest(infos["prior"]),
+            decoder_schedule=pretrained.schedule_from_manifest(infos["decoder"]),
+            upsampler_schedule=pretrained.schedule_from_manifest(infos["upsampler"]),
             prior_guidance=infos["prior"].get("guidance_scale", 2.0),
             decoder_guidance=infos["decoder"].get("guidance_scale", 3.0),
             upsampler_steps=infos["upsampler"].get("sampling_steps", 10),
@@ -398,10 +426,18 @@ class MiniDALLE2:
 
     @torch.no_grad()
     def prior_embeddings(
-        self, prompts, *, num_steps=None, guidance_scale=None, candidates=None, seed=0
+        self,
+        prompts,
+        *,
+        num_steps=None,
+        guidance_scale=None,
+        candidates=None,
+        seed=0,
+        generator=None,
     ) -> torch.Tensor:
-        """Unit image embeddings [B, D] sampled by the prior: `candidates` draws per
-        prompt, keeping the one closest to the prompt's text embedding."""
+        """Step 1. Unit image embeddings [B, D] sampled by the prior: `candidates`
+        draws per prompt, keeping the one closest to the prompt's text embedding.
+        generator: the noise's (default: stage_generator(seed, "prior"))."""
         cond = self.encode_prompts(prompts)
         b = cond["text_embed"].shape[0]
         k = self.candidates if candidates is None else candidates
@@ -422,24 +458,27 @@ class MiniDALLE2:
             else guidance_scale,
             prediction_type="x0",
             clip_sample=False,
-            generator=torch.Generator().manual_seed(seed),
+            generator=generator or stage_generator(seed, "prior"),
             device=self.device,
         )
         embeds = self.prior.unstandardise(z).unflatten(0, (k, b))  # [k, B, D]
         return pick_closest(embeds, cond["text_embed"])
 
     @torch.no_grad()
-    def decode(
+    def decoder_images(
         self,
         image_embed: torch.Tensor,
         *,
         num_steps=50,
         guidance_scale=None,
         seed=0,
+        generator=None,
         batch_size=250,
         progress=False,
     ) -> torch.Tensor:
-        """Images [B, 3, 32, 32] in [-1, 1] from unit image embeddings [B, D]."""
+        """Step 2. Images [B, 3, 32, 32] in [-1, 1] from unit image embeddings [B, D]
+        by the decoder's guided DDIM. generator: the noise's (default:
+        stage_generator(seed, "decoder"))."""
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
         e = image_embed.to(self.device)
         size = self.decoder.config.image_size
@@ -452,7 +491,7 @@ class MiniDALLE2:
             model_kwargs={"image_embed": e},
             uncond_kwargs={"image_embed": torch.zeros_like(e)},
             guidance_scale=scale,
-            generator=torch.Generator().manual_seed(seed + 1),
+            generator=generator or stage_generator(seed, "decoder"),
             device=self.device,
             progress=progress,
         )
@@ -464,19 +503,21 @@ class MiniDALLE2:
         *,
         num_steps=None,
         seed=0,
+        generator=None,
         factor=2,
         batch_size=250,
         start_step=None,
     ) -> torch.Tensor:
-        """Images [B, 3, f H, f W] from low-resolution images [B, 3, H, W] (no
+        """Step 3. Images [B, 3, f H, f W] from low-resolution images [B, 3, H, W] (no
         guidance: the upsampler is not conditioned on the prompt). The reverse process
         starts at `start_step` (default: the pipeline's upsampler_start) from the
         enlarged low-resolution image noised to that step (SDEdit), or from pure noise
-        when it is the last timestep."""
+        when it is the last timestep. generator: the noise's (default:
+        stage_generator(seed, "upsampler"))."""
         low = low_res.to(self.device)
         shape = (low.shape[0], 3, low.shape[2] * factor, low.shape[3] * factor)
         cond = enlarge(low, shape[-1])
-        gen = torch.Generator().manual_seed(seed + 2)
+        gen = generator or stage_generator(seed, "upsampler")
         start = self.upsampler_start if start_step is None else start_step
         x_T = None
         if start is not None and start < self.upsampler_schedule.num_timesteps - 1:
@@ -501,8 +542,9 @@ class MiniDALLE2:
     def from_embeddings(
         self, image_embed, *, num_steps=50, guidance_scale=None, seed=0, progress=False
     ) -> torch.Tensor:
-        """Decoder + upsampler: images [B, 3, 64, 64] from image embeddings."""
-        low = self.decode(
+        """Steps 2 and 3, decoder and upsampler: images [B, 3, 64, 64] from image
+        embeddings."""
+        low = self.decoder_images(
             image_embed,
             num_steps=num_steps,
             seed=seed,
@@ -521,9 +563,11 @@ class MiniDALLE2:
         embedding="prior",
         progress=False,
     ) -> torch.Tensor:
-        """Images [B, 3, 64, 64] in [-1, 1] for the prompts. embedding="prior" is
-        unCLIP; "text" feeds the text embedding to the decoder in place of an image
-        embedding (the paper's ablation)."""
+        """Images [B, 3, 64, 64] in [-1, 1] for the prompts: 1. the prior samples an
+        image embedding per prompt (embedding="prior", unCLIP; "text" feeds the text
+        embedding to the decoder instead, the paper's ablation); 2. the decoder draws
+        a 32x32 image of it; 3. the upsampler enlarges that to 64x64. Each step's
+        noise comes from stage_generator(seed, step)."""
         if embedding not in EMBEDDINGS:
             raise ValueError(
                 f"unknown embedding {embedding!r}; expected one of {EMBEDDINGS}"

@@ -241,7 +241,9 @@ def _dalle2_outputs() -> dict:
     pipe = MiniDALLE2.from_pretrained()
     prompts = ["a red circle in the top left", "a blue square left of a green triangle"]
     out = {"dalle2/prior_embeds": pipe.prior_embeddings(prompts, num_steps=4, seed=3)}
-    out["dalle2/decoded"] = pipe.decode(out["dalle2/prior_embeds"], num_steps=3, seed=3)
+    out["dalle2/decoded"] = pipe.decoder_images(
+        out["dalle2/prior_embeds"], num_steps=3, seed=3
+    )
     out["dalle2/upsampled"] = pipe.upsample(out["dalle2/decoded"], num_steps=3, seed=3)
     out["dalle2/upsampled_from_noise"] = pipe.upsample(
         out["dalle2/decoded"], num_steps=2, seed=3, start_step=999

@@ -116,7 +116,7 @@ def test_upsampler_beats_bicubic_and_the_measurement_sees_a_broken_one(pipe):
     row = upsampler_psnr(pipe, high, pipe.upsampler_steps)
     assert row["upsampler"] - row["bicubic"] >= UPSAMPLER_GATE - 0.5, row
     broken = MiniDALLE2(
-        None, None, pipe.upsampler, None, None, (None, None, pipe.upsampler_schedule)
+        upsampler=pipe.upsampler, upsampler_schedule=pipe.upsampler_schedule
     )
     real_upsample = broken.upsample  # a colour-swapping "upsampler": PSNR collapses
     broken.upsample = lambda low, **kw: real_upsample(low, **kw)[:, [2, 0, 1]]

@@ -279,12 +279,14 @@ def tiny_pipeline():
         _perturb(m)
     s = NoiseSchedule.make("cosine", 1000)
     return MiniDALLE2(
-        prior,
-        decoder,
-        upsampler,
-        clip,
-        scene_tokenizer(),
-        (s, s, s),
+        prior=prior,
+        decoder=decoder,
+        upsampler=upsampler,
+        clip_model=clip,
+        tokenizer=scene_tokenizer(),
+        prior_schedule=s,
+        decoder_schedule=s,
+        upsampler_schedule=s,
         prior_steps=3,
         upsampler_steps=2,
     )
@@ -309,3 +311,27 @@ def test_pipeline_text_to_image_variations_and_interpolation(tiny_pipeline):
         pipe.interpolate(images[:1], images[1:], steps=1)
     with pytest.raises(ValueError, match="candidates must be >= 1"):
         pipe.prior_embeddings(prompts, candidates=0)
+
+
+def test_the_stages_run_alone_give_the_pipelines_images(tiny_pipeline):
+    """The pipeline is its three numbered stages, each drawing its noise from its own
+    named generator (pipelines.stage_generator): run one by one with those, they give
+    the pipeline's images exactly; with another stage's generator, other images."""
+    from diffusion_lib.pipelines import stage_generator
+
+    pipe, prompts, seed = tiny_pipeline, ["a red circle", "a blue square"], 5
+    whole = pipe(prompts, num_steps=2, seed=seed)
+    e = pipe.prior_embeddings(prompts, generator=stage_generator(seed, "prior"))
+    low = pipe.decoder_images(
+        e, num_steps=2, generator=stage_generator(seed, "decoder")
+    )
+    up = pipe.upsample(low, generator=stage_generator(seed, "upsampler"))
+    assert torch.equal(up, whole)
+    wrong = pipe.decoder_images(
+        e, num_steps=2, generator=stage_generator(seed, "upsampler")
+    )
+    assert not torch.equal(wrong, low)
+    with pytest.raises(ValueError, match="unknown stage 'decode'"):
+        stage_generator(seed, "decode")
+    with pytest.raises(TypeError):  # components are keyword-only
+        MiniDALLE2(pipe.prior, pipe.decoder)

@@ -121,12 +121,10 @@ def measure_prior(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:
     prior, info = pretrained.load_pretrained("scenes-prior", None, out_dir)
     schedule = pretrained.schedule_from_manifest(info)
     pipe = MiniDALLE2(
-        prior,
-        None,
-        None,
-        clip_model,
-        tokenizer_from_manifest(clip_info),
-        (schedule, None, None),
+        prior=prior,
+        clip_model=clip_model,
+        tokenizer=tokenizer_from_manifest(clip_info),
+        prior_schedule=schedule,
         prior_guidance=info["guidance_scale"],
     )
     n, groups = (16 if quick else 1000), {}
