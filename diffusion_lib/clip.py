@@ -134,7 +134,7 @@ class WordTokenizer:
 
 def scene_tokenizer(context_length: int = 20) -> WordTokenizer:
     """The tokenizer of the scenes' caption grammar (data.make_scenes)."""
-    from .data import _SCENE_WORDS
+    from .data.scenes import _SCENE_WORDS
 
     return WordTokenizer(_SCENE_WORDS, context_length)
 

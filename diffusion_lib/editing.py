@@ -27,12 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import _EXTENTS, COLOURS, SHAPES, scene_held_out
+from .data import COLOURS, SHAPES, scene_held_out
+from .data.geometry import EXTENTS
 from .forward import q_sample
 from .samplers import ddim_step, guided_model_output, make_timesteps
 from .unet import UNet
 
-MAX_EXTENT = max(_EXTENTS.values())  # any shape fits in a box of half-side 1.2 r
+MAX_EXTENT = max(EXTENTS.values())  # any shape fits in a box of half-side 1.2 r
 MASK_MARGIN = 2 / 64  # grown by 2 pixels at 64x64
 
 

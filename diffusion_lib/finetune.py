@@ -259,7 +259,7 @@ def one_object_captions(split: str = "train") -> list[str]:
         captions += [
             scene_caption(objects, -1, p, template=t)
             for p in range(len(data.POSITIONS))
-            for t in range(len(data._TEMPLATES))
+            for t in range(len(data.shapes._TEMPLATES))
         ]
     return captions
 

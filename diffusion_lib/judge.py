@@ -32,9 +32,6 @@ import torch
 from scipy import ndimage
 
 from .data import (
-    _CENTRES,
-    _EXTENTS,
-    _RADII,
     ALL_COLOURS,
     ALL_SHAPES,
     ATTRIBUTES,
@@ -45,13 +42,13 @@ from .data import (
     SCENE_RADII,
     SHAPES,
     SIZES,
-    _shape_mask,
 )
+from .data.geometry import CENTRES, EXTENTS, RADII, shape_mask
 
 NONE = -1  # "none of these": no value of the attribute fits the image
-# area of each shape drawn with "radius" r (see data._shape_mask): circle pi r^2,
-# square (1.7 r)^2, equilateral triangle of circumradius R = 1.15 r: 3 sqrt(3)/4 R^2
-# and diamond 2 (1.2 r)^2
+# area of each shape drawn with "radius" r (see data.geometry.shape_mask): circle
+# pi r^2, square (1.7 r)^2, equilateral triangle of circumradius R = 1.15 r:
+# 3 sqrt(3)/4 R^2 and diamond 2 (1.2 r)^2
 _AREA_PER_R2 = {
     "circle": np.pi,
     "square": 1.7**2,
@@ -77,7 +74,7 @@ class JudgeConfig:
     radius_range: tuple = (0.10, 0.34)  # fitted radius outside: size NONE
     max_position_error: float = 0.12  # real shapes: <= 0.06 (jitter)
     supersample: int = 4  # anti-aliasing of the shape templates
-    radii: dict = field(default_factory=lambda: dict(_RADII))  # the grammar's sizes
+    radii: dict = field(default_factory=lambda: dict(RADII))  # the grammar's sizes
     max_objects: int = 1  # more connected regions: "extra objects"
     # two objects are "left of" / "above" each other when the offset along the
     # other axis is at most this share of the offset along the relation's axis
@@ -117,7 +114,7 @@ class Judge:
         self.config = cfg = config or JudgeConfig()
         self.bg = np.asarray(cfg.background, dtype=np.float64)
         self.palette = np.asarray(list(cfg.palette.values()), dtype=np.float64)
-        self.centres = np.asarray([_CENTRES[p] for p in ATTRIBUTES["position"]])
+        self.centres = np.asarray([CENTRES[p] for p in ATTRIBUTES["position"]])
         self.size_threshold = (cfg.radii["small"] + cfg.radii["large"]) / 2
 
     def __call__(self, images: torch.Tensor) -> Verdict:
@@ -235,7 +232,7 @@ class Judge:
         cy, cx = (alpha.sum(1) @ grid, alpha.sum(0) @ grid) / max(alpha.sum(), 1e-12)
         shapes = self.config.shapes
         r_max = np.sqrt(area / min(_AREA_PER_R2[k] for k in shapes)) * 1.06
-        reach = 1.4 * r_max * max(_EXTENTS[k] for k in shapes) + 2 / h  # + margin
+        reach = 1.4 * r_max * max(EXTENTS[k] for k in shapes) + 2 / h  # + margin
         (r0, r1), (c0, c1) = (
             (max(0, int((v - reach) * h)), min(h, int(np.ceil((v + reach) * h))))
             for v in (cy, cx)
@@ -251,7 +248,7 @@ class Judge:
             for r in r_fit * np.array([0.94, 1.0, 1.06]):
                 for dy, dx in np.ndindex(3, 3):
                     oy, ox = cy + (dy - 1) * 0.1 * r_fit, cx + (dx - 1) * 0.1 * r_fit
-                    mask = _shape_mask(name, ys, xs, oy, ox, r)
+                    mask = shape_mask(name, ys, xs, oy, ox, r)
                     m = mask.reshape(r1 - r0, s, c1 - c0, s).mean(axis=(1, 3))
                     iou = np.minimum(m, window).sum() / np.maximum(m, window).sum()
                     if iou > best[2]:

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_lib.data import ATTRIBUTES, BACKGROUND, COLOURS, _shape_mask, make_shapes
+from diffusion_lib.data import ATTRIBUTES, BACKGROUND, COLOURS, make_shapes
+from diffusion_lib.data.geometry import shape_mask
 from diffusion_lib.metrics import (
     NONE,
     Judge,
@@ -23,7 +24,7 @@ def draw(shapes, size=S, supersample=4) -> torch.Tensor:
     fine = (np.arange(n) + 0.5) / n
     img = np.ones((3, size, size)) * np.array(BACKGROUND)[:, None, None]
     for name, rgb, (cy, cx), r in shapes:
-        m = _shape_mask(name, fine[:, None], fine[None, :], cy, cx, r)
+        m = shape_mask(name, fine[:, None], fine[None, :], cy, cx, r)
         m = m.reshape(size, supersample, size, supersample).mean(axis=(1, 3))
         img = img + (np.array(rgb)[:, None, None] - img) * m[None]
     return torch.from_numpy(img).float() * 2 - 1

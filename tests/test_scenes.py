@@ -210,7 +210,9 @@ def test_every_phrasing_round_trips_through_the_parser(omit):
         1000, seed=3, split="all", two_object_fraction=0.5
     )
     captions = set()
-    for template in range(max(len(data._TEMPLATES), len(data._PAIR_TEMPLATES))):
+    for template in range(
+        max(len(data.shapes._TEMPLATES), len(data.scenes._PAIR_TEMPLATES))
+    ):
         for labels in zip(objects, relation, position):
             caption = data.scene_caption(*labels, template, omit)
             captions.add(caption)

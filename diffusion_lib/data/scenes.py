@@ -1,229 +1,31 @@
-"""Data sets that need no download, and torchvision loaders for when the reader is
-online.
-
-* Captioned shapes: RGB images of one filled shape (circle, square, triangle) in one of
-  six named colours, two sizes and five positions, with an English caption from a small
-  grammar and the structured labels behind it. Generated deterministically from a seed.
-  Some (shape, colour) pairs are held out of the training split (`HELD_OUT`), so that a
-  model's compositional generalisation can be measured on them.
-* Captioned scenes (Part II onwards, `make_scenes`): 64x64 images of one or two such
-  shapes. One shape is captioned as above; two are related, "a small red circle to the
-  left of a large blue square" (`RELATIONS`), with a few phrasings, and placed so that
-  the relation is unambiguous and the shapes neither touch nor leave the image. The
-  structured labels (per object shape, colour and size; the relation or the position)
-  and the exact geometry (centres, radii) come with each scene. Training scenes avoid
-  both `HELD_OUT` and the colour pairings of `HELD_OUT_PAIRINGS`.
-* scikit-learn's handwritten digits (1,797 8x8 images, shipped inside scikit-learn).
-* MNIST / Fashion-MNIST / CIFAR-10 through torchvision (needs the files, or a network to
-  download them).
-
-Images are float tensors in [-1, 1], shaped [N, C, H, W]; the shapes' labels are [N, 4]
-integers in the order of `ATTRIBUTES`, the scenes' labels are described in `ScenesData`.
-"""
+"""Parts II-IV's captioned scenes: one or two shapes on 64x64 pixels, their captions
+(a grammar of relations and phrasings) and its parser, the placement that keeps a
+relation unambiguous, and the renderer (make_scenes, concept_scenes)."""
 
 from __future__ import annotations
 
 import hashlib
-import random
 import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-SHAPES = ("circle", "square", "triangle")
-COLOURS = {  # name -> RGB in [0, 1]
-    "red": (0.90, 0.15, 0.15),
-    "green": (0.15, 0.75, 0.20),
-    "blue": (0.20, 0.35, 0.95),
-    "yellow": (0.95, 0.85, 0.15),
-    "purple": (0.60, 0.25, 0.85),
-    "cyan": (0.15, 0.80, 0.85),
-}
-# a shape and a colour no scene model was trained on, for teaching one a new word
-# (chapter 11); ALL_SHAPES and ALL_COLOURS start with SHAPES and COLOURS, so the labels
-# of the usual scenes do not change
-NEW_SHAPES = ("diamond",)  # a square standing on a corner
-ALL_SHAPES = SHAPES + NEW_SHAPES
-NEW_COLOURS = {"orange": (0.95, 0.55, 0.15)}
-ALL_COLOURS = {**COLOURS, **NEW_COLOURS}
-SIZES = ("small", "large")
-POSITIONS = ("top left", "top right", "bottom left", "bottom right", "centre")
-ATTRIBUTES = {
-    "shape": SHAPES,
-    "colour": tuple(COLOURS),
-    "size": SIZES,
-    "position": POSITIONS,
-}
-LABEL_SIZES = tuple(len(v) for v in ATTRIBUTES.values())
-HELD_OUT = (("triangle", "blue"), ("circle", "yellow"), ("square", "purple"))
-SPLITS = ("train", "holdout", "all")
-IMAGE_SIZE = 16  # Part I: one shape on 16 x 16 pixels
-SCENE_SIZE = 64  # Parts II-IV: scenes of one or two shapes on 64 x 64 pixels
-BACKGROUND = (0.08, 0.08, 0.10)
-
-_CENTRES = {
-    "top left": (0.32, 0.32),
-    "top right": (0.32, 0.68),
-    "bottom left": (0.68, 0.32),
-    "bottom right": (0.68, 0.68),
-    "centre": (0.5, 0.5),
-}  # (row, column) as fractions
-_RADII = {"small": 0.17, "large": 0.26}
-_TEMPLATES = (
-    "a {size} {colour} {shape} in the {position}",
-    "a {colour} {shape}, {size}, in the {position}",
-    "{position}: a {size} {colour} {shape}",
-    "there is a {size} {colour} {shape} in the {position}",
+from .geometry import CENTRES, EXTENTS, shape_mask
+from .shapes import _TEMPLATES, caption_from_labels
+from .vocabulary import (
+    ALL_COLOURS,
+    ALL_SHAPES,
+    BACKGROUND,
+    COLOURS,
+    HELD_OUT,
+    NEW_COLOURS,
+    NEW_SHAPES,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    SPLITS,
 )
-
-
-def caption_from_labels(labels, template: int = 0) -> str:
-    """The caption for one label vector [shape, colour, size, position] using grammar
-    rule `template`."""
-    # any shape or colour can be named, the new ones too
-    names = {**ATTRIBUTES, "shape": ALL_SHAPES, "colour": tuple(ALL_COLOURS)}
-    words = {name: values[int(i)] for (name, values), i in zip(names.items(), labels)}
-    return _TEMPLATES[template % len(_TEMPLATES)].format(**words)
-
-
-def parse_caption(caption: str) -> torch.Tensor:
-    """Recover the label vector [4] from a caption; raises ValueError if an attribute is
-    missing."""
-    text = caption.lower().replace("center", "centre")
-    labels = []
-    for name, values in ATTRIBUTES.items():
-        found = [i for i, v in enumerate(values) if re.search(rf"\b{v}\b", text)]
-        if len(found) != 1:
-            raise ValueError(
-                f"caption {caption!r} must name exactly one {name} out of {values}"
-            )
-        labels.append(found[0])
-    return torch.tensor(labels)
-
-
-def _combo_allowed(shape: str, colour: str, split: str) -> bool:
-    held = (shape, colour) in HELD_OUT
-    return {"train": not held, "holdout": held, "all": True}[split]
-
-
-def sample_labels(n: int, seed: int = 0, split: str = "train") -> torch.Tensor:
-    """n label vectors [n, 4] drawn uniformly from the attribute combinations allowed in
-    `split`."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    combos = [
-        (s, c)
-        for s in range(len(SHAPES))
-        for c in range(len(COLOURS))
-        if _combo_allowed(SHAPES[s], tuple(COLOURS)[c], split)
-    ]
-    rng = np.random.default_rng(seed)
-    sc = np.array(combos)[rng.integers(len(combos), size=n)]
-    size = rng.integers(len(SIZES), size=n)
-    pos = rng.integers(len(POSITIONS), size=n)
-    return torch.from_numpy(np.stack([sc[:, 0], sc[:, 1], size, pos], axis=1)).long()
-
-
-def _shape_mask(
-    shape: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, r: float
-) -> np.ndarray:
-    dy, dx = yy - cy, xx - cx
-    if shape == "circle":
-        return dy**2 + dx**2 <= r**2
-    if shape == "square":
-        return (np.abs(dy) <= 0.85 * r) & (np.abs(dx) <= 0.85 * r)
-    if shape == "diamond":  # corners 1.2 r from the centre, on the axes
-        return np.abs(dy) + np.abs(dx) <= 1.2 * r
-    # upward equilateral triangle inscribed in a circle of radius 1.15 r (centroid at
-    # the centre)
-    R = 1.15 * r
-    verts = [(cy - R, cx), (cy + R / 2, cx + R * 0.866), (cy + R / 2, cx - R * 0.866)]
-    sides = [
-        (x2 - x1) * (yy - y1) - (y2 - y1) * (xx - x1)
-        for (y1, x1), (y2, x2) in zip(verts, verts[1:] + verts[:1])
-    ]
-    return np.all([s >= 0 for s in sides], axis=0) | np.all(
-        [s <= 0 for s in sides], axis=0
-    )
-
-
-def render_shape(
-    labels,
-    image_size: int = 32,
-    rng: np.random.Generator | None = None,
-    supersample: int = 4,
-) -> np.ndarray:
-    """Draw one image [3, H, W] in [0, 1] for labels [shape, colour, size, position],
-    anti-aliased.
-
-    rng adds small jitter to the position, size and colour (no jitter when None)."""
-    shape, colour, size, position = (
-        values[int(i)] for values, i in zip(ATTRIBUTES.values(), labels)
-    )
-    jit = (
-        (lambda scale: rng.uniform(-scale, scale))
-        if rng is not None
-        else (lambda scale: 0.0)
-    )
-    cy, cx = _CENTRES[position]
-    cy, cx, r = cy + jit(0.04), cx + jit(0.04), _RADII[size] + jit(0.02)
-    n = image_size * supersample
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n + 0.5 / n
-    mask = _shape_mask(shape, yy, xx, cy, cx, r).astype(np.float32)
-    mask = mask.reshape(image_size, supersample, image_size, supersample).mean(
-        axis=(1, 3)
-    )
-    rgb = np.clip(
-        np.array(COLOURS[colour]) + np.array([jit(0.04) for _ in range(3)]), 0, 1
-    )
-    bg = np.array(BACKGROUND)[:, None, None]
-    return (bg + (rgb[:, None, None] - bg) * mask[None]).astype(np.float32)
-
-
-@dataclass
-class ShapesData:
-    """A batch of captioned shapes: images [N, 3, H, W] in [-1, 1], labels [N, 4],
-    captions [N]."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    captions: list
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, i):
-        return self.images[i], self.labels[i]
-
-
-def render_labels(
-    labels: torch.Tensor, image_size: int = 32, seed: int = 0
-) -> torch.Tensor:
-    """Images [N, 3, H, W] in [-1, 1] of exactly these labels [N, 4], jittered by a
-    generator seeded with `seed`."""
-    rng = np.random.default_rng(seed)
-    images = np.stack(
-        [render_shape(lab, image_size, rng) for lab in labels.cpu().numpy()]
-    )
-    return torch.from_numpy(images) * 2 - 1
-
-
-def make_shapes(
-    n: int, image_size: int = 32, seed: int = 0, split: str = "train"
-) -> ShapesData:
-    """Generate n captioned shapes, deterministically from `seed`."""
-    if n < 1 or image_size < 8:
-        raise ValueError(
-            f"need n >= 1 and image_size >= 8, got n={n}, image_size={image_size}"
-        )
-    labels = sample_labels(n, seed, split)
-    cap_rng = random.Random(seed)
-    captions = [
-        caption_from_labels(lab, cap_rng.randrange(len(_TEMPLATES))) for lab in labels
-    ]
-    return ShapesData(render_labels(labels, image_size, seed + 1), labels, captions)
-
 
 # --- Scenes of one or two shapes (Part II onwards) ----------------------------------
 
@@ -235,7 +37,7 @@ SCENE_GAP = 1 / 16  # min distance between two objects (4 px at 64x64)
 SCENE_BORDER = 1 / 32  # min distance of every object from the edge (2 px at 64x64)
 SCENE_CROSS = 0.25  # max |cross-axis offset| / |main-axis offset| in a relation
 # radius of the circle around each shape, in units of its radius r
-_EXTENTS = {"circle": 1.0, "square": 0.85 * 2**0.5, "triangle": 1.15, "diamond": 1.2}
+
 _ITS = ("to its left", "to its right", "above it", "below it")  # object 1 named first
 _PAIR_TEMPLATES = (
     "a {a} {relation} a {b}",
@@ -506,9 +308,9 @@ def _place_objects(objects, relation, position, rng) -> tuple[np.ndarray, np.nda
     radii = np.where(present, base + rng.uniform(-0.01, 0.01, size=(n, 2)), np.nan)
     centres = np.full((n, 2, 2), np.nan)
     one = ~present[:, 1]
-    table = np.array([_CENTRES[p] for p in POSITIONS])
+    table = np.array([CENTRES[p] for p in POSITIONS])
     centres[one, 0] = table[position[one]] + rng.uniform(-0.04, 0.04, (one.sum(), 2))
-    extents = np.array([_EXTENTS[s] for s in ALL_SHAPES])[objects[~one, :, 0]]
+    extents = np.array([EXTENTS[s] for s in ALL_SHAPES])[objects[~one, :, 0]]
     centres[~one] = _place_pairs(relation[~one], extents * radii[~one], rng)
     return centres, radii
 
@@ -528,12 +330,12 @@ def scene_masks(
     for i, k in zip(*np.nonzero(objects[..., 0].numpy() >= 0)):
         (cy, cx), r = centres[i, k].tolist(), float(radii[i, k])
         shape = ALL_SHAPES[int(objects[i, k, 0])]
-        e = _EXTENTS[shape] * r
+        e = EXTENTS[shape] * r
         r0, c0 = (max(0, int((v - e) * s)) for v in (cy, cx))
         r1, c1 = (min(s, int(np.ceil((v + e) * s)) + 1) for v in (cy, cx))
         ys = (np.arange(r0 * supersample, r1 * supersample) + 0.5) / (s * supersample)
         xs = (np.arange(c0 * supersample, c1 * supersample) + 0.5) / (s * supersample)
-        inside = _shape_mask(shape, ys[:, None], xs[None, :], cy, cx, r)
+        inside = shape_mask(shape, ys[:, None], xs[None, :], cy, cx, r)
         masks[i, k, r0:r1, c0:c1] = inside.reshape(
             r1 - r0, supersample, c1 - c0, supersample
         ).mean(axis=(1, 3))
@@ -699,65 +501,6 @@ def concept_scenes(
     scenes = _scenes_of(objects, relation, position, image_size, seed)
     scenes.captions = with_articles(scenes.captions)
     return scenes
-
-
-def load_digits_images(image_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's handwritten digits, offline: images [1797, 1, S, S] in [-1, 1] and
-    digit labels [1797]."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.from_numpy(digits.images).float()[:, None] / 16.0
-    if image_size != 8:
-        x = torch.nn.functional.interpolate(
-            x, size=(image_size, image_size), mode="bilinear", align_corners=False
-        )
-    return x.clamp(0, 1) * 2 - 1, torch.from_numpy(digits.target).long()
-
-
-TORCHVISION_DATASETS = ("mnist", "fashion-mnist", "cifar10")
-
-
-def load_torchvision_dataset(
-    name: str,
-    root: str,
-    train: bool = True,
-    download: bool = False,
-    image_size: int | None = None,
-):
-    """A torchvision data set whose items are (image [C, H, W] in [-1, 1], class). Needs
-    the files under `root`, or download=True and a network (Colab)."""
-    from torchvision import datasets, transforms
-
-    classes = {
-        "mnist": datasets.MNIST,
-        "fashion-mnist": datasets.FashionMNIST,
-        "cifar10": datasets.CIFAR10,
-    }
-    if name not in classes:
-        raise ValueError(
-            f"unknown data set {name!r}; expected one of {TORCHVISION_DATASETS}"
-        )
-    steps = [transforms.Resize(image_size)] if image_size else []
-    steps += [transforms.ToTensor(), transforms.Normalize(0.5, 0.5)]
-    try:
-        return classes[name](
-            root, train=train, download=download, transform=transforms.Compose(steps)
-        )
-    except (RuntimeError, OSError) as err:
-        hint = (
-            "the download failed: are you online?"
-            if download
-            else "pass download=True where you are online"
-        )
-        raise RuntimeError(f"{name} not found under {root!r}; {hint} ({err})") from err
-
-
-def stack_dataset(dataset, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first n items of a (image, label) data set as tensors ([n, C, H, W], [n])."""
-    n = len(dataset) if n is None else min(n, len(dataset))
-    items = [dataset[i] for i in range(n)]
-    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
 
 
 def scene_prompts(n: int, seed: int, split: str, two_object_fraction: float):
