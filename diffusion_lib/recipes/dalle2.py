@@ -8,12 +8,34 @@ import torch
 import torch.nn.functional as F
 
 from ..data import SCENE_SIZE, make_scenes, scene_captions
+from .base import training_fields
 from .scenes_ldm import LDM_TWO_OBJECT_FRACTION
 
 UNCLIP_BASE_SIZE = 32  # the decoder's resolution; the upsampler doubles it to 64
 UNCLIP_SCHEDULE = {"kind": "cosine", "num_timesteps": 1000}
 UNCLIP_TRAINING_IMAGES = 20000  # the mini SD's data: same size, same two-object share
 QUICK_TRAINING_IMAGES = 128
+
+
+def unclip_fields(name, cfg, result, *, seed, quick, device, accelerator) -> dict:
+    """The manifest fields the three unCLIP checkpoints share: training_fields, the
+    schedule and prediction type they sample with, and no metrics yet."""
+    fields = training_fields(
+        name,
+        cfg,
+        result.ema.model,
+        result,
+        seed=seed,
+        quick=quick,
+        device=device,
+        accelerator=accelerator,
+    )
+    return {
+        **fields,
+        "schedule": UNCLIP_SCHEDULE,
+        "prediction_type": cfg.prediction_type,
+        "metrics": None,
+    }
 
 
 @torch.no_grad()

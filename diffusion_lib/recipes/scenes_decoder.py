@@ -24,11 +24,12 @@ from ..schedules import NoiseSchedule
 from ..train import TrainConfig, save_checkpoint, train_diffusion, write_manifest
 from ..unclip import DecoderConfig, UnCLIPDecoder, downsample
 from ..unet import UNetConfig
-from .base import Recipe, seed_of, training_fields
+from .base import Recipe, seed_of
 from .dalle2 import (
     UNCLIP_BASE_SIZE,
     UNCLIP_SCHEDULE,
     clip_embeddings,
+    unclip_fields,
     unclip_training_scenes,
 )
 from .measure import (
@@ -97,10 +98,9 @@ def train_decoder(out_dir, *, quick=False, seed=0, device="cpu", accelerator=Non
         conditions={"image_embed": (embeds["image_embed"], null)},
         accelerator=accelerator,
     )
-    fields = training_fields(
+    fields = unclip_fields(
         "scenes-decoder",
         cfg,
-        result.ema.model,
         result,
         seed=seed,
         quick=quick,
@@ -109,9 +109,6 @@ def train_decoder(out_dir, *, quick=False, seed=0, device="cpu", accelerator=Non
     )
     info = {
         **fields,
-        "schedule": UNCLIP_SCHEDULE,
-        "prediction_type": cfg.prediction_type,
-        "metrics": None,
         "config": SCENES_DECODER.to_dict(),
         "image_size": UNCLIP_BASE_SIZE,
         "clip_sha256": clip_info["sha256"],

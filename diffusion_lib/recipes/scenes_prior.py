@@ -14,11 +14,12 @@ from ..pipelines import MiniDALLE2
 from ..prior import DiffusionPrior, PriorConfig
 from ..schedules import NoiseSchedule
 from ..train import TrainConfig, save_checkpoint, train_diffusion, write_manifest
-from .base import Recipe, seed_of, training_fields
+from .base import Recipe, seed_of
 from .dalle2 import (
     UNCLIP_SCHEDULE,
     clip_embeddings,
     empty_caption_embeddings,
+    unclip_fields,
     unclip_training_captions,
     unclip_training_scenes,
 )
@@ -79,10 +80,9 @@ def train_prior(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None)
         conditions={k: (e[k], null[k]) for k in names},
         accelerator=accelerator,
     )
-    fields = training_fields(
+    fields = unclip_fields(
         "scenes-prior",
         cfg,
-        result.ema.model,
         result,
         seed=seed,
         quick=quick,
@@ -91,9 +91,6 @@ def train_prior(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None)
     )
     info = {
         **fields,
-        "schedule": UNCLIP_SCHEDULE,
-        "prediction_type": cfg.prediction_type,
-        "metrics": None,
         "config": SCENES_PRIOR.to_dict(),
         "guidance_scale": PRIOR_GUIDANCE,
         "candidates": 2,

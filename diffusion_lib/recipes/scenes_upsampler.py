@@ -20,8 +20,8 @@ from ..train import (
 )
 from ..unclip import UnCLIPUpsampler
 from ..unet import UNetConfig
-from .base import Recipe, seed_of, training_fields
-from .dalle2 import UNCLIP_SCHEDULE, unclip_training_scenes
+from .base import Recipe, seed_of
+from .dalle2 import UNCLIP_SCHEDULE, unclip_fields, unclip_training_scenes
 from .measure import upsampler_psnr
 
 SCENES_UPSAMPLER = UNetConfig(
@@ -75,10 +75,9 @@ def train_scenes_upsampler(
     result = train_upsampler(
         model, schedule, scenes.images, cfg, accelerator=accelerator
     )
-    fields = training_fields(
+    fields = unclip_fields(
         "scenes-upsampler",
         cfg,
-        result.ema.model,
         result,
         seed=seed,
         quick=quick,
@@ -87,9 +86,6 @@ def train_scenes_upsampler(
     )
     info = {
         **fields,
-        "schedule": UNCLIP_SCHEDULE,
-        "prediction_type": cfg.prediction_type,
-        "metrics": None,
         "config": SCENES_UPSAMPLER.to_dict(),
         "image_size": SCENE_SIZE,
         "sampling_steps": UPSAMPLER_DEFAULT_STEPS,
