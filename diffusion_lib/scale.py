@@ -242,23 +242,37 @@ def gather(accelerator, x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return _GatherWithGrad.apply(x), accelerator.process_index * x.shape[0]
 
 
+def launch_accelerator(grad_accum: int = 1):
+    """The one Accelerator of a process started by `accelerate launch`: every recipe
+    of the launch trains with it (a second Accelerator after `end_training` would find
+    the process group destroyed). Without a GPU, several processes train on the CPU
+    over gloo (accelerate needs cpu=True to take that path; `accelerate launch
+    --multi_gpu` starts them)."""
+    from accelerate import Accelerator
+
+    return Accelerator(
+        gradient_accumulation_steps=grad_accum, cpu=not torch.cuda.is_available()
+    )
+
+
 def run_recipe(
-    recipe, out_dir, quick=False, seed=0, stage="all", grad_accum=1
+    recipe, out_dir, quick=False, seed=0, stage="all", accelerator=None
 ) -> dict | None:
     """Run `recipe` (a recipes.Recipe) in a process started by `accelerate launch`:
     its training function on every process (data-parallel; a recipe that measures
     inside its training run measures there, seeded, so every process computes the
     same numbers and the main one writes them), then, where the recipe has a separate
     measurement stage, the measurement on the main process while the others wait.
-    Returns the manifest on the main process, None on the others."""
-    from accelerate import Accelerator
-
+    `accelerator`: the launch's (launch_accelerator), shared by the recipes of one
+    launch; None makes one for this recipe alone and ends it. Returns the manifest on
+    the main process, None on the others."""
     recipe.check(stage)
-    # without a GPU, several processes train on the CPU over gloo (accelerate needs
-    # cpu=True to take that path; `accelerate launch --multi_gpu` starts them)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=grad_accum, cpu=not torch.cuda.is_available()
-    )
+    alone = accelerator is None
+    if alone:
+        accelerator = launch_accelerator()
+    # gradient accumulation counts micro-batches from the launch's first: each recipe
+    # counts its own
+    accelerator.step = 0
     # where accelerate says, for the recipes that take a device
     device = accelerator.device.type
     device = str(accelerator.device) if device in recipe.devices else "cpu"
@@ -272,5 +286,6 @@ def run_recipe(
     if measure and accelerator.is_main_process:
         info = recipe.measure(out_dir, quick=quick, seed=seed, device=device)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    if alone:
+        accelerator.end_training()
     return info if accelerator.is_main_process else None

@@ -357,7 +357,8 @@ def _free_port() -> int:
 def _launch(tmp_path, out, *extra, recipe=("shapes-ddpm", "--stage", "train")):
     """accelerate's launcher with 2 processes on the CPU (torchrun underneath; without
     a GPU the recipe's Accelerator takes gloo), one thread each; extra: two launcher
-    arguments, then the recipe's."""
+    arguments, then the recipe's (one or several recipes: a launch of several trains
+    them one after the other with one Accelerator)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("DIFFUSION_MODE", None)
     cmd = [
@@ -384,15 +385,13 @@ def _launch(tmp_path, out, *extra, recipe=("shapes-ddpm", "--stage", "train")):
         *extra[2:],
     ]
     return subprocess.run(
-        cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+        cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env
     )
 
 
-def _trained_on_two(tmp_path, out, name, *extra, recipe=None):
-    """_launch the recipe `name` (`recipe`: its arguments, default just the name) and
-    check what every launch must give: success, one writer, and a manifest saying that
-    2 processes held the same weights. Returns the manifest."""
-    run = _launch(tmp_path, out, *extra, recipe=recipe or (name,))
+def _trained_on_two(run, out, name):
+    """What every recipe of a launch must give: success, one writer, and a manifest
+    saying that 2 processes held the same weights. Returns the manifest."""
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert run.stdout.count(f"wrote {name}.safetensors") == 1  # the main process
     info = pretrained.manifest(name, out)
@@ -403,6 +402,33 @@ def _trained_on_two(tmp_path, out, name, *extra, recipe=None):
     return info
 
 
+PART_IV = ("scenes-lora", "scenes-inpaint", "scenes-controlnet", "scenes-inversion")
+# three launches of several recipes each (a launch costs ~10 s of start-up on 2 cores):
+# those whose measurement is a separate stage, trained only; those that measure in
+# their run; and Part IV's, onto a copy of the tiny mini SD (in a folder of their own:
+# the quick CLIP would replace the tiny mini SD's text encoder)
+LAUNCHES = {
+    "train": (("shapes-ddpm", "scenes-upsampler"), "train"),
+    "all": (("shapes-evaluator", "scenes-clip"), "all"),
+    "part4": (PART_IV, "all"),
+}
+
+
+@pytest.fixture(scope="module")
+def launches(tmp_path_factory, tiny_sd_dir):
+    """{recipe: (the launch's completed process, its output folder)}."""
+    import shutil
+
+    tmp = tmp_path_factory.mktemp("launches")
+    shutil.copytree(tiny_sd_dir, tmp / "part4")
+    done = {}
+    for folder, (names, stage) in LAUNCHES.items():
+        args = ("--mixed_precision", "no")
+        run = _launch(tmp, tmp / folder, *args, recipe=(*names, "--stage", stage))
+        done.update({name: (run, tmp / folder) for name in names})
+    return done
+
+
 def _file_diff(a, b) -> float:
     """Largest difference between the weights of two .safetensors files."""
     a, b = load_file(str(a)), load_file(str(b))
@@ -410,17 +436,10 @@ def _file_diff(a, b) -> float:
 
 
 def test_two_cpu_processes_train_the_same_weights_and_the_result_loads(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, launches
 ):
-    out = tmp_path / "two"
-    info = _trained_on_two(
-        tmp_path,
-        out,
-        "shapes-ddpm",
-        "--mixed_precision",
-        "no",
-        recipe=("shapes-ddpm", "--stage", "train"),
-    )
+    run, out = launches["shapes-ddpm"]
+    info = _trained_on_two(run, out, "shapes-ddpm")
     model, loaded = pretrained.load_pretrained("shapes-ddpm", directory=out)
     assert loaded["sha256"] == info["sha256"]
     x = torch.randn(2, 3, 32, 32)
@@ -445,39 +464,24 @@ def test_two_cpu_processes_train_the_same_weights_and_the_result_loads(
 
 def test_two_cpu_processes_with_bf16_and_accumulation(tmp_path):
     out = tmp_path / "bf16"
-    info = _trained_on_two(
-        tmp_path,
-        out,
-        "shapes-ddpm",
-        "--mixed_precision",
-        "bf16",
-        "--grad-accum",
-        "2",
-        recipe=("shapes-ddpm", "--stage", "train"),
-    )
+    args = ("--mixed_precision", "bf16", "--grad-accum", "2")
+    run = _launch(tmp_path, out, *args, recipe=("shapes-ddpm", "--stage", "train"))
+    info = _trained_on_two(run, out, "shapes-ddpm")
     dist = info["distributed"]
     assert dist["mixed_precision"] == "bf16"
     assert dist["gradient_accumulation_steps"] == 2
     assert 0 < info["final_loss"] < 1.2
 
 
-PART_IV = ("scenes-lora", "scenes-inpaint", "scenes-controlnet", "scenes-inversion")
-
-
 @pytest.mark.parametrize("name", PART_IV)
-def test_recipes_measured_in_their_run_train_on_two_processes(
-    name, tmp_path, tiny_sd_dir
-):
+def test_recipes_measured_in_their_run_train_on_two_processes(name, launches):
     """Part IV's recipes measure inside their run: both processes train and measure,
     one writes; the result loads onto the tiny mini SD."""
-    import shutil
-
     from diffusion_lib import loaders
     from diffusion_lib.pipelines import MiniStableDiffusion
 
-    out = tmp_path / "out"
-    shutil.copytree(tiny_sd_dir, out)
-    info = _trained_on_two(tmp_path, out, name, "--mixed_precision", "no")
+    run, out = launches[name]
+    info = _trained_on_two(run, out, name)
     assert info["metrics"]
     pipe = MiniStableDiffusion.from_pretrained(directory=out)
     if name == "scenes-lora":
@@ -497,16 +501,9 @@ def test_recipes_measured_in_their_run_train_on_two_processes(
         assert model.unet.config.in_channels == 9  # latents, mask, masked latents
 
 
-def test_upsampler_trains_on_two_processes(tmp_path):
-    out = tmp_path / "up"
-    _trained_on_two(
-        tmp_path,
-        out,
-        "scenes-upsampler",
-        "--mixed_precision",
-        "no",
-        recipe=("scenes-upsampler", "--stage", "train"),
-    )
+def test_upsampler_trains_on_two_processes(launches):
+    run, out = launches["scenes-upsampler"]
+    _trained_on_two(run, out, "scenes-upsampler")
     model, _ = pretrained.load_pretrained("scenes-upsampler", directory=out)
     x = torch.randn(1, 3, 64, 64)
     assert model(x, torch.tensor([10]), low_res=x).shape == x.shape
@@ -514,14 +511,16 @@ def test_upsampler_trains_on_two_processes(tmp_path):
 
 @pytest.mark.parametrize("name", ["shapes-evaluator", "scenes-clip"])
 def test_two_cpu_processes_train_what_one_plain_process_trains(
-    name, tmp_path, monkeypatch
+    name, tmp_path, monkeypatch, launches
 ):
     """The evaluator (an all-reduce of plain gradients) and CLIP (whose contrastive
     loss needs every process's embeddings as negatives: with each process's own rows
     alone the first loss is about ln 16 instead of ln 32, and the weights differ by
-    5e-3) on 2 processes: the same losses and weights as one plain process."""
-    out = tmp_path / "two"
-    two = _trained_on_two(tmp_path, out, name, "--mixed_precision", "no")
+    5e-3) on 2 processes: the same losses and weights as one plain process. They ran
+    in one launch, after each other and before Part IV's recipes: each recipe of a
+    launch trains as it would alone."""
+    run, out = launches[name]
+    two = _trained_on_two(run, out, name)
     monkeypatch.chdir(tmp_path)
     one = recipes.RECIPES[name](tmp_path / "one", quick=True)
     if name == "scenes-clip":

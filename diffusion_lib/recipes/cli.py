@@ -114,15 +114,18 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse(argv)
-    launched = scale.launched()
+    # under `accelerate launch`, one Accelerator for every recipe of the launch
+    accelerator = (
+        scale.launch_accelerator(args.grad_accum) if scale.launched() else None
+    )
     for name in args.names:
         if name == "ablation":
             ablation(quick=args.quick, seed=args.seed, steps=args.steps)
             continue
         options = dict(quick=args.quick, seed=args.seed, stage=args.stage)
-        if launched:  # accelerate launch -m diffusion_lib.recipes NAME
+        if accelerator is not None:  # accelerate launch -m diffusion_lib.recipes
             info = scale.run_recipe(
-                RECIPES[name], args.out, grad_accum=args.grad_accum, **options
+                RECIPES[name], args.out, accelerator=accelerator, **options
             )
             if info is None:  # not the main process
                 continue
@@ -132,3 +135,5 @@ def main(argv=None) -> None:
             f"wrote {info['file']} ({info['bytes'] / 1e6:.2f} MB, "
             f"sha256 {info['sha256'][:12]}...)"
         )
+    if accelerator is not None:
+        accelerator.end_training()
