@@ -63,7 +63,7 @@ def mini_flops(pipe, prompt: str, num_steps: int = 50) -> dict[str, int]:
     (guidance, the prior's two candidates, the upsampler's steps)."""
     text = count_flops(pipe.encode_prompts, [prompt, ""])
     if hasattr(pipe, "vae"):
-        latents = pipe.generate_latents([prompt], num_steps=num_steps)
+        latents = pipe.generate_latents([prompt], num_steps=num_steps).x0
         return {
             "text encoder": text,
             "UNet": count_flops(pipe.generate_latents, [prompt], num_steps=num_steps)

@@ -108,9 +108,9 @@ def repaint(
                 t,
                 t_prev,
                 x,
-                1.0,
-                pipe.prediction_type,
-                False,
+                eta=1.0,
+                prediction_type=pipe.prediction_type,
+                clip_sample=False,
                 generator=gen,
             )
             # known part: the source noised to t_prev (Alg. 1, line 5)
@@ -190,26 +190,26 @@ def inpaint(
 ) -> torch.Tensor:
     """Inpainting with a mask-conditioned UNet: images [B, 3, 64, 64] -> images; the
     unguided pass sees the same masked image, with the empty caption."""
-    from .samplers import sample
+    from .samplers import DDIMSampler, sample
 
     cond = inpaint_condition(pipe, images, mask)
     context = pipe.encode_prompts(prompts)
+    sampler = DDIMSampler(
+        pipe.schedule, prediction_type=pipe.prediction_type, clip_sample=False
+    )
     z = sample(
         model,
-        pipe.schedule,
+        sampler,
         (len(cond), *pipe.latent_shape),
-        sampler="ddim",
         num_steps=num_steps,
         model_kwargs={"context": context, "cond": cond},
         uncond_kwargs={"context": pipe.encode_prompts([""] * len(cond)), "cond": cond},
         guidance_scale=pipe.guidance_scale
         if guidance_scale is None
         else guidance_scale,
-        prediction_type=pipe.prediction_type,
-        clip_sample=False,
         generator=torch.Generator().manual_seed(seed),
         device=pipe.device,
-    )
+    ).x0
     return pipe.decode(z)
 
 

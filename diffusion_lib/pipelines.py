@@ -17,7 +17,7 @@ from .data import IMAGE_SIZE, parse_caption
 from .forward import q_sample
 from .loaders import StableDiffusionLoaderMixin
 from .prior import pick_closest
-from .samplers import sample
+from .samplers import DDIMSampler, make_sampler, sample
 from .unclip import enlarge
 
 # Each stage of a pipeline draws its noise from its own generator, seeded from the
@@ -111,21 +111,20 @@ def generate_shapes(
     device = next(model.parameters()).device
     labels = labels.to(device)
     rows = batch_size * (2 if guidance_scale != 1.0 else 1)
+    # eta is DDIM's alone: DDPM's variance is fixed by its variance_type
+    options = {"eta": eta} if sampler == "ddim" else {}
     return sample(
         _in_chunks(model, rows),
-        schedule,
+        make_sampler(sampler, schedule, prediction_type=prediction_type, **options),
         (labels.shape[0], 3, IMAGE_SIZE, IMAGE_SIZE),
-        sampler=sampler,
         num_steps=num_steps,
-        eta=eta,
         model_kwargs={"labels": labels},
         uncond_kwargs={"labels": model.null_labels(labels.shape[0], device)},
         guidance_scale=guidance_scale,
-        prediction_type=prediction_type,
         generator=torch.Generator().manual_seed(seed),
         device=device,
         progress=progress,
-    ).cpu()
+    ).x0.cpu()
 
 
 def generate_from_captions(model, schedule, captions: list, **kwargs) -> torch.Tensor:
@@ -214,12 +213,13 @@ class MiniStableDiffusion(StableDiffusionLoaderMixin):
         x_T: torch.Tensor | None = None,
         batch_size: int = 250,
         progress: bool = False,
-        return_trajectory: bool = False,
+        keep_trajectory: bool = False,
         control: torch.Tensor | None = None,
         control_scale: float = 1.0,
         start_step: int | None = None,
     ):
-        """Scaled latents [B, 4, 8, 8] (or (latents, trajectory)). As in
+        """A SampleOutput: scaled latents x0 [B, 4, 8, 8] (and, with keep_trajectory,
+        every z_t on the way). As in
         `generate_shapes`, x_T is one [B, 4, 8, 8] draw from a generator seeded with
         `seed`, so the images depend on the seed and B, not on batch_size.
         control [B, 1, 64, 64]: a control image for `self.controlnet` (chapter 13),
@@ -238,23 +238,25 @@ class MiniStableDiffusion(StableDiffusionLoaderMixin):
                 )
             model = ControlledUNet(self.unet, self.controlnet, control_scale)
             extra = {"control": control.to(self.device)}
+        sampler = DDIMSampler(
+            self.schedule,
+            eta=eta,
+            prediction_type=self.prediction_type,
+            clip_sample=False,  # latents have no [-1, 1] range
+        )
         return sample(
             _in_chunks(model, rows),
-            self.schedule,
+            sampler,
             (n, *self.latent_shape),
-            sampler="ddim",
             num_steps=num_steps,
-            eta=eta,
             model_kwargs={"context": context, **extra},
             uncond_kwargs={"context": self.encode_prompts([""] * n), **extra},
             guidance_scale=scale,
-            prediction_type=self.prediction_type,
-            clip_sample=False,
             generator=stage_generator(seed, "latents"),
             device=self.device,
             x_T=x_T,
             progress=progress,
-            return_trajectory=return_trajectory,
+            keep_trajectory=keep_trajectory,
             start_step=start_step,
         )
 
@@ -267,7 +269,7 @@ class MiniStableDiffusion(StableDiffusionLoaderMixin):
 
     def __call__(self, prompts, **kwargs) -> torch.Tensor:
         """Images [B, 3, 64, 64] in [-1, 1] for the prompts (see generate_latents)."""
-        return self.decode(self.generate_latents(prompts, **kwargs))
+        return self.decode(self.generate_latents(prompts, **kwargs).x0)
 
     @torch.no_grad()
     def img2img(
@@ -296,7 +298,7 @@ class MiniStableDiffusion(StableDiffusionLoaderMixin):
         latents = self.generate_latents(
             prompts, num_steps=steps, seed=seed, x_T=x_t, start_step=t, **kwargs
         )
-        return self.decode(latents)
+        return self.decode(latents.x0)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
@@ -445,22 +447,23 @@ class MiniDALLE2:
             raise ValueError(f"candidates must be >= 1, got {k}")
         null = self.encode_prompts([""] * b)
         repeat = lambda d: {n: v.repeat(k, *[1] * (v.ndim - 1)) for n, v in d.items()}  # noqa: E731
+        # the prior predicts the (standardised) embedding itself, unclipped
+        sampler = DDIMSampler(
+            self.prior_schedule, prediction_type="x0", clip_sample=False
+        )
         z = sample(
             self.prior,
-            self.prior_schedule,
+            sampler,
             (k * b, self.prior.config.embed_dim),
-            sampler="ddim",
             num_steps=num_steps or self.prior_steps,
             model_kwargs=repeat(cond),
             uncond_kwargs=repeat(null),
             guidance_scale=self.prior_guidance
             if guidance_scale is None
             else guidance_scale,
-            prediction_type="x0",
-            clip_sample=False,
             generator=generator or stage_generator(seed, "prior"),
             device=self.device,
-        )
+        ).x0
         embeds = self.prior.unstandardise(z).unflatten(0, (k, b))  # [k, B, D]
         return pick_closest(embeds, cond["text_embed"])
 
@@ -484,9 +487,8 @@ class MiniDALLE2:
         size = self.decoder.config.image_size
         return sample(
             _in_chunks(self.decoder, batch_size * 2),
-            self.decoder_schedule,
+            DDIMSampler(self.decoder_schedule),
             (e.shape[0], 3, size, size),
-            sampler="ddim",
             num_steps=num_steps,
             model_kwargs={"image_embed": e},
             uncond_kwargs={"image_embed": torch.zeros_like(e)},
@@ -494,7 +496,7 @@ class MiniDALLE2:
             generator=generator or stage_generator(seed, "decoder"),
             device=self.device,
             progress=progress,
-        )
+        ).x0
 
     @torch.no_grad()
     def upsample(
@@ -528,16 +530,15 @@ class MiniDALLE2:
             start = None
         return sample(
             _in_chunks(self.upsampler, batch_size),
-            self.upsampler_schedule,
+            DDIMSampler(self.upsampler_schedule),
             shape,
-            sampler="ddim",
             num_steps=num_steps or self.upsampler_steps,
             model_kwargs={"low_res": cond},
             generator=gen,
             device=self.device,
             x_T=x_T,
             start_step=start,
-        ).cpu()
+        ).x0.cpu()
 
     def from_embeddings(
         self, image_embed, *, num_steps=50, guidance_scale=None, seed=0, progress=False

@@ -9,8 +9,13 @@ Implements
     eps_guided = eps_uncond + w (eps_cond - eps_uncond). The paper writes
     (1 + w_paper) eps_cond - w_paper eps_uncond, the same formula with w = 1 + w_paper
     (so our w = 1 is plain conditional sampling, the paper's w = 0);
-  * `sample`, the loop that ties them together, with `generator=` and an optional
-    trajectory.
+  * the samplers as objects, configured once (`DDIMSampler(schedule, eta=0.0,
+    prediction_type="eps")`), with one step signature, as diffusers' schedulers have
+    it: `sampler.step(model_output, t, t_prev, x_t, *, generator) -> StepOutput(
+    prev_sample, pred_original_sample)`; `ddpm_step` and `ddim_step` are the same steps
+    as functions, with the same argument order;
+  * `sample`, the loop that ties them together, with `generator=`; it returns a
+    SampleOutput (the samples x0 and, when kept, the trajectory).
 
 Legend (see schedules.py): a_t = alpha_bar_t, a_prev = alpha_bar_{t_prev} (1 when
 t_prev < 0), x0_hat = predicted x_0, eps_hat = predicted noise. t is an integer index,
@@ -18,6 +23,8 @@ t_prev < 0), x0_hat = predicted x_0, eps_hat = predicted noise. t is an integer 
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -64,8 +71,9 @@ def ddpm_step(
     schedule: NoiseSchedule,
     model_output: torch.Tensor,
     t: int,
+    t_prev: int,
     x_t: torch.Tensor,
-    t_prev: int | None = None,
+    *,
     prediction_type: str = "eps",
     variance_type: str = "fixed_small",
     clip_sample: bool = True,
@@ -73,14 +81,14 @@ def ddpm_step(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """One ancestral step x_t -> x_{t_prev} ~ p(x_{t_prev} | x_t).
+    """One ancestral step x_t -> x_{t_prev} ~ p(x_{t_prev} | x_t) (t_prev = t - 1 for
+    Ho et al.'s step; t_prev = -1 means "to clean data").
 
     x_t, model_output: [B, C, H, W]."""
     if variance_type not in VARIANCE_TYPES:
         raise ValueError(
             f"unknown variance_type {variance_type!r}; expected one of {VARIANCE_TYPES}"
         )
-    t_prev = t - 1 if t_prev is None else t_prev
     a_t, a_prev = _alpha_bars(schedule, t, t_prev)
     # the beta of the (possibly skipping) step; = betas[t] when t_prev = t - 1
     beta_t = 1 - a_t / a_prev
@@ -113,6 +121,7 @@ def ddim_step(
     t: int,
     t_prev: int,
     x_t: torch.Tensor,
+    *,
     eta: float = 0.0,
     prediction_type: str = "eps",
     clip_sample: bool = False,
@@ -123,12 +132,7 @@ def ddim_step(
     """One DDIM step x_t -> x_{t_prev} (t_prev = -1 means "to clean data").
 
     x_t, model_output: [B, C, H, W]."""
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(
-            f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM's variance), got "
-            f"{eta}; with eta > 1 the variance 1 - a_prev - sigma^2 of the direction "
-            "term would be negative"
-        )
+    _check_eta(eta)
     a_t, a_prev = _alpha_bars(schedule, t, t_prev)
     # 1. predict x_0 and eps from the network output
     x0_hat, eps_hat = _x0_eps(
@@ -146,6 +150,15 @@ def ddim_step(
             noise = randn(x_t.shape, generator, x_t.device, x_t.dtype)
         x_prev = x_prev + sigma * noise
     return x_prev
+
+
+def _check_eta(eta: float) -> None:
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(
+            f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM's variance), got "
+            f"{eta}; with eta > 1 the variance 1 - a_prev - sigma^2 of the direction "
+            "term would be negative"
+        )
 
 
 def make_timesteps(
@@ -176,6 +189,167 @@ def make_timesteps(
     else:
         raise ValueError(f"unknown spacing {spacing!r}; expected one of {SPACINGS}")
     return steps
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What one reverse step gives: x_{t_prev} and the x_0 it predicted on the way
+    (clipped as the step clipped it)."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor
+
+
+@dataclass(frozen=True)
+class SampleOutput:
+    """What `sample` gives: the samples x0 [B, C, H, W] and, with keep_trajectory,
+    every x_t (on the CPU) from x_T to x0 (None otherwise)."""
+
+    x0: torch.Tensor
+    trajectory: list | None = None
+
+
+class Sampler:
+    """A reverse-process sampler, configured once: the schedule, what the network
+    predicts ("eps", "x0" or "v"), whether x0_hat is clipped to [-clip_range,
+    clip_range] (pixels: yes; latents and embeddings: no), and how `num_steps` steps
+    are spread over the T timesteps (make_timesteps' spacing)."""
+
+    name = "sampler"
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        *,
+        prediction_type: str = "eps",
+        clip_sample: bool = True,
+        clip_range: float = 1.0,
+        spacing: str = "trailing",
+    ):
+        check_prediction_type(prediction_type)
+        if spacing not in SPACINGS:
+            raise ValueError(f"unknown spacing {spacing!r}; expected one of {SPACINGS}")
+        self.schedule, self.prediction_type = schedule, prediction_type
+        self.clip_sample, self.clip_range, self.spacing = (
+            clip_sample,
+            clip_range,
+            spacing,
+        )
+
+    def timesteps(self, num_steps: int, start_step: int | None = None) -> list[int]:
+        """The descending timesteps of a run of num_steps steps, from T - 1 (or from
+        start_step: the steps spread over [0, start_step])."""
+        T = self.schedule.num_timesteps
+        if start_step is not None and not 0 <= start_step < T:
+            raise ValueError(f"start_step must be in [0, {T - 1}], got {start_step}")
+        span = T if start_step is None else start_step + 1
+        return make_timesteps(span, num_steps, self.spacing)
+
+    def pred_original_sample(self, model_output, t: int, x_t) -> torch.Tensor:
+        """x0_hat at step t, clipped as the step clips it."""
+        x0_hat, _ = _x0_eps(
+            self.schedule,
+            model_output,
+            t,
+            x_t,
+            self.prediction_type,
+            self.clip_sample,
+            self.clip_range,
+        )
+        return x0_hat
+
+    def step(
+        self, model_output, t: int, t_prev: int, x_t, *, generator=None, noise=None
+    ):
+        """x_t -> StepOutput(x_{t_prev}, x0_hat); the noise (where the step adds
+        some) from `generator`, or `noise` itself."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self._options().items())
+        return f"{type(self).__name__}({options})"
+
+
+class DDPMSampler(Sampler):
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2), skipping from t to any earlier
+    t_prev; variance_type "fixed_small" (the posterior's beta_tilde) or
+    "fixed_large" (beta)."""
+
+    name = "ddpm"
+
+    def __init__(self, schedule, *, variance_type: str = "fixed_small", **options):
+        if variance_type not in VARIANCE_TYPES:
+            raise ValueError(
+                f"unknown variance_type {variance_type!r}; expected one of "
+                f"{VARIANCE_TYPES}"
+            )
+        super().__init__(schedule, **options)
+        self.variance_type = variance_type
+
+    def _options(self) -> dict:
+        return {
+            "prediction_type": self.prediction_type,
+            "variance_type": self.variance_type,
+            "clip_sample": self.clip_sample,
+            "clip_range": self.clip_range,
+        }
+
+    def step(self, model_output, t, t_prev, x_t, *, generator=None, noise=None):
+        prev = ddpm_step(
+            self.schedule,
+            model_output,
+            t,
+            t_prev,
+            x_t,
+            noise=noise,
+            generator=generator,
+            **self._options(),
+        )
+        return StepOutput(prev, self.pred_original_sample(model_output, t, x_t))
+
+
+class DDIMSampler(Sampler):
+    """DDIM (Song, Meng & Ermon 2021): eta = 0 deterministic, eta = 1 the DDPM
+    posterior's variance."""
+
+    name = "ddim"
+
+    def __init__(self, schedule, *, eta: float = 0.0, **options):
+        _check_eta(eta)
+        super().__init__(schedule, **options)
+        self.eta = eta
+
+    def _options(self) -> dict:
+        return {
+            "eta": self.eta,
+            "prediction_type": self.prediction_type,
+            "clip_sample": self.clip_sample,
+            "clip_range": self.clip_range,
+        }
+
+    def step(self, model_output, t, t_prev, x_t, *, generator=None, noise=None):
+        prev = ddim_step(
+            self.schedule,
+            model_output,
+            t,
+            t_prev,
+            x_t,
+            noise=noise,
+            generator=generator,
+            **self._options(),
+        )
+        return StepOutput(prev, self.pred_original_sample(model_output, t, x_t))
+
+
+SAMPLER_CLASSES = {"ddpm": DDPMSampler, "ddim": DDIMSampler}
+
+
+def make_sampler(name: str, schedule: NoiseSchedule, **options) -> Sampler:
+    """The sampler called `name` ("ddpm" or "ddim"), configured with `options` (eta for
+    DDIM alone, variance_type for DDPM alone)."""
+    if name not in SAMPLER_CLASSES:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
+    return SAMPLER_CLASSES[name](schedule, **options)
 
 
 def _concat_kwargs(a: dict, b: dict) -> dict:
@@ -226,83 +400,52 @@ def guided_model_output(
 @torch.no_grad()
 def sample(
     model,
-    schedule: NoiseSchedule,
+    sampler: Sampler,
     shape,
     *,
-    sampler: str = "ddim",
     num_steps: int = 50,
-    eta: float = 0.0,
     model_kwargs: dict | None = None,
     uncond_kwargs: dict | None = None,
     guidance_scale: float = 1.0,
-    prediction_type: str = "eps",
-    clip_sample: bool = True,
-    spacing: str = "trailing",
-    variance_type: str = "fixed_small",
     generator: torch.Generator | None = None,
     device=None,
     x_T: torch.Tensor | None = None,
-    return_trajectory: bool = False,
-    progress: bool = False,
     start_step: int | None = None,
-):
-    """Generate samples by running the reverse process from pure noise x_T ~ N(0, I).
+    keep_trajectory: bool = False,
+    progress: bool = False,
+) -> SampleOutput:
+    """Generate samples by running the reverse process from pure noise x_T ~ N(0, I),
+    drawn from `generator` (or from the given x_T), with `sampler`'s steps.
 
-    shape: (B, C, H, W). Returns x_0 [B, C, H, W], or (x_0, trajectory) where trajectory
-    is the list of x_t (on the CPU) after each step, starting with x_T.
+    shape: (B, C, H, W). Returns SampleOutput(x0 [B, C, H, W], trajectory: with
+    keep_trajectory, the list of x_t (on the CPU) after each step, starting with x_T).
     start_step: begin at this timestep instead of T - 1, the num_steps spread over
     [0, start_step]; x_T must then be a sample of x_{start_step}, e.g. a noised image
     (SDEdit, Meng et al. 2022).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
-    check_prediction_type(prediction_type)
+    if not isinstance(sampler, Sampler):
+        raise TypeError(
+            f"sampler must be a Sampler (samplers.DDIMSampler(schedule, ...) or "
+            f"make_sampler(name, schedule)), got {type(sampler).__name__}"
+        )
     if x_T is not None and tuple(x_T.shape) != tuple(shape):
         raise ValueError(
             f"x_T has shape {tuple(x_T.shape)} but shape is {tuple(shape)}: "
             "pass x_T of exactly `shape` (B, C, H, W)"
         )
-    device = device if device is not None else next(model.parameters()).device
-    x = x_T.to(device) if x_T is not None else randn(tuple(shape), generator, device)
-    if start_step is not None and not 0 <= start_step < schedule.num_timesteps:
-        raise ValueError(
-            f"start_step must be in [0, {schedule.num_timesteps - 1}], got {start_step}"
-        )
+    steps = sampler.timesteps(num_steps, start_step)
     if start_step is not None and x_T is None:
         raise ValueError("with start_step, pass x_T: a sample of x_{start_step}")
-    span = schedule.num_timesteps if start_step is None else start_step + 1
-    steps = make_timesteps(span, num_steps, spacing)
-    trajectory = [x.cpu()] if return_trajectory else None
-    for i, t in enumerate(progress_bar(steps, progress, sampler)):
+    device = device if device is not None else next(model.parameters()).device
+    x = x_T.to(device) if x_T is not None else randn(tuple(shape), generator, device)
+    trajectory = [x.cpu()] if keep_trajectory else None
+    for i, t in enumerate(progress_bar(steps, progress, sampler.name)):
         t_prev = steps[i + 1] if i + 1 < len(steps) else -1
         t_batch = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
         out = guided_model_output(
             model, x, t_batch, model_kwargs, uncond_kwargs, guidance_scale
         )
-        if sampler == "ddpm":
-            x = ddpm_step(
-                schedule,
-                out,
-                t,
-                x,
-                t_prev,
-                prediction_type,
-                variance_type,
-                clip_sample,
-                generator=generator,
-            )
-        else:
-            x = ddim_step(
-                schedule,
-                out,
-                t,
-                t_prev,
-                x,
-                eta,
-                prediction_type,
-                clip_sample,
-                generator=generator,
-            )
-        if return_trajectory:
+        x = sampler.step(out, t, t_prev, x, generator=generator).prev_sample
+        if keep_trajectory:
             trajectory.append(x.cpu())
-    return (x, trajectory) if return_trajectory else x
+    return SampleOutput(x, trajectory)

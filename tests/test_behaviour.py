@@ -78,7 +78,7 @@ def compare(name: str, got: dict, want: dict, atol: float = ATOL) -> list[str]:
 def _sampler_outputs() -> dict:
     """Every sampler setting on a small seeded UNet (untrained: the maths, not a
     checkpoint)."""
-    from diffusion_lib.samplers import sample
+    from diffusion_lib.samplers import DDIMSampler, make_sampler, sample
     from diffusion_lib.schedules import NoiseSchedule
     from diffusion_lib.unet import UNet, UNetConfig
 
@@ -111,31 +111,33 @@ def _sampler_outputs() -> dict:
             "ddim_guided": {"sampler": "ddim", "guidance_scale": 3.0},
         }
         for name, kw in settings.items():
+            options = {k: v for k, v in kw.items() if k != "guidance_scale"}
             guided = {"uncond_kwargs": {"labels": model.null_labels(2, "cpu")}}
+            if "guidance_scale" in kw:
+                guided["guidance_scale"] = kw["guidance_scale"]
             x = sample(
                 model,
-                schedule,
+                make_sampler(options.pop("sampler"), schedule, **options),
                 (2, 3, 8, 8),
                 num_steps=4,
                 model_kwargs={"labels": labels},
                 generator=torch.Generator().manual_seed(7),
                 **(guided if "guidance_scale" in kw else {}),
-                **kw,
-            )
+            ).x0
             out[f"sampler/{kind}/{name}"] = x
         x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
-        x, trajectory = sample(
+        run = sample(
             model,
-            schedule,
+            DDIMSampler(schedule),
             (2, 3, 8, 8),
             num_steps=3,
             x_T=x_T,
             start_step=500,
             model_kwargs={"labels": labels},
-            return_trajectory=True,
+            keep_trajectory=True,
         )
-        out[f"sampler/{kind}/from_step_500"] = x
-        out[f"sampler/{kind}/trajectory"] = torch.stack(trajectory)
+        out[f"sampler/{kind}/from_step_500"] = run.x0
+        out[f"sampler/{kind}/trajectory"] = torch.stack(run.trajectory)
     return out
 
 

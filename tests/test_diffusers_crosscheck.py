@@ -6,7 +6,13 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from diffusion_lib.forward import q_sample
-from diffusion_lib.samplers import ddim_step, ddpm_step, make_timesteps, sample
+from diffusion_lib.samplers import (
+    DDIMSampler,
+    ddim_step,
+    ddpm_step,
+    make_timesteps,
+    sample,
+)
 from diffusion_lib.schedules import NoiseSchedule
 
 SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
@@ -74,6 +80,7 @@ def test_ddpm_step(kind, variance_type, prediction_type, clip_sample, t):
         ours(kind),
         out,
         t,
+        t - 1,
         x_t,
         prediction_type=prediction_type,
         variance_type=variance_type,
@@ -98,8 +105,8 @@ def test_ddpm_step_with_skipped_timesteps(kind):
             ours(kind),
             out,
             t,
+            t - 20,
             x_t,
-            t_prev=t - 20,
             generator=torch.Generator().manual_seed(1),
         )
         torch.testing.assert_close(got, want, **TOL)
@@ -134,14 +141,35 @@ def test_ddim_step(kind, eta, prediction_type, spacing, clip_sample):
         if spacing == "leading" or i + 1 < len(
             steps
         ):  # diffusers' last trailing step goes to t - ratio
-            want = sched.step(
+            theirs = sched.step(
                 out,
                 t,
                 x_t,
                 eta=eta,
                 use_clipped_model_output=clip_sample,
                 generator=torch.Generator().manual_seed(2),
-            ).prev_sample
+            )
+            want = theirs.prev_sample
+            # the sampler object: both of DDIMScheduler's outputs
+            sampler = DDIMSampler(
+                ours(kind),
+                eta=eta,
+                prediction_type=prediction_type,
+                clip_sample=clip_sample,
+                spacing=spacing,
+            )
+            step = sampler.step(
+                out, t, t_prev, x_t, generator=torch.Generator().manual_seed(2)
+            )
+            torch.testing.assert_close(step.prev_sample, want, **TOL)
+            # x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) reaches ~20 near t = T: float
+            # rounding there is relative
+            torch.testing.assert_close(
+                step.pred_original_sample,
+                theirs.pred_original_sample,
+                rtol=1e-4,
+                atol=1e-5,
+            )
             got = ddim_step(
                 ours(kind),
                 out,
@@ -185,12 +213,9 @@ def test_full_ddim_loop_matches_diffusers(kind):
         x = sched.step(model(x, t.expand(4)), t, x, eta=0.0).prev_sample
     got = sample(
         model,
-        ours(kind),
+        DDIMSampler(ours(kind), spacing="leading", clip_sample=False),
         x_T.shape,
-        sampler="ddim",
         num_steps=20,
-        spacing="leading",
-        clip_sample=False,
         x_T=x_T,
-    )
+    ).x0
     torch.testing.assert_close(got, x, **TOL)

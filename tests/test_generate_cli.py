@@ -123,7 +123,7 @@ def test_pipeline_is_batch_size_independent_and_guided(tiny_sd_dir):
     torch.testing.assert_close(one, all_at_once, atol=1e-5, rtol=0)
     unguided = pipe(prompts, num_steps=3, seed=5, guidance_scale=1.0)
     assert not torch.allclose(unguided, one, atol=1e-4), "guidance changes the images"
-    latents = pipe.generate_latents(prompts, num_steps=3, seed=5)
+    latents = pipe.generate_latents(prompts, num_steps=3, seed=5).x0
     assert latents.shape == (3, *pipe.latent_shape) == (3, 4, 8, 8)
     torch.testing.assert_close(pipe.decode(latents), one)
 

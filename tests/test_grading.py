@@ -472,6 +472,33 @@ def test_the_wrapped_library_functions_are_found():
     assert grading._wrapped("ch02.log_snr") == set()  # written out in the reference
 
 
+def test_the_library_function_is_found_behind_a_class_or_helper():
+    """A student who hands back the library's step through its sampler object (which
+    calls samplers.ddim_step inside) is flagged as one who calls it directly; one who
+    writes the step out is not."""
+    wrapper = (
+        "from diffusion_lib import samplers\n"
+        "def my_ddim(schedule, eps_hat, t, t_prev, x_t):\n"
+        "    sampler = samplers.DDIMSampler(schedule, clip_sample=False)\n"
+        "    return sampler.step(eps_hat, t, t_prev, x_t).prev_sample"
+    )
+    honest = (
+        "def my_ddim(schedule, eps_hat, t, t_prev, x_t):\n"
+        "    a_t = schedule.alphas_cumprod[t].item()\n"
+        "    a_prev = schedule.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0\n"
+        "    x0 = (x_t - (1 - a_t) ** 0.5 * eps_hat) / a_t**0.5\n"
+        "    return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps_hat"
+    )
+    for code, flagged in ((wrapper, True), (honest, False)):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(code)]
+        checked = grading.check_functions(nb, {"ch04.ddim_step": "my_ddim"}, seed=3)
+        status, points, message, calls, origin = checked["ch04.ddim_step"]
+        assert (status, points) == ("passed", 1), message
+        through = "diffusion_lib.samplers.ddim_step" in calls
+        assert through == flagged, calls
+
+
 def test_definitions_keep_functions_and_imports_only():
     nb = notebook(
         "%matplotlib inline\nx = train_for_an_hour()\nimport math\n"

@@ -3,7 +3,7 @@ import torch
 
 from diffusion_lib.data import LABEL_SIZES, sample_labels
 from diffusion_lib.pipelines import generate_from_captions, generate_shapes
-from diffusion_lib.samplers import sample
+from diffusion_lib.samplers import DDIMSampler, sample
 from diffusion_lib.schedules import NoiseSchedule
 from diffusion_lib.unet import UNet, UNetConfig
 
@@ -59,14 +59,14 @@ def test_ddim_images_are_one_seeded_sampling_run():
     labels = sample_labels(5, seed=2)
     direct = sample(
         model,
-        s,
+        DDIMSampler(s),
         (5, 3, 16, 16),
         num_steps=3,
         model_kwargs={"labels": labels},
         uncond_kwargs={"labels": model.null_labels(5)},
         guidance_scale=2.0,
         generator=torch.Generator().manual_seed(4),
-    )
+    ).x0
     got = generate_shapes(
         model, s, labels, num_steps=3, guidance_scale=2.0, seed=4, batch_size=5
     )

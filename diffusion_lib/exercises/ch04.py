@@ -110,7 +110,7 @@ def _mistake_ddpm_step_t_minus_1(schedule, eps_hat, t, x_t, noise):
 register(
     "ch04.ddpm_step",
     lambda schedule, eps_hat, t, x_t, noise: ddpm_step(
-        schedule, eps_hat, t, x_t, clip_sample=False, noise=noise
+        schedule, eps_hat, t, t - 1, x_t, clip_sample=False, noise=noise
     ),
     _step_inputs,
     atol=1e-4,
