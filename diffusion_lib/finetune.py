@@ -53,6 +53,7 @@ from .data import (
     BACKGROUND,
     COLOURS,
     SHAPES,
+    SceneLabels,
     concept_scenes,
     full_captions,
     make_scenes,
@@ -297,7 +298,7 @@ def new_prompts(draw, n: int, seed: int, exclude) -> tuple[list[str], tuple]:
         keep = [i for i, c in enumerate(captions) if c not in exclude][:n]
         if len(keep) == n:
             idx = torch.tensor(keep, dtype=torch.long)
-            return [captions[i] for i in keep], tuple(x[idx] for x in labels)
+            return [captions[i] for i in keep], SceneLabels(*labels).select(idx)
         m *= 2
     raise ValueError(f"fewer than {n} of {m // 2} drawn captions are new")
 

@@ -99,13 +99,13 @@ def test_one_object_prompts_and_variations_on_fresh_inputs(pipe):
     verdict = SceneJudge()(images)
     acc = scene_correct(verdict, *labels).float().mean().item()
     bound = ONE_OBJECT_GATE - 2 * (ONE_OBJECT_GATE * (1 - ONE_OBJECT_GATE) / n) ** 0.5
-    shuffled = [x.roll(1, 0) for x in labels]
+    shuffled = labels.roll(1)
     wrong = scene_correct(verdict, *shuffled).float().mean().item()
     assert acc >= bound and wrong < 0.5, (acc, wrong)
     source_labels = scene_prompts(24, 6363, "train", 0.0)[1]
     sources = render_scenes(*source_labels, 64, seed=6464)[0]
     variations = pipe.variations(sources, 2, num_steps=25, seed=7)
-    repeated = [x.repeat_interleave(2, 0) for x in source_labels]
+    repeated = source_labels.repeat_interleave(2)
     kept = keeps_objects(SceneJudge()(variations), *repeated).float().mean().item()
     # near the measured 0.96 (n = 48: standard error about 0.03), far above chance
     assert kept >= 0.85, kept

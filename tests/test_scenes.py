@@ -287,3 +287,31 @@ def test_generation_speed():
     start = time.perf_counter()
     data.make_scenes(2000, seed=0)
     assert time.perf_counter() - start < 10, "2,000 scenes should take a few seconds"
+
+
+def test_scene_labels_are_a_named_record_that_still_unpacks():
+    from diffusion_lib.data import SceneLabels, make_scenes, sample_scene_labels
+
+    labels = sample_scene_labels(6, seed=3, split="train", two_object_fraction=0.5)
+    assert isinstance(labels, SceneLabels) and labels.num_scenes == 6
+    objects, relation, position = labels  # the old triple
+    assert objects is labels.objects and relation is labels.relation
+    assert labels.num_objects.tolist().count(2) == 3
+    # one-object scenes have a position and no relation; two-object scenes the reverse
+    assert ((labels.relation >= 0) == (labels.num_objects == 2)).all()
+    assert ((labels.position >= 0) == (labels.num_objects == 1)).all()
+    two = labels.select(labels.num_objects == 2)
+    assert two.num_scenes == 3 and (two.relation >= 0).all()
+    twice = labels.repeat_interleave(2)
+    assert torch.equal(twice.objects[0], twice.objects[1])
+    assert torch.equal(twice.position[::2], labels.position)
+    assert torch.equal(labels.roll(1).relation, labels.relation.roll(1))
+    back = SceneLabels.cat([labels.select(slice(0, 2)), labels.select(slice(2, 6))])
+    assert all(torch.equal(a, b) for a, b in zip(back, labels))
+    scenes = make_scenes(4, seed=8)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            scenes.labels, (scenes.objects, scenes.relation, scenes.position)
+        )
+    )

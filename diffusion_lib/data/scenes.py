@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -241,12 +242,49 @@ def _scene_combos(split: str) -> tuple[np.ndarray, np.ndarray]:
     return allowed(one), allowed(two)
 
 
+class SceneLabels(NamedTuple):
+    """What n scenes show, by name: objects [n, 2, 3] long (shape, colour, size of
+    object 0 and object 1, the second row all -1 in one-object scenes), relation [n]
+    long ("object 0 <RELATIONS[relation]> object 1", -1 with one object) and position
+    [n] long (a lone object's index into POSITIONS, -1 with two), as in `ScenesData`.
+    A tuple, so `objects, relation, position = labels` and `f(*labels)` still work."""
+
+    objects: torch.Tensor
+    relation: torch.Tensor
+    position: torch.Tensor
+
+    @property
+    def num_scenes(self) -> int:
+        return self.objects.shape[0]
+
+    @property
+    def num_objects(self) -> torch.Tensor:
+        """[n] long: 1 or 2."""
+        return 1 + (self.objects[:, 1, 0] >= 0).long()
+
+    def select(self, index) -> SceneLabels:
+        """The scenes at `index` (a bool mask [n], indices or a slice)."""
+        return SceneLabels(*(x[index] for x in self))
+
+    def repeat_interleave(self, k: int) -> SceneLabels:
+        """Each scene k times in a row (as the images of k draws per prompt)."""
+        return SceneLabels(*(x.repeat_interleave(k, 0) for x in self))
+
+    def roll(self, shifts: int) -> SceneLabels:
+        """The labels moved by `shifts` rows: every image paired with another's."""
+        return SceneLabels(*(x.roll(shifts, 0) for x in self))
+
+    @staticmethod
+    def cat(parts) -> SceneLabels:
+        return SceneLabels(*(torch.cat(xs) for xs in zip(*parts)))
+
+
 def sample_scene_labels(
     n: int, seed: int = 0, split: str = "train", two_object_fraction: float = 0.5
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Labels of n scenes (objects [n, 2, 3], relation [n], position [n], encoded as in
-    `ScenesData`), round(n * two_object_fraction) of them with two objects, drawn
-    uniformly from the compositions allowed in `split`."""
+) -> SceneLabels:
+    """Labels of n scenes (SceneLabels: objects [n, 2, 3], relation [n], position [n]),
+    round(n * two_object_fraction) of them with two objects, drawn uniformly from the
+    compositions allowed in `split`."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     if not 0 <= two_object_fraction <= 1:
@@ -265,7 +303,9 @@ def sample_scene_labels(
     relation, position = np.full(n, -1), np.full(n, -1)
     relation[two] = rng.integers(len(RELATIONS), size=n2)
     position[~two] = rng.integers(len(POSITIONS), size=n - n2)
-    return tuple(torch.from_numpy(x).long() for x in (objects, relation, position))
+    return SceneLabels(
+        *(torch.from_numpy(x).long() for x in (objects, relation, position))
+    )
 
 
 def _place_pairs(
@@ -399,6 +439,10 @@ class ScenesData:
         """[N] long: 1 or 2."""
         return 1 + (self.objects[:, 1, 0] >= 0).long()
 
+    @property
+    def labels(self) -> SceneLabels:
+        return SceneLabels(self.objects, self.relation, self.position)
+
     def select(self, index) -> ScenesData:
         """The scenes at `index` (a bool mask [N] or indices), as a new ScenesData."""
         index = torch.as_tensor(index)
@@ -503,13 +547,13 @@ def concept_scenes(
     return scenes
 
 
-def scene_prompts(n: int, seed: int, split: str, two_object_fraction: float):
+def scene_prompts(
+    n: int, seed: int, split: str, two_object_fraction: float
+) -> tuple[list[str], SceneLabels]:
     """n full captions (every attribute named; the grammar's phrasings in turn) with
-    their labels (objects, relation, position)."""
-    objects, relation, position = sample_scene_labels(
-        n, seed, split, two_object_fraction
-    )
-    return full_captions(objects, relation, position), (objects, relation, position)
+    their labels."""
+    labels = sample_scene_labels(n, seed, split, two_object_fraction)
+    return full_captions(*labels), labels
 
 
 def captions_sha256(captions) -> str:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ..data import (
     IMAGE_SIZE,
     SCENE_SIZE,
+    SceneLabels,
     ScenesData,
     captions_sha256,
     make_scenes,
@@ -138,7 +139,7 @@ def guidance_sweep(
     prompts = seed_of(seed, "sweep prompts")
     captions, labels = scene_prompts(n // per_prompt, prompts, "train", 0.5)
     captions = [c for c in captions for _ in range(per_prompt)]
-    labels = [x.repeat_interleave(per_prompt, 0) for x in labels]
+    labels = labels.repeat_interleave(per_prompt)
     real_seed = seed_of(seed, "sweep real scenes")
     real = render_scenes(*labels, SCENE_SIZE, seed=real_seed)[0]
     judge, rows, feats = SceneJudge(), {}, scene_features(pipe.text_encoder)
@@ -162,13 +163,12 @@ def binding_prompts(n: int, seed: int, split: str = "train"):
     ... a blue square"): the prompts on which attribute binding can be seen."""
     captions, labels, k = [], [], 0
     while len(captions) < n:
-        c, (objects, relation, position) = scene_prompts(2 * n, seed + k, split, 1.0)
-        keep = (objects[:, 0, :2] != objects[:, 1, :2]).all(1)
+        c, drawn = scene_prompts(2 * n, seed + k, split, 1.0)
+        keep = (drawn.objects[:, 0, :2] != drawn.objects[:, 1, :2]).all(1)
         captions += [x for x, ok in zip(c, keep) if ok]
-        labels.append((objects[keep], relation[keep], position[keep]))
+        labels.append(drawn.select(keep))
         k += 1
-    labels = [torch.cat(parts)[:n] for parts in zip(*labels)]
-    return captions[:n], labels
+    return captions[:n], SceneLabels.cat(labels).select(slice(0, n))
 
 
 def measure_binding(pipes: dict, n: int, seed: int, steps: int) -> dict:

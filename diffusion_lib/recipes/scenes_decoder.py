@@ -165,7 +165,7 @@ def measure_variations(pipe, n, seed, steps, per_source=2) -> dict:
     source_seed = seed_of(seed, "variation sources")
     source = render_scenes(*labels, SCENE_SIZE, seed=source_seed)[0]
     fake = pipe.variations(source, per_source, num_steps=steps, seed=seed)
-    repeated = [x.repeat_interleave(per_source, 0) for x in labels]
+    repeated = labels.repeat_interleave(per_source)
     verdict = SceneJudge()(fake)
     kept = keeps_objects(verdict, *repeated)
     two = repeated[0][:, 1, 0] >= 0
