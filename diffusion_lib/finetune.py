@@ -225,8 +225,7 @@ def concept_prompts(n: int, seed: int, word: str = CONCEPT):
     """n concept prompts that name every attribute (data.full_captions), with their
     labels (objects, relation, position)."""
     s = concept_scenes(n, seed, word, image_size=16)  # the labels are what is used
-    labels = (s.objects, s.relation, s.position)
-    return full_captions(*labels), labels
+    return full_captions(*s.labels), s.labels
 
 
 def _phrased(labels, seed: int) -> list[str]:

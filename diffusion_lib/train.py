@@ -63,18 +63,44 @@ def lr_at(step: int, total: int, base_lr: float, warmup: int) -> float:
 
 
 @dataclass
-class TrainConfig:
+class OptimConfig:
+    """What every training loop's optimisation takes, written once: `steps` steps of
+    `batch_size` rows drawn from a generator seeded with `seed`; AdamW at `lr` with
+    `weight_decay`, its learning rate warmed up linearly for `warmup` steps, then
+    decayed along a cosine to 10% (lr_at); the gradient's norm clipped at
+    `grad_clip`. The diffusion models', CLIP's and the VAE's configs extend it."""
+
     steps: int = 1000
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    seed: int = 0
+
+    def optimizer(self, params) -> torch.optim.AdamW:
+        """AdamW over `params` (parameters, or groups that set their own
+        weight_decay)."""
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def set_lr(self, optimizer, step: int) -> float:
+        """Set every group's learning rate to the schedule's at `step`."""
+        lr = lr_at(step, self.steps, self.lr, self.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+
+@dataclass
+class TrainConfig(OptimConfig):
+    """A diffusion model's training (train.fit): the optimisation, plus the EMA's
+    decay, classifier-free guidance's label dropout, what the network predicts and
+    how the loss weights the timesteps."""
+
     ema_decay: float = 0.999
     p_uncond: float = 0.1  # probability of replacing the labels by "null" (CFG)
     prediction_type: str = "eps"
     loss_weighting: str = "none"
-    seed: int = 0
 
 
 @dataclass
@@ -217,9 +243,7 @@ def fit(
     micro = _scale.share(config.batch_size, acc)
     accum = acc.gradient_accumulation_steps
     gen = torch.Generator().manual_seed(config.seed)  # the same on every process
-    opt = torch.optim.AdamW(
-        trainable.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    opt = config.optimizer(trainable.parameters())
     device = acc.device
     model.to(device)
     ema = EMA(trainable, config.ema_decay)  # a float32 copy, before any wrapping
@@ -234,8 +258,7 @@ def fit(
     for step in (bar := progress_bar(range(config.steps), show, desc)):
         x0, kwargs = next_batch(gen)
         t, eps = draw_noise(schedule, x0, gen)  # the whole batch's
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
+        config.set_lr(opt, step)
         step_loss = torch.zeros((), device=device)
         for part in range(accum):  # this process's rows of micro-batch `part`
             rows = _scale.my_rows(acc, part, micro)

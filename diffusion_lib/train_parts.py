@@ -20,19 +20,18 @@ from . import scale
 from .clip import CLIP, MAX_LOGIT_SCALE, clip_loss
 from .metrics import Evaluator
 from .setup import progress_bar
-from .train import EMA, lr_at
+from .train import EMA, OptimConfig
 from .vae import AutoencoderKL, vae_loss
 
 
 @dataclass
-class CLIPTrainConfig:
+class CLIPTrainConfig(OptimConfig):
+    """CLIP's training: the shared optimisation, with CLIP's sizes; the weight decay
+    applies to the matrices only (not to biases, norms or the temperature)."""
+
     steps: int = 3000
     batch_size: int = 256
-    lr: float = 1e-3
-    warmup: int = 100
     weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
 
 
 @dataclass
@@ -63,12 +62,11 @@ def train_clip(
     gen = torch.Generator().manual_seed(cfg.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     rest = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
+    opt = cfg.optimizer(
         [
             {"params": decay, "weight_decay": cfg.weight_decay},
             {"params": rest, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
+        ]
     )
 
     def loss_of(rows):  # the mean loss of some rows against the whole batch
@@ -91,8 +89,7 @@ def train_clip(
         )
     ):
         idx = torch.randperm(images.shape[0], generator=gen)[: cfg.batch_size]
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+        cfg.set_lr(opt, step)
         opt.zero_grad(set_to_none=True)
         batch = {"images": images[idx], "tokens": tokens[idx]}
         loss = scale.backward(
@@ -112,16 +109,15 @@ def train_clip(
 
 
 @dataclass
-class VAETrainConfig:
+class VAETrainConfig(OptimConfig):
+    """The VAE's training: the shared optimisation (no weight decay), the KL term's
+    weight, the reconstruction loss ("l1" or "l2") and the EMA's decay."""
+
     steps: int = 4000
     batch_size: int = 32
-    lr: float = 1e-3
-    warmup: int = 100
     kl_weight: float = 1e-6
     reconstruction: str = "l1"
-    grad_clip: float = 1.0
     ema_decay: float = 0.999
-    seed: int = 0
 
 
 @dataclass
@@ -149,7 +145,7 @@ def train_vae(
     cfg = config or VAETrainConfig()
     device, homes = scale.start(accelerator, model)  # launched: its device
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = cfg.optimizer(model.parameters())
     ema, result, start = (
         EMA(model, cfg.ema_decay),
         VAETrainResult(),
@@ -175,8 +171,7 @@ def train_vae(
         idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen)
         x = images[idx]
         e = torch.randn((len(x), c, x.shape[2] // f, x.shape[3] // f), generator=gen)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+        cfg.set_lr(opt, step)
         opt.zero_grad(set_to_none=True)
         # loss_of({"x": x, "e": e}).backward(), or its data-parallel share
         loss, kl = scale.backward(
