@@ -34,9 +34,15 @@ class LoRALinear(nn.Module):
     """base_layer(x) + scale * (alpha / r) * lora_B(lora_A(x)); base_layer frozen.
 
     x: [..., in_features] -> [..., out_features]. A is initialised as peft does
-    (Kaiming-uniform), B to zero."""
+    (Kaiming-uniform, from `generator`: torch's global one when None), B to zero."""
 
-    def __init__(self, base_layer: nn.Linear, r: int = 4, alpha: float = 4.0):
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        r: int = 4,
+        alpha: float = 4.0,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             kind = type(base_layer).__name__
@@ -50,7 +56,9 @@ class LoRALinear(nn.Module):
         self.base_layer = base_layer.requires_grad_(False)
         self.lora_A = nn.Linear(base_layer.in_features, r, bias=False)
         self.lora_B = nn.Linear(r, base_layer.out_features, bias=False)
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(
+            self.lora_A.weight, a=math.sqrt(5), generator=generator
+        )
         nn.init.zeros_(self.lora_B.weight)
         self.lora_A.to(base_layer.weight), self.lora_B.to(base_layer.weight)
         self.r, self.alpha, self.scale, self.merged = r, alpha, 1.0, False
@@ -89,11 +97,16 @@ def _is_target(name: str, targets) -> bool:
 
 
 def add_lora(
-    model: nn.Module, r: int = 4, alpha: float = 4.0, targets=LORA_TARGETS
+    model: nn.Module,
+    r: int = 4,
+    alpha: float = 4.0,
+    targets=LORA_TARGETS,
+    generator: torch.Generator | None = None,
 ) -> list[str]:
     """Freeze `model` and wrap every nn.Linear whose name matches `targets` (peft's
-    suffix rule) in a LoRALinear, in place. Returns the wrapped names; ValueError when
-    nothing matches (rather than silently training nothing)."""
+    suffix rule) in a LoRALinear, in place, their A matrices drawn in turn from
+    `generator` (torch's global one when None). Returns the wrapped names; ValueError
+    when nothing matches (rather than silently training nothing)."""
     model.requires_grad_(False)
     names = [
         n
@@ -107,7 +120,8 @@ def add_lora(
     for name in names:
         parent, _, child = name.rpartition(".")
         owner = model.get_submodule(parent) if parent else model
-        setattr(owner, child, LoRALinear(getattr(owner, child), r, alpha))
+        layer = LoRALinear(getattr(owner, child), r, alpha, generator)
+        setattr(owner, child, layer)
     return names
 
 

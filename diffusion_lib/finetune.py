@@ -137,15 +137,18 @@ def train_lora(
     alpha: float = LORA_ALPHA,
     share: float = CONCEPT_SHARE,
     accelerator=None,
+    init_seed: int | None = None,
 ) -> TrainResult:
     """Add LoRA (rank r) to pipe.unet's attention projections and train it on the
     concept scenes mixed with `regular` scenes (a `share` of each batch from the
     concept, on average). The pipeline must know the concept's word (teach_word). The
     UNet ends with the EMA of the adapter. accelerator: an 🤗 Accelerator for
-    data-parallel training (diffusion_lib.scale), or None."""
+    data-parallel training (diffusion_lib.scale), or None. init_seed: the seed of the
+    adapter's A matrices (None: torch's global generator)."""
     if not 0 < share <= 1:
         raise ValueError(f"share must be in (0, 1], got {share}")
-    add_lora(pipe.unet, r, alpha)
+    init = None if init_seed is None else torch.Generator().manual_seed(init_seed)
+    add_lora(pipe.unet, r, alpha, generator=init)
     c_lat, c_ctx = _encode(pipe, concept)
     repeat = 1
     if regular is not None and share < 1:

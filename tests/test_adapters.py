@@ -93,6 +93,23 @@ def test_add_lora_wraps_every_attention_projection_and_freezes_the_rest():
         add_lora(_unet(), targets=("to_nothing",))
 
 
+def test_the_adapters_initial_weights_come_from_its_generator():
+    """A is drawn from the generator it is given, whatever torch's global generator
+    has drawn before (the LoRA recipe gives it the seed stream "adapter init")."""
+
+    def initial_a(global_seed, generator):
+        model = _unet()
+        torch.manual_seed(global_seed)  # what ran before
+        add_lora(model, r=2, generator=generator)
+        return torch.cat(
+            [m.lora_A.weight.flatten() for m in lora_layers(model).values()]
+        )
+
+    seeded = lambda: torch.Generator().manual_seed(9900)  # noqa: E731
+    assert torch.equal(initial_a(1, seeded()), initial_a(2, seeded()))
+    assert not torch.equal(initial_a(1, None), initial_a(2, None))  # the global one
+
+
 def test_merge_unmerge_and_strength():
     model, x = _unet(), _inputs()
     base = copy.deepcopy(model)

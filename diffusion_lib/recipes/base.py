@@ -136,6 +136,7 @@ SEED_STREAMS = {
     "variation prompts": 9600,
     "variation sources": 9700,
     "binding prompts": 9800,
+    "adapter init": 9900,  # the LoRA's A matrices (B starts at zero)
 }
 
 

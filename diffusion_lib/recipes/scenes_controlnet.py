@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 
+import torch
+
 from .. import pretrained
 from ..adapters import count_trainable
 from ..controlnet import controlnet_parameters, layout_masks, mask_iou
@@ -69,6 +71,10 @@ def train_scenes_controlnet(
         curve.append({"step": step, "mask_iou": iou})
         print(f"step {step}: IoU {iou:.3f}", flush=True)
 
+    # the hint encoder's initial weights come from torch's global generator: seed it
+    # (seed stream "training data", as every recipe seeds its weights), so the
+    # ControlNet does not depend on what ran before it in the process
+    torch.manual_seed(seed_of(seed, "training data"))
     net, result = train_controlnet(
         pipe.unet,
         pipe.schedule,

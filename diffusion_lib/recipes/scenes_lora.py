@@ -81,7 +81,10 @@ def train_scenes_lora(out_dir, *, quick=False, seed=0, device="cpu", accelerator
     concept = concept_scenes(n_concept, concept_seed, CONCEPT, SCENE_SIZE)
     regular_seed = seed_of(seed, "preservation scenes")
     regular = make_scenes(n_regular, SCENE_SIZE, seed=regular_seed, split="train")
-    result = train_lora(pipe, concept, regular, cfg, accelerator=accelerator)
+    init_seed = seed_of(seed, "adapter init")
+    result = train_lora(
+        pipe, concept, regular, cfg, accelerator=accelerator, init_seed=init_seed
+    )
     trainable, total = count_trainable(pipe.unet)
     word_row = pipe.text_encoder.text.token_embedding.new.detach()  # [1, W]
     state = {**lora_state_dict(pipe.unet), f"word.{CONCEPT}": word_row}
