@@ -190,3 +190,21 @@ def tiny_part4_dir(tmp_path_factory, tiny_sd_dir):
     for name in PART_IV:
         RECIPES[name].run(directory, quick=True)
     return directory
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A folder outside /tmp (the sandbox gives every run a fresh, empty /tmp, which
+    would hide a class under /tmp whatever the grader's `hide` list says): the tests
+    of what a notebook can see use this one."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    base = "/var/tmp" if os.access("/var/tmp", os.W_OK) else None
+    folder = Path(tempfile.mkdtemp(prefix="diffusion-grading-test-", dir=base))
+    if str(folder).startswith("/tmp/"):
+        pytest.fail("no writable folder outside /tmp for the grading tests")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

@@ -7,7 +7,7 @@ import math
 import torch
 
 from ..data import ATTRIBUTES, caption_from_labels, parse_caption, sample_labels
-from . import register
+from .base import register
 
 
 def _uint8_images(gen: torch.Generator) -> dict:

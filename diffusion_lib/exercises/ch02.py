@@ -7,7 +7,7 @@ import math
 import torch
 
 from ..schedules import NoiseSchedule, cosine_beta_schedule, extract
-from . import register
+from .base import register
 
 
 def _random_betas(gen: torch.Generator) -> torch.Tensor:

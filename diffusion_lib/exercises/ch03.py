@@ -10,7 +10,7 @@ from ..analytic import GaussianDataDenoiser
 from ..forward import loss_weights, q_sample, training_target
 from ..schedules import NoiseSchedule, extract
 from ..unet import timestep_embedding
-from . import register
+from .base import register
 
 _SCHEDULE = NoiseSchedule.make("cosine", 1000)
 _PREDICTION_TYPES = ("eps", "x0", "v")

@@ -9,7 +9,7 @@ import torch
 from ..forward import q_posterior
 from ..samplers import ddim_step, ddpm_step, make_timesteps
 from ..schedules import NoiseSchedule, extract
-from . import register
+from .base import register
 
 _SCHEDULE = NoiseSchedule.make("linear", 1000)
 

@@ -10,7 +10,7 @@ from ..data import ATTRIBUTES, caption_from_labels, parse_caption
 from ..samplers import cfg_combine, guided_model_output
 from ..train import drop_labels
 from ..unet import UNet, UNetConfig
-from . import register
+from .base import register
 
 # ch05.cfg_combine: eps_uncond + w (eps_cond - eps_uncond). Ho & Salimans (2022), Eq. 6
 # write the same as (1 + w_paper) eps_cond - w_paper eps_uncond: our w = 1 + w_paper.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..vae import DiagonalGaussian, psnr, vae_loss
-from . import register
+from .base import register
 
 
 def _moments(gen: torch.Generator) -> dict:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..clip import SPECIAL_TOKENS, clip_loss
-from . import register
+from .base import register
 
 END_ID = SPECIAL_TOKENS.index("<end>")
 

@@ -8,7 +8,7 @@ import torch
 
 from ..metrics import diversity
 from ..unet import attention_probabilities
-from . import register
+from .base import register
 
 # ch08.cross_attention_probs: queries [B, heads, N, d] (one per latent position),
 # keys [B, heads, L, d] (one per text token) -> softmax(q k^T / sqrt(d)),

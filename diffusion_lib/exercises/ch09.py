@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ..pipelines import slerp
 from ..prior import pick_closest
-from . import register
+from .base import register
 
 # ch09.prior_mask: text_mask bool [B, L] (True at real caption tokens) and the number
 # of tokens that follow the caption (extra) -> the prior's attention mask

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import register
+from .base import register
 
 # ch10.conv_flops: FLOPs of one 2-D convolution (k x k kernel, stride 1, "same"
 # padding, with bias ignored) on an [B, c_in, h, w] input with c_out output channels,

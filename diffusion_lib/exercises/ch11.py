@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import register
+from .base import register
 
 # ch11.lora_forward: x [N, in], the frozen weight [out, in] and bias [out], the adapter
 # A [r, in], B [out, r] and alpha -> x W^T + b + (alpha / r) x A^T B^T  [N, out]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..editing import latent_mask, psnr_where
-from . import register
+from .base import register
 
 # ch12.renoise: RePaint's jump back, x_{t_prev} [B, C, H, W] -> x_t ~ q(x_t | x_t_prev):
 # sqrt(abar_t / abar_prev) x + sqrt(1 - abar_t / abar_prev) noise (abar_t < abar_prev)

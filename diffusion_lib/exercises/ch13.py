@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import register
+from .base import register
 
 # ch13.controlled_skips: the frozen UNet's skips (a list of [B, C_i, H_i, W_i]), the
 # ControlNet's residuals (the same shapes) and a strength -> the skips the decoder
