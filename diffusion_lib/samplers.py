@@ -216,6 +216,7 @@ class Sampler:
     are spread over the T timesteps (make_timesteps' spacing)."""
 
     name = "sampler"
+    step_function = None  # ddpm_step or ddim_step: what `step` computes
 
     def __init__(
         self,
@@ -230,11 +231,8 @@ class Sampler:
         if spacing not in SPACINGS:
             raise ValueError(f"unknown spacing {spacing!r}; expected one of {SPACINGS}")
         self.schedule, self.prediction_type = schedule, prediction_type
-        self.clip_sample, self.clip_range, self.spacing = (
-            clip_sample,
-            clip_range,
-            spacing,
-        )
+        self.clip_sample, self.clip_range = clip_sample, clip_range
+        self.spacing = spacing
 
     def timesteps(self, num_steps: int, start_step: int | None = None) -> list[int]:
         """The descending timesteps of a run of num_steps steps, from T - 1 (or from
@@ -260,10 +258,28 @@ class Sampler:
 
     def step(
         self, model_output, t: int, t_prev: int, x_t, *, generator=None, noise=None
-    ):
+    ) -> StepOutput:
         """x_t -> StepOutput(x_{t_prev}, x0_hat); the noise (where the step adds
         some) from `generator`, or `noise` itself."""
-        raise NotImplementedError
+        prev = self.step_function(
+            self.schedule,
+            model_output,
+            t,
+            t_prev,
+            x_t,
+            noise=noise,
+            generator=generator,
+            **self._options(),
+        )
+        return StepOutput(prev, self.pred_original_sample(model_output, t, x_t))
+
+    def _options(self) -> dict:
+        """The step function's keyword options."""
+        return {
+            "prediction_type": self.prediction_type,
+            "clip_sample": self.clip_sample,
+            "clip_range": self.clip_range,
+        }
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self._options().items())
@@ -276,6 +292,7 @@ class DDPMSampler(Sampler):
     "fixed_large" (beta)."""
 
     name = "ddpm"
+    step_function = staticmethod(ddpm_step)
 
     def __init__(self, schedule, *, variance_type: str = "fixed_small", **options):
         if variance_type not in VARIANCE_TYPES:
@@ -287,25 +304,7 @@ class DDPMSampler(Sampler):
         self.variance_type = variance_type
 
     def _options(self) -> dict:
-        return {
-            "prediction_type": self.prediction_type,
-            "variance_type": self.variance_type,
-            "clip_sample": self.clip_sample,
-            "clip_range": self.clip_range,
-        }
-
-    def step(self, model_output, t, t_prev, x_t, *, generator=None, noise=None):
-        prev = ddpm_step(
-            self.schedule,
-            model_output,
-            t,
-            t_prev,
-            x_t,
-            noise=noise,
-            generator=generator,
-            **self._options(),
-        )
-        return StepOutput(prev, self.pred_original_sample(model_output, t, x_t))
+        return {**super()._options(), "variance_type": self.variance_type}
 
 
 class DDIMSampler(Sampler):
@@ -313,6 +312,7 @@ class DDIMSampler(Sampler):
     posterior's variance."""
 
     name = "ddim"
+    step_function = staticmethod(ddim_step)
 
     def __init__(self, schedule, *, eta: float = 0.0, **options):
         _check_eta(eta)
@@ -320,25 +320,7 @@ class DDIMSampler(Sampler):
         self.eta = eta
 
     def _options(self) -> dict:
-        return {
-            "eta": self.eta,
-            "prediction_type": self.prediction_type,
-            "clip_sample": self.clip_sample,
-            "clip_range": self.clip_range,
-        }
-
-    def step(self, model_output, t, t_prev, x_t, *, generator=None, noise=None):
-        prev = ddim_step(
-            self.schedule,
-            model_output,
-            t,
-            t_prev,
-            x_t,
-            noise=noise,
-            generator=generator,
-            **self._options(),
-        )
-        return StepOutput(prev, self.pred_original_sample(model_output, t, x_t))
+        return {**super()._options(), "eta": self.eta}
 
 
 SAMPLER_CLASSES = {"ddpm": DDPMSampler, "ddim": DDIMSampler}
