@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from . import scale as _scale
 from .checkpoints import manifest_hash, read_manifest, sha256_file
+from .config import Config
 from .controlnet import ControlledUNet, ControlNet
 from .forward import diffusion_loss, draw_noise
 from .schedules import NoiseSchedule
@@ -63,7 +64,7 @@ def lr_at(step: int, total: int, base_lr: float, warmup: int) -> float:
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(Config):
     """What every training loop's optimisation takes, written once: `steps` steps of
     `batch_size` rows drawn from a generator seeded with `seed`; AdamW at `lr` with
     `weight_decay`, its learning rate warmed up linearly for `warmup` steps, then
