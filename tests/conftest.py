@@ -3,31 +3,6 @@ import torch
 
 from diffusion_lib.schedules import NoiseSchedule
 
-# The slowest test files (each 1.5-5 minutes on one core; fresh clone, 2 cores,
-# 2026-12-07), run first: pytest-xdist hands out whole files in collection order, and
-# longest-first keeps one worker from running a long file alone at the end
-HEAVY_FIRST = (
-    "tests/test_pretrained_unclip.py",
-    "tests/test_pretrained.py",
-    "tests/test_recipes.py",
-    "tests/test_pretrained_scenes.py",
-    "tests/test_grading.py",
-    "tests/test_scale.py",
-    "tests/test_grading_class.py",
-    "tests/test_grading_solutions.py",
-    "tests/test_scene_judge.py",
-    "tests/test_bench.py",
-    "notebooks/09_dalle2.ipynb",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    def rank(item):
-        path = item.nodeid.split("::")[0]
-        return HEAVY_FIRST.index(path) if path in HEAVY_FIRST else len(HEAVY_FIRST)
-
-    items.sort(key=rank)  # stable: every file's tests and cells keep their order
-
 
 @pytest.fixture(params=["linear", "cosine"])
 def schedule(request):
