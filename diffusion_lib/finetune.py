@@ -290,7 +290,7 @@ def training_captions(
     return frozenset(seen)
 
 
-def new_prompts(draw, n: int, seed: int, exclude) -> tuple[list[str], tuple]:
+def new_prompts(draw, n: int, seed: int, exclude) -> tuple[list[str], SceneLabels]:
     """The first n prompts of draw(m, seed) -> (captions [m], labels) that are not in
     `exclude`, for m = n, 2n, 4n, ... up to 64n: deterministic, and none of them a
     training caption when exclude = training_captions(...)."""
@@ -300,7 +300,7 @@ def new_prompts(draw, n: int, seed: int, exclude) -> tuple[list[str], tuple]:
         keep = [i for i, c in enumerate(captions) if c not in exclude][:n]
         if len(keep) == n:
             idx = torch.tensor(keep, dtype=torch.long)
-            return [captions[i] for i in keep], SceneLabels(*labels).select(idx)
+            return [captions[i] for i in keep], labels.select(idx)
         m *= 2
     raise ValueError(f"fewer than {n} of {m // 2} drawn captions are new")
 

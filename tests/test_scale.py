@@ -464,9 +464,9 @@ def test_two_cpu_processes_train_the_same_weights_and_the_result_loads(
 
 def test_two_cpu_processes_with_bf16_and_accumulation(tmp_path):
     """The diffusion loop (train.fit) under bf16 autocast with two micro-batches per
-    process, through the upsampler's recipe (its quick run takes 24 s where the shapes
-    model's took 58 s: bf16 is slow on CPUs without bf16 units; test_bench trains
-    every model in bf16 in one process)."""
+    process, through the upsampler's recipe (the smallest quick run that trains with
+    fit: bf16 is slow on CPUs without bf16 units; test_bench trains every model in
+    bf16 in one process)."""
     out = tmp_path / "bf16"
     args = ("--mixed_precision", "bf16", "--grad-accum", "2")
     recipe = ("scenes-upsampler", "--stage", "train")
