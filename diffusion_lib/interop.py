@@ -34,6 +34,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from diffusers.utils import logging as diffusers_logging
 
+from . import convert
 from .setup import headless
 from .unet import UNet, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
@@ -233,6 +234,241 @@ def diffusers_generate(
         width=course_pipe.text_encoder.config.image_size,
     )
     return out.images.cpu() * 2 - 1
+
+
+# ------------------------------------------------- the mini SD as an ordinary SD
+
+
+def diffusers_unet(unet, sample_size: int):
+    """The course UNet as diffusers' UNet2DConditionModel (same weights, renamed)."""
+    from diffusers import UNet2DConditionModel
+
+    model = UNet2DConditionModel(**convert.unet_config(unet.config, sample_size))
+    state = convert.rename_state(
+        unet.state_dict(), convert.unet_key_map(unet.config), "UNet"
+    )
+    convert.check_same_keys(state, model.state_dict(), "UNet")
+    model.load_state_dict(state)
+    return model.to(next(unet.parameters()).device).eval()
+
+
+def diffusers_vae(vae, sample_size: int):
+    """The course VAE (SD layout) as diffusers' AutoencoderKL."""
+    from diffusers import AutoencoderKL as DiffusersAutoencoderKL
+
+    model = DiffusersAutoencoderKL(**convert.vae_config(vae.config, sample_size))
+    state = convert.rename_state(
+        vae.state_dict(), convert.vae_key_map(vae.config), "VAE"
+    )
+    convert.check_same_keys(state, model.state_dict(), "VAE")
+    model.load_state_dict(state)
+    return model.to(next(vae.parameters()).device).eval()
+
+
+def transformers_text_encoder(clip, with_projection: bool = False):
+    """The course CLIP's text tower as transformers' CLIPTextModel (what SD's pipeline
+    reads: the last hidden states), or CLIPTextModelWithProjection (unCLIP's: the
+    projected end-token embedding)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    text = {k: v for k, v in clip.state_dict().items() if k.startswith("text.")}
+    vocab = text["text.token_embedding.weight"].shape[0]
+    config = CLIPTextConfig(**convert.clip_text_config(clip.config, vocab))
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    model = cls(config)
+    state = convert.clip_to_hf_state(text, clip.config, vision=False)
+    if not with_projection:
+        state.pop("text_projection.weight")
+    reference = {
+        k: v for k, v in model.state_dict().items() if not k.endswith("position_ids")
+    }
+    if not any(k.startswith("text_model.") for k in reference):
+        # transformers 5's CLIPTextModel has no `text_model` level (its loader reads
+        # the older "text_model." names too)
+        state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    convert.check_same_keys(state, reference, "CLIP text encoder")
+    model.load_state_dict(state, strict=False)
+    return model.to(next(clip.parameters()).device).eval()
+
+
+def sd_pipeline(pipe) -> StableDiffusionPipeline:
+    """The mini SD as an ordinary diffusers StableDiffusionPipeline: diffusers'
+    UNet2DConditionModel and AutoencoderKL, transformers' CLIPTextModel and a fast
+    tokenizer, DDIMScheduler configured as the course samples. No course code runs in
+    it: the weights are copied under SD's names."""
+    if pipe.prediction_type != "eps":
+        raise ValueError("only eps-prediction models are wired to diffusers' DDIM here")
+    size = pipe.text_encoder.config.image_size
+    schedule = {
+        "kind": pipe.schedule.kind,
+        "num_timesteps": pipe.schedule.num_timesteps,
+    }
+    sd = StableDiffusionPipeline(
+        vae=diffusers_vae(pipe.vae, size),
+        text_encoder=transformers_text_encoder(pipe.text_encoder),
+        tokenizer=convert.hf_tokenizer(pipe.tokenizer),
+        unet=diffusers_unet(pipe.unet, pipe.latent_shape[-1]),
+        scheduler=course_scheduler(schedule),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    sd.set_progress_bar_config(disable=True)
+    return sd
+
+
+def export_sd(pipe, folder: str | Path) -> Path:
+    """Write the mini SD as a standard diffusers folder (model_index.json naming only
+    diffusers and transformers classes; safetensors), which
+    `StableDiffusionPipeline.from_pretrained(folder)` loads without the course."""
+    folder = Path(folder)
+    sd_pipeline(pipe).save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def _read_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if len(files) != 1:
+        raise FileNotFoundError(
+            f"expected one .safetensors file in {folder}, found "
+            f"{[f.name for f in files]}"
+        )
+    return load_file(str(files[0]))
+
+
+def _read_config(folder: Path) -> dict:
+    import json
+
+    return json.loads((folder / "config.json").read_text())
+
+
+def _course_unet_config(cfg: dict):
+    from .unet import UNetConfig
+
+    widths = cfg["block_out_channels"]
+    base = widths[0]
+    if any(w % base for w in widths):
+        raise ValueError(f"block_out_channels {widths} are not multiples of the first")
+    unet = UNetConfig(
+        in_channels=cfg["in_channels"],
+        out_channels=cfg["out_channels"],
+        base_channels=base,
+        channel_mults=tuple(w // base for w in widths),
+        num_res_blocks=cfg["layers_per_block"],
+        attention_levels=tuple(
+            i for i, t in enumerate(cfg["down_block_types"]) if "CrossAttn" in t
+        ),
+        heads=cfg["attention_head_dim"],
+        dropout=cfg.get("dropout", 0.0),
+        groups=cfg["norm_num_groups"],
+        context_dim=cfg["cross_attention_dim"],
+        spatial_transformer=True,
+    )
+    # the course writes only configurations it can read back: anything else differs
+    expected = convert.unet_config(unet, cfg["sample_size"])
+    differ = {
+        k: (cfg.get(k), v)
+        for k, v in expected.items()
+        if k in cfg and cfg[k] != v and not (isinstance(v, list) and list(cfg[k]) == v)
+    }
+    if differ:
+        raise ValueError(f"this UNet is not one the course can build: {differ}")
+    return unet
+
+
+def import_sd(folder: str | Path, device=None):
+    """A diffusers Stable Diffusion folder (as export_sd writes) back as the course's
+    MiniStableDiffusion: the same modules the chapters build, the weights renamed
+    back. The folder holds CLIP's text tower only, so the imported CLIP's image tower
+    is empty (zeros)."""
+    import json
+
+    from .clip import CLIP, CLIPConfig, WordTokenizer
+    from .pipelines import MiniStableDiffusion
+    from .schedules import NoiseSchedule
+    from .unet import UNet
+    from .vae import AutoencoderKL, VAEConfig
+
+    folder = Path(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    if index.get("_class_name") != "StableDiffusionPipeline":
+        raise ValueError(f"{folder} holds a {index.get('_class_name')}, not SD")
+    ucfg = _read_config(folder / "unet")
+    unet = UNet(_course_unet_config(ucfg))
+    unet.load_state_dict(
+        convert.rename_state(
+            _read_weights(folder / "unet"),
+            convert.invert(convert.unet_key_map(unet.config)),
+            "UNet",
+        )
+    )
+    vcfg = _read_config(folder / "vae")
+    vae = AutoencoderKL(
+        VAEConfig(
+            in_channels=vcfg["in_channels"],
+            latent_channels=vcfg["latent_channels"],
+            channels=tuple(vcfg["block_out_channels"]),
+            blocks_per_level=vcfg["layers_per_block"],
+            groups=vcfg["norm_num_groups"],
+            scaling_factor=vcfg["scaling_factor"],
+            sd_layout=True,
+        )
+    )
+    vae.load_state_dict(
+        convert.rename_state(
+            _read_weights(folder / "vae"),
+            convert.invert(convert.vae_key_map(vae.config)),
+            "VAE",
+        )
+    )
+    tcfg = _read_config(folder / "text_encoder")
+    tok_cfg = json.loads((folder / "tokenizer" / "tokenizer.json").read_text())
+    vocab = tok_cfg["model"]["vocab"]
+    specials = set(convert.SPECIAL_TOKENS) | {"<unk>"}
+    words = [
+        w for w, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if w not in specials
+    ]
+    tokenizer = WordTokenizer(words, tcfg["max_position_embeddings"])
+    clip_cfg = CLIPConfig(
+        vocab_size=tcfg["vocab_size"],
+        context_length=tcfg["max_position_embeddings"],
+        text_width=tcfg["hidden_size"],
+        text_layers=tcfg["num_hidden_layers"],
+        text_heads=tcfg["num_attention_heads"],
+        image_size=vcfg["sample_size"],
+        patch_size=vcfg["sample_size"],
+        vision_width=tcfg["hidden_size"],
+        vision_layers=0,
+        vision_heads=tcfg["num_attention_heads"],
+        embed_dim=tcfg.get("projection_dim", tcfg["hidden_size"]),
+    )
+    clip = CLIP(clip_cfg)
+    weights = {
+        k if k.startswith(("text_model.", "text_projection")) else f"text_model.{k}": v
+        for k, v in _read_weights(folder / "text_encoder").items()
+    }
+    text = convert.clip_from_hf_state(weights, clip_cfg, vision=False)
+    state = {k: torch.zeros_like(v) for k, v in clip.state_dict().items()}
+    missing = set(k for k in state if k.startswith("text.")) - set(text)
+    if missing - {"text.projection.weight"}:
+        raise ValueError(f"the text encoder lacks {sorted(missing)[:5]}")
+    state.update(text)
+    clip.load_state_dict(state)
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    kinds = {
+        "squaredcos_cap_v2": "cosine",
+        "linear": "linear",
+        "scaled_linear": "scaled_linear",
+    }
+    schedule = NoiseSchedule.make(
+        kinds[scheduler["beta_schedule"]], scheduler["num_train_timesteps"]
+    )
+    models = [
+        m.to(device or "cpu").eval().requires_grad_(False) for m in (unet, vae, clip)
+    ]
+    return MiniStableDiffusion(*models[:2], models[2], tokenizer, schedule)
 
 
 def load_sd15(

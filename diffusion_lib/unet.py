@@ -45,8 +45,8 @@ def timestep_embedding(
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def _norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(groups, channels), channels)
+def _norm(channels: int, groups: int, eps: float = 1e-5) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=eps)
 
 
 class ResBlock(nn.Module):
@@ -60,14 +60,15 @@ class ResBlock(nn.Module):
         emb_dim: int = 0,
         dropout: float = 0.0,
         groups: int = 8,
+        eps: float = 1e-5,
     ):
         super().__init__()
         self.norm1, self.conv1 = (
-            _norm(in_ch, groups),
+            _norm(in_ch, groups, eps),
             nn.Conv2d(in_ch, out_ch, 3, padding=1),
         )
         self.emb_proj = nn.Linear(emb_dim, out_ch) if emb_dim else None
-        self.norm2, self.dropout = _norm(out_ch, groups), nn.Dropout(dropout)
+        self.norm2, self.dropout = _norm(out_ch, groups, eps), nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)  # each block starts as the identity
         nn.init.zeros_(self.conv2.bias)
@@ -103,13 +104,16 @@ class Attention(nn.Module):
         heads: int = 4,
         dim_head: int = 32,
         dropout: float = 0.0,
+        bias: bool = False,
     ):
+        """bias: whether the query, key and value projections have biases (SD's VAE
+        and CLIP's: yes; SD's UNet: no)."""
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner, bias=False)
-        self.to_k = nn.Linear(context_dim or query_dim, inner, bias=False)
-        self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
+        self.to_q = nn.Linear(query_dim, inner, bias=bias)
+        self.to_k = nn.Linear(context_dim or query_dim, inner, bias=bias)
+        self.to_v = nn.Linear(context_dim or query_dim, inner, bias=bias)
         # (projection, dropout) as in diffusers, so that the usual LoRA target
         # "to_out.0" names the output projection (with a plain Linear it names
         # nothing, and peft silently leaves the projection out)
@@ -165,10 +169,12 @@ class AttentionBlock(nn.Module):
         context_dim: int | None = None,
         heads: int = 4,
         groups: int = 8,
+        eps: float = 1e-5,
+        bias: bool = False,
     ):
         super().__init__()
-        self.norm = _norm(channels, groups)
-        self.attn1 = Attention(channels, None, heads, channels // heads)
+        self.norm = _norm(channels, groups, eps)
+        self.attn1 = Attention(channels, None, heads, channels // heads, bias=bias)
         self.norm_cross = nn.LayerNorm(channels) if context_dim else None
         self.attn2 = (
             Attention(channels, context_dim, heads, channels // heads)
@@ -191,6 +197,111 @@ class AttentionBlock(nn.Module):
         return x + delta.transpose(1, 2).reshape(b, c, h, w)
 
 
+class GEGLU(nn.Module):
+    """A gated GELU unit (Shazeer 2020, "GLU Variants Improve Transformer"): one
+    projection to twice the width, split in two halves h and g -> h * GELU(g)."""
+
+    def __init__(self, dim: int, inner: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, 2 * inner)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden, gate = self.proj(x).chunk(2, dim=-1)
+        return hidden * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """The transformer's position-wise MLP in SD: GEGLU to mult * dim, dropout, a linear
+    layer back to dim (`net` = [GEGLU, Dropout, Linear], diffusers' layout)."""
+
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
+        super().__init__()
+        inner = dim * mult
+        self.net = nn.ModuleList(
+            [GEGLU(dim, inner), nn.Dropout(dropout), nn.Linear(inner, dim)]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.net:
+            x = layer(x)
+        return x
+
+
+class BasicTransformerBlock(nn.Module):
+    """Stable Diffusion's transformer block over tokens [B, N, dim], each sub-layer
+    pre-LayerNorm with a residual: self-attention, cross-attention to the context
+    (when context_dim is set), feed-forward."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        context_dim: int | None = None,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        dim_head = dim // heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, None, heads, dim_head, dropout)
+        self.norm2 = nn.LayerNorm(dim) if context_dim else None
+        self.attn2 = (
+            Attention(dim, context_dim, heads, dim_head, dropout)
+            if context_dim
+            else None
+        )
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim, dropout=dropout)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x))
+        if self.attn2 is not None:
+            if context is None:
+                raise ValueError(
+                    "this block has cross-attention: pass context [B, L, context_dim]"
+                )
+            x = x + self.attn2(self.norm2(x), context)
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    """Stable Diffusion's attention block (Rombach et al. 2022, Sec. 3.3; diffusers'
+    Transformer2DModel): GroupNorm, a 1x1 convolution `proj_in`, the H*W positions as
+    tokens through `depth` BasicTransformerBlocks, a 1x1 convolution `proj_out`, and a
+    residual connection. proj_out starts at zero, so the block starts as the
+    identity."""
+
+    def __init__(
+        self,
+        channels: int,
+        context_dim: int | None = None,
+        heads: int = 4,
+        groups: int = 8,
+        depth: int = 1,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.norm = _norm(channels, groups, eps=1e-6)
+        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(channels, heads, context_dim, dropout)
+            for _ in range(depth)
+        )
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # [B, HW, C]
+        for block in self.transformer_blocks:
+            tokens = block(tokens, context)
+        return x + self.proj_out(tokens.transpose(1, 2).reshape(b, c, h, w))
+
+
 @contextmanager
 def record_cross_attention(model: nn.Module):
     """Record what every cross-attention layer of `model` attends to. Inside the
@@ -203,7 +314,10 @@ def record_cross_attention(model: nn.Module):
     """
     records, handles = [], []
     for name, block in model.named_modules():
-        if isinstance(block, AttentionBlock) and block.attn2 is not None:
+        if (
+            isinstance(block, (AttentionBlock, BasicTransformerBlock))
+            and block.attn2 is not None
+        ):
 
             def hook(layer, args, output, name=name):
                 x, context = args[:2]
@@ -243,6 +357,9 @@ class UNetConfig(Config):
     # self-attention in the middle block; off for a purely convolutional UNet (e.g. an
     # upsampler trained on crops and run on whole images, as in unCLIP)
     mid_attention: bool = True
+    # attention blocks as Stable Diffusion's (SpatialTransformer: proj_in, self- and
+    # cross-attention, GEGLU feed-forward, proj_out) instead of DDPM's AttentionBlock
+    spatial_transformer: bool = False
 
 
 class UNet(nn.Module):
@@ -282,11 +399,7 @@ class UNet(nn.Module):
             if level < len(cfg.channel_mults) - 1:
                 self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
                 chans.append(ch)
-        mid_attention = (
-            [AttentionBlock(ch, cfg.context_dim, cfg.heads, cfg.groups)]
-            if cfg.mid_attention
-            else []
-        )
+        mid_attention = [self._attention(ch)] if cfg.mid_attention else []
         self.mid = nn.ModuleList(
             [
                 ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.groups),
@@ -320,9 +433,15 @@ class UNet(nn.Module):
         res = ResBlock(in_ch, out_ch, emb_dim, cfg.dropout, cfg.groups)
         if level not in cfg.attention_levels:
             return nn.ModuleList([res])
-        return nn.ModuleList(
-            [res, AttentionBlock(out_ch, cfg.context_dim, cfg.heads, cfg.groups)]
-        )
+        return nn.ModuleList([res, self._attention(out_ch)])
+
+    def _attention(self, channels: int) -> nn.Module:
+        cfg = self.config
+        if cfg.spatial_transformer:
+            return SpatialTransformer(
+                channels, cfg.context_dim, cfg.heads, cfg.groups, dropout=cfg.dropout
+            )
+        return AttentionBlock(channels, cfg.context_dim, cfg.heads, cfg.groups)
 
     @property
     def skip_channels(self) -> list[int]:

@@ -47,6 +47,10 @@ class VAEConfig(Config):
     blocks_per_level: int = 1
     groups: int = 8
     scaling_factor: float = 1.0  # measured after training (latent_scaling_factor)
+    # Stable Diffusion's exact layout (diffusers' AutoencoderKL): downsampling pads
+    # only the right and bottom edge, GroupNorm eps 1e-6, attention projections with
+    # biases, and the 1x1 quant_conv / post_quant_conv around the latent
+    sd_layout: bool = False
 
     @property
     def downsample_factor(self) -> int:
@@ -86,21 +90,45 @@ class DiagonalGaussian:
         return 0.5 * terms.flatten(1).sum(dim=1)
 
 
-def _level(in_ch: int, out_ch: int, n: int, groups: int) -> nn.Sequential:
+def _eps(cfg: VAEConfig) -> float:
+    return 1e-6 if cfg.sd_layout else 1e-5
+
+
+def _level(in_ch: int, out_ch: int, n: int, cfg: VAEConfig) -> nn.Sequential:
     return nn.Sequential(
         *[
-            ResBlock(in_ch if i == 0 else out_ch, out_ch, groups=groups)
+            ResBlock(
+                in_ch if i == 0 else out_ch, out_ch, groups=cfg.groups, eps=_eps(cfg)
+            )
             for i in range(n)
         ]
     )
 
 
-def _middle(ch: int, groups: int) -> nn.Sequential:
+def _middle(ch: int, cfg: VAEConfig) -> nn.Sequential:
+    eps = _eps(cfg)
     return nn.Sequential(
-        ResBlock(ch, ch, groups=groups),
-        AttentionBlock(ch, None, heads=1, groups=groups),
-        ResBlock(ch, ch, groups=groups),
+        ResBlock(ch, ch, groups=cfg.groups, eps=eps),
+        AttentionBlock(ch, None, 1, cfg.groups, eps, bias=cfg.sd_layout),
+        ResBlock(ch, ch, groups=cfg.groups, eps=eps),
     )
+
+
+class EdgeDownsample(nn.Conv2d):
+    """SD's VAE downsampler: pad one row and column of zeros at the bottom and right
+    only, then a 3x3 convolution with stride 2 and no padding (H, W -> H/2, W/2)."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (0, 1, 0, 1)))
+
+
+def _downsample(ch: int, cfg: VAEConfig) -> nn.Conv2d:
+    if cfg.sd_layout:
+        return EdgeDownsample(ch)
+    return nn.Conv2d(ch, ch, 3, stride=2, padding=1)
 
 
 class Encoder(nn.Module):
@@ -113,12 +141,12 @@ class Encoder(nn.Module):
         self.levels, self.down = nn.ModuleList(), nn.ModuleList()
         for i, out_ch in enumerate(ch):
             self.levels.append(
-                _level(ch[max(i - 1, 0)], out_ch, cfg.blocks_per_level, cfg.groups)
+                _level(ch[max(i - 1, 0)], out_ch, cfg.blocks_per_level, cfg)
             )
             if i < len(ch) - 1:
-                self.down.append(nn.Conv2d(out_ch, out_ch, 3, stride=2, padding=1))
-        self.mid = _middle(ch[-1], cfg.groups)
-        self.norm_out = _norm(ch[-1], cfg.groups)
+                self.down.append(_downsample(out_ch, cfg))
+        self.mid = _middle(ch[-1], cfg)
+        self.norm_out = _norm(ch[-1], cfg.groups, _eps(cfg))
         self.conv_out = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,15 +166,15 @@ class Decoder(nn.Module):
         super().__init__()
         ch = cfg.channels[::-1]
         self.conv_in = nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1)
-        self.mid = _middle(ch[0], cfg.groups)
+        self.mid = _middle(ch[0], cfg)
         self.levels, self.up = nn.ModuleList(), nn.ModuleList()
         for i, out_ch in enumerate(ch):
             self.levels.append(
-                _level(ch[max(i - 1, 0)], out_ch, cfg.blocks_per_level + 1, cfg.groups)
+                _level(ch[max(i - 1, 0)], out_ch, cfg.blocks_per_level + 1, cfg)
             )
             if i < len(ch) - 1:
                 self.up.append(nn.Conv2d(out_ch, out_ch, 3, padding=1))
-        self.norm_out = _norm(ch[-1], cfg.groups)
+        self.norm_out = _norm(ch[-1], cfg.groups, _eps(cfg))
         self.conv_out = nn.Conv2d(ch[-1], cfg.in_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -169,6 +197,14 @@ class AutoencoderKL(nn.Module):
         super().__init__()
         self.config = cfg = config or VAEConfig()
         self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
+        if cfg.sd_layout:  # 1x1 convolutions on the moments and on the latent
+            moments = 2 * cfg.latent_channels
+            self.quant_conv = nn.Conv2d(moments, moments, 1)
+            self.post_quant_conv = nn.Conv2d(
+                cfg.latent_channels, cfg.latent_channels, 1
+            )
+        else:
+            self.quant_conv = self.post_quant_conv = nn.Identity()
 
     def _check(self, x: torch.Tensor, channels: int, what: str, multiple: int = 1):
         if x.ndim != 4 or x.shape[1] != channels:
@@ -184,11 +220,11 @@ class AutoencoderKL(nn.Module):
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         cfg = self.config
         self._check(x, cfg.in_channels, "x", cfg.downsample_factor)
-        return DiagonalGaussian(self.encoder(x))
+        return DiagonalGaussian(self.quant_conv(self.encoder(x)))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         self._check(z, self.config.latent_channels, "z")
-        return self.decoder(z)
+        return self.decoder(self.post_quant_conv(z))
 
     def forward(self, x, sample: bool = True, generator=None):
         posterior = self.encode(x)

@@ -1,0 +1,459 @@
+"""The course's modules as Stable Diffusion's: configurations and state-dict key maps.
+
+The mini SD is built block for block like SD (chapter 8 builds each block by hand), so
+converting it to 🤗 diffusers' `UNet2DConditionModel` and `AutoencoderKL` and to 🤗
+transformers' `CLIPTextModel` is a renaming of state-dict keys, in both directions, as
+diffusers' own conversion scripts do for the original LDM checkpoints:
+
+* `unet_config` / `vae_config` / `clip_text_config` give the other library's
+  configuration for a course configuration (and refuse one that has no equivalent);
+* `unet_key_map` / `vae_key_map` / `clip_key_map` give {course key: diffusers key};
+* `to_diffusers_state` renames a course state dict, `from_diffusers_state` renames back,
+  and both fail when a key is missing, left over or of the wrong shape.
+
+Two things are more than a renaming, and both are exact:
+
+* token ids. The course's tokenizer puts <pad>, <start>, <end> at ids 0, 1, 2, before
+  the words; transformers' CLIP reads an end-of-text id of 2 as a legacy checkpoint
+  and then pools the *largest* id of each caption instead of the end token. So the
+  exported vocabulary lists the words first and the three special tokens last (as
+  real CLIP, whose <|endoftext|> is its largest id): the token-embedding rows are
+  permuted accordingly (`hf_token_order`).
+* biases the course leaves out. CLIP's query, key and value projections have biases
+  and its patch embedding has none; the course's text and image transformers have no
+  query/key/value biases (exported as zeros) and a patch-embedding bias (added to the
+  patches' position embeddings, which it meets before anything else).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .clip import SPECIAL_TOKENS, CLIPConfig
+from .unet import UNetConfig
+from .vae import VAEConfig
+
+# ----------------------------------------------------------------------------- UNet
+
+
+def _check_groups(channels, groups: int, what: str) -> None:
+    # the course's GroupNorm takes gcd(groups, channels) groups; diffusers takes
+    # norm_num_groups everywhere: equal only when groups divides every width
+    bad = sorted({c for c in channels if c % groups})
+    if bad:
+        raise ValueError(
+            f"{what}: groups={groups} must divide every channel count to export "
+            f"(diffusers uses norm_num_groups everywhere); {bad} are not multiples"
+        )
+
+
+def unet_config(cfg: UNetConfig, sample_size: int) -> dict:
+    """diffusers' UNet2DConditionModel configuration for a mini-SD UNet."""
+    problems = []
+    if not cfg.spatial_transformer:
+        problems.append("spatial_transformer=True (SD's attention blocks)")
+    if not cfg.context_dim:
+        problems.append("a context_dim (cross-attention to text)")
+    if cfg.label_sizes or cfg.vector_dim:
+        problems.append("no label_sizes and no vector_dim")
+    if not cfg.mid_attention:
+        problems.append("mid_attention=True")
+    if problems:
+        raise ValueError(
+            "this UNet has no Stable Diffusion equivalent; it needs "
+            + ", ".join(problems)
+        )
+    widths = [cfg.base_channels * m for m in cfg.channel_mults]
+    _check_groups(widths, cfg.groups, "UNet")
+    levels = range(len(widths))
+    attn = [lvl in cfg.attention_levels for lvl in levels]
+    return {
+        "sample_size": sample_size,
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.out_channels,
+        "down_block_types": [
+            "CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn
+        ],
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "up_block_types": [
+            "CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)
+        ],
+        "block_out_channels": widths,
+        "layers_per_block": cfg.num_res_blocks,
+        "downsample_padding": 1,
+        "mid_block_scale_factor": 1,
+        "dropout": cfg.dropout,
+        "act_fn": "silu",
+        "norm_num_groups": cfg.groups,
+        "norm_eps": 1e-5,
+        "cross_attention_dim": cfg.context_dim,
+        # diffusers' historical name: for SD's UNet this is the number of heads
+        "attention_head_dim": cfg.heads,
+        "use_linear_projection": False,
+        "flip_sin_to_cos": True,  # the course's embedding is [cos, sin]
+        "freq_shift": 0,
+    }
+
+
+def _resblock_keys(prefix: str, target: str) -> dict:
+    names = {
+        "norm1": "norm1",
+        "conv1": "conv1",
+        "emb_proj": "time_emb_proj",
+        "norm2": "norm2",
+        "conv2": "conv2",
+        "skip": "conv_shortcut",
+    }
+    return {f"{prefix}.{a}": f"{target}.{b}" for a, b in names.items()}
+
+
+def unet_key_map(cfg: UNetConfig) -> dict[str, str]:
+    """{course module prefix: diffusers module prefix} for a UNet (SpatialTransformer
+    blocks keep their inner names, which are diffusers')."""
+    out = {
+        "time_mlp.0": "time_embedding.linear_1",
+        "time_mlp.2": "time_embedding.linear_2",
+        "conv_in": "conv_in",
+        "norm_out": "conv_norm_out",
+        "conv_out": "conv_out",
+    }
+    last, i = len(cfg.channel_mults) - 1, 0
+    for level in range(last + 1):
+        for j in range(cfg.num_res_blocks):
+            block = f"down_blocks.{level}"
+            out.update(_resblock_keys(f"down.{i}.0", f"{block}.resnets.{j}"))
+            out[f"down.{i}.1"] = f"{block}.attentions.{j}"
+            i += 1
+        if level < last:
+            out[f"down.{i}"] = f"down_blocks.{level}.downsamplers.0.conv"
+            i += 1
+    out.update(_resblock_keys("mid.0", "mid_block.resnets.0"))
+    out["mid.1"] = "mid_block.attentions.0"
+    out.update(_resblock_keys("mid.2", "mid_block.resnets.1"))
+    i = 0
+    for k, level in enumerate(reversed(range(last + 1))):
+        for j in range(cfg.num_res_blocks + 1):
+            out.update(_resblock_keys(f"up.{i}.0", f"up_blocks.{k}.resnets.{j}"))
+            out[f"up.{i}.1"] = f"up_blocks.{k}.attentions.{j}"
+            i += 1
+        if level > 0:
+            out[f"up.{i}.1"] = f"up_blocks.{k}.upsamplers.0.conv"
+            i += 1
+    return out
+
+
+# ------------------------------------------------------------------------------ VAE
+
+
+def vae_config(cfg: VAEConfig, sample_size: int) -> dict:
+    """diffusers' AutoencoderKL configuration for a course VAE in SD's layout."""
+    if not cfg.sd_layout:
+        raise ValueError(
+            "this VAE was built in the course's first layout (sd_layout=False): its "
+            "downsampling pads all four edges, which SD's AutoencoderKL cannot "
+            "reproduce; retrain it with sd_layout=True"
+        )
+    _check_groups(cfg.channels, cfg.groups, "VAE")
+    n = len(cfg.channels)
+    return {
+        "sample_size": sample_size,
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.in_channels,
+        "down_block_types": ["DownEncoderBlock2D"] * n,
+        "up_block_types": ["UpDecoderBlock2D"] * n,
+        "block_out_channels": list(cfg.channels),
+        "layers_per_block": cfg.blocks_per_level,
+        "act_fn": "silu",
+        "latent_channels": cfg.latent_channels,
+        "norm_num_groups": cfg.groups,
+        "scaling_factor": cfg.scaling_factor,
+        "force_upcast": False,
+        "use_quant_conv": True,
+        "use_post_quant_conv": True,
+        "mid_block_add_attention": True,
+    }
+
+
+def _middle_keys(prefix: str, target: str) -> dict:
+    out = _resblock_keys(f"{prefix}.mid.0", f"{target}.mid_block.resnets.0")
+    out.update(_resblock_keys(f"{prefix}.mid.2", f"{target}.mid_block.resnets.1"))
+    attn = f"{target}.mid_block.attentions.0"
+    out[f"{prefix}.mid.1.norm"] = f"{attn}.group_norm"
+    for p in ("to_q", "to_k", "to_v", "to_out.0"):
+        out[f"{prefix}.mid.1.attn1.{p}"] = f"{attn}.{p}"
+    return out
+
+
+def vae_key_map(cfg: VAEConfig) -> dict[str, str]:
+    """{course module prefix: diffusers module prefix} for a VAE in SD's layout."""
+    out = {"quant_conv": "quant_conv", "post_quant_conv": "post_quant_conv"}
+    n = len(cfg.channels)
+    for side, blocks, per in (
+        ("encoder", "down_blocks", cfg.blocks_per_level),
+        ("decoder", "up_blocks", cfg.blocks_per_level + 1),
+    ):
+        for a, b in (("conv_in", "conv_in"), ("norm_out", "conv_norm_out")):
+            out[f"{side}.{a}"] = f"{side}.{b}"
+        out[f"{side}.conv_out"] = f"{side}.conv_out"
+        out.update(_middle_keys(side, side))
+        for i in range(n):
+            for j in range(per):
+                out.update(
+                    _resblock_keys(
+                        f"{side}.levels.{i}.{j}", f"{side}.{blocks}.{i}.resnets.{j}"
+                    )
+                )
+            if i < n - 1:
+                if side == "encoder":
+                    out[f"encoder.down.{i}"] = (
+                        f"encoder.down_blocks.{i}.downsamplers.0.conv"
+                    )
+                else:
+                    out[f"decoder.up.{i}"] = f"decoder.up_blocks.{i}.upsamplers.0.conv"
+    return out
+
+
+# ----------------------------------------------------------------------------- CLIP
+
+
+def hf_token_order(vocab_size: int) -> torch.Tensor:
+    """course id of each exported id: the words (course ids 3...) first, then <pad>,
+    <start>, <end> (course ids 0, 1, 2)."""
+    specials = len(SPECIAL_TOKENS)
+    return torch.cat([torch.arange(specials, vocab_size), torch.arange(specials)])
+
+
+def hf_token_ids(vocab_size: int) -> dict[str, int]:
+    """The exported ids of the special tokens."""
+    first = vocab_size - len(SPECIAL_TOKENS)
+    return {name: first + i for i, name in enumerate(SPECIAL_TOKENS)}
+
+
+def clip_text_config(cfg: CLIPConfig, vocab_size: int | None = None) -> dict:
+    """transformers' CLIPTextConfig (as keyword arguments) for the course CLIP's text
+    transformer; vocab_size overrides cfg's (a tokenizer with added words)."""
+    vocab = vocab_size or cfg.vocab_size
+    ids = hf_token_ids(vocab)
+    return {
+        "vocab_size": vocab,
+        "hidden_size": cfg.text_width,
+        "intermediate_size": 4 * cfg.text_width,
+        "num_hidden_layers": cfg.text_layers,
+        "num_attention_heads": cfg.text_heads,
+        "max_position_embeddings": cfg.context_length,
+        "hidden_act": "gelu",  # the course's nn.GELU (exact), not quick_gelu
+        "layer_norm_eps": 1e-5,
+        "projection_dim": cfg.embed_dim,
+        "pad_token_id": ids["<pad>"],
+        "bos_token_id": ids["<start>"],
+        "eos_token_id": ids["<end>"],
+    }
+
+
+def clip_vision_config(cfg: CLIPConfig) -> dict:
+    """transformers' CLIPVisionConfig for the course CLIP's image transformer."""
+    return {
+        "hidden_size": cfg.vision_width,
+        "intermediate_size": 4 * cfg.vision_width,
+        "num_hidden_layers": cfg.vision_layers,
+        "num_attention_heads": cfg.vision_heads,
+        "image_size": cfg.image_size,
+        "patch_size": cfg.patch_size,
+        "num_channels": 3,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-5,
+        "projection_dim": cfg.embed_dim,
+    }
+
+
+def _layer_keys(prefix: str, target: str) -> dict:
+    names = {
+        "ln_1": "layer_norm1",
+        "attn.to_q": "self_attn.q_proj",
+        "attn.to_k": "self_attn.k_proj",
+        "attn.to_v": "self_attn.v_proj",
+        "attn.to_out.0": "self_attn.out_proj",
+        "ln_2": "layer_norm2",
+        "mlp.0": "mlp.fc1",
+        "mlp.2": "mlp.fc2",
+    }
+    return {f"{prefix}.{a}": f"{target}.{b}" for a, b in names.items()}
+
+
+def clip_key_map(cfg: CLIPConfig, vision: bool = True) -> dict[str, str]:
+    """{course key or prefix: transformers key or prefix} for a course CLIP (keys of
+    transformers' CLIPModel; the text tower alone drops "text_projection")."""
+    out = {
+        "text.token_embedding": "text_model.embeddings.token_embedding",
+        "text.positional_embedding": "text_model.embeddings.position_embedding.weight",
+        "text.ln_final": "text_model.final_layer_norm",
+        "text.projection": "text_projection",
+    }
+    for i in range(cfg.text_layers):
+        out.update(_layer_keys(f"text.blocks.{i}", f"text_model.encoder.layers.{i}"))
+    if vision:
+        emb = "vision_model.embeddings"
+        out.update(
+            {
+                "visual.patch_embed.weight": f"{emb}.patch_embedding.weight",
+                "visual.class_embedding": f"{emb}.class_embedding",
+                "visual.positional_embedding": f"{emb}.position_embedding.weight",
+                "visual.ln_pre": "vision_model.pre_layrnorm",  # transformers' spelling
+                "visual.ln_post": "vision_model.post_layernorm",
+                "visual.projection": "visual_projection",
+                "logit_scale": "logit_scale",
+            }
+        )
+        for i in range(cfg.vision_layers):
+            out.update(
+                _layer_keys(f"visual.blocks.{i}", f"vision_model.encoder.layers.{i}")
+            )
+    return out
+
+
+# ------------------------------------------------------------------------- renaming
+
+
+def _rename(key: str, prefixes: dict[str, str]) -> str | None:
+    # the longest prefix of whole dotted components that the map knows
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        head = ".".join(parts[:n])
+        if head in prefixes:
+            return prefixes[head] + key[len(head) :]
+    return None
+
+
+def rename_state(state: dict, prefixes: dict[str, str], what: str) -> dict:
+    """Rename every key of `state` by the longest matching prefix of `prefixes`; a key
+    no prefix covers is an error (nothing is dropped silently)."""
+    out, unmapped = {}, []
+    for key, value in state.items():
+        new = _rename(key, prefixes)
+        if new is None:
+            unmapped.append(key)
+        else:
+            out[new] = value
+    if unmapped:
+        raise KeyError(
+            f"{what}: no mapping for {len(unmapped)} keys, e.g. {unmapped[:5]}"
+        )
+    return out
+
+
+def check_same_keys(state: dict, reference: dict, what: str) -> None:
+    """Fail unless `state` has exactly `reference`'s keys with the same shapes."""
+    missing = sorted(set(reference) - set(state))
+    extra = sorted(set(state) - set(reference))
+    shapes = [
+        (k, tuple(state[k].shape), tuple(reference[k].shape))
+        for k in sorted(set(state) & set(reference))
+        if state[k].shape != reference[k].shape
+    ]
+    if missing or extra or shapes:
+        raise ValueError(
+            f"{what}: {len(missing)} missing keys {missing[:5]}, {len(extra)} "
+            f"unexpected keys {extra[:5]}, {len(shapes)} shape mismatches {shapes[:5]}"
+        )
+
+
+def invert(prefixes: dict[str, str]) -> dict[str, str]:
+    out = {b: a for a, b in prefixes.items()}
+    if len(out) != len(prefixes):
+        raise ValueError("the key map is not one to one")
+    return out
+
+
+def clip_to_hf_state(state: dict, cfg: CLIPConfig, vision: bool = True) -> dict:
+    """A course CLIP state dict (or its text tower's, keys "text.*") as transformers'
+    CLIPModel keys: renamed, token rows in exported order, zero q/k/v biases, the
+    patch bias folded into the position embeddings."""
+    state = dict(state)
+    vocab = state["text.token_embedding.weight"].shape[0]
+    state["text.token_embedding.weight"] = state["text.token_embedding.weight"][
+        hf_token_order(vocab)
+    ]
+    if vision:
+        bias = state.pop("visual.patch_embed.bias")
+        pos = state["visual.positional_embedding"].clone()
+        pos[1:] += bias  # every patch token gets the bias, the class token does not
+        state["visual.positional_embedding"] = pos
+    keys = clip_key_map(cfg, vision)
+    out = rename_state(state, keys, "CLIP")
+    for key, value in list(out.items()):
+        if key.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")):
+            out[key[: -len("weight")] + "bias"] = torch.zeros(value.shape[0])
+    return out
+
+
+def clip_from_hf_state(state: dict, cfg: CLIPConfig, vision: bool = True) -> dict:
+    """The inverse of clip_to_hf_state. Refuses a CLIP whose q/k/v biases are not zero
+    (the course's attention has none)."""
+    state = dict(state)
+    for key in [
+        k for k in state if k.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias"))
+    ]:
+        bias = state.pop(key)
+        if bias.abs().max() > 0:
+            raise ValueError(
+                f"{key} is not zero: this CLIP has query/key/value biases, which the "
+                "course's attention does not have"
+            )
+    state.pop("text_model.embeddings.position_ids", None)
+    state.pop("vision_model.embeddings.position_ids", None)
+    out = rename_state(state, invert(clip_key_map(cfg, vision)), "CLIP")
+    vocab = out["text.token_embedding.weight"].shape[0]
+    order = hf_token_order(vocab)
+    rows = torch.empty_like(out["text.token_embedding.weight"])
+    rows[order] = out["text.token_embedding.weight"]
+    out["text.token_embedding.weight"] = rows
+    if vision:
+        pos = out["visual.positional_embedding"]
+        # the fold is not undone: the course gets a zero patch bias and the folded
+        # position embeddings, which compute the same function
+        out["visual.patch_embed.bias"] = torch.zeros(pos.shape[1])
+    return out
+
+
+# ------------------------------------------------------------------------ tokenizer
+
+
+def hf_tokenizer(tokenizer):
+    """The course's WordTokenizer as a transformers fast tokenizer
+    (`PreTrainedTokenizerFast` over a `tokenizers` word-level model): the same words,
+    the same lower-casing, "center" read as "centre", punctuation dropped, <start>
+    ... <end> around every caption and <pad> to the context length, with ids in the
+    exported order (words first, hf_token_order). A word outside the vocabulary
+    becomes <unk>, an id past the text encoder's rows, which fails loudly there."""
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
+    from transformers import PreTrainedTokenizerFast
+
+    words = list(tokenizer.vocabulary)
+    vocab = {w: i for i, w in enumerate(words)}
+    ids = hf_token_ids(len(words) + len(SPECIAL_TOKENS))
+    vocab.update(ids)
+    vocab["<unk>"] = len(vocab)  # no embedding row: an unknown word cannot pass
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.Lowercase(), normalizers.Replace("center", "centre")]
+    )
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("[^a-z]+"), behavior="removed")
+    backend.post_processor = processors.TemplateProcessing(
+        single="<start> $A <end>",
+        special_tokens=[("<start>", ids["<start>"]), ("<end>", ids["<end>"])],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<start>",
+        eos_token="<end>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=tokenizer.context_length,
+    )

@@ -1,0 +1,295 @@
+"""The mini SD exported as an ordinary Stable Diffusion: diffusers and transformers load
+the folder in a Python where `diffusion_lib` cannot be imported, run each component
+and the whole pipeline from plain prompt strings, and agree with the course's own
+modules. Because the other side is an independent implementation (diffusers' UNet
+and VAE, transformers' CLIP), a bug planted in the course's code makes the two
+disagree: each planted bug below must be caught."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from diffusion_lib import interop
+from diffusion_lib.clip import CLIP, CLIPConfig, scene_tokenizer
+from diffusion_lib.pipelines import MiniStableDiffusion, stage_generator
+from diffusion_lib.schedules import NoiseSchedule
+from diffusion_lib.unet import UNet, UNetConfig
+from diffusion_lib.vae import AutoencoderKL, VAEConfig
+
+PROMPTS = [
+    "a small red circle to the left of a large blue square",
+    "a large green triangle in the top right",
+]
+STEPS, SEED, GUIDANCE = 10, 3, 3.0
+TOLERANCE = 1e-3  # the issue's bar for images in [-1, 1]; float32 gives ~1e-5
+
+# Runs in a fresh Python with diffusion_lib blocked: only diffusers, transformers and
+# torch read the folder. Writes every output the tests compare.
+OTHER_SIDE = """
+import sys
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "diffusion_lib":
+            raise ImportError("diffusion_lib is blocked in this process")
+
+sys.meta_path.insert(0, Block())
+import torch
+from diffusers import StableDiffusionPipeline
+
+folder, inputs, out = sys.argv[1:4]
+x = torch.load(inputs)
+sd = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+sd.set_progress_bar_config(disable=True)
+result = {"classes": {k: type(getattr(sd, k)).__module__.split(".")[0] + "."
+          + type(getattr(sd, k)).__name__
+          for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}}
+with torch.no_grad():
+    ids = sd.tokenizer(x["prompts"], padding="max_length", truncation=True,
+                       max_length=sd.tokenizer.model_max_length,
+                       return_tensors="pt").input_ids
+    result["text_states"] = sd.text_encoder(ids)[0]
+    result["unet"] = sd.unet(x["latents"], x["t"],
+                             encoder_hidden_states=x["context"]).sample
+    posterior = sd.vae.encode(x["images"]).latent_dist
+    result["vae_mean"], result["vae_logvar"] = posterior.mean, posterior.logvar
+    result["vae_decode"] = sd.vae.decode(x["latents"]).sample
+    for scale in (x["guidance"], 1.0):
+        result[f"images_{scale}"] = sd(
+            x["prompts"], num_inference_steps=x["steps"], guidance_scale=scale,
+            generator=torch.Generator().manual_seed(x["seed"]), output_type="pt",
+        ).images * 2 - 1
+torch.save(result, out)
+"""
+
+
+def tiny_sd_pipeline(seed: int = 0) -> MiniStableDiffusion:
+    """A tiny mini SD in SD's layout with every weight random (no zero-initialised
+    layer that would hide a wrong mapping)."""
+    torch.manual_seed(seed)
+    tok = scene_tokenizer()
+    clip = CLIP(
+        CLIPConfig(
+            vocab_size=tok.vocab_size,
+            text_width=16,
+            text_layers=2,
+            text_heads=2,
+            vision_width=16,
+            vision_layers=1,
+            vision_heads=2,
+            embed_dim=8,
+        )
+    )
+    vae = AutoencoderKL(
+        VAEConfig(channels=(8, 8, 16, 16), groups=4, scaling_factor=0.5, sd_layout=True)
+    )
+    unet = UNet(
+        UNetConfig(
+            in_channels=4,
+            out_channels=4,
+            base_channels=8,
+            channel_mults=(1, 2),
+            attention_levels=(1,),  # a DownBlock2D and a CrossAttnDownBlock2D
+            heads=2,
+            groups=4,
+            context_dim=16,
+            spatial_transformer=True,
+        )
+    )
+    with torch.no_grad():
+        for model in (clip, vae, unet):
+            for name, p in model.named_parameters():
+                if p.ndim > 1 or name.endswith("bias"):
+                    p.normal_(0, 0.15)
+    models = [m.eval().requires_grad_(False) for m in (unet, vae, clip)]
+    schedule = NoiseSchedule.make("scaled_linear", 1000)
+    return MiniStableDiffusion(*models, tok, schedule)
+
+
+def course_outputs(pipe, x) -> dict:
+    with torch.no_grad():
+        posterior = pipe.vae.encode(x["images"])
+        out = {
+            "text_states": pipe.encode_prompts(x["prompts"]),
+            "unet": pipe.unet(x["latents"], x["t"], context=x["context"]),
+            "vae_mean": posterior.mean,
+            "vae_logvar": posterior.logvar,
+            "vae_decode": pipe.vae.decode(x["latents"]),
+        }
+    for scale in (x["guidance"], 1.0):
+        out[f"images_{scale}"] = pipe(
+            x["prompts"], num_steps=x["steps"], seed=SEED, guidance_scale=scale
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(pipe, folder, inputs, the other side's outputs)."""
+    pipe = tiny_sd_pipeline()
+    base = tmp_path_factory.mktemp("sd_export")
+    folder = interop.export_sd(pipe, base / "mini-sd")
+    gen = torch.Generator().manual_seed(0)
+    inputs = {
+        "prompts": PROMPTS,
+        "latents": torch.randn(2, 4, 8, 8, generator=gen),
+        "t": torch.tensor([10, 900]),
+        "context": torch.randn(2, 20, 16, generator=gen),
+        "images": torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1,
+        "steps": STEPS,
+        "guidance": GUIDANCE,
+        # the course draws x_T from this generator: diffusers gets the same one
+        "seed": stage_generator(SEED, "latents").initial_seed(),
+    }
+    torch.save(inputs, base / "inputs.pt")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            OTHER_SIDE,
+            str(folder),
+            str(base / "inputs.pt"),
+            str(base / "out.pt"),
+        ],
+        cwd=base,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return pipe, folder, inputs, torch.load(base / "out.pt")
+
+
+def differences(ours: dict, theirs: dict) -> dict:
+    return {k: (ours[k] - theirs[k]).abs().max().item() for k in ours}
+
+
+def test_folder_names_only_diffusers_and_transformers_classes(exported):
+    _, folder, _, theirs = exported
+    index = json.loads((folder / "model_index.json").read_text())
+    libraries = {v[0] for k, v in index.items() if isinstance(v, list) and v[0]}
+    assert libraries == {"diffusers", "transformers"}, index
+    assert theirs["classes"]["unet"] == "diffusers.UNet2DConditionModel"
+    assert theirs["classes"]["vae"] == "diffusers.AutoencoderKL"
+    assert theirs["classes"]["text_encoder"] == "transformers.CLIPTextModel"
+    assert theirs["classes"]["tokenizer"].startswith("transformers.")
+    assert theirs["classes"]["scheduler"] == "diffusers.DDIMScheduler"
+    assert not list(folder.rglob("*.bin"))  # safetensors only
+
+
+def test_every_component_and_the_pipeline_agree(exported):
+    pipe, _, inputs, theirs = exported
+    diff = differences(course_outputs(pipe, inputs), theirs)
+    print("max |course - diffusers/transformers|:", diff)
+    assert all(v <= TOLERANCE for v in diff.values()), diff
+    # the images are not trivially equal (e.g. all clamped to one value)
+    assert theirs[f"images_{GUIDANCE}"].std() > 0.1
+
+
+def planted(pipe, bug: str):
+    """Undo-able bugs in the course's code (not in the weights, which the export
+    would carry to the other side): (name, undo)."""
+    handles = []
+    if bug == "unet: cross-attention to_v negated":
+        for name, m in pipe.unet.named_modules():
+            if name.endswith("attn2.to_v"):
+                handles.append(m.register_forward_hook(lambda m, a, out: -out))
+    elif bug == "vae: post_quant_conv skipped":
+        conv = pipe.vae.post_quant_conv
+        handles.append(conv.register_forward_hook(lambda m, a, out: a[0]))
+    elif bug == "vae: downsampling pads the top-left edge":
+        for m in pipe.vae.encoder.down:
+            handles.append(
+                m.register_forward_pre_hook(
+                    lambda m, a: (torch.nn.functional.pad(a[0], (1, 0, 1, 0)),)
+                )
+            )
+            m.forward, m._plain = (lambda x, m=m: torch.nn.Conv2d.forward(m, x)), True
+    elif bug == "text encoder: no causal mask":
+        mask = pipe.text_encoder.text.causal_mask
+        saved = mask.clone()
+        mask.fill_(True)
+        return lambda: mask.copy_(saved)
+    else:
+        raise ValueError(bug)
+
+    def undo():
+        for h in handles:
+            h.remove()
+        for m in pipe.vae.encoder.down:
+            if getattr(m, "_plain", False):
+                del m.forward, m._plain
+
+    return undo
+
+
+@pytest.mark.parametrize(
+    "bug, caught_by",
+    [
+        ("unet: cross-attention to_v negated", ["unet", f"images_{GUIDANCE}"]),
+        ("vae: post_quant_conv skipped", ["vae_decode", f"images_{GUIDANCE}"]),
+        ("vae: downsampling pads the top-left edge", ["vae_mean", "vae_logvar"]),
+        ("text encoder: no causal mask", ["text_states", f"images_{GUIDANCE}"]),
+    ],
+)
+def test_a_planted_bug_in_the_course_code_is_caught(exported, bug, caught_by):
+    pipe, _, inputs, theirs = exported
+    undo = planted(pipe, bug)
+    try:
+        diff = differences(course_outputs(pipe, inputs), theirs)
+    finally:
+        undo()
+    print(bug, diff)
+    for key in caught_by:
+        assert diff[key] > 100 * TOLERANCE, (bug, key, diff)
+    # and with the bug removed, everything agrees again
+    assert max(differences(course_outputs(pipe, inputs), theirs).values()) <= TOLERANCE
+
+
+def test_import_gives_back_the_course_modules_and_images(exported):
+    pipe, folder, inputs, _ = exported
+    back = interop.import_sd(folder)
+    for ours, theirs in ((pipe.unet, back.unet), (pipe.vae, back.vae)):
+        a, b = ours.state_dict(), theirs.state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    # SD's CLIPTextModel has no projection (the pipeline reads the token states)
+    text = {
+        k: v
+        for k, v in pipe.text_encoder.state_dict().items()
+        if k.startswith("text.") and k != "text.projection.weight"
+    }
+    for key, value in text.items():
+        assert torch.equal(back.text_encoder.state_dict()[key], value), key
+    assert back.tokenizer.ids == pipe.tokenizer.ids
+    images = back(PROMPTS, num_steps=STEPS, seed=SEED, guidance_scale=GUIDANCE)
+    assert (images - pipe(PROMPTS, num_steps=STEPS, seed=SEED)).abs().max() <= 1e-5
+
+
+def test_the_tokenizer_gives_the_course_ids_in_exported_order(exported):
+    from diffusion_lib import convert
+
+    pipe = exported[0]
+    hf = convert.hf_tokenizer(pipe.tokenizer)
+    texts = PROMPTS + ["", "A Red, circle in the CENTER!"]
+    ids = hf(texts, padding="max_length", max_length=20, return_tensors="pt")
+    order = convert.hf_token_order(pipe.tokenizer.vocab_size)
+    assert torch.equal(order[ids.input_ids], pipe.tokenizer(texts))
+    unknown = hf("a pink circle").input_ids
+    assert max(unknown) == pipe.tokenizer.vocab_size  # <unk>: no embedding row
+
+
+def test_models_in_the_course_first_layout_are_refused():
+    pipe = tiny_sd_pipeline()
+    from dataclasses import replace
+
+    pipe.vae = AutoencoderKL(replace(pipe.vae.config, sd_layout=False))
+    with pytest.raises(ValueError, match="sd_layout=True"):
+        interop.sd_pipeline(pipe)
+    pipe = tiny_sd_pipeline()
+    pipe.unet = UNet(replace(pipe.unet.config, spatial_transformer=False))
+    with pytest.raises(ValueError, match="spatial_transformer=True"):
+        interop.sd_pipeline(pipe)
