@@ -423,8 +423,8 @@ def hf_tokenizer(tokenizer):
     (`PreTrainedTokenizerFast` over a `tokenizers` word-level model): the same words,
     the same lower-casing, "center" read as "centre", punctuation dropped, <start>
     ... <end> around every caption and <pad> to the context length, with ids in the
-    exported order (words first, hf_token_order). A word outside the vocabulary
-    becomes <unk>, an id past the text encoder's rows, which fails loudly there."""
+    exported order (words first, hf_token_order). A word outside the vocabulary is
+    an error ("Missing [UNK] token": the vocabulary has no <unk>), as in the course."""
     from tokenizers import (
         Regex,
         Tokenizer,
@@ -439,7 +439,6 @@ def hf_tokenizer(tokenizer):
     vocab = {w: i for i, w in enumerate(words)}
     ids = hf_token_ids(len(words) + len(SPECIAL_TOKENS))
     vocab.update(ids)
-    vocab["<unk>"] = len(vocab)  # no embedding row: an unknown word cannot pass
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.normalizer = normalizers.Sequence(
         [normalizers.Lowercase(), normalizers.Replace("center", "centre")]
@@ -454,6 +453,5 @@ def hf_tokenizer(tokenizer):
         bos_token="<start>",
         eos_token="<end>",
         pad_token="<pad>",
-        unk_token="<unk>",
         model_max_length=tokenizer.context_length,
     )

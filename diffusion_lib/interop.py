@@ -272,6 +272,13 @@ def transformers_text_encoder(clip, with_projection: bool = False):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     text = {k: v for k, v in clip.state_dict().items() if k.startswith("text.")}
+    if "text.token_embedding.new" in text:  # added words: their rows after the others
+        text["text.token_embedding.weight"] = torch.cat(
+            [
+                text.pop("text.token_embedding.base.weight"),
+                text.pop("text.token_embedding.new"),
+            ]
+        )
     vocab = text["text.token_embedding.weight"].shape[0]
     config = CLIPTextConfig(**convert.clip_text_config(clip.config, vocab))
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
@@ -469,6 +476,69 @@ def import_sd(folder: str | Path, device=None):
         m.to(device or "cpu").eval().requires_grad_(False) for m in (unet, vae, clip)
     ]
     return MiniStableDiffusion(*models[:2], models[2], tokenizer, schedule)
+
+
+def _added_words(pipe) -> dict:
+    """{word: embedding row} of the words added to the pipeline's text encoder
+    (textual inversion, or a LoRA's new word)."""
+    from .adapters import TrainableWords
+
+    table = pipe.text_encoder.text.token_embedding
+    if not isinstance(table, TrainableWords):
+        return {}
+    return {
+        w: table.new[i].detach().clone() for i, w in enumerate(pipe.tokenizer.added)
+    }
+
+
+def export_embedding(pipe, folder: str | Path) -> list[Path]:
+    """Each word added to the pipeline (textual inversion) as `<word>.safetensors`
+    holding {word: row}, the file diffusers' `pipe.load_textual_inversion(file,
+    token=word)` reads (the row in the text encoder's embedding space)."""
+    from safetensors.torch import save_file
+
+    words = _added_words(pipe)
+    if not words:
+        raise ValueError("the pipeline has no added word (see load_textual_inversion)")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for word, row in words.items():
+        paths.append(folder / f"{word}.safetensors")
+        save_file({word: row.float().contiguous().cpu()}, str(paths[-1]))
+    return paths
+
+
+def export_lora(pipe, folder: str | Path) -> Path:
+    """The LoRA in the pipeline's UNet in diffusers' format
+    (`pytorch_lora_weights.safetensors`: peft's lora_A / lora_B under SD's module
+    names, with its rank, alpha and targets as the adapter's metadata), which
+    `pipe.load_lora_weights(folder)` reads; the adapter's added word, if any, as a
+    textual-inversion file beside it (export_embedding)."""
+    from .adapters import lora_layers, lora_state_dict
+
+    layers = lora_layers(pipe.unet)
+    if not layers:
+        raise ValueError("the pipeline's UNet has no LoRA layers (load_lora_weights)")
+    ranks = {m.r for m in layers.values()}
+    alphas = {m.alpha for m in layers.values()}
+    if len(ranks) != 1 or len(alphas) != 1:
+        raise ValueError(f"one rank and alpha expected, got {ranks} and {alphas}")
+    state = convert.rename_state(
+        lora_state_dict(pipe.unet), convert.unet_key_map(pipe.unet.config), "LoRA"
+    )
+    targets = sorted({k.rsplit(".lora_", 1)[0] for k in state})
+    metadata = {"r": ranks.pop(), "lora_alpha": alphas.pop(), "target_modules": targets}
+    folder = Path(folder)
+    StableDiffusionPipeline.save_lora_weights(
+        str(folder),
+        unet_lora_layers={k: v.float().cpu() for k, v in state.items()},
+        unet_lora_adapter_metadata=metadata,
+        safe_serialization=True,
+    )
+    if _added_words(pipe):
+        export_embedding(pipe, folder)
+    return folder
 
 
 def load_sd15(

@@ -278,8 +278,9 @@ def test_the_tokenizer_gives_the_course_ids_in_exported_order(exported):
     ids = hf(texts, padding="max_length", max_length=20, return_tensors="pt")
     order = convert.hf_token_order(pipe.tokenizer.vocab_size)
     assert torch.equal(order[ids.input_ids], pipe.tokenizer(texts))
-    unknown = hf("a pink circle").input_ids
-    assert max(unknown) == pipe.tokenizer.vocab_size  # <unk>: no embedding row
+    assert len(hf) == pipe.tokenizer.vocab_size  # one id per embedding row
+    with pytest.raises(Exception, match="Missing \\[UNK\\] token"):
+        hf("a pink circle")  # an unknown word fails, as in the course
 
 
 def test_models_in_the_course_first_layout_are_refused():
@@ -293,3 +294,119 @@ def test_models_in_the_course_first_layout_are_refused():
     pipe.unet = UNet(replace(pipe.unet.config, spatial_transformer=False))
     with pytest.raises(ValueError, match="spatial_transformer=True"):
         interop.sd_pipeline(pipe)
+
+
+# ----------------------------------------------------------- LoRA and a new word
+
+ADAPTER_SIDE = """
+import sys
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "diffusion_lib":
+            raise ImportError("diffusion_lib is blocked in this process")
+
+sys.meta_path.insert(0, Block())
+import torch
+from diffusers import StableDiffusionPipeline
+
+base, lora, word, inputs, out = sys.argv[1:6]
+x = torch.load(inputs)
+sd = StableDiffusionPipeline.from_pretrained(base, local_files_only=True)
+sd.set_progress_bar_config(disable=True)
+sd.load_lora_weights(lora)
+sd.load_textual_inversion(f"{lora}/{word}.safetensors", token=word)
+
+def images():
+    return sd(x["prompts"], num_inference_steps=x["steps"],
+              guidance_scale=x["guidance"], output_type="pt",
+              generator=torch.Generator().manual_seed(x["seed"])).images * 2 - 1
+
+result = {"loaded": images()}
+sd.fuse_lora()
+result["fused"] = images()
+sd.unfuse_lora()
+sd.unload_lora_weights()
+result["unloaded"] = images()
+torch.save(result, out)
+"""
+WORD = "diamond"
+WORD_PROMPTS = [
+    "a small red diamond to the left of a large blue square",
+    "a large green diamond in the top right",
+]
+
+
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory):
+    """A tiny SD exported plain, then given a new word and a LoRA (alpha != rank, so
+    that the scale alpha / r must travel with the file), exported in diffusers'
+    formats and loaded by diffusers: (pipe, lora folder, the other side's images)."""
+    from diffusion_lib.adapters import add_lora, add_words
+
+    pipe = tiny_sd_pipeline(seed=1)
+    base = tmp_path_factory.mktemp("sd_lora")
+    interop.export_sd(pipe, base / "mini-sd")
+    pipe.tokenizer, table = add_words(
+        pipe.tokenizer, pipe.text_encoder.text, WORD, ["circle"]
+    )
+    gen = torch.Generator().manual_seed(5)
+    add_lora(pipe.unet, r=4, alpha=8.0, generator=gen)
+    with torch.no_grad():
+        table.new.normal_(0, 0.5, generator=gen)
+        for name, p in pipe.unet.named_parameters():
+            if "lora_B" in name:  # B starts at zero: make the update visible
+                p.normal_(0, 0.3, generator=gen)
+    folder = interop.export_lora(pipe, base / "lora")
+    inputs = {
+        "prompts": WORD_PROMPTS,
+        "steps": STEPS,
+        "guidance": GUIDANCE,
+        "seed": stage_generator(SEED, "latents").initial_seed(),
+    }
+    torch.save(inputs, base / "inputs.pt")
+    args = [base / "mini-sd", folder, WORD, base / "inputs.pt", base / "out.pt"]
+    run = subprocess.run(
+        [sys.executable, "-c", ADAPTER_SIDE, *map(str, args)],
+        cwd=base,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return pipe, folder, torch.load(base / "out.pt")
+
+
+def test_the_lora_and_its_word_load_in_diffusers_and_agree(adapted):
+    from diffusion_lib.adapters import set_lora_scale
+
+    pipe, folder, theirs = adapted
+    assert (folder / "pytorch_lora_weights.safetensors").exists()
+    assert (folder / f"{WORD}.safetensors").exists()
+    ours = pipe(WORD_PROMPTS, num_steps=STEPS, seed=SEED, guidance_scale=GUIDANCE)
+    for key in ("loaded", "fused"):
+        diff = (ours - theirs[key]).abs().max().item()
+        print(f"LoRA {key}: max |course - diffusers| = {diff:.2e}")
+        assert diff <= TOLERANCE, key
+    # unloaded, diffusers draws the base model with the word: the course at scale 0
+    set_lora_scale(pipe.unet, 0.0)
+    try:
+        base = pipe(WORD_PROMPTS, num_steps=STEPS, seed=SEED, guidance_scale=GUIDANCE)
+    finally:
+        set_lora_scale(pipe.unet, 1.0)
+    assert (base - theirs["unloaded"]).abs().max().item() <= TOLERANCE
+    assert (base - ours).abs().max().item() > 100 * TOLERANCE  # the LoRA matters
+
+
+def test_a_lora_scale_lost_in_export_is_caught(adapted):
+    """The file carries alpha / r = 2: a course LoRA run at scale 1/2 (what diffusers
+    would give if the alpha were dropped and the scale taken as 1) disagrees."""
+    from diffusion_lib.adapters import set_lora_scale
+
+    pipe, _, theirs = adapted
+    set_lora_scale(pipe.unet, 0.5)
+    try:
+        wrong = pipe(WORD_PROMPTS, num_steps=STEPS, seed=SEED, guidance_scale=GUIDANCE)
+    finally:
+        set_lora_scale(pipe.unet, 1.0)
+    assert (wrong - theirs["loaded"]).abs().max().item() > 100 * TOLERANCE
