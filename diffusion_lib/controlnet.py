@@ -55,18 +55,58 @@ def hint_encoder(control_channels: int, out_channels: int, steps: int) -> nn.Seq
     return nn.Sequential(*layers, zero_conv(ch, out_channels, 3))
 
 
+class ConditioningEmbedding(nn.Module):
+    """The hint encoder as the released code has it (cldm/cldm.py input_hint_block;
+    diffusers' ControlNetConditioningEmbedding): a 3x3 convolution to widths[0], then
+    for each next width a 3x3 convolution and a 3x3 stride-2 convolution to it (SiLU
+    after every one), and a zero 3x3 convolution to out_channels. len(widths) - 1
+    halvings: 64 -> 8 takes four widths."""
+
+    def __init__(self, control_channels: int, out_channels: int, widths):
+        super().__init__()
+        self.conv_in = nn.Conv2d(control_channels, widths[0], 3, padding=1)
+        self.blocks = nn.ModuleList()
+        for w_in, w_out in zip(widths[:-1], widths[1:]):
+            self.blocks.append(nn.Conv2d(w_in, w_in, 3, padding=1))
+            self.blocks.append(nn.Conv2d(w_in, w_out, 3, padding=1, stride=2))
+        self.conv_out = zero_conv(widths[-1], out_channels, 3)
+
+    def forward(self, control: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.conv_in(control))
+        for block in self.blocks:
+            h = F.silu(block(h))
+        return self.conv_out(h)
+
+
 class ControlNet(nn.Module):
     """controlnet(x_t [B, C, h, w], t [B], control [B, c, h * f, w * f], context) ->
-    (down_residuals, mid_residual) for UNet.forward; f = 2^hint_steps."""
+    (down_residuals, mid_residual) for UNet.forward; f = 2^hint_steps.
 
-    def __init__(self, unet: UNet, control_channels: int = 1, hint_steps: int = 3):
+    hint_widths: the released code's hint encoder (ConditioningEmbedding, what
+    diffusers' ControlNetModel has) with these widths, hint_steps = len - 1; None:
+    the course's first hint encoder (`hint_encoder`), which diffusers cannot load."""
+
+    def __init__(
+        self,
+        unet: UNet,
+        control_channels: int = 1,
+        hint_steps: int = 3,
+        hint_widths: tuple | None = None,
+    ):
         super().__init__()
         enc = copy.deepcopy(unet)  # the trainable copy, initialised from the UNet
         enc.up, enc.norm_out, enc.conv_out = nn.ModuleList(), None, None
         self.encoder = enc.requires_grad_(True)
         cfg = unet.config
+        if hint_widths is not None:
+            hint_steps = len(hint_widths) - 1
+            self.hint = ConditioningEmbedding(
+                control_channels, cfg.base_channels, tuple(hint_widths)
+            )
+        else:
+            self.hint = hint_encoder(control_channels, cfg.base_channels, hint_steps)
         self.hint_steps, self.control_channels = hint_steps, control_channels
-        self.hint = hint_encoder(control_channels, cfg.base_channels, hint_steps)
+        self.hint_widths = None if hint_widths is None else tuple(hint_widths)
         self.zero_convs = nn.ModuleList(zero_conv(c, c) for c in unet.skip_channels)
         mid = cfg.base_channels * cfg.channel_mults[-1]
         self.mid_zero = zero_conv(mid, mid)

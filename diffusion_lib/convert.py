@@ -142,6 +142,40 @@ def unet_key_map(cfg: UNetConfig) -> dict[str, str]:
     return out
 
 
+def controlnet_config(controlnet, sample_size: int) -> dict:
+    """diffusers' ControlNetModel configuration for a course ControlNet whose hint
+    encoder has the released layout (hint_widths set)."""
+    if controlnet.hint_widths is None:
+        raise ValueError(
+            "this ControlNet has the course's first hint encoder, which diffusers' "
+            "ControlNetModel cannot hold; retrain it with hint_widths set"
+        )
+    unet = unet_config(controlnet.encoder.config, sample_size)
+    drop = ("up_block_types", "out_channels", "sample_size", "dropout")
+    return {
+        **{k: v for k, v in unet.items() if k not in drop},
+        "conditioning_channels": controlnet.control_channels,
+        "conditioning_embedding_out_channels": list(controlnet.hint_widths),
+    }
+
+
+def controlnet_key_map(controlnet) -> dict[str, str]:
+    """{course prefix: diffusers ControlNetModel prefix}."""
+    cfg = controlnet.encoder.config
+    unet = unet_key_map(cfg)
+    out = {
+        f"encoder.{k}": v
+        for k, v in unet.items()
+        if not k.startswith(("up.", "norm_out", "conv_out"))
+    }
+    out["hint.conv_in"] = "controlnet_cond_embedding.conv_in"
+    out["hint.blocks"] = "controlnet_cond_embedding.blocks"
+    out["hint.conv_out"] = "controlnet_cond_embedding.conv_out"
+    out["zero_convs"] = "controlnet_down_blocks"
+    out["mid_zero"] = "controlnet_mid_block"
+    return out
+
+
 # ------------------------------------------------------------------------------ VAE
 
 

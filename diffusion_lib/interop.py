@@ -541,6 +541,31 @@ def export_lora(pipe, folder: str | Path) -> Path:
     return folder
 
 
+def diffusers_controlnet(pipe):
+    """The pipeline's ControlNet as diffusers' ControlNetModel."""
+    from diffusers import ControlNetModel
+
+    net = pipe.controlnet
+    if net is None:
+        raise ValueError("the pipeline has no ControlNet (load_controlnet)")
+    model = ControlNetModel(**convert.controlnet_config(net, pipe.latent_shape[-1]))
+    state = convert.rename_state(
+        net.state_dict(), convert.controlnet_key_map(net), "ControlNet"
+    )
+    convert.check_same_keys(state, model.state_dict(), "ControlNet")
+    model.load_state_dict(state)
+    return model.to(pipe.device).eval()
+
+
+def export_controlnet(pipe, folder: str | Path) -> Path:
+    """The ControlNet as a diffusers ControlNetModel folder, which
+    `StableDiffusionControlNetPipeline` runs beside the exported SD (the control
+    image: a [B, c, H, W] tensor in [0, 1], as the course's)."""
+    folder = Path(folder)
+    diffusers_controlnet(pipe).save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
 def load_sd15(
     device: str = "cuda",
     dtype: torch.dtype = torch.float16,

@@ -112,7 +112,7 @@ def load_controlnet(pipe, name: str = "scenes-controlnet", directory=None) -> di
             "load the ControlNet before the LoRA adapter: the ControlNet copies the "
             "UNet as it was trained, without LoRA layers"
         )
-    net = ControlNet(pipe.unet)
+    net = ControlNet(pipe.unet, hint_widths=info.get("hint_widths"))
     load_into(net, state, pretrained.checkpoint_path(name, directory), name)
     pipe.controlnet = net.to(pipe.device).eval().requires_grad_(False)
     return info

@@ -467,12 +467,14 @@ def train_controlnet(
     callback=None,
     callback_every: int = 0,
     accelerator=None,
+    hint_widths: tuple | None = None,
 ):
     """Train a ControlNet for the frozen `unet` on latents [N, C, h, w], text states
     [N, L, D] (replaced by null_context [L, D] with probability p_uncond) and control
     images [N, c, H, W] (never dropped), with train.fit (weight decay 0);
     callback(step, ema ControlNet) every `callback_every` steps, e.g. to watch for the
-    paper's "sudden convergence". Returns (EMA ControlNet, TrainResult)."""
+    paper's "sudden convergence". hint_widths: see controlnet.ControlNet.
+    Returns (EMA ControlNet, TrainResult)."""
     n = latents.shape[0]
     if context.shape[0] != n or control.shape[0] != n:
         raise ValueError(
@@ -480,7 +482,8 @@ def train_controlnet(
             f"{context.shape[0]} and {control.shape[0]}"
         )
     unet.requires_grad_(False).eval()
-    net = ControlNet(unet, control.shape[1]).to(latents.device)
+    net = ControlNet(unet, control.shape[1], hint_widths=hint_widths)
+    net = net.to(latents.device)
     model = ControlledUNet(unet, net)
 
     def next_batch(gen):  # latents, and the caption (dropped to null) and control

@@ -410,3 +410,116 @@ def test_a_lora_scale_lost_in_export_is_caught(adapted):
     finally:
         set_lora_scale(pipe.unet, 1.0)
     assert (wrong - theirs["loaded"]).abs().max().item() > 100 * TOLERANCE
+
+
+# -------------------------------------------------------------------- ControlNet
+
+CONTROL_SIDE = """
+import sys
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "diffusion_lib":
+            raise ImportError("diffusion_lib is blocked in this process")
+
+sys.meta_path.insert(0, Block())
+import torch
+from diffusers import (ControlNetModel, StableDiffusionControlNetPipeline,
+                       StableDiffusionPipeline)
+
+base, net, inputs, out = sys.argv[1:5]
+x = torch.load(inputs)
+sd = StableDiffusionPipeline.from_pretrained(base, local_files_only=True)
+controlnet = ControlNetModel.from_pretrained(net, local_files_only=True)
+pipe = StableDiffusionControlNetPipeline.from_pipe(sd, controlnet=controlnet)
+pipe.set_progress_bar_config(disable=True)
+result = {"class": type(controlnet).__name__}
+for scale in (1.0, 0.5):
+    result[scale] = pipe(x["prompts"], image=x["control"], num_inference_steps=x["steps"],
+        guidance_scale=x["guidance"], controlnet_conditioning_scale=scale,
+        generator=torch.Generator().manual_seed(x["seed"]), output_type="pt",
+    ).images * 2 - 1
+torch.save(result, out)
+"""
+
+
+@pytest.fixture(scope="module")
+def controlled(tmp_path_factory):
+    """A tiny SD with a ControlNet (the released hint encoder, every weight random,
+    the zero convolutions too), exported and run by diffusers'
+    StableDiffusionControlNetPipeline: (pipe, control, the other side's images)."""
+    from diffusion_lib.controlnet import ControlNet
+
+    pipe = tiny_sd_pipeline(seed=2)
+    base = tmp_path_factory.mktemp("sd_controlnet")
+    interop.export_sd(pipe, base / "mini-sd")
+    net = ControlNet(pipe.unet, 1, hint_widths=(4, 8, 8, 16))
+    gen = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.15, generator=gen)
+    pipe.controlnet = net.eval().requires_grad_(False)
+    folder = interop.export_controlnet(pipe, base / "controlnet")
+    control = (torch.rand(2, 1, 64, 64, generator=gen) > 0.5).float()
+    inputs = {
+        "prompts": PROMPTS,
+        "control": control,
+        "steps": STEPS,
+        "guidance": GUIDANCE,
+        "seed": stage_generator(SEED, "latents").initial_seed(),
+    }
+    torch.save(inputs, base / "inputs.pt")
+    args = [base / "mini-sd", folder, base / "inputs.pt", base / "out.pt"]
+    run = subprocess.run(
+        [sys.executable, "-c", CONTROL_SIDE, *map(str, args)],
+        cwd=base,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return pipe, control, torch.load(base / "out.pt")
+
+
+def controlled_images(pipe, control, scale):
+    return pipe(
+        PROMPTS,
+        num_steps=STEPS,
+        seed=SEED,
+        guidance_scale=GUIDANCE,
+        control=control,
+        control_scale=scale,
+    )
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_the_controlnet_runs_in_diffusers_controlnet_pipeline(controlled, scale):
+    pipe, control, theirs = controlled
+    assert theirs["class"] == "ControlNetModel"
+    ours = controlled_images(pipe, control, scale)
+    diff = (ours - theirs[scale]).abs().max().item()
+    print(f"ControlNet (scale {scale}): max |course - diffusers| = {diff:.2e}")
+    assert diff <= TOLERANCE
+    plain = pipe(PROMPTS, num_steps=STEPS, seed=SEED, guidance_scale=GUIDANCE)
+    assert (plain - ours).abs().max().item() > 100 * TOLERANCE  # control matters
+
+
+def test_a_dropped_middle_residual_is_caught(controlled):
+    pipe, control, theirs = controlled
+    hook = pipe.controlnet.mid_zero.register_forward_hook(
+        lambda m, a, out: torch.zeros_like(out)
+    )
+    try:
+        wrong = controlled_images(pipe, control, 1.0)
+    finally:
+        hook.remove()
+    assert (wrong - theirs[1.0]).abs().max().item() > 100 * TOLERANCE
+
+
+def test_the_first_hint_encoder_is_refused():
+    from diffusion_lib.controlnet import ControlNet
+
+    pipe = tiny_sd_pipeline()
+    pipe.controlnet = ControlNet(pipe.unet)
+    with pytest.raises(ValueError, match="hint_widths"):
+        interop.diffusers_controlnet(pipe)
