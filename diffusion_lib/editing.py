@@ -128,15 +128,22 @@ def repaint(
 
 class InpaintingUNet(nn.Module):
     """Stable Diffusion's inpainting UNet: model(x_t [B, 4, h, w], t, context=...,
-    cond=[B, 5, h, w]) = unet(concat(x_t, masked-image latent, latent mask)), the
-    UNet built with 9 input channels."""
+    cond=[B, 5, h, w]) = unet(concat(x_t, cond)), the UNet built with 9 input
+    channels. cond holds the latent mask and the masked image's latent, in the order
+    `inpaint_condition` makes for this model:
 
-    def __init__(self, unet: UNet):
+    * sd_order=True, Stable Diffusion's ([x_t, mask, masked latent]; diffusers'
+      StableDiffusionInpaintPipeline feeds exactly this);
+    * sd_order=False, the course's first layout ([x_t, masked latent, mask])."""
+
+    def __init__(self, unet: UNet, sd_order: bool = False):
         super().__init__()
-        self.unet, self.config = unet, unet.config
+        self.unet, self.config, self.sd_order = unet, unet.config, sd_order
 
     @classmethod
-    def from_text_to_image(cls, unet: UNet, extra_channels: int = 5) -> InpaintingUNet:
+    def from_text_to_image(
+        cls, unet: UNet, extra_channels: int = 5, sd_order: bool = False
+    ) -> InpaintingUNet:
         """A copy of a trained text-to-image UNet whose first convolution takes
         `extra_channels` more inputs, with zero weights (the model starts as the
         text-to-image one)."""
@@ -149,30 +156,56 @@ class InpaintingUNet(nn.Module):
             [w, w.new_zeros(w.shape[0], extra_channels, *w.shape[2:])], dim=1
         )
         new.load_state_dict(state)
-        return cls(new)
+        return cls(new, sd_order)
 
     def forward(self, x, t, context=None, cond=None):
         if cond is None:
             raise ValueError(
-                "the inpainting UNet needs cond [B, 5, h, w] (the masked "
-                "image's latent and the latent mask)"
+                "the inpainting UNet needs cond [B, 5, h, w] (the latent mask and "
+                "the masked image's latent: see inpaint_condition)"
             )
         return self.unet(torch.cat([x, cond], dim=1), t, context=context)
 
 
+def nearest_latent_mask(mask: torch.Tensor, factor: int = 8) -> torch.Tensor:
+    """Pixel mask [B, 1, S, S] -> [B, 1, S / f, S / f] by nearest-neighbour sampling
+    (F.interpolate), the top-left pixel of each f x f cell: how Stable Diffusion's
+    inpainting pipeline (and its training code) brings the mask to the latent grid."""
+    s = mask.shape[-1] // factor
+    return F.interpolate(mask.float(), size=(s, s))
+
+
 @torch.no_grad()
-def inpaint_condition(pipe, images, mask, batch_size: int = 500) -> torch.Tensor:
-    """cond [B, 5, h, w] on pipe.device: the scaled latent of the masked images and the
-    latent mask (encoded batch_size images at a time: for a training set of 20000 in
-    one pass, each activation of the VAE's first level alone, 16 x 64 x 64 floats per
-    image, would take 5.2 GB)."""
+def inpaint_condition(
+    pipe,
+    images,
+    mask,
+    batch_size: int = 500,
+    *,
+    sd_order: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """cond [B, 5, h, w] on pipe.device for images [B, 3, 64, 64] and masks [B, 1, 64,
+    64] (1 = generate), encoded batch_size images at a time (for a training set of
+    20000 in one pass, each activation of the VAE's first level alone, 16 x 64 x 64
+    floats per image, would take 5.2 GB).
+
+    sd_order=True, as Stable Diffusion: [the mask sampled by nearest neighbour
+    (nearest_latent_mask), the scaled latent of the masked images *sampled* from the
+    VAE's posterior with `generator`]. sd_order=False, the course's first layout:
+    [the posterior mean of the masked images, the max-pooled mask (latent_mask)]."""
     device, masked = pipe.device, masked_images(images, mask)
-    z = torch.cat(
-        [
-            pipe.vae.encode_scaled(masked[i : i + batch_size].to(device))
-            for i in range(0, len(masked), batch_size)
-        ]
-    )
+    scale = pipe.vae.config.scaling_factor
+    parts = []
+    for i in range(0, len(masked), batch_size):
+        chunk = masked[i : i + batch_size].to(device)
+        if sd_order:
+            parts.append(pipe.vae.encode(chunk).sample(generator) * scale)
+        else:
+            parts.append(pipe.vae.encode_scaled(chunk))
+    z = torch.cat(parts)
+    if sd_order:
+        return torch.cat([nearest_latent_mask(mask).to(device), z], dim=1)
     return torch.cat([z, latent_mask(mask).to(device)], dim=1)
 
 
@@ -189,10 +222,15 @@ def inpaint(
     seed: int = 0,
 ) -> torch.Tensor:
     """Inpainting with a mask-conditioned UNet: images [B, 3, 64, 64] -> images; the
-    unguided pass sees the same masked image, with the empty caption."""
+    unguided pass sees the same masked image, with the empty caption. One generator
+    seeded with `seed` draws x_T and then (sd_order) the masked latent's sample, in
+    the order of diffusers' StableDiffusionInpaintPipeline."""
     from .samplers import DDIMSampler, sample
 
-    cond = inpaint_condition(pipe, images, mask)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (len(images), *pipe.latent_shape)
+    x_T = torch.randn(shape, generator=gen)
+    cond = inpaint_condition(pipe, images, mask, sd_order=model.sd_order, generator=gen)
     context = pipe.encode_prompts(prompts)
     sampler = DDIMSampler(
         pipe.schedule, prediction_type=pipe.prediction_type, clip_sample=False
@@ -200,15 +238,16 @@ def inpaint(
     z = sample(
         model,
         sampler,
-        (len(cond), *pipe.latent_shape),
+        shape,
         num_steps=num_steps,
         model_kwargs={"context": context, "cond": cond},
         uncond_kwargs={"context": pipe.encode_prompts([""] * len(cond)), "cond": cond},
         guidance_scale=pipe.guidance_scale
         if guidance_scale is None
         else guidance_scale,
-        generator=torch.Generator().manual_seed(seed),
+        generator=gen,
         device=pipe.device,
+        x_T=x_T,
     ).x0
     return pipe.decode(z)
 

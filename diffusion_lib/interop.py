@@ -566,6 +566,26 @@ def export_controlnet(pipe, folder: str | Path) -> Path:
     return folder
 
 
+def export_inpaint(pipe, model, folder: str | Path) -> Path:
+    """The inpainting UNet (an editing.InpaintingUNet in SD's channel order) with the
+    pipeline's VAE, text encoder, tokenizer and scheduler as a diffusers
+    StableDiffusionInpaintPipeline folder."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    if not model.sd_order:
+        raise ValueError(
+            "this inpainting UNet takes the course's first channel order [x_t, masked "
+            "latent, mask]; SD's is [x_t, mask, masked latent]: retrain it with "
+            "sd_order=True"
+        )
+    parts = sd_pipeline(pipe).components
+    parts["unet"] = diffusers_unet(model.unet, pipe.latent_shape[-1])
+    inpainting = StableDiffusionInpaintPipeline(**parts)
+    folder = Path(folder)
+    inpainting.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
 def load_sd15(
     device: str = "cuda",
     dtype: torch.dtype = torch.float16,

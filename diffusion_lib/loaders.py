@@ -96,7 +96,8 @@ def load_textual_inversion(
 def load_inpainting(directory=None, device=None):
     """(InpaintingUNet, manifest) of the shipped scenes-inpaint (hash-checked)."""
     unet, info = pretrained.load_pretrained("scenes-inpaint", device, directory)
-    return InpaintingUNet(unet).eval(), info
+    sd_order = info.get("channel_order") == "sd"
+    return InpaintingUNet(unet, sd_order).eval(), info
 
 
 def load_controlnet(pipe, name: str = "scenes-controlnet", directory=None) -> dict:

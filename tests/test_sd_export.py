@@ -523,3 +523,108 @@ def test_the_first_hint_encoder_is_refused():
     pipe.controlnet = ControlNet(pipe.unet)
     with pytest.raises(ValueError, match="hint_widths"):
         interop.diffusers_controlnet(pipe)
+
+
+# -------------------------------------------------------------------- inpainting
+
+INPAINT_SIDE = """
+import sys
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "diffusion_lib":
+            raise ImportError("diffusion_lib is blocked in this process")
+
+sys.meta_path.insert(0, Block())
+import torch
+from diffusers import StableDiffusionInpaintPipeline
+
+folder, inputs, out = sys.argv[1:4]
+x = torch.load(inputs)
+pipe = StableDiffusionInpaintPipeline.from_pretrained(folder, local_files_only=True)
+pipe.set_progress_bar_config(disable=True)
+images = pipe(x["prompts"], image=(x["images"] + 1) / 2, mask_image=x["mask"],
+    num_inference_steps=x["steps"], guidance_scale=x["guidance"],
+    generator=torch.Generator().manual_seed(x["seed"]), output_type="pt").images
+torch.save({"images": images * 2 - 1, "in_channels": pipe.unet.config.in_channels}, out)
+"""
+
+
+@pytest.fixture(scope="module")
+def inpainted(tmp_path_factory):
+    """A tiny SD's inpainting UNet in SD's channel order (random weights, the new
+    input channels too), exported as a StableDiffusionInpaintPipeline folder and run
+    by diffusers on masks that do not follow the 8x8 latent grid."""
+    from diffusion_lib.editing import InpaintingUNet
+
+    pipe = tiny_sd_pipeline(seed=3)
+    model = InpaintingUNet.from_text_to_image(pipe.unet, sd_order=True)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        model.unet.conv_in.weight.normal_(0, 0.15, generator=gen)
+    base = tmp_path_factory.mktemp("sd_inpaint")
+    folder = interop.export_inpaint(pipe, model.eval(), base / "inpaint")
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[0, :, 5:37, 11:50] = 1
+    mask[1, :, 30:61, 2:29] = 1
+    inputs = {
+        "prompts": PROMPTS,
+        "images": torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1,
+        "mask": mask,
+        "steps": STEPS,
+        "guidance": GUIDANCE,
+        "seed": SEED,
+    }
+    torch.save(inputs, base / "inputs.pt")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            INPAINT_SIDE,
+            str(folder),
+            str(base / "inputs.pt"),
+            str(base / "out.pt"),
+        ],
+        cwd=base,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return pipe, model, inputs, torch.load(base / "out.pt")
+
+
+def course_inpaint(pipe, model, x):
+    from diffusion_lib.editing import inpaint
+
+    return inpaint(
+        pipe,
+        model,
+        x["images"],
+        x["mask"],
+        x["prompts"],
+        num_steps=x["steps"],
+        guidance_scale=x["guidance"],
+        seed=x["seed"],
+    )
+
+
+def test_the_inpainting_unet_runs_in_diffusers_inpaint_pipeline(inpainted):
+    pipe, model, x, theirs = inpainted
+    assert theirs["in_channels"] == 9
+    diff = (course_inpaint(pipe, model, x) - theirs["images"]).abs().max().item()
+    print(f"inpainting: max |course - diffusers| = {diff:.2e}")
+    assert diff <= TOLERANCE
+
+
+def test_the_course_first_channel_order_is_caught(inpainted):
+    """The same weights fed [x_t, masked latent, mask] (the course's first order)
+    disagree with SD's pipeline; and export refuses such a model."""
+    from diffusion_lib.editing import InpaintingUNet
+
+    pipe, model, x, theirs = inpainted
+    swapped = InpaintingUNet(model.unet, sd_order=False)
+    wrong = course_inpaint(pipe, swapped, x)
+    assert (wrong - theirs["images"]).abs().max().item() > 100 * TOLERANCE
+    with pytest.raises(ValueError, match="sd_order=True"):
+        interop.export_inpaint(pipe, swapped, "/nonexistent")
