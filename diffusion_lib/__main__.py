@@ -1,4 +1,5 @@
-"""The course's command line: generate images from a prompt with a shipped pipeline.
+"""The course's command line: generate images from a prompt with a shipped pipeline,
+and export the mini SD to (or import it from) diffusers' format.
 
     python -m diffusion_lib generate \\
         "a small red circle to the left of a large blue square" \\
@@ -23,6 +24,11 @@ The mini SD also takes Part IV's adapters and editing modes (chapters 11-13):
     python -m diffusion_lib generate "a yellow triangle" --control layout.png
 
 A mask or control image is read as grey levels (white = 1) at 64x64.
+
+The mini SD as an ordinary Stable Diffusion, for diffusers (chapter 8):
+
+    python -m diffusion_lib export --model sd --out mini-sd --lora --controlnet
+    python -m diffusion_lib import mini-sd --out my-checkpoints
 
 Nothing is overwritten or mixed: an existing grid file, or a folder that already holds
 files, is refused unless --overwrite is given (a folder then loses its old img_*.png);
@@ -196,8 +202,73 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="folder of checkpoints (default: the shipped ones)",
     )
-    parser.subcommands = {"generate": gen}  # for errors with the right usage line
+    exp = commands.add_parser(
+        "export",
+        help="the mini SD as a standard diffusers folder (and its extensions)",
+        description="Write the mini SD as an ordinary Stable Diffusion folder that "
+        "diffusers' StableDiffusionPipeline.from_pretrained(OUT) loads without the "
+        "course; each option adds an extension in diffusers' format inside OUT.",
+    )
+    exp.add_argument("--model", choices=("sd",), default="sd")
+    exp.add_argument("--out", required=True, help="the folder to write")
+    exp.add_argument("--overwrite", action="store_true", help="replace OUT")
+    for flag, default, what in (
+        ("--lora", "scenes-lora", "OUT/lora: for pipe.load_lora_weights"),
+        ("--embedding", "scenes-inversion", "OUT/embedding: load_textual_inversion"),
+        ("--controlnet", "scenes-controlnet", "OUT/controlnet: a ControlNetModel"),
+    ):
+        exp.add_argument(flag, nargs="?", const=default, default=None, help=what)
+    exp.add_argument(
+        "--inpaint",
+        action="store_true",
+        help="OUT/inpaint: a StableDiffusionInpaintPipeline (scenes-inpaint)",
+    )
+    exp.add_argument("--checkpoints", default=None, help="default: the shipped ones")
+    imp = commands.add_parser(
+        "import",
+        help="a diffusers SD folder as the course's checkpoints",
+        description="Read a Stable Diffusion folder in diffusers' format (as export "
+        "writes) back into the course's modules, saved as scenes-ldm, scenes-vae "
+        "and scenes-clip checkpoints in OUT (use them with generate --checkpoints).",
+    )
+    imp.add_argument("folder", help="a diffusers StableDiffusionPipeline folder")
+    imp.add_argument("--out", required=True, help="the checkpoint folder to write")
+    imp.add_argument("--guidance-scale", type=_non_negative, default=3.0)
+    parser.subcommands = {"generate": gen, "export": exp, "import": imp}
     return parser
+
+
+def export(args, parser) -> None:
+    from .interop import export_all
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            parser.error(f"{out} exists and is not empty (use --overwrite)")
+        shutil.rmtree(out)
+    try:
+        written = export_all(
+            out,
+            args.checkpoints,
+            lora=args.lora,
+            embedding=args.embedding,
+            controlnet=args.controlnet,
+            inpaint=args.inpaint,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    for part, paths in written.items():
+        print(f"{part}: {', '.join(map(str, paths))}", file=sys.stderr)
+
+
+def import_(args, parser) -> None:
+    from .interop import import_to_checkpoints
+
+    try:
+        paths = import_to_checkpoints(args.folder, args.out, args.guidance_scale)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        parser.error(str(err))
+    print("wrote " + ", ".join(map(str, paths)), file=sys.stderr)
 
 
 def save_images(images: torch.Tensor, out: str | Path) -> list[Path]:
@@ -581,6 +652,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.command == "generate":
         generate(args, parser.subcommands["generate"])
+    elif args.command == "export":
+        export(args, parser.subcommands["export"])
+    elif args.command == "import":
+        import_(args, parser.subcommands["import"])
 
 
 if __name__ == "__main__":

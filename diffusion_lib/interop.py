@@ -586,6 +586,85 @@ def export_inpaint(pipe, model, folder: str | Path) -> Path:
     return folder
 
 
+def export_all(
+    out: str | Path,
+    checkpoints=None,
+    *,
+    lora: str | None = None,
+    embedding: str | None = None,
+    controlnet: str | None = None,
+    inpaint: bool = False,
+) -> dict[str, list[Path]]:
+    """`python -m diffusion_lib export`: the shipped (or `checkpoints`) mini SD as a
+    diffusers folder `out`, and each extension asked for in a folder inside it:
+    out/lora (load_lora_weights, with its word's textual-inversion file),
+    out/embedding (load_textual_inversion), out/controlnet (ControlNetModel),
+    out/inpaint (a StableDiffusionInpaintPipeline). Returns {part: paths}."""
+    from . import loaders
+    from .pipelines import MiniStableDiffusion
+
+    out = Path(out)
+    pipe = MiniStableDiffusion.from_pretrained("cpu", checkpoints)
+    written = {"sd": [export_sd(pipe, out)]}
+    if controlnet is not None:  # before the LoRA: it copies the plain UNet
+        loaders.load_controlnet(pipe, controlnet, checkpoints)
+        written["controlnet"] = [export_controlnet(pipe, out / "controlnet")]
+    if inpaint:
+        model, _ = loaders.load_inpainting(checkpoints)
+        written["inpaint"] = [export_inpaint(pipe, model, out / "inpaint")]
+    if embedding is not None:
+        words = MiniStableDiffusion.from_pretrained("cpu", checkpoints)
+        loaders.load_textual_inversion(words, embedding, checkpoints)
+        written["embedding"] = export_embedding(words, out / "embedding")
+    if lora is not None:
+        loaders.load_lora_weights(pipe, lora, checkpoints)
+        written["lora"] = [export_lora(pipe, out / "lora")]
+    return written
+
+
+def import_to_checkpoints(
+    folder: str | Path, out: str | Path, guidance_scale: float = 3.0
+) -> list[Path]:
+    """`python -m diffusion_lib import`: a diffusers Stable Diffusion folder (as
+    export_sd writes) as the course's checkpoints scenes-ldm, scenes-vae and
+    scenes-clip in `out` (float32, with manifests naming the folder), which
+    `MiniStableDiffusion.from_pretrained(directory=out)` and `generate --checkpoints
+    out` load."""
+    from . import pretrained
+    from .train import save_checkpoint
+
+    pipe = import_sd(folder)
+    source = {"imported_from": str(Path(folder).resolve())}
+    parts = {
+        "scenes-vae": (pipe.vae, {"config": pipe.vae.config.to_dict()}),
+        "scenes-clip": (
+            pipe.text_encoder,
+            {
+                "config": pipe.text_encoder.config.to_dict(),
+                "tokenizer": pipe.tokenizer.to_dict(),
+            },
+        ),
+        "scenes-ldm": (
+            pipe.unet,
+            {
+                "config": pipe.unet.config.to_dict(),
+                "schedule": {
+                    "kind": pipe.schedule.kind,
+                    "num_timesteps": pipe.schedule.num_timesteps,
+                },
+                "prediction_type": pipe.prediction_type,
+                "guidance_scale": guidance_scale,
+            },
+        ),
+    }
+    paths = []
+    for name, (model, info) in parts.items():
+        path = pretrained.checkpoint_path(name, out)
+        save_checkpoint(path, model, {"recipe": name, **info, **source}, torch.float32)
+        paths.append(path)
+    return paths
+
+
 def load_sd15(
     device: str = "cuda",
     dtype: torch.dtype = torch.float16,

@@ -628,3 +628,72 @@ def test_the_course_first_channel_order_is_caught(inpainted):
     assert (wrong - theirs["images"]).abs().max().item() > 100 * TOLERANCE
     with pytest.raises(ValueError, match="sd_order=True"):
         interop.export_inpaint(pipe, swapped, "/nonexistent")
+
+
+# ------------------------------------------------------------ the command line
+
+
+def test_export_and_import_commands_round_trip(exported, tmp_path, capsys):
+    """import (diffusers folder -> course checkpoints), export (checkpoints ->
+    diffusers folder), import again: the same weights, and `generate` runs on them."""
+    from safetensors.torch import load_file
+
+    from diffusion_lib.__main__ import main
+
+    pipe, folder, _, _ = exported
+    main(["import", str(folder), "--out", str(tmp_path / "ckpt")])
+    main(
+        [
+            "export",
+            "--out",
+            str(tmp_path / "again"),
+            "--checkpoints",
+            str(tmp_path / "ckpt"),
+        ]
+    )
+    for part in ("unet", "vae", "text_encoder"):
+        a = load_file(next((folder / part).glob("*.safetensors")))
+        b = load_file(next((tmp_path / "again" / part).glob("*.safetensors")))
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    with pytest.raises(SystemExit):  # refuses to overwrite
+        main(
+            [
+                "export",
+                "--out",
+                str(tmp_path / "again"),
+                "--checkpoints",
+                str(tmp_path / "ckpt"),
+            ]
+        )
+    assert "exists and is not empty" in capsys.readouterr().err
+    main(
+        [
+            "generate",
+            PROMPTS[0],
+            "--checkpoints",
+            str(tmp_path / "ckpt"),
+            "--num-images",
+            "2",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "g.png"),
+        ]
+    )
+    assert (tmp_path / "g.png").exists()
+
+
+def test_export_explains_a_model_in_the_first_layout(tiny_sd_dir, tmp_path, capsys):
+    """The tiny test SD has the course's first layout (as the shipped mini SD until
+    it is retrained in SD's): export says what to retrain instead of writing a
+    folder that diffusers would misread."""
+    from diffusion_lib.__main__ import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(
+            ["export", "--out", str(tmp_path / "x"), "--checkpoints", str(tiny_sd_dir)]
+        )
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert "first layout" in err and "retrain" in err
