@@ -17,7 +17,6 @@ import contextlib
 import copy
 import json
 import math
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from .checkpoints import manifest_hash, read_manifest, sha256_file
 from .config import Config
 from .controlnet import ControlledUNet, ControlNet
 from .forward import diffusion_loss, draw_noise
+from .resume import LoopState
 from .schedules import NoiseSchedule
 from .setup import progress_bar
 from .unclip import UnCLIPUpsampler, corrupt, downsample, enlarge, random_crops
@@ -109,6 +109,9 @@ class TrainResult:
     losses: list = field(default_factory=list)
     seconds: float = 0.0
     ema: EMA | None = None
+    # (step, value) for each callback call that returned a value (saved with a
+    # resumable run's state, so a resumed run still has the earlier ones)
+    records: list = field(default_factory=list)
 
 
 def drop_labels(
@@ -153,7 +156,9 @@ def train_diffusion(
     condition whose null is None is never dropped.
 
     callback(step, ema_model) is called every `callback_every` steps (e.g. to measure
-    FID during training).
+    FID during training); what it returns (if not None) is kept in result.records.
+    Inside `resume.resumable(...)` the loop saves its state and continues an
+    interrupted run.
     Returns the per-step losses, the wall-clock seconds and the EMA of the weights.
     The loop is `fit`; with an `accelerator` (or under `accelerate launch`, see
     diffusion_lib.scale) the same call trains data-parallel.
@@ -253,10 +258,16 @@ def fit(
     # (an adapter initialised from each process's own random state, say): start the
     # EMA from those
     ema.model.load_state_dict(trainable.state_dict())
-    result, start = TrainResult(), time.perf_counter()
+    result = TrainResult()
+    state = LoopState(
+        trainable, ema, opt, gen, result, enabled=isinstance(acc, OneProcess)
+    )
+    first = state.restore(
+        config.steps
+    )  # 0, or where an interrupted resumable run stopped
     trainable.train()
     show = progress and acc.is_main_process
-    for step in (bar := progress_bar(range(config.steps), show, desc)):
+    for step in (bar := progress_bar(range(first, config.steps), show, desc)):
         x0, kwargs = next_batch(gen)
         t, eps = draw_noise(schedule, x0, gen)  # the whole batch's
         config.set_lr(opt, step)
@@ -287,9 +298,12 @@ def fit(
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
         if callback is not None and callback_every and (step + 1) % callback_every == 0:
             if acc.is_main_process:  # callbacks write files or measure
-                callback(step + 1, ema.model)
+                value = callback(step + 1, ema.model)
+                if value is not None:
+                    result.records.append((step + 1, value))
             acc.wait_for_everyone()
-    result.seconds, result.ema = time.perf_counter() - start, ema
+        state.after(step)
+    result.seconds, result.ema = state.seconds(), ema
     trainable.eval()
     return result
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from . import scale
 from .clip import CLIP, MAX_LOGIT_SCALE, clip_loss
 from .metrics import Evaluator
+from .resume import LoopState
 from .setup import progress_bar
 from .train import EMA, OptimConfig
 from .vae import AutoencoderKL, vae_loss
@@ -126,6 +127,7 @@ class VAETrainResult:
     kl: list = field(default_factory=list)  # KL per image value, per step
     seconds: float = 0.0
     ema: EMA | None = None
+    records: list = field(default_factory=list)  # (step, what a callback returned)
 
 
 def train_vae(
@@ -146,11 +148,9 @@ def train_vae(
     device, homes = scale.start(accelerator, model)  # launched: its device
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = cfg.optimizer(model.parameters())
-    ema, result, start = (
-        EMA(model, cfg.ema_decay),
-        VAETrainResult(),
-        time.perf_counter(),
-    )
+    ema, result = EMA(model, cfg.ema_decay), VAETrainResult()
+    state = LoopState(model, ema, opt, gen, result, enabled=accelerator is None)
+    first = state.restore(cfg.steps)  # 0, or where an interrupted resumable run stopped
     f, c = model.config.downsample_factor, model.config.latent_channels
 
     def loss_of(rows):  # the mean loss over some rows of the batch, and its KL term
@@ -165,7 +165,7 @@ def train_vae(
     model.train()
     for step in (
         bar := progress_bar(
-            range(cfg.steps), progress and scale.is_main(accelerator), "vae"
+            range(first, cfg.steps), progress and scale.is_main(accelerator), "vae"
         )
     ):
         idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen)
@@ -186,9 +186,12 @@ def train_vae(
             recent = result.losses[-50:]
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
         if callback is not None and callback_every and (step + 1) % callback_every == 0:
-            callback(step + 1, ema.model)
+            value = callback(step + 1, ema.model)
+            if value is not None:
+                result.records.append((step + 1, value))
+        state.after(step)
     scale.finish(accelerator, homes, model, ema.model)
-    result.seconds, result.ema = time.perf_counter() - start, ema
+    result.seconds, result.ema = state.seconds(), ema
     model.eval()
     return result
 

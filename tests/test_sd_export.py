@@ -435,8 +435,9 @@ pipe = StableDiffusionControlNetPipeline.from_pipe(sd, controlnet=controlnet)
 pipe.set_progress_bar_config(disable=True)
 result = {"class": type(controlnet).__name__}
 for scale in (1.0, 0.5):
-    result[scale] = pipe(x["prompts"], image=x["control"], num_inference_steps=x["steps"],
-        guidance_scale=x["guidance"], controlnet_conditioning_scale=scale,
+    result[scale] = pipe(x["prompts"], image=x["control"],
+        num_inference_steps=x["steps"], guidance_scale=x["guidance"],
+        controlnet_conditioning_scale=scale,
         generator=torch.Generator().manual_seed(x["seed"]), output_type="pt",
     ).images * 2 - 1
 torch.save(result, out)

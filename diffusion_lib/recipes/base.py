@@ -11,11 +11,14 @@ which of the two a `--stage` runs.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 
+from .. import pretrained
+from ..resume import resumable
 from ..setup import hardware
 from ..train import loss_summary
 from ..unet import count_parameters
@@ -92,9 +95,19 @@ class Recipe:
         """Train and/or measure as `stage` says; returns the manifest."""
         self.check(stage, device)
         if stage in ("all", "train"):
-            info = self.train(
-                out_dir, quick=quick, seed=seed, device=device, accelerator=accelerator
-            )
+            # an interrupted training continues where it stopped (resume.py; one
+            # process only): its state is saved beside the checkpoint meanwhile
+            folder = pretrained.checkpoint_path(self.name, out_dir).parent
+            key = {"recipe": self.name, "quick": quick, "seed": seed}
+            saving = resumable(folder, self.name, key=key)
+            with saving if accelerator is None else contextlib.nullcontext():
+                info = self.train(
+                    out_dir,
+                    quick=quick,
+                    seed=seed,
+                    device=device,
+                    accelerator=accelerator,
+                )
             if stage == "train" or not self.measures_apart:
                 return info
         return self.measure(out_dir, quick=quick, seed=seed, device=device)

@@ -59,7 +59,7 @@ def train_scenes_controlnet(
     null = pipe.encode_prompts([""])[0]
     watch_seed = seed_of(seed, "control watch scenes")
     watch = make_scenes(8 if quick else 32, seed=watch_seed, split="train")
-    watch_control, curve = layout_masks(watch), []
+    watch_control = layout_masks(watch)
     watch_steps = steps if quick else WATCH_STEPS
 
     def callback(step, net):
@@ -68,8 +68,8 @@ def train_scenes_controlnet(
             watch.captions, num_steps=watch_steps, seed=seed, control=watch_control
         )
         iou = mask_iou(fake, watch_control, BACKGROUND).mean().item()
-        curve.append({"step": step, "mask_iou": iou})
         print(f"step {step}: IoU {iou:.3f}", flush=True)
+        return iou  # kept in result.records (a resumed run keeps them too)
 
     # the hint encoder's initial weights come from torch's global generator: seed it
     # (seed stream "training data", as every recipe seeds its weights), so the
@@ -89,6 +89,7 @@ def train_scenes_controlnet(
         accelerator=accelerator,
     )
     pipe.controlnet = net
+    curve = [{"step": step, "mask_iou": value} for step, value in result.records]
     info = {
         "recipe": "scenes-controlnet",
         "kind": "controlnet",

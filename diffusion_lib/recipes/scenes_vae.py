@@ -85,12 +85,11 @@ def train_scenes_vae(out_dir, *, quick=False, seed=0, device="cpu", accelerator=
     data = make_scenes(n_images, SCENE_SIZE, seed=seed, split="train")
     probe_seed = seed_of(seed, "vae curve scenes")
     probe = make_scenes(64 if quick else 200, SCENE_SIZE, seed=probe_seed).images
-    curve = []
 
     def measure(step, ema_model):
         psnr_now = psnr(reconstruct(ema_model, probe), probe).mean().item()
-        curve.append({"step": step, "psnr": psnr_now})
         print(f"step {step}: PSNR, fresh scenes {psnr_now:.2f} dB", flush=True)
+        return psnr_now  # kept in result.records (a resumed run keeps them too)
 
     torch.manual_seed(seed)
     model = AutoencoderKL(SCENES_VAE)
@@ -103,6 +102,7 @@ def train_scenes_vae(out_dir, *, quick=False, seed=0, device="cpu", accelerator=
         accelerator=accelerator,
     )
     vae = result.ema.model
+    curve = [{"step": step, "psnr": value} for step, value in result.records]
     vae.config.scaling_factor = latent_scaling_factor(vae, data.images[:2000], seed)
     n = 64 if quick else 1000
     info = {
