@@ -665,6 +665,141 @@ def import_to_checkpoints(
     return paths
 
 
+# A Python in which `diffusion_lib` cannot be imported: what runs there is diffusers,
+# transformers and torch only, so agreement with the course is agreement between two
+# implementations.
+BLOCK_COURSE = """
+import sys
+
+class _BlockCourse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "diffusion_lib":
+            raise ImportError("diffusion_lib is blocked in this process")
+
+sys.meta_path.insert(0, _BlockCourse())
+"""
+
+# Loads an exported SD folder there and computes each component's output on the given
+# inputs and the pipeline's images from the prompt strings.
+_SD_OUTPUTS = """
+import torch
+from diffusers import StableDiffusionPipeline
+
+folder, inputs, out = sys.argv[1:4]
+x = torch.load(inputs)
+sd = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+sd.set_progress_bar_config(disable=True)
+result = {"classes": {k: type(getattr(sd, k)).__module__.split(".")[0] + "."
+          + type(getattr(sd, k)).__name__
+          for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}}
+with torch.no_grad():
+    ids = sd.tokenizer(x["prompts"], padding="max_length", truncation=True,
+                       max_length=sd.tokenizer.model_max_length,
+                       return_tensors="pt").input_ids
+    result["text_states"] = sd.text_encoder(ids)[0]
+    result["unet"] = sd.unet(x["latents"], x["t"],
+                             encoder_hidden_states=x["context"]).sample
+    posterior = sd.vae.encode(x["images"]).latent_dist
+    result["vae_mean"], result["vae_logvar"] = posterior.mean, posterior.logvar
+    result["vae_decode"] = sd.vae.decode(x["latents"]).sample
+    for scale in x["guidance"]:
+        result[f"images_{scale:g}"] = sd(
+            x["prompts"], num_inference_steps=x["steps"], guidance_scale=scale,
+            generator=torch.Generator().manual_seed(x["seed"]), output_type="pt",
+        ).images * 2 - 1
+torch.save(result, out)
+"""
+
+
+def run_without_course(script: str, *args, timeout: int = 600) -> None:
+    """Run `script` (Python source; sys.argv[1:] = args) in a fresh Python where
+    `diffusion_lib` cannot be imported; RuntimeError with its stderr if it fails."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cwd:  # not the course's folder
+        run = subprocess.run(
+            [sys.executable, "-c", BLOCK_COURSE + script, *map(str, args)],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    if run.returncode:
+        raise RuntimeError(
+            f"the script failed outside the course:\n{run.stderr[-3000:]}"
+        )
+
+
+def sd_reference_inputs(pipe, prompts, steps: int, guidance=(3.0, 1.0), seed=0):
+    """Inputs for `sd_reference_outputs` (and the course's `course_outputs`): the
+    prompts, random latents, timesteps, text states and images (fixed seed), and the
+    seed of the generator the course draws x_T from."""
+    from .pipelines import stage_generator
+
+    gen = torch.Generator().manual_seed(0)
+    size = pipe.text_encoder.config.image_size
+    n, width = len(prompts), pipe.text_encoder.config.text_width
+    return {
+        "prompts": list(prompts),
+        "latents": torch.randn((n, *pipe.latent_shape), generator=gen),
+        "t": torch.linspace(10, pipe.schedule.num_timesteps - 1, n).long(),
+        "context": torch.randn(n, pipe.tokenizer.context_length, width, generator=gen),
+        "images": torch.rand(n, 3, size, size, generator=gen) * 2 - 1,
+        "steps": steps,
+        "guidance": list(guidance),
+        "seed": seed,
+        "x_T_seed": stage_generator(seed, "latents").initial_seed(),
+    }
+
+
+def sd_reference_outputs(folder, inputs: dict) -> dict:
+    """What diffusers and transformers alone compute from an exported SD folder
+    (run_without_course): each component's output on `inputs` and the pipeline's
+    images from the prompt strings ({"images_<guidance>": [B, 3, H, W] in [-1, 1]})."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save({**inputs, "seed": inputs["x_T_seed"]}, f"{tmp}/inputs.pt")
+        run_without_course(_SD_OUTPUTS, folder, f"{tmp}/inputs.pt", f"{tmp}/out.pt")
+        return torch.load(f"{tmp}/out.pt")
+
+
+@torch.no_grad()
+def sd_course_outputs(pipe, inputs: dict) -> dict:
+    """The course's own outputs for the same inputs (see sd_reference_outputs)."""
+    posterior = pipe.vae.encode(inputs["images"].to(pipe.device))
+    out = {
+        "text_states": pipe.encode_prompts(inputs["prompts"]),
+        "unet": pipe.unet(
+            inputs["latents"].to(pipe.device),
+            inputs["t"].to(pipe.device),
+            context=inputs["context"].to(pipe.device),
+        ),
+        "vae_mean": posterior.mean,
+        "vae_logvar": posterior.logvar,
+        "vae_decode": pipe.vae.decode(inputs["latents"].to(pipe.device)),
+    }
+    for scale in inputs["guidance"]:
+        out[f"images_{scale:g}"] = pipe(
+            inputs["prompts"],
+            num_steps=inputs["steps"],
+            seed=inputs["seed"],
+            guidance_scale=scale,
+        )
+    return {k: v.cpu() for k, v in out.items()}
+
+
+def agreement(ours: dict, theirs: dict) -> dict:
+    """max |ours - theirs| for every output the two dicts share."""
+    return {
+        k: (ours[k].float() - theirs[k].float()).abs().max().item()
+        for k in ours
+        if k in theirs
+    }
+
+
 def load_sd15(
     device: str = "cuda",
     dtype: torch.dtype = torch.float16,

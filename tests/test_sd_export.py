@@ -1,13 +1,12 @@
 """The mini SD exported as an ordinary Stable Diffusion: diffusers and transformers load
-the folder in a Python where `diffusion_lib` cannot be imported, run each component
+the folder in a Python where `diffusion_lib` cannot be imported
+(interop.run_without_course), run each component
 and the whole pipeline from plain prompt strings, and agree with the course's own
 modules. Because the other side is an independent implementation (diffusers' UNet
 and VAE, transformers' CLIP), a bug planted in the course's code makes the two
 disagree: each planted bug below must be caught."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -25,45 +24,6 @@ PROMPTS = [
 ]
 STEPS, SEED, GUIDANCE = 10, 3, 3.0
 TOLERANCE = 1e-3  # the issue's bar for images in [-1, 1]; float32 gives ~1e-5
-
-# Runs in a fresh Python with diffusion_lib blocked: only diffusers, transformers and
-# torch read the folder. Writes every output the tests compare.
-OTHER_SIDE = """
-import sys
-
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "diffusion_lib":
-            raise ImportError("diffusion_lib is blocked in this process")
-
-sys.meta_path.insert(0, Block())
-import torch
-from diffusers import StableDiffusionPipeline
-
-folder, inputs, out = sys.argv[1:4]
-x = torch.load(inputs)
-sd = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
-sd.set_progress_bar_config(disable=True)
-result = {"classes": {k: type(getattr(sd, k)).__module__.split(".")[0] + "."
-          + type(getattr(sd, k)).__name__
-          for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}}
-with torch.no_grad():
-    ids = sd.tokenizer(x["prompts"], padding="max_length", truncation=True,
-                       max_length=sd.tokenizer.model_max_length,
-                       return_tensors="pt").input_ids
-    result["text_states"] = sd.text_encoder(ids)[0]
-    result["unet"] = sd.unet(x["latents"], x["t"],
-                             encoder_hidden_states=x["context"]).sample
-    posterior = sd.vae.encode(x["images"]).latent_dist
-    result["vae_mean"], result["vae_logvar"] = posterior.mean, posterior.logvar
-    result["vae_decode"] = sd.vae.decode(x["latents"]).sample
-    for scale in (x["guidance"], 1.0):
-        result[f"images_{scale}"] = sd(
-            x["prompts"], num_inference_steps=x["steps"], guidance_scale=scale,
-            generator=torch.Generator().manual_seed(x["seed"]), output_type="pt",
-        ).images * 2 - 1
-torch.save(result, out)
-"""
 
 
 def tiny_sd_pipeline(seed: int = 0) -> MiniStableDiffusion:
@@ -109,62 +69,20 @@ def tiny_sd_pipeline(seed: int = 0) -> MiniStableDiffusion:
     return MiniStableDiffusion(*models, tok, schedule)
 
 
-def course_outputs(pipe, x) -> dict:
-    with torch.no_grad():
-        posterior = pipe.vae.encode(x["images"])
-        out = {
-            "text_states": pipe.encode_prompts(x["prompts"]),
-            "unet": pipe.unet(x["latents"], x["t"], context=x["context"]),
-            "vae_mean": posterior.mean,
-            "vae_logvar": posterior.logvar,
-            "vae_decode": pipe.vae.decode(x["latents"]),
-        }
-    for scale in (x["guidance"], 1.0):
-        out[f"images_{scale}"] = pipe(
-            x["prompts"], num_steps=x["steps"], seed=SEED, guidance_scale=scale
-        )
-    return out
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(pipe, folder, inputs, the other side's outputs)."""
     pipe = tiny_sd_pipeline()
-    base = tmp_path_factory.mktemp("sd_export")
-    folder = interop.export_sd(pipe, base / "mini-sd")
-    gen = torch.Generator().manual_seed(0)
-    inputs = {
-        "prompts": PROMPTS,
-        "latents": torch.randn(2, 4, 8, 8, generator=gen),
-        "t": torch.tensor([10, 900]),
-        "context": torch.randn(2, 20, 16, generator=gen),
-        "images": torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1,
-        "steps": STEPS,
-        "guidance": GUIDANCE,
-        # the course draws x_T from this generator: diffusers gets the same one
-        "seed": stage_generator(SEED, "latents").initial_seed(),
-    }
-    torch.save(inputs, base / "inputs.pt")
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            OTHER_SIDE,
-            str(folder),
-            str(base / "inputs.pt"),
-            str(base / "out.pt"),
-        ],
-        cwd=base,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    return pipe, folder, inputs, torch.load(base / "out.pt")
+    folder = interop.export_sd(pipe, tmp_path_factory.mktemp("sd_export") / "mini-sd")
+    inputs = interop.sd_reference_inputs(pipe, PROMPTS, STEPS, (GUIDANCE, 1.0), SEED)
+    return pipe, folder, inputs, interop.sd_reference_outputs(folder, inputs)
 
 
-def differences(ours: dict, theirs: dict) -> dict:
-    return {k: (ours[k] - theirs[k]).abs().max().item() for k in ours}
+def course_outputs(pipe, inputs):
+    return interop.sd_course_outputs(pipe, inputs)
+
+
+differences = interop.agreement
 
 
 def test_folder_names_only_diffusers_and_transformers_classes(exported):
@@ -186,7 +104,8 @@ def test_every_component_and_the_pipeline_agree(exported):
     print("max |course - diffusers/transformers|:", diff)
     assert all(v <= TOLERANCE for v in diff.values()), diff
     # the images are not trivially equal (e.g. all clamped to one value)
-    assert theirs[f"images_{GUIDANCE}"].std() > 0.1
+    assert theirs[f"images_{GUIDANCE:g}"].std() > 0.1
+    assert len(diff) == 7  # 5 components and 2 guidance scales
 
 
 def planted(pipe, bug: str):
@@ -229,10 +148,10 @@ def planted(pipe, bug: str):
 @pytest.mark.parametrize(
     "bug, caught_by",
     [
-        ("unet: cross-attention to_v negated", ["unet", f"images_{GUIDANCE}"]),
-        ("vae: post_quant_conv skipped", ["vae_decode", f"images_{GUIDANCE}"]),
+        ("unet: cross-attention to_v negated", ["unet", f"images_{GUIDANCE:g}"]),
+        ("vae: post_quant_conv skipped", ["vae_decode", f"images_{GUIDANCE:g}"]),
         ("vae: downsampling pads the top-left edge", ["vae_mean", "vae_logvar"]),
-        ("text encoder: no causal mask", ["text_states", f"images_{GUIDANCE}"]),
+        ("text encoder: no causal mask", ["text_states", f"images_{GUIDANCE:g}"]),
     ],
 )
 def test_a_planted_bug_in_the_course_code_is_caught(exported, bug, caught_by):
@@ -299,14 +218,6 @@ def test_models_in_the_course_first_layout_are_refused():
 # ----------------------------------------------------------- LoRA and a new word
 
 ADAPTER_SIDE = """
-import sys
-
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "diffusion_lib":
-            raise ImportError("diffusion_lib is blocked in this process")
-
-sys.meta_path.insert(0, Block())
 import torch
 from diffusers import StableDiffusionPipeline
 
@@ -366,14 +277,7 @@ def adapted(tmp_path_factory):
     }
     torch.save(inputs, base / "inputs.pt")
     args = [base / "mini-sd", folder, WORD, base / "inputs.pt", base / "out.pt"]
-    run = subprocess.run(
-        [sys.executable, "-c", ADAPTER_SIDE, *map(str, args)],
-        cwd=base,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    interop.run_without_course(ADAPTER_SIDE, *args)
     return pipe, folder, torch.load(base / "out.pt")
 
 
@@ -415,14 +319,6 @@ def test_a_lora_scale_lost_in_export_is_caught(adapted):
 # -------------------------------------------------------------------- ControlNet
 
 CONTROL_SIDE = """
-import sys
-
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "diffusion_lib":
-            raise ImportError("diffusion_lib is blocked in this process")
-
-sys.meta_path.insert(0, Block())
 import torch
 from diffusers import (ControlNetModel, StableDiffusionControlNetPipeline,
                        StableDiffusionPipeline)
@@ -471,14 +367,7 @@ def controlled(tmp_path_factory):
     }
     torch.save(inputs, base / "inputs.pt")
     args = [base / "mini-sd", folder, base / "inputs.pt", base / "out.pt"]
-    run = subprocess.run(
-        [sys.executable, "-c", CONTROL_SIDE, *map(str, args)],
-        cwd=base,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    interop.run_without_course(CONTROL_SIDE, *args)
     return pipe, control, torch.load(base / "out.pt")
 
 
@@ -529,14 +418,6 @@ def test_the_first_hint_encoder_is_refused():
 # -------------------------------------------------------------------- inpainting
 
 INPAINT_SIDE = """
-import sys
-
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "diffusion_lib":
-            raise ImportError("diffusion_lib is blocked in this process")
-
-sys.meta_path.insert(0, Block())
 import torch
 from diffusers import StableDiffusionInpaintPipeline
 
@@ -577,21 +458,9 @@ def inpainted(tmp_path_factory):
         "seed": SEED,
     }
     torch.save(inputs, base / "inputs.pt")
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            INPAINT_SIDE,
-            str(folder),
-            str(base / "inputs.pt"),
-            str(base / "out.pt"),
-        ],
-        cwd=base,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    interop.run_without_course(
+        INPAINT_SIDE, folder, base / "inputs.pt", base / "out.pt"
     )
-    assert run.returncode == 0, run.stderr[-3000:]
     return pipe, model, inputs, torch.load(base / "out.pt")
 
 
