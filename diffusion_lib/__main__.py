@@ -209,7 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
         "diffusers' StableDiffusionPipeline.from_pretrained(OUT) loads without the "
         "course; each option adds an extension in diffusers' format inside OUT.",
     )
-    exp.add_argument("--model", choices=("sd",), default="sd")
+    exp.add_argument(
+        "--model",
+        choices=MODELS,
+        default="sd",
+        help="sd: the mini SD; dalle2: the mini DALL-E 2's prior, upsampler and text "
+        "encoder (its decoder has no diffusers equivalent yet)",
+    )
     exp.add_argument("--out", required=True, help="the folder to write")
     exp.add_argument("--overwrite", action="store_true", help="replace OUT")
     for flag, default, what in (
@@ -250,6 +256,7 @@ def export(args, parser) -> None:
         written = export_all(
             out,
             args.checkpoints,
+            model=args.model,
             lora=args.lora,
             embedding=args.embedding,
             controlnet=args.controlnet,
@@ -259,6 +266,10 @@ def export(args, parser) -> None:
         parser.error(str(err))
     for part, paths in written.items():
         print(f"{part}: {', '.join(map(str, paths))}", file=sys.stderr)
+    if args.model == "dalle2":
+        from .interop import DALLE2_DECODER_NOTE
+
+        print(DALLE2_DECODER_NOTE, file=sys.stderr)
 
 
 def import_(args, parser) -> None:

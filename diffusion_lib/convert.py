@@ -122,19 +122,23 @@ def unet_key_map(cfg: UNetConfig) -> dict[str, str]:
         for j in range(cfg.num_res_blocks):
             block = f"down_blocks.{level}"
             out.update(_resblock_keys(f"down.{i}.0", f"{block}.resnets.{j}"))
-            out[f"down.{i}.1"] = f"{block}.attentions.{j}"
+            if level in cfg.attention_levels:
+                out[f"down.{i}.1"] = f"{block}.attentions.{j}"
             i += 1
         if level < last:
             out[f"down.{i}"] = f"down_blocks.{level}.downsamplers.0.conv"
             i += 1
     out.update(_resblock_keys("mid.0", "mid_block.resnets.0"))
-    out["mid.1"] = "mid_block.attentions.0"
-    out.update(_resblock_keys("mid.2", "mid_block.resnets.1"))
+    if cfg.mid_attention:
+        out["mid.1"] = "mid_block.attentions.0"
+    second = "mid.2" if cfg.mid_attention else "mid.1"
+    out.update(_resblock_keys(second, "mid_block.resnets.1"))
     i = 0
     for k, level in enumerate(reversed(range(last + 1))):
         for j in range(cfg.num_res_blocks + 1):
             out.update(_resblock_keys(f"up.{i}.0", f"up_blocks.{k}.resnets.{j}"))
-            out[f"up.{i}.1"] = f"up_blocks.{k}.attentions.{j}"
+            if level in cfg.attention_levels:
+                out[f"up.{i}.1"] = f"up_blocks.{k}.attentions.{j}"
             i += 1
         if level > 0:
             out[f"up.{i}.1"] = f"up_blocks.{k}.upsamplers.0.conv"
@@ -173,6 +177,134 @@ def controlnet_key_map(controlnet) -> dict[str, str]:
     out["hint.conv_out"] = "controlnet_cond_embedding.conv_out"
     out["zero_convs"] = "controlnet_down_blocks"
     out["mid_zero"] = "controlnet_mid_block"
+    return out
+
+
+def unet2d_config(cfg: UNetConfig, sample_size: int) -> dict:
+    """diffusers' UNet2DModel configuration for a course UNet without attention or
+    conditioning other than the timestep (the mini DALL-E 2's upsampler: its input is
+    the noisy image and the enlarged low-resolution one, concatenated)."""
+    if (
+        cfg.attention_levels
+        or cfg.mid_attention
+        or cfg.label_sizes
+        or cfg.vector_dim
+        or cfg.context_dim
+    ):
+        raise ValueError(
+            "only a UNet without attention, labels, vector or context maps to this "
+            "UNet2DModel layout"
+        )
+    widths = [cfg.base_channels * m for m in cfg.channel_mults]
+    _check_groups(widths, cfg.groups, "UNet")
+    n = len(widths)
+    return {
+        "sample_size": sample_size,
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.out_channels,
+        "center_input_sample": False,
+        "time_embedding_type": "positional",
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "down_block_types": ["DownBlock2D"] * n,
+        "mid_block_type": "UNetMidBlock2D",
+        "up_block_types": ["UpBlock2D"] * n,
+        "block_out_channels": widths,
+        "layers_per_block": cfg.num_res_blocks,
+        "mid_block_scale_factor": 1,
+        "downsample_padding": 1,
+        "downsample_type": "conv",
+        "upsample_type": "conv",
+        "dropout": cfg.dropout,
+        "act_fn": "silu",
+        "norm_num_groups": cfg.groups,
+        "norm_eps": 1e-5,
+        "resnet_time_scale_shift": "default",
+        "add_attention": False,
+    }
+
+
+# ---------------------------------------------------------------------------- prior
+
+
+def prior_config(cfg) -> dict:
+    """diffusers' PriorTransformer configuration for the mini DALL-E 2's prior (a
+    prior.PriorConfig): [caption tokens, text embedding, timestep, noisy image
+    embedding, query] through a causal transformer, the query's output projected to
+    the predicted embedding."""
+    from .prior import DiffusionPrior
+
+    if cfg.text_width != cfg.embed_dim:
+        raise ValueError(
+            "PriorTransformer projects the caption's token states with "
+            f"Linear(embedding_dim={cfg.embed_dim}, ...): it needs text_width == "
+            f"embed_dim, got text_width={cfg.text_width}"
+        )
+    return {
+        "num_attention_heads": cfg.heads,
+        "attention_head_dim": cfg.width // cfg.heads,
+        "num_layers": cfg.layers,
+        "embedding_dim": cfg.embed_dim,
+        "num_embeddings": cfg.context_length,
+        "additional_embeddings": DiffusionPrior.EXTRA_TOKENS,
+        "dropout": 0.0,
+        "time_embed_act_fn": "silu",
+        "norm_in_type": None,
+        "embedding_proj_norm_type": None,
+        "encoder_hid_proj_type": "linear",
+        "added_emb_type": "prd",  # the final query token
+        "time_embed_dim": cfg.width,
+        "embedding_proj_dim": cfg.embed_dim,
+        "clip_embed_dim": cfg.embed_dim,
+    }
+
+
+def prior_key_map(cfg) -> dict[str, str]:
+    """{course prefix: PriorTransformer prefix}."""
+    out = {
+        "text_proj": "encoder_hidden_states_proj",
+        "text_embed_proj": "embedding_proj",
+        "time_mlp.0": "time_embedding.linear_1",
+        "time_mlp.2": "time_embedding.linear_2",
+        "x_proj": "proj_in",
+        "query": "prd_embedding",
+        "positional_embedding": "positional_embedding",
+        "ln_final": "norm_out",
+        "out": "proj_to_clip_embeddings",
+        "embed_mean": "clip_mean",
+        "embed_std": "clip_std",
+    }
+    for i in range(cfg.layers):
+        a, b = f"blocks.{i}", f"transformer_blocks.{i}"
+        out.update(
+            {
+                f"{a}.ln_1": f"{b}.norm1",
+                f"{a}.attn": f"{b}.attn1",  # to_q, to_k, to_v, to_out.0 as they are
+                f"{a}.ln_2": f"{b}.norm3",
+                f"{a}.mlp.0": f"{b}.ff.net.0.proj",
+                f"{a}.mlp.2": f"{b}.ff.net.2",
+            }
+        )
+    return out
+
+
+_PRIOR_SHAPES = {  # PriorTransformer keeps these with leading singleton dimensions
+    "positional_embedding": 1,
+    "prd_embedding": 2,
+    "clip_mean": 1,
+    "clip_std": 1,
+}
+
+
+def prior_to_diffusers_state(state: dict, cfg) -> dict:
+    """The prior's state dict as PriorTransformer's: renamed, four tensors given
+    leading dimensions of size 1, zero query/key/value biases (the course has none)."""
+    out = rename_state(dict(state), prior_key_map(cfg), "prior")
+    for key, dims in _PRIOR_SHAPES.items():
+        out[key] = out[key].reshape((1,) * dims + tuple(out[key].shape))
+    for key, value in list(out.items()):
+        if key.endswith(("to_q.weight", "to_k.weight", "to_v.weight")):
+            out[key[: -len("weight")] + "bias"] = torch.zeros(value.shape[0])
     return out
 
 

@@ -590,20 +590,29 @@ def export_all(
     out: str | Path,
     checkpoints=None,
     *,
+    model: str = "sd",
     lora: str | None = None,
     embedding: str | None = None,
     controlnet: str | None = None,
     inpaint: bool = False,
 ) -> dict[str, list[Path]]:
-    """`python -m diffusion_lib export`: the shipped (or `checkpoints`) mini SD as a
+    """`python -m diffusion_lib export`: with model="dalle2", the mini DALL-E 2's parts
+    that map (export_dalle2); with "sd", the shipped (or `checkpoints`) mini SD as a
     diffusers folder `out`, and each extension asked for in a folder inside it:
     out/lora (load_lora_weights, with its word's textual-inversion file),
     out/embedding (load_textual_inversion), out/controlnet (ControlNetModel),
     out/inpaint (a StableDiffusionInpaintPipeline). Returns {part: paths}."""
     from . import loaders
-    from .pipelines import MiniStableDiffusion
+    from .pipelines import MiniDALLE2, MiniStableDiffusion
 
     out = Path(out)
+    if model == "dalle2":
+        if lora or embedding or controlnet or inpaint:
+            raise ValueError("the extensions (--lora, ...) belong to the mini SD")
+        parts = export_dalle2(MiniDALLE2.from_pretrained("cpu", checkpoints), out)
+        return {name: [path] for name, path in parts.items()}
+    if model != "sd":
+        raise ValueError(f"model must be 'sd' or 'dalle2', got {model!r}")
     pipe = MiniStableDiffusion.from_pretrained("cpu", checkpoints)
     written = {"sd": [export_sd(pipe, out)]}
     if controlnet is not None:  # before the LoRA: it copies the plain UNet
@@ -663,6 +672,68 @@ def import_to_checkpoints(
         save_checkpoint(path, model, {"recipe": name, **info, **source}, torch.float32)
         paths.append(path)
     return paths
+
+
+# ------------------------------------------- the mini DALL-E 2's parts in diffusers
+
+
+def diffusers_prior(prior):
+    """The mini DALL-E 2's prior as diffusers' PriorTransformer (Karlo's class):
+    prior(x_t, t, states, text_embed, mask) = PriorTransformer(hidden_states=x_t,
+    timestep=t, proj_embedding=text_embed, encoder_hidden_states=states,
+    attention_mask=mask).predicted_image_embedding."""
+    from diffusers import PriorTransformer
+
+    model = PriorTransformer(**convert.prior_config(prior.config))
+    state = convert.prior_to_diffusers_state(prior.state_dict(), prior.config)
+    convert.check_same_keys(state, model.state_dict(), "prior")
+    model.load_state_dict(state)
+    return model.to(next(prior.parameters()).device).eval()
+
+
+def diffusers_upsampler(upsampler, sample_size: int):
+    """The mini DALL-E 2's upsampler as diffusers' UNet2DModel: upsampler(x_t, t,
+    low_res) = UNet2DModel(cat[x_t, unclip.enlarge(low_res)], t).sample."""
+    from diffusers import UNet2DModel
+
+    cfg = upsampler.unet.config
+    model = UNet2DModel(**convert.unet2d_config(cfg, sample_size))
+    keys = {f"unet.{k}": v for k, v in convert.unet_key_map(cfg).items()}
+    state = convert.rename_state(upsampler.state_dict(), keys, "upsampler")
+    convert.check_same_keys(state, model.state_dict(), "upsampler")
+    model.load_state_dict(state)
+    return model.to(next(upsampler.parameters()).device).eval()
+
+
+DALLE2_DECODER_NOTE = (
+    "the decoder is not exported: its attention blocks run self-attention and a "
+    "separate cross-attention to the text, where diffusers' unCLIP decoder (and the "
+    "paper's, GLIDE's) attends once over the pixels and the context tokens together; "
+    "no renaming turns one into the other (chapter 9 lists every difference)"
+)
+
+
+def export_dalle2(pipe, folder: str | Path) -> dict[str, Path]:
+    """The parts of the mini DALL-E 2 that are diffusers' and transformers' classes by
+    renaming: folder/prior (PriorTransformer), folder/upsampler (UNet2DModel),
+    folder/text_encoder (CLIPTextModelWithProjection) and folder/tokenizer. The decoder
+    is not one of them (DALLE2_DECODER_NOTE)."""
+    folder = Path(folder)
+    size = pipe.clip.config.image_size
+    parts = {
+        "prior": diffusers_prior(pipe.prior),
+        "upsampler": diffusers_upsampler(pipe.upsampler, size),
+        "text_encoder": transformers_text_encoder(pipe.clip, with_projection=True),
+        "tokenizer": convert.hf_tokenizer(pipe.tokenizer),
+    }
+    out = {}
+    for name, part in parts.items():
+        out[name] = folder / name
+        if name == "tokenizer":
+            part.save_pretrained(str(out[name]))
+        else:
+            part.save_pretrained(str(out[name]), safe_serialization=True)
+    return out
 
 
 # A Python in which `diffusion_lib` cannot be imported: what runs there is diffusers,

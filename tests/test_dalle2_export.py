@@ -1,0 +1,131 @@
+"""The mini DALL-E 2's parts that are diffusers' classes by renaming: the shipped prior
+as a PriorTransformer and the shipped upsampler as a UNet2DModel, loaded from their
+exported folders in a Python without the course, agree with the course's modules on
+the same inputs; a bug planted in the course's code is caught. The decoder is refused
+with the reason."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffusion_lib import interop
+from diffusion_lib.pipelines import MiniDALLE2
+
+TOLERANCE = 1e-4  # float32 outputs of O(1); measured differences are ~1e-6
+
+OTHER_SIDE = """
+import torch
+from diffusers import PriorTransformer, UNet2DModel
+from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerFast
+
+folder, inputs, out = sys.argv[1:4]
+x = torch.load(inputs)
+prior = PriorTransformer.from_pretrained(f"{folder}/prior").eval()
+upsampler = UNet2DModel.from_pretrained(f"{folder}/upsampler").eval()
+text = CLIPTextModelWithProjection.from_pretrained(f"{folder}/text_encoder").eval()
+tokenizer = PreTrainedTokenizerFast.from_pretrained(f"{folder}/tokenizer")
+with torch.no_grad():
+    ids = tokenizer(x["prompts"], padding="max_length", return_tensors="pt")
+    encoded = text(ids.input_ids)
+    result = {
+        "text_states": encoded.last_hidden_state,
+        "text_embed": encoded.text_embeds,
+        "prior": prior(
+            hidden_states=x["x_prior"],
+            timestep=x["t"],
+            proj_embedding=x["text_embed"],
+            encoder_hidden_states=x["states"],
+            attention_mask=x["mask"],
+        ).predicted_image_embedding,
+        "upsampler": upsampler(torch.cat([x["x_up"], x["enlarged"]], 1), x["t"]).sample,
+    }
+torch.save(result, out)
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from diffusion_lib.unclip import enlarge
+
+    pipe = MiniDALLE2.from_pretrained()
+    base = tmp_path_factory.mktemp("dalle2_export")
+    parts = interop.export_dalle2(pipe, base / "mini-dalle2")
+    gen = torch.Generator().manual_seed(0)
+    prompts = ["a small red circle to the left of a large blue square", "a cyan square"]
+    encoded = pipe.encode_prompts(prompts)
+    size = pipe.clip.config.image_size
+    x = {
+        "prompts": prompts,
+        "x_prior": torch.randn(2, pipe.prior.config.embed_dim, generator=gen),
+        "t": torch.tensor([30, 870]),
+        "states": encoded["text_states"],
+        "text_embed": encoded["text_embed"],
+        "mask": encoded["text_mask"],
+        "x_up": torch.randn(2, 3, size, size, generator=gen),
+    }
+    low = torch.rand(2, 3, size // 2, size // 2, generator=gen) * 2 - 1
+    x["low"], x["enlarged"] = low, enlarge(low, size)
+    torch.save(x, base / "inputs.pt")
+    interop.run_without_course(
+        OTHER_SIDE, parts["prior"].parent, base / "inputs.pt", base / "out.pt"
+    )
+    return pipe, x, torch.load(base / "out.pt")
+
+
+def course_outputs(pipe, x):
+    with torch.no_grad():
+        states, embed = pipe.clip.text(pipe.tokenizer(x["prompts"]))
+        return {
+            "text_states": states,
+            "text_embed": embed,
+            "prior": pipe.prior(
+                x["x_prior"], x["t"], x["states"], x["text_embed"], x["mask"]
+            ),
+            "upsampler": pipe.upsampler(x["x_up"], x["t"], x["low"]),
+        }
+
+
+def test_prior_upsampler_and_text_encoder_agree(exported):
+    pipe, x, theirs = exported
+    diff = interop.agreement(course_outputs(pipe, x), theirs)
+    print("max |course - diffusers/transformers|:", diff)
+    assert all(v <= TOLERANCE for v in diff.values()), diff
+    # unit text embeddings in the course, raw in transformers: the same direction
+    cosine = F.cosine_similarity(theirs["text_embed"], x["text_embed"], dim=-1)
+    assert (cosine > 1 - 1e-5).all()
+
+
+def test_planted_bugs_in_the_course_code_are_caught(exported, monkeypatch):
+    from diffusion_lib import unet
+
+    pipe, x, theirs = exported
+    mask = pipe.prior.causal_mask
+    saved = mask.clone()
+    mask.fill_(True)  # the prior's tokens see the future
+    try:
+        diff = interop.agreement(course_outputs(pipe, x), theirs)
+    finally:
+        mask.copy_(saved)
+    assert diff["prior"] > 100 * TOLERANCE, diff
+
+    def sin_then_cos(t, dim, max_period=10000.0):
+        cos_sin = unet_embedding(t, dim, max_period)
+        return torch.cat(cos_sin.chunk(2, dim=-1)[::-1], dim=-1)
+
+    unet_embedding = unet.timestep_embedding
+    monkeypatch.setattr(unet, "timestep_embedding", sin_then_cos)
+    diff = interop.agreement(course_outputs(pipe, x), theirs)
+    assert diff["upsampler"] > 100 * TOLERANCE, diff
+
+
+def test_the_decoder_is_not_exported_and_the_command_says_why(tmp_path, capsys):
+    from diffusion_lib.__main__ import main
+
+    main(["export", "--model", "dalle2", "--out", str(tmp_path / "d")])
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [
+        "prior",
+        "text_encoder",
+        "tokenizer",
+        "upsampler",
+    ]
+    assert "decoder is not exported" in capsys.readouterr().err
