@@ -244,12 +244,16 @@ def diffusers_unet(unet, sample_size: int):
     from diffusers import UNet2DConditionModel
 
     model = UNet2DConditionModel(**convert.unet_config(unet.config, sample_size))
-    state = convert.rename_state(
-        unet.state_dict(), convert.unet_key_map(unet.config), "UNet"
-    )
-    convert.check_same_keys(state, model.state_dict(), "UNet")
+    return _renamed_into(model, unet, convert.unet_key_map(unet.config), "UNet")
+
+
+def _renamed_into(model, ours, keys: dict, what: str):
+    """`model` (a diffusers module) loaded with the weights of `ours` renamed by
+    `keys`, on ours' device, in eval mode; every key must match, shapes too."""
+    state = convert.rename_state(ours.state_dict(), keys, what)
+    convert.check_same_keys(state, model.state_dict(), what)
     model.load_state_dict(state)
-    return model.to(next(unet.parameters()).device).eval()
+    return model.to(next(ours.parameters()).device).eval()
 
 
 def diffusers_vae(vae, sample_size: int):
@@ -257,12 +261,7 @@ def diffusers_vae(vae, sample_size: int):
     from diffusers import AutoencoderKL as DiffusersAutoencoderKL
 
     model = DiffusersAutoencoderKL(**convert.vae_config(vae.config, sample_size))
-    state = convert.rename_state(
-        vae.state_dict(), convert.vae_key_map(vae.config), "VAE"
-    )
-    convert.check_same_keys(state, model.state_dict(), "VAE")
-    model.load_state_dict(state)
-    return model.to(next(vae.parameters()).device).eval()
+    return _renamed_into(model, vae, convert.vae_key_map(vae.config), "VAE")
 
 
 def transformers_text_encoder(clip, with_projection: bool = False):
@@ -549,12 +548,7 @@ def diffusers_controlnet(pipe):
     if net is None:
         raise ValueError("the pipeline has no ControlNet (load_controlnet)")
     model = ControlNetModel(**convert.controlnet_config(net, pipe.latent_shape[-1]))
-    state = convert.rename_state(
-        net.state_dict(), convert.controlnet_key_map(net), "ControlNet"
-    )
-    convert.check_same_keys(state, model.state_dict(), "ControlNet")
-    model.load_state_dict(state)
-    return model.to(pipe.device).eval()
+    return _renamed_into(model, net, convert.controlnet_key_map(net), "ControlNet")
 
 
 def export_controlnet(pipe, folder: str | Path) -> Path:
@@ -699,10 +693,7 @@ def diffusers_upsampler(upsampler, sample_size: int):
     cfg = upsampler.unet.config
     model = UNet2DModel(**convert.unet2d_config(cfg, sample_size))
     keys = {f"unet.{k}": v for k, v in convert.unet_key_map(cfg).items()}
-    state = convert.rename_state(upsampler.state_dict(), keys, "upsampler")
-    convert.check_same_keys(state, model.state_dict(), "upsampler")
-    model.load_state_dict(state)
-    return model.to(next(upsampler.parameters()).device).eval()
+    return _renamed_into(model, upsampler, keys, "upsampler")
 
 
 DALLE2_DECODER_NOTE = (
