@@ -344,6 +344,15 @@ def _read_weights(folder: Path) -> dict:
     return load_file(str(files[0]))
 
 
+def _load_renamed_back(model, folder: Path, keys: dict) -> None:
+    """Load a diffusers component's weights from `folder` into the course's `model`,
+    renamed by the inverse of `keys` (every key must be covered)."""
+    state = convert.rename_state(
+        _read_weights(folder), convert.invert(keys), folder.name
+    )
+    model.load_state_dict(state)
+
+
 def _read_config(folder: Path) -> dict:
     import json
 
@@ -403,13 +412,7 @@ def import_sd(folder: str | Path, device=None):
         raise ValueError(f"{folder} holds a {index.get('_class_name')}, not SD")
     ucfg = _read_config(folder / "unet")
     unet = UNet(_course_unet_config(ucfg))
-    unet.load_state_dict(
-        convert.rename_state(
-            _read_weights(folder / "unet"),
-            convert.invert(convert.unet_key_map(unet.config)),
-            "UNet",
-        )
-    )
+    _load_renamed_back(unet, folder / "unet", convert.unet_key_map(unet.config))
     vcfg = _read_config(folder / "vae")
     vae = AutoencoderKL(
         VAEConfig(
@@ -422,17 +425,11 @@ def import_sd(folder: str | Path, device=None):
             sd_layout=True,
         )
     )
-    vae.load_state_dict(
-        convert.rename_state(
-            _read_weights(folder / "vae"),
-            convert.invert(convert.vae_key_map(vae.config)),
-            "VAE",
-        )
-    )
+    _load_renamed_back(vae, folder / "vae", convert.vae_key_map(vae.config))
     tcfg = _read_config(folder / "text_encoder")
     tok_cfg = json.loads((folder / "tokenizer" / "tokenizer.json").read_text())
     vocab = tok_cfg["model"]["vocab"]
-    specials = set(convert.SPECIAL_TOKENS) | {"<unk>"}
+    specials = set(convert.SPECIAL_TOKENS)
     words = [
         w for w, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if w not in specials
     ]

@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from diffusion_lib import interop
 from diffusion_lib.clip import CLIP, CLIPConfig, scene_tokenizer
@@ -512,30 +513,16 @@ def test_export_and_import_commands_round_trip(exported, tmp_path, capsys):
 
     pipe, folder, _, _ = exported
     main(["import", str(folder), "--out", str(tmp_path / "ckpt")])
-    main(
-        [
-            "export",
-            "--out",
-            str(tmp_path / "again"),
-            "--checkpoints",
-            str(tmp_path / "ckpt"),
-        ]
-    )
+    export = ["export", "--out", str(tmp_path / "again")]
+    export += ["--checkpoints", str(tmp_path / "ckpt")]
+    main(export)
     for part in ("unet", "vae", "text_encoder"):
         a = load_file(next((folder / part).glob("*.safetensors")))
         b = load_file(next((tmp_path / "again" / part).glob("*.safetensors")))
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), part
     with pytest.raises(SystemExit):  # refuses to overwrite
-        main(
-            [
-                "export",
-                "--out",
-                str(tmp_path / "again"),
-                "--checkpoints",
-                str(tmp_path / "ckpt"),
-            ]
-        )
+        main(export)
     assert "exists and is not empty" in capsys.readouterr().err
     main(
         [
@@ -567,3 +554,54 @@ def test_export_explains_a_model_in_the_first_layout(tiny_sd_dir, tmp_path, caps
     assert exit.value.code == 2
     err = capsys.readouterr().err
     assert "first layout" in err and "retrain" in err
+
+
+def test_the_whole_clip_is_transformers_clipmodel_both_ways():
+    """The shipped CLIP (both towers) as transformers' CLIPModel: the same text and
+    image embeddings (the image tower's patch bias folded into its position
+    embeddings), and back into the course's CLIP with the same outputs."""
+    from transformers import CLIPConfig as HFCLIPConfig
+    from transformers import CLIPModel
+
+    from diffusion_lib import convert, pretrained
+    from diffusion_lib.clip import CLIP, tokenizer_from_manifest
+
+    clip, info = pretrained.load_pretrained("scenes-clip")
+    cfg, tokenizer = clip.config, tokenizer_from_manifest(info)
+    theirs = CLIPModel(
+        HFCLIPConfig(
+            text_config=convert.clip_text_config(cfg),
+            vision_config=convert.clip_vision_config(cfg),
+            projection_dim=cfg.embed_dim,
+        )
+    ).eval()
+    state = convert.clip_to_hf_state(clip.state_dict(), cfg)
+    reference = {
+        k: v for k, v in theirs.state_dict().items() if not k.endswith("position_ids")
+    }
+    convert.check_same_keys(state, reference, "CLIP")
+    theirs.load_state_dict(state, strict=False)
+    tokens = tokenizer(PROMPTS)
+    ids = convert.hf_token_order(tokenizer.vocab_size).argsort()[tokens]
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    images = images * 2 - 1
+    with torch.no_grad():
+        text = theirs.get_text_features(input_ids=ids)
+        image = theirs.get_image_features(pixel_values=images)
+        text = getattr(text, "pooler_output", text)
+        image = getattr(image, "pooler_output", image)
+        text_diff = (F.normalize(text, dim=-1) - clip.encode_text(tokens)).abs().max()
+        image_diff = (F.normalize(image, dim=-1) - clip.encode_image(images)).abs()
+        back = CLIP(cfg)
+        back.load_state_dict(convert.clip_from_hf_state(theirs.state_dict(), cfg))
+        back_diff = (back.eval().encode_image(images) - clip.encode_image(images)).abs()
+    print(
+        f"text {text_diff:.1e}, image {image_diff.max():.1e}, "
+        f"back {back_diff.max():.1e}"
+    )
+    assert text_diff <= 1e-5 and image_diff.max() <= 1e-5 and back_diff.max() <= 1e-5
+    # a wrong token order (the course's ids as they are) pools the wrong token
+    with torch.no_grad():
+        wrong = theirs.get_text_features(input_ids=tokens)
+    wrong = getattr(wrong, "pooler_output", wrong)
+    assert (F.normalize(wrong, dim=-1) - clip.encode_text(tokens)).abs().max() > 0.01
