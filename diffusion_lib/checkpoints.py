@@ -32,6 +32,7 @@ UNSEALED = frozenset(
         "sha256",
         "manifest_sha256",
         "training_seconds",
+        "training_compute",
         "hardware",
         "loss_curve",
         "final_loss",

@@ -35,7 +35,7 @@ from itertools import product
 
 import torch
 
-from . import data, pretrained
+from . import compute, data, pretrained
 from . import scale as _scale
 from .adapters import (
     TrainableWords,
@@ -206,21 +206,29 @@ def train_textual_inversion(
         )
 
     result, start = TrainResult(), time.perf_counter()
+    counter = compute.StepCounter(
+        "inversion", config.steps, _scale.processes(accelerator)
+    )
     for _ in range(config.steps):
         idx = torch.randint(0, len(latents), (config.batch_size,), generator=gen)
         t, eps = draw_noise(pipe.schedule, latents[idx], gen)  # as diffusion_loss would
         opt.zero_grad(set_to_none=True)
-        # loss_of(batch).backward(), or launched, its data-parallel share
-        loss = _scale.backward(
-            accelerator,
-            loss_of,
-            {"x0": latents[idx], "tokens": tokens[idx], "t": t, "eps": eps},
-            [table.new],
-        )
+
+        def step_backward():  # loss_of(batch).backward(), or its data-parallel share
+            return _scale.backward(
+                accelerator,
+                loss_of,
+                {"x0": latents[idx], "tokens": tokens[idx], "t": t, "eps": eps},
+                [table.new],
+            )
+
+        counter.count(step_backward, [table.new])  # its FLOPs (compute.py)
+        loss = step_backward()
         opt.step()
         result.losses.append(loss.item())
     table.new.requires_grad_(False)
     result.seconds = time.perf_counter() - start
+    result.flops_per_step = counter.record.flops_per_step
     return result
 
 

@@ -90,6 +90,11 @@ def gather_hashes(state: dict) -> list[str]:
     return gather_object([state_hash(state)])
 
 
+def processes(accelerator) -> int:
+    """How many processes train together (1 for a plain loop)."""
+    return 1 if accelerator is None else accelerator.num_processes
+
+
 def share(step_batch: int, accelerator) -> int:
     """The rows each process computes per micro-batch; ValueError unless the batch
     splits evenly."""

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from . import compute
 from . import scale as _scale
 from .checkpoints import manifest_hash, read_manifest, sha256_file
 from .config import Config
@@ -55,10 +56,25 @@ class EMA:
             b_ema.copy_(b)
 
 
-def lr_at(step: int, total: int, base_lr: float, warmup: int) -> float:
-    """Linear warm-up for `warmup` steps, then cosine decay to 10% of base_lr."""
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def lr_at(
+    step: int, total: int, base_lr: float, warmup: int, schedule: str = "cosine"
+) -> float:
+    """Linear warm-up for `warmup` steps, then ("cosine") cosine decay to 10% of
+    base_lr at step `total`, or ("constant") base_lr. The constant schedule does not
+    depend on `total`: the first k steps of a longer run are a k-step run, so
+    checkpoints taken along one run are what shorter runs would give (chapter 10's
+    budgets; the EMA's warm-up does not depend on the total either)."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(
+            f"unknown lr schedule {schedule!r}; expected one of {LR_SCHEDULES}"
+        )
     if step < warmup:
         return base_lr * (step + 1) / warmup
+    if schedule == "constant":
+        return base_lr
     progress = (step - warmup) / max(1, total - warmup)
     return base_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -68,8 +84,9 @@ class OptimConfig(Config):
     """What every training loop's optimisation takes, written once: `steps` steps of
     `batch_size` rows drawn from a generator seeded with `seed`; AdamW at `lr` with
     `weight_decay`, its learning rate warmed up linearly for `warmup` steps, then
-    decayed along a cosine to 10% (lr_at); the gradient's norm clipped at
-    `grad_clip`. The diffusion models', CLIP's and the VAE's configs extend it."""
+    decayed along a cosine to 10%, or held constant (`lr_schedule`, see lr_at); the
+    gradient's norm clipped at `grad_clip`. The diffusion models', CLIP's and the
+    VAE's configs extend it."""
 
     steps: int = 1000
     batch_size: int = 64
@@ -78,6 +95,13 @@ class OptimConfig(Config):
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
+    lr_schedule: str = "cosine"
+
+    def __post_init__(self):
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"
+            )
 
     def optimizer(self, params) -> torch.optim.AdamW:
         """AdamW over `params` (parameters, or groups that set their own
@@ -86,7 +110,7 @@ class OptimConfig(Config):
 
     def set_lr(self, optimizer, step: int) -> float:
         """Set every group's learning rate to the schedule's at `step`."""
-        lr = lr_at(step, self.steps, self.lr, self.warmup)
+        lr = lr_at(step, self.steps, self.lr, self.warmup, self.lr_schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -112,6 +136,7 @@ class TrainResult:
     # (step, value) for each callback call that returned a value (saved with a
     # resumable run's state, so a resumed run still has the earlier ones)
     records: list = field(default_factory=list)
+    flops_per_step: int = 0  # the FLOPs of one training step (compute.py)
 
 
 def drop_labels(
@@ -228,7 +253,7 @@ def fit(
 ) -> TrainResult:
     """The diffusion training loop of every diffusion model of the course: draw a
     batch, draw t and the noise, regress the model onto the target (forward.
-    diffusion_loss), step AdamW with warm-up + cosine decay (lr_at), clip the gradient
+    diffusion_loss), step AdamW with warm-up + cosine decay or a constant rate (lr_at), clip the gradient
     norm, update the EMA.
 
     model: what the loss calls, model(x_t, t, **kwargs); trainable: the module whose
@@ -267,24 +292,34 @@ def fit(
     )  # 0, or where an interrupted resumable run stopped
     trainable.train()
     show = progress and acc.is_main_process
+    counter = compute.StepCounter(desc, config.steps, acc.num_processes)
     for step in (bar := progress_bar(range(first, config.steps), show, desc)):
         x0, kwargs = next_batch(gen)
         t, eps = draw_noise(schedule, x0, gen)  # the whole batch's
+
+        def loss_of(net, part):  # the loss of this process's rows of micro-batch part
+            rows = _scale.my_rows(acc, part, micro)
+            return diffusion_loss(
+                net,
+                schedule,
+                x0[rows].to(device),
+                {k: v[rows].to(device) for k, v in kwargs.items()},
+                config.prediction_type,
+                config.loss_weighting,
+                t=t[rows].to(device),
+                eps=eps[rows].to(device),
+            )
+
+        # the first step's FLOPs, counted on the side (compute.py)
+        counter.count(
+            lambda: [loss_of(model, part).backward() for part in range(accum)],
+            trainable.parameters(),
+        )
         config.set_lr(opt, step)
         step_loss = torch.zeros((), device=device)
-        for part in range(accum):  # this process's rows of micro-batch `part`
-            rows = _scale.my_rows(acc, part, micro)
+        for part in range(accum):
             with acc.accumulate(wrapped):
-                loss = diffusion_loss(
-                    wrapped,
-                    schedule,
-                    x0[rows].to(device),
-                    {k: v[rows].to(device) for k, v in kwargs.items()},
-                    config.prediction_type,
-                    config.loss_weighting,
-                    t=t[rows].to(device),
-                    eps=eps[rows].to(device),
-                )
+                loss = loss_of(wrapped, part)
                 acc.backward(loss)
                 if acc.sync_gradients:
                     acc.clip_grad_norm_(trainable.parameters(), config.grad_clip)
@@ -304,6 +339,7 @@ def fit(
             acc.wait_for_everyone()
         state.after(step)
     result.seconds, result.ema = state.seconds(), ema
+    result.flops_per_step = counter.record.flops_per_step
     trainable.eval()
     return result
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from . import scale
+from . import compute, scale
 from .clip import CLIP, MAX_LOGIT_SCALE, clip_loss
 from .metrics import Evaluator
 from .resume import LoopState
@@ -40,6 +40,7 @@ class CLIPTrainResult:
     losses: list = field(default_factory=list)
     temperatures: list = field(default_factory=list)  # 1 / exp(logit_scale) per step
     seconds: float = 0.0
+    flops_per_step: int = 0  # the FLOPs of one training step (compute.py)
 
 
 def train_clip(
@@ -83,6 +84,7 @@ def train_clip(
         return clip_loss(per_image, per_caption, first)
 
     result, start = CLIPTrainResult(), time.perf_counter()
+    counter = compute.StepCounter("clip", cfg.steps, scale.processes(accelerator))
     model.train()
     for step in (
         bar := progress_bar(
@@ -93,9 +95,14 @@ def train_clip(
         cfg.set_lr(opt, step)
         opt.zero_grad(set_to_none=True)
         batch = {"images": images[idx], "tokens": tokens[idx]}
-        loss = scale.backward(
-            accelerator, loss_of, batch, model.parameters(), contrastive=True
-        )
+
+        def step_backward():
+            return scale.backward(
+                accelerator, loss_of, batch, model.parameters(), contrastive=True
+            )
+
+        counter.count(step_backward, model.parameters())  # its FLOPs (compute.py)
+        loss = step_backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         result.losses.append(loss.item())
@@ -105,6 +112,7 @@ def train_clip(
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}")
     scale.finish(accelerator, homes, model)
     result.seconds = time.perf_counter() - start
+    result.flops_per_step = counter.record.flops_per_step
     model.eval()
     return result
 
@@ -128,6 +136,7 @@ class VAETrainResult:
     seconds: float = 0.0
     ema: EMA | None = None
     records: list = field(default_factory=list)  # (step, what a callback returned)
+    flops_per_step: int = 0  # the FLOPs of one training step (compute.py)
 
 
 def train_vae(
@@ -152,6 +161,7 @@ def train_vae(
     state = LoopState(model, ema, opt, gen, result, enabled=accelerator is None)
     first = state.restore(cfg.steps)  # 0, or where an interrupted resumable run stopped
     f, c = model.config.downsample_factor, model.config.latent_channels
+    counter = compute.StepCounter("vae", cfg.steps, scale.processes(accelerator))
 
     def loss_of(rows):  # the mean loss over some rows of the batch, and its KL term
         x = rows["x"].to(device)
@@ -173,10 +183,14 @@ def train_vae(
         e = torch.randn((len(x), c, x.shape[2] // f, x.shape[3] // f), generator=gen)
         cfg.set_lr(opt, step)
         opt.zero_grad(set_to_none=True)
-        # loss_of({"x": x, "e": e}).backward(), or its data-parallel share
-        loss, kl = scale.backward(
-            accelerator, loss_of, {"x": x, "e": e}, model.parameters()
-        )
+
+        def step_backward():  # loss_of(batch).backward(), or its data-parallel share
+            return scale.backward(
+                accelerator, loss_of, {"x": x, "e": e}, model.parameters()
+            )
+
+        counter.count(step_backward, model.parameters())  # its FLOPs (compute.py)
+        loss, kl = step_backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         ema.update(model)
@@ -192,6 +206,7 @@ def train_vae(
         state.after(step)
     scale.finish(accelerator, homes, model, ema.model)
     result.seconds, result.ema = state.seconds(), ema
+    result.flops_per_step = counter.record.flops_per_step
     model.eval()
     return result
 
@@ -225,6 +240,7 @@ def train_evaluator(
         )
 
     losses = []
+    counter = compute.StepCounter("evaluator", steps, scale.processes(accelerator))
     evaluator.train()
     for _ in progress_bar(
         range(steps), progress and scale.is_main(accelerator), "evaluator"
@@ -234,13 +250,17 @@ def train_evaluator(
             batch_size, 1, 1, 1, generator=gen
         ) * torch.randn(images[idx].shape, generator=gen)
         opt.zero_grad(set_to_none=True)
-        # loss_of(batch).backward(), or its data-parallel share
-        loss = scale.backward(
-            accelerator,
-            loss_of,
-            {"x": x, "labels": labels[idx]},
-            evaluator.parameters(),
-        )
+
+        def step_backward():  # loss_of(batch).backward(), or its data-parallel share
+            return scale.backward(
+                accelerator,
+                loss_of,
+                {"x": x, "labels": labels[idx]},
+                evaluator.parameters(),
+            )
+
+        counter.count(step_backward, evaluator.parameters())  # (compute.py)
+        loss = step_backward()
         opt.step()
         sched.step()
         losses.append(loss.item())

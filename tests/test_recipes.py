@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from test_behaviour import QUICK_RUNS, check_recipe, quick_recipe
 
@@ -12,6 +14,19 @@ def test_quick_recipes_write_loadable_checkpoints(tmp_path):
         model, info = pretrained.load_pretrained(name, directory=tmp_path)
         assert info["quick"] is True and info["recipe"] == name
         assert (tmp_path / f"{name}.json").exists()
+    # the training's FLOPs are in the manifest, and stage "count" finds them again
+    # from one step, without training (compute.py)
+    trained = pretrained.manifest("shapes-evaluator", tmp_path)["training_compute"]
+    (loop,) = trained["loops"]
+    assert loop["steps"] == 20 and trained["flops"] == 20 * loop["flops_per_step"] > 0
+    sha = pretrained.manifest("shapes-evaluator", tmp_path)["sha256"]
+    manifest = pretrained.manifest("shapes-evaluator", tmp_path)
+    manifest["training_compute"] = None
+    (tmp_path / "shapes-evaluator.json").write_text(json.dumps(manifest))
+    quick_recipe(["shapes-evaluator", "--stage", "count"], tmp_path)
+    counted = pretrained.manifest("shapes-evaluator", tmp_path)
+    assert counted["training_compute"] == trained and counted["sha256"] == sha
+    pretrained.load_pretrained("shapes-evaluator", directory=tmp_path)  # still sealed
 
 
 def test_quick_scene_recipes_chain_into_a_pipeline(tmp_path):
@@ -38,6 +53,15 @@ def test_quick_scene_recipes_chain_into_a_pipeline(tmp_path):
     assert up["sampling_start"] < 999 and up["train"]["crop"] == 32
     dalle2 = MiniDALLE2.from_pretrained(directory=tmp_path)
     assert dalle2(["a red circle"], num_steps=2).shape == (1, 3, 64, 64)
+    for args in QUICK_RUNS[2:]:  # each counts its own network's training only
+        manifest = pretrained.manifest(args[0], tmp_path)
+        (loop,) = manifest["training_compute"]["loops"]  # not the VAE's sweep
+        assert loop["steps"] == manifest["train"]["steps"], args[0]
+        assert (
+            manifest["training_compute"]["flops"]
+            == loop["steps"] * loop["flops_per_step"]
+            > 0
+        )
 
 
 def test_quick_ablation_reports_every_variant():
@@ -102,8 +126,8 @@ def test_a_recipe_refuses_what_it_cannot_do_before_it_runs():
     with pytest.raises(ValueError, match="scenes-clip runs on cpu only, not 'cuda'"):
         clip.run(device="cuda")
     lora = RECIPES["scenes-lora"]
-    assert lora.stages == ("all", "measure")  # it measures inside its training run
-    assert RECIPES["scenes-ldm"].stages == ("all", "train", "measure")
+    assert lora.stages == ("all", "measure", "count")  # measures as it trains
+    assert RECIPES["scenes-ldm"].stages == ("all", "train", "measure", "count")
     from dataclasses import replace
 
     calls = []

@@ -33,6 +33,45 @@ def test_lr_schedule():
     assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
     assert lr_at(10, 100, 1.0, 10) == pytest.approx(1.0)
     assert lr_at(100, 100, 1.0, 10) == pytest.approx(0.1)
+    assert lr_at(5, 100, 1.0, 10, "constant") == pytest.approx(0.6)
+    assert lr_at(100, 100, 1.0, 10, "constant") == lr_at(99, 1000, 1.0, 10, "constant")
+    with pytest.raises(ValueError, match="unknown lr schedule 'linear'"):
+        lr_at(0, 100, 1.0, 10, "linear")
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        TrainConfig(lr_schedule="cosin")
+
+
+def _ema_at(steps, schedule, at=3):
+    """The EMA weights after `at` steps of a run of `steps` steps."""
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), attention_levels=()))
+    seen = {}
+
+    def keep(step, ema_model):
+        if step == at:
+            seen["w"] = torch.cat([p.flatten() for p in ema_model.parameters()])
+
+    cfg = TrainConfig(steps=steps, batch_size=4, warmup=1, lr_schedule=schedule)
+    images = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    train_diffusion(
+        model,
+        NoiseSchedule.make("cosine", 100),
+        images * 2 - 1,
+        None,
+        cfg,
+        progress=False,
+        callback=keep,
+        callback_every=1,
+    )
+    return seen["w"]
+
+
+def test_checkpoints_along_a_constant_rate_run_are_shorter_runs():
+    """What makes chapter 10's budgets along one run comparable: with the constant
+    schedule, the EMA after 3 steps of a 9-step run is exactly a 3-step run's; with
+    the cosine one, whose rate depends on the run's length, it is not."""
+    assert torch.equal(_ema_at(3, "constant"), _ema_at(9, "constant"))
+    assert not torch.equal(_ema_at(3, "cosine"), _ema_at(9, "cosine"))
 
 
 def test_drop_labels():

@@ -6,24 +6,30 @@ accelerator)` trains, writes NAME.safetensors + NAME.json and returns the manife
 `measure(out_dir, *, quick, seed, device)`, where the recipe has a measurement stage
 apart from training, re-measures the saved checkpoint and rewrites the manifest's
 "metrics" (the weights are not touched). `run` below is the only place that decides
-which of the two a `--stage` runs.
+which of the two a `--stage` runs. It also counts the training's FLOPs (compute.py)
+into the manifest's "training_compute"; stage "count" does only that, for a saved
+checkpoint, by running one training step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
-from .. import pretrained
+from .. import compute, pretrained
+from ..checkpoints import read_manifest
 from ..resume import resumable
 from ..setup import hardware
-from ..train import loss_summary
+from ..train import loss_summary, save_checkpoint, write_manifest
 from ..unet import count_parameters
 
-STAGES = ("all", "train", "measure")
+STAGES = ("all", "train", "measure", "count")
 
 
 @dataclass(frozen=True)
@@ -61,10 +67,11 @@ class Recipe:
     @property
     def stages(self) -> tuple[str, ...]:
         """The --stage values it accepts: "train" alone only where measuring is a
-        separate step, "measure" only where there is a measure function."""
+        separate step, "measure" only where there is a measure function; "count"
+        (the training's FLOPs, for a saved checkpoint) always."""
         if self.measures_apart:
             return STAGES
-        return ("all",) if self.measure is None else ("all", "measure")
+        return ("all", "count") if self.measure is None else ("all", "measure", "count")
 
     def check(self, stage: str = "all", device: str = "cpu") -> None:
         """Refuse a stage or device this recipe does not have, before anything runs
@@ -92,8 +99,11 @@ class Recipe:
         device: str = "cpu",
         accelerator=None,
     ) -> dict:
-        """Train and/or measure as `stage` says; returns the manifest."""
+        """Train and/or measure (or count) as `stage` says; returns the manifest."""
         self.check(stage, device)
+        train = dict(quick=quick, seed=seed, device=device, accelerator=accelerator)
+        if stage == "count":
+            return self.count(out_dir, **train)
         if stage in ("all", "train"):
             # an interrupted training continues where it stopped (resume.py; one
             # process only): its state is saved beside the checkpoint meanwhile
@@ -101,16 +111,45 @@ class Recipe:
             key = {"recipe": self.name, "quick": quick, "seed": seed}
             saving = resumable(folder, self.name, key=key)
             with saving if accelerator is None else contextlib.nullcontext():
-                info = self.train(
-                    out_dir,
-                    quick=quick,
-                    seed=seed,
-                    device=device,
-                    accelerator=accelerator,
-                )
+                with compute.tally() as loops:  # every training loop's FLOPs
+                    info = self.train(out_dir, **train)
+            if loops and (accelerator is None or accelerator.is_main_process):
+                info = self._record_compute(out_dir, loops, info)
             if stage == "train" or not self.measures_apart:
                 return info
         return self.measure(out_dir, quick=quick, seed=seed, device=device)
+
+    def count(self, out_dir=None, **train) -> dict:
+        """Stage "count": the training's FLOPs for the saved checkpoint, without
+        training it: the recipe runs up to its first training step, which is counted
+        (compute.only_count); the manifest's "training_compute" is rewritten (the
+        weights and the sealed fields are not touched). Counts the recipe's first
+        training loop (every recipe trains one)."""
+        path = pretrained.checkpoint_path(self.name, out_dir)
+        manifest = read_manifest(path.with_suffix(".json"), self.name)
+        with compute.only_count():
+            try:
+                self.train(out_dir, **train)
+            except compute.CountedOnly as counted:
+                record = counted.record
+            else:
+                raise RuntimeError(f"{self.name} ran no counted training step")
+        steps = manifest.get("train", {}).get("steps")
+        if steps is not None and steps != record.steps:
+            raise ValueError(
+                f"{path.with_suffix('.json')} was trained for {steps} steps, the "
+                f"recipe now trains {record.steps}: retrain it rather than count it"
+            )
+        return self._record_compute(out_dir, [record], manifest)
+
+    def _record_compute(self, out_dir, loops, info: dict) -> dict:
+        """Write the loops' FLOPs into the checkpoint's manifest ("training_compute",
+        not sealed: the manifest's hash stays valid)."""
+        path = pretrained.checkpoint_path(self.name, out_dir)
+        manifest = json.loads(path.with_suffix(".json").read_text())
+        manifest["training_compute"] = compute.summary(loops)
+        write_manifest(path, manifest)
+        return {**info, "training_compute": manifest["training_compute"]}
 
     # a recipe is called like the function it used to be: recipe(out_dir, quick=True)
     __call__ = run
@@ -184,3 +223,32 @@ def training_fields(
         "parameters": count_parameters(model),
         **loss_summary(result.losses),
     }
+
+
+def budget_folder(out_dir=None):
+    """Where a recipe keeps the checkpoints taken along its run (budgets; not
+    shipped): pretrained/budgets, or OUT/budgets."""
+    return Path(out_dir or pretrained.PRETRAINED_DIR) / "budgets"
+
+
+def budget_snapshots(name: str, out_dir, steps: tuple[int, ...], fields: dict):
+    """(callback, every) for train_diffusion: the EMA weights after each of `steps`
+    steps, saved as budgets/NAME-STEP.safetensors (+ manifest: `fields`, the step and
+    the run's planned steps). Along a constant-rate run (lr_schedule "constant") each
+    is exactly the model a run of that many steps gives (train.lr_at), so one run
+    yields a model per training budget (chapter 10)."""
+    if not steps or any(s < 1 for s in steps):
+        raise ValueError(f"budget steps must be positive, got {steps}")
+    if fields.get("train", {}).get("lr_schedule") != "constant":
+        raise ValueError(
+            "checkpoints along a run stand for shorter runs only under a constant "
+            'learning rate: train with lr_schedule="constant"'
+        )
+    folder = budget_folder(out_dir)
+
+    def save(step, ema_model):
+        if step in steps:
+            path = folder / f"{name}-{step}.safetensors"
+            save_checkpoint(path, ema_model, {**fields, "budget_step": step})
+
+    return save, math.gcd(*steps)

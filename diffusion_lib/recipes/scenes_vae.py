@@ -8,7 +8,7 @@ from dataclasses import asdict, replace
 
 import torch
 
-from .. import pretrained
+from .. import compute, pretrained
 from ..data import SCENE_SIZE, make_scenes
 from ..metrics import SceneJudge, scene_accuracy
 from ..setup import hardware
@@ -62,7 +62,8 @@ def vae_tradeoff(quick=False, seed=0, steps=400) -> dict:
         cfg = replace(
             SCENES_VAE_TRAIN, steps=steps, kl_weight=beta, warmup=min(100, steps)
         )
-        result = train_vae(model, data.images, cfg, progress=False)
+        with compute.aside():  # a curve's throw-away models, not the checkpoint's
+            result = train_vae(model, data.images, cfg, progress=False)
         with torch.no_grad():
             posterior = result.ema.model.encode(test)
         kl = (posterior.kl().mean() / posterior.mean[0].numel()).item()

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .. import pretrained
+from .. import compute, pretrained
 from ..data import HELD_OUT, IMAGE_SIZE, LABEL_SIZES, make_shapes, sample_labels
 from ..metrics import (
     Evaluator,
@@ -236,9 +236,15 @@ def ablation(quick=False, seed=0, steps=1500) -> dict:
     for name, overrides in ABLATION.items():
         torch.manual_seed(seed)
         cfg = replace(SHAPES_TRAIN, steps=steps, seed=seed, **overrides)
-        result = train_diffusion(
-            UNet(SHAPES_UNET), schedule, data.images, data.labels, cfg, progress=False
-        )
+        with compute.aside():  # an ablation's models, not the checkpoint's
+            result = train_diffusion(
+                UNet(SHAPES_UNET),
+                schedule,
+                data.images,
+                data.labels,
+                cfg,
+                progress=False,
+            )
         labels = sample_labels(n, seed=seed_of(seed, "shapes prompts"))
         fake = generate_shapes(
             result.ema.model,
