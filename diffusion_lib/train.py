@@ -253,8 +253,8 @@ def fit(
 ) -> TrainResult:
     """The diffusion training loop of every diffusion model of the course: draw a
     batch, draw t and the noise, regress the model onto the target (forward.
-    diffusion_loss), step AdamW with warm-up + cosine decay or a constant rate (lr_at), clip the gradient
-    norm, update the EMA.
+    diffusion_loss), step AdamW with warm-up + cosine decay or a constant rate
+    (lr_at), clip the gradient norm, update the EMA.
 
     model: what the loss calls, model(x_t, t, **kwargs); trainable: the module whose
     parameters train and whose EMA is kept (model itself by default, or a part of it,
