@@ -27,6 +27,8 @@ Two things are more than a renaming, and both are exact:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .clip import SPECIAL_TOKENS, CLIPConfig
@@ -95,6 +97,105 @@ def unet_config(cfg: UNetConfig, sample_size: int) -> dict:
     }
 
 
+def decoder_configs(cfg) -> tuple[dict, dict]:
+    """diffusers' configurations of the unCLIP decoder (Karlo's layout, as in
+    UnCLIPPipeline): (UNet2DConditionModel, UnCLIPTextProjModel), for a course decoder
+    with GLIDE attention and the paper's text conditioning (unclip.DecoderConfig)."""
+    unet = cfg.unet
+    problems = []
+    if not unet.glide_attention:
+        problems.append("glide_attention=True (GLIDE's attention blocks)")
+    if not cfg.text_conditioning:
+        problems.append("text_conditioning=True (the paper's text pathway)")
+    if not unet.mid_attention or unet.label_sizes:
+        problems.append("mid_attention=True and no label_sizes")
+    if problems:
+        raise ValueError(
+            "this decoder has no diffusers unCLIP equivalent; it needs "
+            + ", ".join(problems)
+        )
+    if cfg.text_width != cfg.embed_dim:
+        raise ValueError(
+            "diffusers' UnCLIPTextProjModel projects the token states from the "
+            f"embedding's width: text_width {cfg.text_width} must be embed_dim "
+            f"{cfg.embed_dim}"
+        )
+    widths = [unet.base_channels * m for m in unet.channel_mults]
+    _check_groups(widths, unet.groups, "decoder UNet")
+    attended = [widths[lvl] for lvl in unet.attention_levels] + [widths[-1]]
+    head_dims = {w // unet.heads for w in attended}
+    if len(head_dims) != 1:
+        # diffusers reads attention_head_dim as every block's head width (and an up
+        # block reads the down blocks' entry): one value must fit them all
+        raise ValueError(
+            f"every attention block needs the same head width; got {sorted(head_dims)}"
+        )
+    attn = [lvl in unet.attention_levels for lvl in range(len(widths))]
+    unet_config = {
+        "sample_size": cfg.image_size,
+        "in_channels": unet.in_channels,
+        "out_channels": unet.out_channels,
+        "down_block_types": [
+            "SimpleCrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn
+        ],
+        "mid_block_type": "UNetMidBlock2DSimpleCrossAttn",
+        "up_block_types": [
+            "SimpleCrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)
+        ],
+        "block_out_channels": widths,
+        "layers_per_block": unet.num_res_blocks,
+        "downsample_padding": 1,
+        "mid_block_scale_factor": 1,
+        "dropout": unet.dropout,
+        "act_fn": "silu",
+        "norm_num_groups": unet.groups,
+        "norm_eps": 1e-5,
+        "cross_attention_dim": unet.context_dim,
+        "attention_head_dim": head_dims.pop(),  # SimpleCrossAttn: the head's width
+        "class_embed_type": "identity",  # the CLIP embeddings, projected outside
+        "resnet_time_scale_shift": "default",
+        "only_cross_attention": False,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+    }
+    text_proj_config = {
+        "clip_extra_context_tokens": cfg.num_tokens,
+        "clip_embeddings_dim": cfg.embed_dim,
+        "time_embed_dim": unet.base_channels * 4,
+        "cross_attention_dim": unet.context_dim,
+    }
+    return unet_config, text_proj_config
+
+
+# the text projection's layers that read an embedding, which the course multiplies by
+# sqrt(embed_dim) first (UnCLIPTextProj)
+_SCALED_INPUTS = (
+    "embedding_proj.weight",
+    "clip_image_embeddings_project_to_time_embeddings.weight",
+    "clip_extra_context_tokens_proj.weight",
+)
+
+
+def decoder_to_diffusers_state(state: dict, cfg) -> tuple[dict, dict]:
+    """A course decoder's state as (UNet2DConditionModel state, UnCLIPTextProjModel
+    state). Beyond renaming: the sqrt(embed_dim) by which the course multiplies the
+    embeddings goes into the weights that read them, and the learned null embedding
+    of diffusers' guidance is zero, the course's null."""
+    unet = rename_state(
+        {k[5:]: v for k, v in state.items() if k.startswith("unet.")},
+        unet_key_map(cfg.unet),
+        "decoder UNet",
+    )
+    proj = {k[10:]: v for k, v in state.items() if k.startswith("text_proj.")}
+    for name in _SCALED_INPUTS:
+        proj[name] = proj[name] * math.sqrt(cfg.embed_dim)
+    weight = proj["embedding_proj.weight"]
+    proj["learned_classifier_free_guidance_embeddings"] = weight.new_zeros(
+        cfg.embed_dim
+    )
+    return unet, proj
+
+
 def _resblock_keys(prefix: str, target: str) -> dict:
     names = {
         "norm1": "norm1",
@@ -126,7 +227,12 @@ def unet_key_map(cfg: UNetConfig) -> dict[str, str]:
                 out[f"down.{i}.1"] = f"{block}.attentions.{j}"
             i += 1
         if level < last:
-            out[f"down.{i}"] = f"down_blocks.{level}.downsamplers.0.conv"
+            resblock = cfg.glide_attention and level in cfg.attention_levels
+            target = f"down_blocks.{level}.downsamplers.0"
+            if resblock:  # GLIDE's layout: a re-sampling ResBlock
+                out.update(_resblock_keys(f"down.{i}", target))
+            else:
+                out[f"down.{i}"] = f"{target}.conv"
             i += 1
     out.update(_resblock_keys("mid.0", "mid_block.resnets.0"))
     if cfg.mid_attention:
@@ -141,7 +247,11 @@ def unet_key_map(cfg: UNetConfig) -> dict[str, str]:
                 out[f"up.{i}.1"] = f"up_blocks.{k}.attentions.{j}"
             i += 1
         if level > 0:
-            out[f"up.{i}.1"] = f"up_blocks.{k}.upsamplers.0.conv"
+            target = f"up_blocks.{k}.upsamplers.0"
+            if cfg.glide_attention and level in cfg.attention_levels:
+                out.update(_resblock_keys(f"up.{i}", target))
+            else:
+                out[f"up.{i}.1"] = f"{target}.conv"
             i += 1
     return out
 

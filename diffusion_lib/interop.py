@@ -693,6 +693,50 @@ def diffusers_upsampler(upsampler, sample_size: int):
     return _renamed_into(model, upsampler, keys, "upsampler")
 
 
+def diffusers_decoder(decoder):
+    """The mini DALL-E 2's decoder as diffusers' unCLIP decoder (UnCLIPPipeline's
+    `decoder` and `text_proj`): (UNet2DConditionModel, UnCLIPTextProjModel). Needs
+    GLIDE attention and the paper's text conditioning (convert.decoder_configs);
+    decoder_eps_diffusers runs them as the pipeline does."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+
+    unet_config, proj_config = convert.decoder_configs(decoder.config)
+    unet, proj = UNet2DConditionModel(**unet_config), UnCLIPTextProjModel(**proj_config)
+    unet_state, proj_state = convert.decoder_to_diffusers_state(
+        decoder.state_dict(), decoder.config
+    )
+    device = next(decoder.parameters()).device
+    for model, state, what in (
+        (unet, unet_state, "decoder UNet"),
+        (proj, proj_state, "text_proj"),
+    ):
+        convert.check_same_keys(state, model.state_dict(), what)
+        model.load_state_dict(state)
+        model.to(device).eval()
+    return unet, proj
+
+
+def decoder_eps_diffusers(
+    unet, text_proj, x_t, t, image_embed, text_embed, text_states, text_mask
+):
+    """The decoder's output as UnCLIPPipeline computes it (one branch, no guidance):
+    text_proj turns the embeddings into the context and the time-embedding term, the
+    mask gains the image tokens in front, and the UNet reads them."""
+    import torch.nn.functional as F
+
+    context, added = text_proj(
+        image_embeddings=image_embed,
+        prompt_embeds=text_embed,
+        text_encoder_hidden_states=text_states,
+        do_classifier_free_guidance=False,
+    )
+    mask = F.pad(text_mask, (text_proj.clip_extra_context_tokens, 0), value=True)
+    return unet(
+        x_t, t, encoder_hidden_states=context, class_labels=added, attention_mask=mask
+    ).sample
+
+
 DALLE2_DECODER_NOTE = (
     "the decoder is not exported: its attention blocks run self-attention and a "
     "separate cross-attention to the text, where diffusers' unCLIP decoder (and the "

@@ -178,7 +178,8 @@ def train_diffusion(
     conditions: any other model keyword arguments, {name: (values [N, ...], null
     [...])}, e.g. unCLIP's {"image_embed": (embeddings [N, D], zeros [D])}; in each
     batch the same rows of all of them are replaced by their nulls (p_uncond); a
-    condition whose null is None is never dropped.
+    condition whose null is None is never dropped; (values, null, p): dropped with
+    probability p, on rows of its own (draw_batch).
 
     callback(step, ema_model) is called every `callback_every` steps (e.g. to measure
     FID during training); what it returns (if not None) is kept in result.records.
@@ -354,7 +355,15 @@ def check_training_inputs(images, context, null_context, conditions) -> None:
             "with context [N, L, D], pass null_context [L, D] (the states of the empty "
             "caption) for caption dropout"
         )
-    for name, (values, null) in (conditions or {}).items():
+    for name, condition in (conditions or {}).items():
+        if len(condition) not in (2, 3) or (
+            len(condition) == 3 and not 0.0 <= condition[2] <= 1.0
+        ):
+            raise ValueError(
+                f"condition {name!r}: expected (values, null) or (values, null, p) "
+                "with p a probability"
+            )
+        values, null = condition[:2]
         if values.shape[0] != images.shape[0] or (
             null is not None and null.shape != values.shape[1:]
         ):
@@ -370,7 +379,11 @@ def draw_batch(
 ) -> tuple[torch.Tensor, dict]:
     """One training batch, on the CPU: x0 [B, ...] (B = cfg.batch_size rows drawn from
     images with `gen`) and the model's keyword arguments, each with its rows dropped to
-    the null (p = cfg.p_uncond) for classifier-free guidance."""
+    the null (p = cfg.p_uncond) for classifier-free guidance. A condition given as
+    (values, null, p) is dropped with its own probability p; conditions with the same
+    probability are dropped on the same rows (a caption's embedding, token states and
+    mask together), each probability with a draw of its own (unCLIP's decoder: the
+    image embedding 10% of the time, the caption 50%, independently)."""
     idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen)
     kwargs = {}
     if labels is not None:
@@ -380,14 +393,16 @@ def draw_batch(
         kwargs["context"] = drop_labels(
             context[idx], null_context[None], cfg.p_uncond, gen
         )
-    if conditions:  # one draw per row: all conditions dropped together
-        u = torch.rand(cfg.batch_size, generator=gen)
-        for name, (values, null) in conditions.items():
-            kwargs[name] = (
-                values[idx]
-                if null is None  # never dropped (e.g. an inpainting mask)
-                else drop_labels(values[idx], null[None], cfg.p_uncond, u=u)
-            )
+    draws = {}  # one draw per row for each dropout probability
+    for name, (values, null, *p) in (conditions or {}).items():
+        p = p[0] if p else cfg.p_uncond
+        if p not in draws:
+            draws[p] = torch.rand(cfg.batch_size, generator=gen)
+        kwargs[name] = (
+            values[idx]
+            if null is None  # never dropped (e.g. an inpainting mask)
+            else drop_labels(values[idx], null[None], p, u=draws[p])
+        )
     return images[idx], kwargs
 
 

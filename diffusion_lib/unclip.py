@@ -38,10 +38,54 @@ class DecoderConfig(Config):
     embed_dim: int = 64
     num_tokens: int = 4  # the paper's four extra context tokens
     image_size: int = 32  # the resolution it generates at
+    # the paper's conditioning (UnCLIPTextProj): the caption's CLIP text embedding is
+    # added to the time embedding beside the image embedding, and its CLIP token
+    # states (width text_width) follow the four image tokens in the context: the text
+    # pathway GLIDE has, which the paper keeps (Sec. 2.1). False: the image embedding
+    # alone (the course's first decoder)
+    text_conditioning: bool = False
+    text_width: int = 64
+
+
+class UnCLIPTextProj(nn.Module):
+    """What the decoder's UNet is conditioned on, from the CLIP embeddings (diffusers'
+    UnCLIPTextProjModel, whose names these are): (1) the image and text embeddings,
+    projected and summed, to be added to the time embedding; (2) the context: the
+    image embedding as num_tokens tokens, then the caption's token states, projected
+    and layer-normed. The embeddings come in multiplied by sqrt(embed_dim) (unit
+    entries; diffusers takes them as they are: the export scales these weights)."""
+
+    def __init__(self, embed_dim, time_dim, context_dim, num_tokens, text_width):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.embedding_proj = nn.Linear(embed_dim, time_dim)  # the text embedding
+        self.clip_image_embeddings_project_to_time_embeddings = nn.Linear(
+            embed_dim, time_dim
+        )
+        self.clip_extra_context_tokens_proj = nn.Linear(
+            embed_dim, num_tokens * context_dim
+        )
+        self.encoder_hidden_states_proj = nn.Linear(text_width, context_dim)
+        self.text_encoder_hidden_states_norm = nn.LayerNorm(context_dim)
+
+    def forward(self, image_embed, text_embed, text_states):
+        """-> (context [B, num_tokens + L, context_dim], added_emb [B, time_dim])."""
+        added = self.clip_image_embeddings_project_to_time_embeddings(
+            image_embed
+        ) + self.embedding_proj(text_embed)
+        # [B, C * N] read as [B, C, N], then tokens first: diffusers' layout
+        tokens = self.clip_extra_context_tokens_proj(image_embed)
+        tokens = tokens.unflatten(-1, (-1, self.num_tokens)).transpose(1, 2)
+        text = self.text_encoder_hidden_states_norm(
+            self.encoder_hidden_states_proj(text_states)
+        )
+        return torch.cat([tokens, text], dim=1), added
 
 
 class UnCLIPDecoder(nn.Module):
-    """decoder(x_t [B, 3, H, W], t [B], image_embed [B, D]) -> eps [B, 3, H, W]."""
+    """decoder(x_t [B, 3, H, W], t [B], image_embed [B, D]) -> eps [B, 3, H, W]; with
+    text_conditioning also text_embed [B, D], text_states [B, L, text_width] and
+    text_mask bool [B, L] (the caption's CLIP embedding, token states, padding)."""
 
     config_class = DecoderConfig  # (pretrained builds it from the manifest)
 
@@ -50,6 +94,16 @@ class UnCLIPDecoder(nn.Module):
         self.config = config
         if config.unet.context_dim is None:
             raise ValueError("the decoder's UNet needs context_dim (for the tokens)")
+        if config.text_conditioning:
+            self.unet = UNet(replace(config.unet, vector_dim=None))
+            self.text_proj = UnCLIPTextProj(
+                config.embed_dim,
+                config.unet.base_channels * 4,
+                config.unet.context_dim,
+                config.num_tokens,
+                config.text_width,
+            )
+            return
         # path (1): the embedding added to the time embedding
         unet_cfg = replace(config.unet, vector_dim=config.embed_dim)
         self.unet = UNet(unet_cfg)
@@ -62,16 +116,34 @@ class UnCLIPDecoder(nn.Module):
         """The four context tokens [B, num_tokens, context_dim]."""
         return self.to_tokens(image_embed).unflatten(-1, (self.config.num_tokens, -1))
 
-    def forward(self, x_t, t, image_embed) -> torch.Tensor:
-        d = self.config.embed_dim
-        if image_embed.ndim != 2 or image_embed.shape != (x_t.shape[0], d):
+    def forward(
+        self, x_t, t, image_embed, text_embed=None, text_states=None, text_mask=None
+    ) -> torch.Tensor:
+        d, b = self.config.embed_dim, x_t.shape[0]
+        if image_embed.ndim != 2 or image_embed.shape != (b, d):
             raise ValueError(
-                f"image_embed must be [B, {d}] = [{x_t.shape[0]}, {d}], got "
+                f"image_embed must be [B, {d}] = [{b}, {d}], got "
                 f"{list(image_embed.shape)}"
             )
         # unit vectors have entries ~ 1/sqrt(D): rescale them to unit variance
         e = image_embed * math.sqrt(d)
-        return self.unet(x_t, t, context=self.tokens(e), vector=e)
+        if not self.config.text_conditioning:
+            return self.unet(x_t, t, context=self.tokens(e), vector=e)
+        if text_embed is None or text_states is None or text_mask is None:
+            raise ValueError(
+                "this decoder reads the caption too: pass text_embed [B, D], "
+                "text_states [B, L, text_width] and text_mask [B, L]"
+            )
+        w = self.config.text_width
+        if text_embed.shape != (b, d) or text_states.shape[::2] != (b, w):
+            raise ValueError(
+                f"text_embed must be [{b}, {d}] and text_states [{b}, L, {w}], got "
+                f"{list(text_embed.shape)} and {list(text_states.shape)}"
+            )
+        context, added = self.text_proj(e, text_embed * math.sqrt(d), text_states)
+        image_tokens = text_mask.new_ones(b, self.config.num_tokens, dtype=torch.bool)
+        mask = torch.cat([image_tokens, text_mask.bool()], dim=1)
+        return self.unet(x_t, t, context=context, added_emb=added, context_mask=mask)
 
 
 def downsample(images: torch.Tensor, factor: int) -> torch.Tensor:

@@ -51,7 +51,10 @@ def _norm(channels: int, groups: int, eps: float = 1e-5) -> nn.GroupNorm:
 
 class ResBlock(nn.Module):
     """Two 3x3 convolutions with the embedding added in between, and a residual
-    connection. emb_dim=0 gives a block without an embedding (as in the VAE)."""
+    connection. emb_dim=0 gives a block without an embedding (as in the VAE).
+    resample "up" / "down": the block also doubles (nearest) / halves (2x2 average)
+    the resolution, on both paths, after its first norm and SiLU (BigGAN's and ADM's
+    "resblock_updown", which GLIDE uses; diffusers' ResnetBlock2D(up/down=True))."""
 
     def __init__(
         self,
@@ -61,8 +64,12 @@ class ResBlock(nn.Module):
         dropout: float = 0.0,
         groups: int = 8,
         eps: float = 1e-5,
+        resample: str | None = None,
     ):
         super().__init__()
+        if resample not in (None, "up", "down"):
+            raise ValueError(f"resample must be None, 'up' or 'down', got {resample!r}")
+        self.resample = resample
         self.norm1, self.conv1 = (
             _norm(in_ch, groups, eps),
             nn.Conv2d(in_ch, out_ch, 3, padding=1),
@@ -74,8 +81,14 @@ class ResBlock(nn.Module):
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
+    def _resampled(self, z: torch.Tensor) -> torch.Tensor:
+        if self.resample == "up":
+            return F.interpolate(z, scale_factor=2.0, mode="nearest")
+        return F.avg_pool2d(z, 2) if self.resample == "down" else z
+
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(self._resampled(F.silu(self.norm1(x))))
+        x = self._resampled(x)
         if self.emb_proj is not None:
             if emb is None:
                 raise ValueError("this block adds an embedding: pass emb [B, emb_dim]")
@@ -195,6 +208,70 @@ class AttentionBlock(nn.Module):
                 )
             delta = delta + self.attn2(self.norm_cross(tokens + delta), context)
         return x + delta.transpose(1, 2).reshape(b, c, h, w)
+
+
+class GlideAttention(nn.Module):
+    """GLIDE's attention block (Nichol et al. 2022, which unCLIP's decoder builds on;
+    diffusers' Attention with added_kv_proj_dim, in its SimpleCrossAttn blocks):
+    GroupNorm, then one attention whose queries are the pixels and whose keys and
+    values are the context tokens (add_k_proj, add_v_proj) followed by the pixels
+    (to_k, to_v): one softmax over both, one output projection, a residual.
+
+    x [B, C, H, W], context [B, L, context_dim], context_mask bool [B, L] (True: the
+    token may be attended; padding is False) -> [B, C, H, W]. The names are
+    diffusers'."""
+
+    def __init__(
+        self,
+        channels: int,
+        context_dim: int | None = None,
+        heads: int = 4,
+        groups: int = 8,
+        eps: float = 1e-5,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"{channels} channels do not split into {heads} heads")
+        self.heads = heads
+        self.group_norm = nn.GroupNorm(math.gcd(groups, channels), channels, eps=eps)
+        self.to_q = nn.Linear(channels, channels)
+        self.to_k = nn.Linear(channels, channels)
+        self.to_v = nn.Linear(channels, channels)
+        self.add_k_proj = nn.Linear(context_dim, channels) if context_dim else None
+        self.add_v_proj = nn.Linear(context_dim, channels) if context_dim else None
+        self.to_out = nn.ModuleList(
+            [nn.Linear(channels, channels), nn.Dropout(dropout)]
+        )
+
+    def _split(self, z: torch.Tensor) -> torch.Tensor:  # [B, N, C] -> [B, h, N, C/h]
+        return z.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+    def forward(self, x, context=None, context_mask=None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = self.group_norm(x).flatten(2).transpose(1, 2)  # [B, H*W, C]
+        q = self._split(self.to_q(tokens))
+        k, v = self._split(self.to_k(tokens)), self._split(self.to_v(tokens))
+        mask = None
+        if self.add_k_proj is not None:
+            if context is None:
+                raise ValueError(
+                    "this block attends to context tokens: pass context [B, L, "
+                    f"{self.add_k_proj.in_features}]"
+                )
+            k = torch.cat([self._split(self.add_k_proj(context)), k], dim=2)
+            v = torch.cat([self._split(self.add_v_proj(context)), v], dim=2)
+            if context_mask is not None:
+                if context_mask.shape != context.shape[:2]:
+                    raise ValueError(
+                        f"context_mask must be [B, L] = {list(context.shape[:2])}, "
+                        f"got {list(context_mask.shape)}"
+                    )
+                pixels = context_mask.new_ones(b, h * w)  # every pixel is a key
+                mask = torch.cat([context_mask.bool(), pixels], 1)[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, mask).transpose(1, 2).flatten(2)
+        projection, dropout = self.to_out
+        return x + dropout(projection(out)).transpose(1, 2).reshape(b, c, h, w)
 
 
 class GEGLU(nn.Module):
@@ -360,6 +437,10 @@ class UNetConfig(Config):
     # attention blocks as Stable Diffusion's (SpatialTransformer: proj_in, self- and
     # cross-attention, GEGLU feed-forward, proj_out) instead of DDPM's AttentionBlock
     spatial_transformer: bool = False
+    # attention blocks as GLIDE's (GlideAttention: one attention over the context
+    # tokens and the pixels), and ResBlocks that re-sample at the levels with
+    # attention, as unCLIP's decoder (GLIDE's layout; diffusers' SimpleCrossAttn)
+    glide_attention: bool = False
 
 
 class UNet(nn.Module):
@@ -376,6 +457,8 @@ class UNet(nn.Module):
                 f"attention_levels {cfg.attention_levels} must be < "
                 f"{len(cfg.channel_mults)}"
             )
+        if cfg.spatial_transformer and cfg.glide_attention:
+            raise ValueError("choose spatial_transformer or glide_attention, not both")
         ch, emb_dim = cfg.base_channels, cfg.base_channels * 4
         self.time_mlp = nn.Sequential(
             nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
@@ -397,7 +480,7 @@ class UNet(nn.Module):
                 ch = cfg.base_channels * mult
                 chans.append(ch)
             if level < len(cfg.channel_mults) - 1:
-                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                self.down.append(self._resampler(ch, level, emb_dim, "down"))
                 chans.append(ch)
         mid_attention = [self._attention(ch)] if cfg.mid_attention else []
         self.mid = nn.ModuleList(
@@ -417,12 +500,7 @@ class UNet(nn.Module):
                 )
                 ch = cfg.base_channels * mult
             if level > 0:
-                self.up.append(
-                    nn.Sequential(
-                        nn.Upsample(scale_factor=2, mode="nearest"),
-                        nn.Conv2d(ch, ch, 3, padding=1),
-                    )
-                )
+                self.up.append(self._resampler(ch, level, emb_dim, "up"))
         self.norm_out = _norm(ch, cfg.groups)
         self.conv_out = nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
@@ -435,8 +513,24 @@ class UNet(nn.Module):
             return nn.ModuleList([res])
         return nn.ModuleList([res, self._attention(out_ch)])
 
+    def _resampler(self, ch: int, level: int, emb_dim: int, way: str) -> nn.Module:
+        """A strided conv (down) or nearest x2 + conv (up); with glide_attention, a
+        re-sampling ResBlock at the levels with attention."""
+        cfg = self.config
+        if cfg.glide_attention and level in cfg.attention_levels:
+            return ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.groups, resample=way)
+        if way == "down":
+            return nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        return nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)
+        )
+
     def _attention(self, channels: int) -> nn.Module:
         cfg = self.config
+        if cfg.glide_attention:
+            return GlideAttention(
+                channels, cfg.context_dim, cfg.heads, cfg.groups, dropout=cfg.dropout
+            )
         if cfg.spatial_transformer:
             return SpatialTransformer(
                 channels, cfg.context_dim, cfg.heads, cfg.groups, dropout=cfg.dropout
@@ -470,10 +564,13 @@ class UNet(nn.Module):
                 f"labels must be an integer tensor (torch.long), got {labels.dtype}"
             )
 
-    def embed(self, t, labels=None, vector=None) -> torch.Tensor:
+    def embed(self, t, labels=None, vector=None, added_emb=None) -> torch.Tensor:
         """Time embedding plus any label / vector conditioning: [B, 4 * base_channels].
 
-        labels: integer [B, K]; labels[:, k] = label_sizes[k] is the null label."""
+        labels: integer [B, K]; labels[:, k] = label_sizes[k] is the null label.
+        added_emb: [B, 4 * base_channels], added as it is (a conditioning projected
+        outside the UNet, e.g. unCLIP's CLIP embeddings; diffusers' class_labels with
+        class_embed_type "identity")."""
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
         if self.label_embs:
             if labels is None:
@@ -482,11 +579,27 @@ class UNet(nn.Module):
             emb = emb + sum(e(labels[:, i]) for i, e in enumerate(self.label_embs))
         if self.vector_proj is not None and vector is not None:
             emb = emb + self.vector_proj(vector)
+        if added_emb is not None:
+            if added_emb.shape != emb.shape:
+                raise ValueError(
+                    f"added_emb must be [B, {emb.shape[1]}] = {list(emb.shape)}, got "
+                    f"{list(added_emb.shape)}"
+                )
+            emb = emb + added_emb
         return emb
 
-    def _run(self, blocks, h, emb, context):
+    @staticmethod
+    def _resample(layer, h, emb):  # a conv re-sampler, or a re-sampling ResBlock
+        return layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+
+    def _run(self, blocks, h, emb, context, context_mask=None):
         for layer in blocks:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h, context)
+            if isinstance(layer, ResBlock):
+                h = layer(h, emb)
+            elif isinstance(layer, GlideAttention):
+                h = layer(h, context, context_mask)
+            else:
+                h = layer(h, context)
         return h
 
     def forward(
@@ -498,11 +611,16 @@ class UNet(nn.Module):
         vector=None,
         down_residuals=None,
         mid_residual=None,
+        context_mask=None,
+        added_emb=None,
     ):
         """down_residuals (one per skip connection, see `skip_channels`) and
         mid_residual are added to the skips and to the middle block's output: how a
         ControlNet steers a frozen UNet (diffusers' down_block_additional_residuals,
-        mid_block_additional_residual)."""
+        mid_block_additional_residual). context_mask: bool [B, L], which context
+        tokens may be attended (GLIDE attention only); added_emb: see `embed`."""
+        if context_mask is not None and not self.config.glide_attention:
+            raise ValueError("context_mask needs glide_attention blocks")
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(
                 f"x must be [B, {self.config.in_channels}, H, W], got {tuple(x.shape)}"
@@ -514,17 +632,17 @@ class UNet(nn.Module):
                 f"H and W must be multiples of {factor} (the UNet halves them "
                 f"{len(self.config.channel_mults) - 1} times), got {tuple(x.shape[2:])}"
             )
-        emb = self.embed(t, labels, vector)
+        emb = self.embed(t, labels, vector, added_emb)
         h = self.conv_in(x)
         skips = [h]
         for layer in self.down:
             h = (
-                self._run(layer, h, emb, context)
+                self._run(layer, h, emb, context, context_mask)
                 if isinstance(layer, nn.ModuleList)
-                else layer(h)
+                else self._resample(layer, h, emb)
             )
             skips.append(h)
-        h = self._run(self.mid, h, emb, context)
+        h = self._run(self.mid, h, emb, context, context_mask)
         if down_residuals is not None:
             if len(down_residuals) != len(skips):
                 raise ValueError(
@@ -536,9 +654,10 @@ class UNet(nn.Module):
             h = h + mid_residual
         for layer in self.up:
             if isinstance(layer, nn.ModuleList):
-                h = self._run(layer, torch.cat([h, skips.pop()], dim=1), emb, context)
+                h = torch.cat([h, skips.pop()], dim=1)
+                h = self._run(layer, h, emb, context, context_mask)
             else:
-                h = layer(h)
+                h = self._resample(layer, h, emb)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 

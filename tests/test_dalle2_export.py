@@ -129,3 +129,94 @@ def test_the_decoder_is_not_exported_and_the_command_says_why(tmp_path, capsys):
         "upsampler",
     ]
     assert "decoder is not exported" in capsys.readouterr().err
+
+
+def tiny_glide_decoder():
+    """A decoder as the paper builds it (GLIDE attention at two levels, so re-sampling
+    ResBlocks down and up; the text pathway), every weight random."""
+    from diffusion_lib.unclip import DecoderConfig, UnCLIPDecoder
+    from diffusion_lib.unet import UNetConfig
+
+    torch.manual_seed(0)
+    unet = UNetConfig(
+        base_channels=16,
+        channel_mults=(1, 2, 2),
+        attention_levels=(1, 2),
+        context_dim=24,
+        heads=2,
+        groups=4,
+        glide_attention=True,
+    )
+    cfg = DecoderConfig(
+        unet=unet,
+        embed_dim=24,
+        num_tokens=3,
+        image_size=16,
+        text_conditioning=True,
+        text_width=24,
+    )
+    decoder = UnCLIPDecoder(cfg).eval()
+    with torch.no_grad():
+        for p in decoder.parameters():
+            p.normal_(0, 0.1)
+    gen = torch.Generator().manual_seed(1)
+    unit = lambda *shape: F.normalize(torch.randn(*shape, generator=gen), dim=-1)  # noqa: E731
+    inputs = {
+        "x_t": torch.randn(3, 3, 16, 16, generator=gen),
+        "t": torch.tensor([3, 500, 999]),
+        "image_embed": unit(3, 24),
+        "text_embed": unit(3, 24),
+        "text_states": torch.randn(3, 5, 24, generator=gen),
+        # padded captions of 3, 5 and 1 tokens
+        "text_mask": torch.tensor([[1, 1, 1, 0, 0], [1] * 5, [1, 0, 0, 0, 0]]).bool(),
+    }
+    return decoder, inputs
+
+
+def decoder_difference(decoder, inputs) -> float:
+    with torch.no_grad():
+        unet, text_proj = interop.diffusers_decoder(decoder)
+        theirs = interop.decoder_eps_diffusers(unet, text_proj, **inputs)
+        return (decoder(**inputs) - theirs).abs().max().item()
+
+
+def test_the_papers_decoder_is_diffusers_unclip_decoder(monkeypatch):
+    """With GLIDE's attention (one softmax over the context tokens and the pixels) and
+    the paper's text pathway, the decoder is UnCLIPPipeline's decoder + text_proj;
+    planted bugs (padding attended, the sqrt(D) scale not carried over, the image
+    tokens read in the other layout) are caught."""
+    from diffusion_lib import convert, unclip, unet
+
+    decoder, inputs = tiny_glide_decoder()
+    assert decoder_difference(decoder, inputs) < 1e-5
+
+    attend = unet.GlideAttention.forward
+    monkeypatch.setattr(
+        unet.GlideAttention,
+        "forward",
+        lambda self, x, c=None, m=None: attend(self, x, c),
+    )
+    assert decoder_difference(decoder, inputs) > 1e-3  # padding tokens attended
+    monkeypatch.undo()
+
+    monkeypatch.setattr(convert, "_SCALED_INPUTS", ())
+    assert decoder_difference(decoder, inputs) > 1e-3
+    monkeypatch.undo()
+
+    def tokens_as_rows(self, image_embed, text_embed, text_states):
+        context, added = project(self, image_embed, text_embed, text_states)
+        n = self.num_tokens
+        rows = self.clip_extra_context_tokens_proj(image_embed).unflatten(-1, (n, -1))
+        return torch.cat([rows, context[:, n:]], 1), added
+
+    project = unclip.UnCLIPTextProj.forward
+    monkeypatch.setattr(unclip.UnCLIPTextProj, "forward", tokens_as_rows)
+    assert decoder_difference(decoder, inputs) > 1e-3
+
+
+def test_a_decoder_without_the_papers_parts_is_refused_with_the_reason():
+    from diffusion_lib import convert
+
+    old = MiniDALLE2.from_pretrained().decoder.config
+    with pytest.raises(ValueError, match="glide_attention=True.*text_conditioning"):
+        convert.decoder_configs(old)

@@ -10,6 +10,7 @@ from diffusion_lib.train import (
     EMA,
     TrainConfig,
     drop_labels,
+    check_training_inputs,
     lr_at,
     save_checkpoint,
     train_diffusion,
@@ -152,3 +153,31 @@ def test_bad_manifests_and_missing_files_say_how_to_rebuild(tmp_path):
         load_checkpoint(path, recipe="shapes-ddpm")
     with pytest.raises(FileNotFoundError, match=rebuild):
         load_checkpoint(tmp_path / "absent.safetensors", recipe="shapes-ddpm")
+
+
+def test_conditions_with_their_own_probability_drop_on_rows_of_their_own():
+    """unCLIP's decoder: the image embedding dropped 10% of the time, the caption
+    (its embedding, states and mask together) 50%, independently."""
+    from diffusion_lib.train import draw_batch
+
+    n = 4000
+    images = torch.zeros(n, 1, 2, 2)
+    ones = torch.ones(n, 3)
+    conditions = {
+        "image_embed": (ones, torch.zeros(3)),
+        "text_embed": (ones, torch.zeros(3), 0.5),
+        "text_states": (torch.ones(n, 2, 3), torch.zeros(2, 3), 0.5),
+    }
+    cfg = TrainConfig(batch_size=n, p_uncond=0.1)
+    _, kw = draw_batch(
+        None, images, None, cfg, torch.Generator().manual_seed(0), conditions=conditions
+    )
+    image_dropped = (kw["image_embed"] == 0).all(1)
+    text_dropped = (kw["text_embed"] == 0).all(1)
+    assert image_dropped.float().mean().item() == pytest.approx(0.1, abs=0.02)
+    assert text_dropped.float().mean().item() == pytest.approx(0.5, abs=0.03)
+    assert torch.equal(text_dropped, (kw["text_states"] == 0).flatten(1).all(1))
+    both = (image_dropped & text_dropped).float().mean().item()
+    assert both == pytest.approx(0.05, abs=0.015)  # independent: 0.1 * 0.5
+    with pytest.raises(ValueError, match="with p a probability"):
+        check_training_inputs(images, None, None, {"a": (ones, torch.zeros(3), 2.0)})

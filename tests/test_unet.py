@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -236,3 +238,48 @@ def test_peft_lora_wraps_all_four_attention_projections():
     assert all(n.endswith(("to_q", "to_k", "to_v", "to_out.0")) for n in wrapped)
     x, t = torch.randn(1, 3, 8, 8), torch.tensor([5])
     assert model(x, t, context=torch.randn(1, 3, 12)).shape == x.shape
+
+
+def test_glide_attention_reads_the_unmasked_context_and_resblocks_resample():
+    """GLIDE's block: a masked (padding) token changes nothing, an unmasked one does;
+    with glide_attention the levels with attention re-sample with ResBlocks."""
+    from diffusion_lib.unet import GlideAttention, ResBlock
+
+    torch.manual_seed(0)
+    block = GlideAttention(16, context_dim=8, heads=2, groups=4)
+    x, ctx = torch.randn(2, 16, 4, 4), torch.randn(2, 3, 8)
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    other = ctx.clone()
+    other[:, 2] = 5.0  # the padding token
+    torch.testing.assert_close(block(x, ctx, mask), block(x, other, mask))
+    other[:, 1] = 5.0  # a real token
+    assert not torch.allclose(block(x, ctx, mask), block(x, other, mask))
+    with pytest.raises(ValueError, match="context_mask must be"):
+        block(x, ctx, mask[:, :2])
+    up = ResBlock(16, 16, 0, groups=4, resample="up")
+    assert up(x).shape == (2, 16, 8, 8)
+    assert ResBlock(16, 16, 0, groups=4, resample="down")(x).shape == (2, 16, 2, 2)
+
+    cfg = UNetConfig(
+        base_channels=8,
+        channel_mults=(1, 2),
+        attention_levels=(1,),
+        context_dim=8,
+        groups=4,
+        glide_attention=True,
+    )
+    model = UNet(cfg)
+    assert isinstance(model.up[2], ResBlock) and model.up[2].resample == "up"
+    out = model(
+        torch.randn(2, 3, 8, 8), torch.tensor([1, 2]), context=ctx, context_mask=mask
+    )
+    assert out.shape == (2, 3, 8, 8)
+    with pytest.raises(ValueError, match="not both"):
+        UNet(replace(cfg, spatial_transformer=True))
+    with pytest.raises(ValueError, match="context_mask needs glide_attention"):
+        UNet(replace(cfg, glide_attention=False))(
+            torch.randn(2, 3, 8, 8),
+            torch.tensor([1, 2]),
+            context=ctx,
+            context_mask=mask,
+        )
