@@ -348,6 +348,7 @@ class MiniDALLE2:
         upsampler_steps=10,
         candidates=2,
         upsampler_start=None,
+        upsampler_prediction="eps",
     ):
         self.prior, self.decoder, self.upsampler = prior, decoder, upsampler
         self.clip, self.tokenizer = clip_model, tokenizer
@@ -359,6 +360,7 @@ class MiniDALLE2:
         self.candidates = candidates
         # the upsampler's first timestep (None: the last one, from pure noise)
         self.upsampler_start = upsampler_start
+        self.upsampler_prediction = upsampler_prediction  # what it predicts
 
     @property
     def text_encoder(self):
@@ -398,6 +400,7 @@ class MiniDALLE2:
             decoder_guidance=infos["decoder"].get("guidance_scale", 3.0),
             upsampler_steps=infos["upsampler"].get("sampling_steps", 10),
             upsampler_start=infos["upsampler"].get("sampling_start"),
+            upsampler_prediction=infos["upsampler"].get("prediction_type", "eps"),
         )
 
     @property
@@ -467,11 +470,30 @@ class MiniDALLE2:
         embeds = self.prior.unstandardise(z).unflatten(0, (k, b))  # [k, B, D]
         return pick_closest(embeds, cond["text_embed"])
 
+    def decoder_conditions(self, image_embed: torch.Tensor, captions=None):
+        """The decoder's keyword arguments, conditioned and null (for guidance): the
+        image embedding (null: zeros) and, for a decoder with the paper's text
+        conditioning, the captions' CLIP embedding, token states and mask (null: the
+        empty caption's; captions None: every caption empty, as for variations)."""
+        e = image_embed.to(self.device)
+        cond, null = {"image_embed": e}, {"image_embed": torch.zeros_like(e)}
+        if self.decoder.config.text_conditioning:
+            captions = [""] * len(e) if captions is None else list(captions)
+            if len(captions) != len(e):
+                raise ValueError(
+                    f"one caption per embedding: got {len(captions)} captions for "
+                    f"{len(e)} embeddings"
+                )
+            cond.update(self.encode_prompts(captions))
+            null.update(self.encode_prompts([""] * len(e)))
+        return cond, null
+
     @torch.no_grad()
     def decoder_images(
         self,
         image_embed: torch.Tensor,
         *,
+        captions=None,
         num_steps=50,
         guidance_scale=None,
         seed=0,
@@ -480,18 +502,19 @@ class MiniDALLE2:
         progress=False,
     ) -> torch.Tensor:
         """Step 2. Images [B, 3, 32, 32] in [-1, 1] from unit image embeddings [B, D]
-        by the decoder's guided DDIM. generator: the noise's (default:
-        stage_generator(seed, "decoder"))."""
+        (and their captions, for a decoder that reads them: decoder_conditions) by the
+        decoder's guided DDIM. generator: the noise's (default: stage_generator(seed,
+        "decoder"))."""
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
-        e = image_embed.to(self.device)
+        cond, null = self.decoder_conditions(image_embed, captions)
         size = self.decoder.config.image_size
         return sample(
             _in_chunks(self.decoder, batch_size * 2),
             DDIMSampler(self.decoder_schedule),
-            (e.shape[0], 3, size, size),
+            (len(image_embed), 3, size, size),
             num_steps=num_steps,
-            model_kwargs={"image_embed": e},
-            uncond_kwargs={"image_embed": torch.zeros_like(e)},
+            model_kwargs=cond,
+            uncond_kwargs=null,
             guidance_scale=scale,
             generator=generator or stage_generator(seed, "decoder"),
             device=self.device,
@@ -530,7 +553,9 @@ class MiniDALLE2:
             start = None
         return sample(
             _in_chunks(self.upsampler, batch_size),
-            DDIMSampler(self.upsampler_schedule),
+            DDIMSampler(
+                self.upsampler_schedule, prediction_type=self.upsampler_prediction
+            ),
             shape,
             num_steps=num_steps or self.upsampler_steps,
             model_kwargs={"low_res": cond},
@@ -541,12 +566,20 @@ class MiniDALLE2:
         ).x0.cpu()
 
     def from_embeddings(
-        self, image_embed, *, num_steps=50, guidance_scale=None, seed=0, progress=False
+        self,
+        image_embed,
+        *,
+        captions=None,
+        num_steps=50,
+        guidance_scale=None,
+        seed=0,
+        progress=False,
     ) -> torch.Tensor:
         """Steps 2 and 3, decoder and upsampler: images [B, 3, 64, 64] from image
-        embeddings."""
+        embeddings (and captions, see decoder_conditions)."""
         low = self.decoder_images(
             image_embed,
+            captions=captions,
             num_steps=num_steps,
             seed=seed,
             guidance_scale=guidance_scale,
@@ -579,6 +612,7 @@ class MiniDALLE2:
             e = self.encode_prompts(prompts)["text_embed"]
         return self.from_embeddings(
             e,
+            captions=[prompts] if isinstance(prompts, str) else prompts,
             num_steps=num_steps,
             seed=seed,
             guidance_scale=guidance_scale,

@@ -1,3 +1,5 @@
+import copy
+
 """Unit tests of the mini DALL-E 2's parts on tiny random models: the prior, the
 decoder's two conditioning paths, the upsampler, and the pipeline's plumbing."""
 
@@ -335,3 +337,37 @@ def test_the_stages_run_alone_give_the_pipelines_images(tiny_pipeline):
         stage_generator(seed, "decode")
     with pytest.raises(TypeError):  # components are keyword-only
         MiniDALLE2(pipe.prior, pipe.decoder)
+
+
+def test_a_decoder_that_reads_the_caption_gets_it_from_the_pipeline(tiny_pipeline):
+    """The paper's decoder (text conditioning): the pipeline passes the prompt's CLIP
+    embedding, token states and mask beside the image embedding (null: the empty
+    caption's), so the same embedding under two captions gives two images; variations
+    read the empty caption."""
+    from dataclasses import replace
+
+    base = _decoder()
+    cfg = replace(
+        base,
+        unet=replace(base.unet, glide_attention=True),
+        image_size=32,
+        text_conditioning=True,
+        text_width=32,
+    )
+    torch.manual_seed(1)
+    decoder = UnCLIPDecoder(cfg).eval()
+    _perturb(decoder)
+    pipe = copy.copy(tiny_pipeline)
+    pipe.decoder = decoder
+    e = F.normalize(torch.randn(2, D), dim=-1)
+    red = pipe.decoder_images(e, captions=["a red circle"] * 2, num_steps=2)
+    blue = pipe.decoder_images(e, captions=["a blue square"] * 2, num_steps=2)
+    assert red.shape == (2, 3, 32, 32) and (red - blue).abs().max() > 1e-3
+    cond, null = pipe.decoder_conditions(e, None)
+    assert torch.equal(cond["text_states"], null["text_states"])  # the empty caption
+    assert null["image_embed"].abs().max() == 0
+    with pytest.raises(ValueError, match="one caption per embedding"):
+        pipe.decoder_images(e, captions=["a red circle"], num_steps=2)
+    assert pipe(["a red circle"], num_steps=2).shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="reads the caption too"):
+        decoder(torch.randn(2, 3, 32, 32), torch.tensor([1, 2]), e)

@@ -101,7 +101,11 @@ def measure_upsampler(out_dir=None, *, quick=False, seed=0, device="cpu") -> dic
     UPSAMPLER_SETTINGS."""
     model, info = pretrained.load_pretrained("scenes-upsampler", None, out_dir)
     schedule = pretrained.schedule_from_manifest(info)
-    pipe = MiniDALLE2(upsampler=model, upsampler_schedule=schedule)
+    pipe = MiniDALLE2(
+        upsampler=model,
+        upsampler_schedule=schedule,
+        upsampler_prediction=info["prediction_type"],
+    )
     n = 16 if quick else 200
     test_seed = seed_of(seed, "upsampler test scenes")
     high = make_scenes(n, SCENE_SIZE, seed=test_seed, split="all").images
