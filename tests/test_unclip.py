@@ -1,7 +1,7 @@
-import copy
-
 """Unit tests of the mini DALL-E 2's parts on tiny random models: the prior, the
 decoder's two conditioning paths, the upsampler, and the pipeline's plumbing."""
+
+import copy
 
 import pytest
 import torch
