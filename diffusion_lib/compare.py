@@ -80,6 +80,78 @@ def mini_flops(pipe, prompt: str, num_steps: int = 50) -> dict[str, int]:
     }
 
 
+# ---------------------------------------------------------------------------------
+# Training budgets: the checkpoints each design's recipes kept along their runs
+
+# the networks each design trains (CLIP, shared, and the VAE, given to SD, are not
+# part of either budget: counted apart)
+DESIGNS = {
+    "Stable Diffusion": ("scenes-ldm",),
+    "unCLIP": ("scenes-prior", "scenes-decoder", "scenes-upsampler"),
+}
+
+
+def flops_per_step(manifest: dict) -> int:
+    """One training step's FLOPs, from a manifest's training_compute (compute.py)."""
+    compute = manifest.get("training_compute")
+    if not compute:
+        raise ValueError(
+            f"the {manifest.get('recipe')} manifest has no training_compute: count it "
+            f"with `python -m diffusion_lib.recipes {manifest.get('recipe')} --stage "
+            "count`"
+        )
+    (loop,) = compute["loops"]
+    return loop["flops_per_step"]
+
+
+def budget_points(directory=None) -> dict[str, list[dict]]:
+    """For each design, its training budgets: the k-th checkpoint each of its
+    networks kept (budget_steps in their manifests) make the k-th point; its FLOPs
+    are the networks' FLOPs per step times those steps. [{"fraction" (of the whole
+    run), "steps" {name: step}, "flops"}] per design."""
+    from . import pretrained
+
+    out = {}
+    for design, names in DESIGNS.items():
+        manifests = {n: pretrained.manifest(n, directory) for n in names}
+        counts = {len(m.get("budget_steps") or []) for m in manifests.values()}
+        if len(counts) != 1 or 0 in counts:
+            raise ValueError(
+                f"{design}: every network must keep the same number of budget "
+                f"checkpoints (budget_steps); got {sorted(counts)}"
+            )
+        rows = []
+        for k in range(counts.pop()):
+            steps = {n: m["budget_steps"][k] for n, m in manifests.items()}
+            fractions = {steps[n] / m["train"]["steps"] for n, m in manifests.items()}
+            if len(fractions) != 1:
+                raise ValueError(
+                    f"{design}: budget {k} is not the same share of every network's "
+                    f"run: {steps}"
+                )
+            flops = sum(flops_per_step(m) * steps[n] for n, m in manifests.items())
+            rows.append({"fraction": fractions.pop(), "steps": steps, "flops": flops})
+        out[design] = rows
+    return out
+
+
+def budgets_agree(points: dict, tolerance: float = 0.1) -> list[str]:
+    """The budgets at which the two designs' training FLOPs differ by more than
+    `tolerance` (relative to the larger), as readable lines; [] when they agree."""
+    sd, unclip = points["Stable Diffusion"], points["unCLIP"]
+    if len(sd) != len(unclip):
+        return [f"{len(sd)} Stable Diffusion budgets against {len(unclip)} unCLIP ones"]
+    problems = []
+    for a, b in zip(sd, unclip):
+        gap = abs(a["flops"] - b["flops"]) / max(a["flops"], b["flops"])
+        if gap > tolerance:
+            problems.append(
+                f"fraction {a['fraction']:g}: {a['flops']:.3g} against "
+                f"{b['flops']:.3g} FLOPs ({gap:.0%} apart)"
+            )
+    return problems
+
+
 def seconds_per_image(
     pipes: dict, prompts: list, num_steps: int = 50, repeats: int = 2
 ) -> dict[str, float]:

@@ -44,13 +44,20 @@ def available() -> list[str]:
     return sorted(p.stem for p in PRETRAINED_DIR.glob("*.safetensors"))
 
 
-def checkpoint_path(name: str, directory: str | Path | None = None) -> Path:
+def checkpoint_path(
+    name: str, directory: str | Path | None = None, step: int | None = None
+) -> Path:
+    """DIRECTORY/NAME.safetensors; with `step`, the checkpoint its recipe kept at that
+    step of its run (a training budget, chapter 10): DIRECTORY/budgets/NAME-STEP."""
     if name not in BUILDERS and name not in ADAPTERS:
         raise ValueError(
             f"unknown checkpoint {name!r}; expected one of "
             f"{sorted(BUILDERS) + list(ADAPTERS)}"
         )
-    return Path(directory or PRETRAINED_DIR) / f"{name}.safetensors"
+    base = Path(directory or PRETRAINED_DIR)
+    if step is None:
+        return base / f"{name}.safetensors"
+    return base / "budgets" / f"{name}-{step}.safetensors"
 
 
 def manifest(name: str, directory: str | Path | None = None) -> dict:
@@ -58,14 +65,17 @@ def manifest(name: str, directory: str | Path | None = None) -> dict:
     return read_manifest(checkpoint_path(name, directory).with_suffix(".json"), name)
 
 
-def load_pretrained(name: str, device=None, directory: str | Path | None = None):
-    """(model in eval mode, manifest) for a shipped checkpoint, hash-checked."""
+def load_pretrained(
+    name: str, device=None, directory: str | Path | None = None, step: int | None = None
+):
+    """(model in eval mode, manifest) for a shipped checkpoint, hash-checked; with
+    `step`, the one its recipe kept at that step (checkpoint_path)."""
     if name in ADAPTERS:
         raise ValueError(
             f"{name} is an adapter, not a model: load it into a pipeline "
             "(pipe.load_lora_weights / load_textual_inversion / load_controlnet)"
         )
-    path = checkpoint_path(name, directory)
+    path = checkpoint_path(name, directory, step)
     state, info = load_checkpoint(path, recipe=name)
     try:
         cls = BUILDERS[name]

@@ -66,3 +66,41 @@ def test_mini_costs_on_tiny_pipelines(tiny_sd_dir):
         {"sd": sd, "dalle2": dalle2}, [prompt], num_steps=2, repeats=1
     )
     assert set(seconds) == {"sd", "dalle2"} and min(seconds.values()) > 0
+
+
+def _manifest(directory, name, steps, budget_steps, per_step):
+    import json
+
+    (directory / f"{name}.json").write_text(
+        json.dumps(
+            {
+                "recipe": name,
+                "sha256": "0" * 64,
+                "train": {"steps": steps},
+                "budget_steps": budget_steps,
+                "training_compute": {
+                    "loops": [{"loop": "t", "flops_per_step": per_step, "steps": steps}]
+                },
+            }
+        )
+    )
+
+
+def test_budget_points_sum_each_designs_networks_and_flag_unequal_budgets(tmp_path):
+    from diffusion_lib.compare import budget_points, budgets_agree
+
+    _manifest(tmp_path, "scenes-ldm", 8, [1, 2, 4, 8], 100)
+    _manifest(tmp_path, "scenes-prior", 4, [0.5, 1, 2, 4], 10)  # (steps are ints
+    _manifest(tmp_path, "scenes-decoder", 16, [2, 4, 8, 16], 40)  # in recipes)
+    _manifest(tmp_path, "scenes-upsampler", 8, [1, 2, 4, 8], 15)
+    points = budget_points(tmp_path)
+    assert [p["flops"] for p in points["Stable Diffusion"]] == [100, 200, 400, 800]
+    assert [p["flops"] for p in points["unCLIP"]] == [100, 200, 400, 800]
+    assert [p["fraction"] for p in points["unCLIP"]] == [1 / 8, 1 / 4, 1 / 2, 1]
+    assert budgets_agree(points) == []
+    _manifest(tmp_path, "scenes-upsampler", 8, [1, 2, 4, 8], 30)  # 15% more compute
+    problems = budgets_agree(budget_points(tmp_path))
+    assert len(problems) == 4 and "apart" in problems[0]
+    _manifest(tmp_path, "scenes-prior", 4, [1, 2, 4, 4], 10)  # not the same shares
+    with pytest.raises(ValueError, match="not the same share"):
+        budget_points(tmp_path)

@@ -123,16 +123,17 @@ def test_a_constant_rate_run_leaves_a_model_per_budget(tmp_path):
     from dataclasses import asdict
 
     from diffusion_lib import pretrained
-    from diffusion_lib.recipes.base import budget_folder, budget_snapshots
+    from diffusion_lib.recipes.base import budget_snapshots
 
     cfg = TrainConfig(steps=4, batch_size=4, warmup=1, lr_schedule="constant")
     fields = {"recipe": "scenes-ldm", "train": asdict(cfg)}
     save, every = budget_snapshots("scenes-ldm", tmp_path, (2, 4), fields)
     assert every == 2
     tiny_run(steps=4, lr_schedule="constant", callback=save, callback_every=every)
-    files = sorted(p.name for p in budget_folder(tmp_path).glob("*.safetensors"))
+    files = sorted(p.name for p in (tmp_path / "budgets").glob("*.safetensors"))
     assert files == ["scenes-ldm-2.safetensors", "scenes-ldm-4.safetensors"]
-    two = pretrained.read_manifest(budget_folder(tmp_path) / "scenes-ldm-2.json")
+    path = pretrained.checkpoint_path("scenes-ldm", tmp_path, step=2)
+    two = pretrained.read_manifest(path.with_suffix(".json"))
     assert two["budget_step"] == 2 and two["train"]["steps"] == 4
     cosine = {"recipe": "scenes-ldm", "train": asdict(TrainConfig())}
     with pytest.raises(ValueError, match="constant learning rate"):

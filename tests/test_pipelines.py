@@ -2,7 +2,11 @@ import pytest
 import torch
 
 from diffusion_lib.data import LABEL_SIZES, sample_labels
-from diffusion_lib.pipelines import generate_from_captions, generate_shapes
+from diffusion_lib.pipelines import (
+    MiniStableDiffusion,
+    generate_from_captions,
+    generate_shapes,
+)
 from diffusion_lib.samplers import DDIMSampler, sample
 from diffusion_lib.schedules import NoiseSchedule
 from diffusion_lib.unet import UNet, UNetConfig
@@ -86,3 +90,23 @@ def test_prompts_must_be_integer_labels_within_each_attribute():
         generate_shapes(model, s, torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="integers"):
         generate_shapes(model, s, torch.zeros(2, 4))
+
+
+def test_each_training_budget_is_measured_like_the_shipped_pipeline(tiny_sd_dir):
+    """measure_budget_points: per budget, every prompt group and the binding
+    breakdown, on the same prompts (their fingerprints agree across budgets)."""
+    from diffusion_lib.recipes.measure import LDM_GROUPS, measure_budget_points
+
+    built = []
+
+    def build():
+        built.append(1)
+        return MiniStableDiffusion.from_pretrained(directory=tiny_sd_dir)
+
+    rows = measure_budget_points({"1/8": build, "1": build}, 2, 0, 1, 2)
+    assert len(built) == 2 and set(rows) == {"1/8", "1"}
+    for row in rows.values():
+        assert set(row["groups"]) == set(LDM_GROUPS)
+        assert {"bound right", "attributes swapped", "outcomes"} <= set(row["binding"])
+    sha = [r["groups"]["one object, seen"]["captions_sha256"] for r in rows.values()]
+    assert sha[0] == sha[1]

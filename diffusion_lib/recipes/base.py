@@ -18,7 +18,6 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
@@ -225,12 +224,6 @@ def training_fields(
     }
 
 
-def budget_folder(out_dir=None):
-    """Where a recipe keeps the checkpoints taken along its run (budgets; not
-    shipped): pretrained/budgets, or OUT/budgets."""
-    return Path(out_dir or pretrained.PRETRAINED_DIR) / "budgets"
-
-
 def budget_snapshots(name: str, out_dir, steps: tuple[int, ...], fields: dict):
     """(callback, every) for train_diffusion: the EMA weights after each of `steps`
     steps, saved as budgets/NAME-STEP.safetensors (+ manifest: `fields`, the step and
@@ -244,11 +237,10 @@ def budget_snapshots(name: str, out_dir, steps: tuple[int, ...], fields: dict):
             "checkpoints along a run stand for shorter runs only under a constant "
             'learning rate: train with lr_schedule="constant"'
         )
-    folder = budget_folder(out_dir)
 
     def save(step, ema_model):
         if step in steps:
-            path = folder / f"{name}-{step}.safetensors"
+            path = pretrained.checkpoint_path(name, out_dir, step)
             save_checkpoint(path, ema_model, {**fields, "budget_step": step})
 
     return save, math.gcd(*steps)

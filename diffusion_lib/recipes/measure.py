@@ -196,6 +196,23 @@ def measure_binding(pipes: dict, n: int, seed: int, steps: int) -> dict:
     return out
 
 
+def measure_budget_points(
+    pipes: dict, n: int, seed: int, steps: int, binding_n: int
+) -> dict:
+    """Each training budget's pipeline ({label: a function that builds it}, built one
+    at a time) on the prompts, seeds and n the shipped pipeline is measured on: prompt
+    accuracy and FID per group (measure_scene_pipeline) and binding broken down by
+    what went wrong (measure_binding)."""
+    out = {}
+    for label, build in pipes.items():
+        pipe = build()
+        out[label] = {
+            "groups": measure_scene_pipeline(pipe, n, seed, steps),
+            "binding": measure_binding({label: pipe}, binding_n, seed, steps)[label],
+        }
+    return out
+
+
 def unseen_scenes(
     n: int,
     seed: int,
