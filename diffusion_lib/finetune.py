@@ -31,6 +31,7 @@ Recipes: `python -m diffusion_lib.recipes scenes-lora scenes-inversion`.
 from __future__ import annotations
 
 import time
+from functools import partial
 from itertools import product
 
 import torch
@@ -213,15 +214,11 @@ def train_textual_inversion(
         idx = torch.randint(0, len(latents), (config.batch_size,), generator=gen)
         t, eps = draw_noise(pipe.schedule, latents[idx], gen)  # as diffusion_loss would
         opt.zero_grad(set_to_none=True)
-
-        def step_backward():  # loss_of(batch).backward(), or its data-parallel share
-            return _scale.backward(
-                accelerator,
-                loss_of,
-                {"x0": latents[idx], "tokens": tokens[idx], "t": t, "eps": eps},
-                [table.new],
-            )
-
+        # loss_of(batch).backward(), or launched, its data-parallel share
+        batch = {"x0": latents[idx], "tokens": tokens[idx], "t": t, "eps": eps}
+        step_backward = partial(
+            _scale.backward, accelerator, loss_of, batch, [table.new]
+        )
         counter.count(step_backward, [table.new])  # its FLOPs (compute.py)
         loss = step_backward()
         opt.step()

@@ -18,6 +18,7 @@ import copy
 import json
 import math
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -294,33 +295,35 @@ def fit(
     trainable.train()
     show = progress and acc.is_main_process
     counter = compute.StepCounter(desc, config.steps, acc.num_processes)
+
+    def loss_of(net, part, batch):  # the loss of this process's rows of part `part`
+        x0, kwargs, t, eps = batch
+        rows = _scale.my_rows(acc, part, micro)
+        return diffusion_loss(
+            net,
+            schedule,
+            x0[rows].to(device),
+            {k: v[rows].to(device) for k, v in kwargs.items()},
+            config.prediction_type,
+            config.loss_weighting,
+            t=t[rows].to(device),
+            eps=eps[rows].to(device),
+        )
+
+    def backward_on_the_side(batch):  # the step's passes, for the count (compute.py)
+        for part in range(accum):
+            loss_of(model, part, batch).backward()
+
     for step in (bar := progress_bar(range(first, config.steps), show, desc)):
         x0, kwargs = next_batch(gen)
         t, eps = draw_noise(schedule, x0, gen)  # the whole batch's
-
-        def loss_of(net, part):  # the loss of this process's rows of micro-batch part
-            rows = _scale.my_rows(acc, part, micro)
-            return diffusion_loss(
-                net,
-                schedule,
-                x0[rows].to(device),
-                {k: v[rows].to(device) for k, v in kwargs.items()},
-                config.prediction_type,
-                config.loss_weighting,
-                t=t[rows].to(device),
-                eps=eps[rows].to(device),
-            )
-
-        # the first step's FLOPs, counted on the side (compute.py)
-        counter.count(
-            lambda: [loss_of(model, part).backward() for part in range(accum)],
-            trainable.parameters(),
-        )
+        batch = (x0, kwargs, t, eps)
+        counter.count(partial(backward_on_the_side, batch), trainable.parameters())
         config.set_lr(opt, step)
         step_loss = torch.zeros((), device=device)
         for part in range(accum):
             with acc.accumulate(wrapped):
-                loss = loss_of(wrapped, part)
+                loss = loss_of(wrapped, part, batch)
                 acc.backward(loss)
                 if acc.sync_gradients:
                     acc.clip_grad_norm_(trainable.parameters(), config.grad_clip)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +86,7 @@ def train_clip(
 
     result, start = CLIPTrainResult(), time.perf_counter()
     counter = compute.StepCounter("clip", cfg.steps, scale.processes(accelerator))
+    params = list(model.parameters())
     model.train()
     for step in (
         bar := progress_bar(
@@ -95,13 +97,10 @@ def train_clip(
         cfg.set_lr(opt, step)
         opt.zero_grad(set_to_none=True)
         batch = {"images": images[idx], "tokens": tokens[idx]}
-
-        def step_backward():
-            return scale.backward(
-                accelerator, loss_of, batch, model.parameters(), contrastive=True
-            )
-
-        counter.count(step_backward, model.parameters())  # its FLOPs (compute.py)
+        step_backward = partial(
+            scale.backward, accelerator, loss_of, batch, params, contrastive=True
+        )
+        counter.count(step_backward, params)  # its FLOPs (compute.py)
         loss = step_backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
@@ -162,6 +161,7 @@ def train_vae(
     first = state.restore(cfg.steps)  # 0, or where an interrupted resumable run stopped
     f, c = model.config.downsample_factor, model.config.latent_channels
     counter = compute.StepCounter("vae", cfg.steps, scale.processes(accelerator))
+    params = list(model.parameters())
 
     def loss_of(rows):  # the mean loss over some rows of the batch, and its KL term
         x = rows["x"].to(device)
@@ -183,13 +183,11 @@ def train_vae(
         e = torch.randn((len(x), c, x.shape[2] // f, x.shape[3] // f), generator=gen)
         cfg.set_lr(opt, step)
         opt.zero_grad(set_to_none=True)
-
-        def step_backward():  # loss_of(batch).backward(), or its data-parallel share
-            return scale.backward(
-                accelerator, loss_of, {"x": x, "e": e}, model.parameters()
-            )
-
-        counter.count(step_backward, model.parameters())  # its FLOPs (compute.py)
+        # loss_of(batch).backward(), or its data-parallel share
+        step_backward = partial(
+            scale.backward, accelerator, loss_of, {"x": x, "e": e}, params
+        )
+        counter.count(step_backward, params)  # its FLOPs (compute.py)
         loss, kl = step_backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
@@ -241,6 +239,7 @@ def train_evaluator(
 
     losses = []
     counter = compute.StepCounter("evaluator", steps, scale.processes(accelerator))
+    params = list(evaluator.parameters())
     evaluator.train()
     for _ in progress_bar(
         range(steps), progress and scale.is_main(accelerator), "evaluator"
@@ -250,16 +249,10 @@ def train_evaluator(
             batch_size, 1, 1, 1, generator=gen
         ) * torch.randn(images[idx].shape, generator=gen)
         opt.zero_grad(set_to_none=True)
-
-        def step_backward():  # loss_of(batch).backward(), or its data-parallel share
-            return scale.backward(
-                accelerator,
-                loss_of,
-                {"x": x, "labels": labels[idx]},
-                evaluator.parameters(),
-            )
-
-        counter.count(step_backward, evaluator.parameters())  # (compute.py)
+        # loss_of(batch).backward(), or its data-parallel share
+        batch = {"x": x, "labels": labels[idx]}
+        step_backward = partial(scale.backward, accelerator, loss_of, batch, params)
+        counter.count(step_backward, params)  # its FLOPs (compute.py)
         loss = step_backward()
         opt.step()
         sched.step()

@@ -9,8 +9,8 @@ from diffusion_lib.schedules import NoiseSchedule
 from diffusion_lib.train import (
     EMA,
     TrainConfig,
-    drop_labels,
     check_training_inputs,
+    drop_labels,
     lr_at,
     save_checkpoint,
     train_diffusion,
