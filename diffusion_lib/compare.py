@@ -135,6 +135,40 @@ def budget_points(directory=None) -> dict[str, list[dict]]:
     return out
 
 
+# what both designs use and neither trains in its budget: counted apart
+SHARED = {
+    "CLIP (both designs)": "scenes-clip",
+    "VAE (Stable Diffusion's, given)": "scenes-vae",
+}
+
+
+def training_compute_table(directory=None) -> list[dict]:
+    """One row per trained network of both designs (DESIGNS), then the parts counted
+    apart (SHARED): its design, FLOPs per step, steps, training FLOPs, wall-clock
+    seconds and hardware, from the manifests."""
+    from . import pretrained
+
+    rows = []
+    named = [(d, n) for d, names in DESIGNS.items() for n in names]
+    named += [(label, n) for label, n in SHARED.items()]
+    for design, name in named:
+        m = pretrained.manifest(name, directory)
+        per_step = flops_per_step(m)
+        steps = m["training_compute"]["loops"][0]["steps"]
+        rows.append(
+            {
+                "design": design,
+                "network": name,
+                "flops_per_step": per_step,
+                "steps": steps,
+                "flops": per_step * steps,
+                "seconds": m.get("training_seconds"),
+                "hardware": m.get("hardware"),
+            }
+        )
+    return rows
+
+
 def budgets_agree(points: dict, tolerance: float = 0.1) -> list[str]:
     """The budgets at which the two designs' training FLOPs differ by more than
     `tolerance` (relative to the larger), as readable lines; [] when they agree."""

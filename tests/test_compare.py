@@ -104,3 +104,28 @@ def test_budget_points_sum_each_designs_networks_and_flag_unequal_budgets(tmp_pa
     _manifest(tmp_path, "scenes-prior", 4, [1, 2, 4, 4], 10)  # not the same shares
     with pytest.raises(ValueError, match="not the same share"):
         budget_points(tmp_path)
+
+
+def test_the_compute_table_lists_each_designs_networks_and_the_shared_parts(tmp_path):
+    from diffusion_lib.compare import training_compute_table
+
+    _manifest(tmp_path, "scenes-ldm", 8, [1, 2, 4, 8], 100)
+    _manifest(tmp_path, "scenes-prior", 4, [1, 2, 3, 4], 10)
+    _manifest(tmp_path, "scenes-decoder", 16, [2, 4, 8, 16], 40)
+    _manifest(tmp_path, "scenes-upsampler", 8, [1, 2, 4, 8], 15)
+    _manifest(tmp_path, "scenes-clip", 30, [30], 7)
+    _manifest(tmp_path, "scenes-vae", 6, [6], 9)
+    rows = training_compute_table(tmp_path)
+    assert [r["network"] for r in rows] == [
+        "scenes-ldm",
+        "scenes-prior",
+        "scenes-decoder",
+        "scenes-upsampler",
+        "scenes-clip",
+        "scenes-vae",
+    ]
+    assert sum(r["flops"] for r in rows if r["design"] == "unCLIP") == 40 + 640 + 120
+    assert rows[0]["flops"] == 800 and rows[-1]["flops"] == 54
+    (tmp_path / "scenes-vae.json").write_text('{"recipe": "scenes-vae", "sha256": "x"}')
+    with pytest.raises(ValueError, match="--stage count"):
+        training_compute_table(tmp_path)
