@@ -65,20 +65,33 @@ def unet_config(cfg: UNetConfig, sample_size: int) -> dict:
             "this UNet has no Stable Diffusion equivalent; it needs "
             + ", ".join(problems)
         )
+    return {
+        **_condition_unet_common(
+            cfg, sample_size, "CrossAttn", "UNetMidBlock2DCrossAttn"
+        ),
+        # diffusers' historical name: for SD's UNet this is the number of heads
+        "attention_head_dim": cfg.heads,
+        "use_linear_projection": False,
+    }
+
+
+def _condition_unet_common(cfg: UNetConfig, sample_size, attention, mid) -> dict:
+    """What UNet2DConditionModel's configuration of every course UNet shares: sizes,
+    the block types (attention: their prefix at the levels with attention, mid: the
+    middle block's type), norms, and the [cos, sin] time embedding."""
     widths = [cfg.base_channels * m for m in cfg.channel_mults]
     _check_groups(widths, cfg.groups, "UNet")
-    levels = range(len(widths))
-    attn = [lvl in cfg.attention_levels for lvl in levels]
+    attn = [lvl in cfg.attention_levels for lvl in range(len(widths))]
     return {
         "sample_size": sample_size,
         "in_channels": cfg.in_channels,
         "out_channels": cfg.out_channels,
         "down_block_types": [
-            "CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn
+            f"{attention}DownBlock2D" if a else "DownBlock2D" for a in attn
         ],
-        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "mid_block_type": mid,
         "up_block_types": [
-            "CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)
+            f"{attention}UpBlock2D" if a else "UpBlock2D" for a in reversed(attn)
         ],
         "block_out_channels": widths,
         "layers_per_block": cfg.num_res_blocks,
@@ -89,9 +102,6 @@ def unet_config(cfg: UNetConfig, sample_size: int) -> dict:
         "norm_num_groups": cfg.groups,
         "norm_eps": 1e-5,
         "cross_attention_dim": cfg.context_dim,
-        # diffusers' historical name: for SD's UNet this is the number of heads
-        "attention_head_dim": cfg.heads,
-        "use_linear_projection": False,
         "flip_sin_to_cos": True,  # the course's embedding is [cos, sin]
         "freq_shift": 0,
     }
@@ -121,7 +131,6 @@ def decoder_configs(cfg) -> tuple[dict, dict]:
             f"{cfg.embed_dim}"
         )
     widths = [unet.base_channels * m for m in unet.channel_mults]
-    _check_groups(widths, unet.groups, "decoder UNet")
     attended = [widths[lvl] for lvl in unet.attention_levels] + [widths[-1]]
     head_dims = {w // unet.heads for w in attended}
     if len(head_dims) != 1:
@@ -130,33 +139,14 @@ def decoder_configs(cfg) -> tuple[dict, dict]:
         raise ValueError(
             f"every attention block needs the same head width; got {sorted(head_dims)}"
         )
-    attn = [lvl in unet.attention_levels for lvl in range(len(widths))]
     unet_config = {
-        "sample_size": cfg.image_size,
-        "in_channels": unet.in_channels,
-        "out_channels": unet.out_channels,
-        "down_block_types": [
-            "SimpleCrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn
-        ],
-        "mid_block_type": "UNetMidBlock2DSimpleCrossAttn",
-        "up_block_types": [
-            "SimpleCrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)
-        ],
-        "block_out_channels": widths,
-        "layers_per_block": unet.num_res_blocks,
-        "downsample_padding": 1,
-        "mid_block_scale_factor": 1,
-        "dropout": unet.dropout,
-        "act_fn": "silu",
-        "norm_num_groups": unet.groups,
-        "norm_eps": 1e-5,
-        "cross_attention_dim": unet.context_dim,
+        **_condition_unet_common(
+            unet, cfg.image_size, "SimpleCrossAttn", "UNetMidBlock2DSimpleCrossAttn"
+        ),
         "attention_head_dim": head_dims.pop(),  # SimpleCrossAttn: the head's width
         "class_embed_type": "identity",  # the CLIP embeddings, projected outside
         "resnet_time_scale_shift": "default",
         "only_cross_attention": False,
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
     }
     text_proj_config = {
         "clip_extra_context_tokens": cfg.num_tokens,
