@@ -161,13 +161,16 @@ class MiniStableDiffusion(StableDiffusionLoaderMixin):
         self.controlnet = None  # a controlnet.ControlNet: see load_controlnet
 
     @classmethod
-    def from_pretrained(cls, device=None, directory=None) -> MiniStableDiffusion:
+    def from_pretrained(
+        cls, device=None, directory=None, step: int | None = None
+    ) -> MiniStableDiffusion:
         """The shipped scenes-ldm UNet with the scenes-vae and scenes-clip it was
-        trained on (hash-checked)."""
+        trained on (hash-checked); with `step`, the UNet its run kept at that step
+        (chapter 10's training budgets)."""
         from . import pretrained
         from .clip import tokenizer_from_manifest
 
-        unet, info = pretrained.load_pretrained("scenes-ldm", device, directory)
+        unet, info = pretrained.load_pretrained("scenes-ldm", device, directory, step)
         vae, _ = pretrained.load_pretrained("scenes-vae", device, directory)
         text_encoder, clip_info = pretrained.load_pretrained(
             "scenes-clip", device, directory

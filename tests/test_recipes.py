@@ -1,9 +1,11 @@
 import json
 
 import pytest
+import torch
 from test_behaviour import QUICK_RUNS, check_recipe, quick_recipe
 
 from diffusion_lib import pretrained
+from diffusion_lib.recipes.base import budget_steps
 
 
 def test_quick_recipes_write_loadable_checkpoints(tmp_path):
@@ -44,6 +46,12 @@ def test_quick_scene_recipes_chain_into_a_pipeline(tmp_path):
 
     pipe = MiniStableDiffusion.from_pretrained(directory=tmp_path)
     assert pipe(["a red circle"], num_steps=2).shape == (1, 3, 64, 64)
+    # the constant-rate run keeps a UNet per training budget (chapter 10)
+    assert ldm["budget_steps"] == [1, 2, 4, 8] == list(budget_steps(8))
+    early = MiniStableDiffusion.from_pretrained(directory=tmp_path, step=2)
+    last = MiniStableDiffusion.from_pretrained(directory=tmp_path, step=8)
+    assert torch.equal(last.unet.conv_in.weight, pipe.unet.conv_in.weight)
+    assert not torch.equal(early.unet.conv_in.weight, pipe.unet.conv_in.weight)
     from diffusion_lib.pipelines import MiniDALLE2
 
     clip_sha = pretrained.manifest("scenes-clip", tmp_path)["sha256"]
@@ -173,3 +181,10 @@ def test_the_command_line_runs_several_recipes_or_all(capsys):
     with pytest.raises(SystemExit):  # checked for every name before anything runs
         parse(["scenes-ldm", "scenes-vae", "--device", "cuda"])
     assert "not scenes-vae" in capsys.readouterr().err
+
+
+def test_budget_steps_are_the_fractions_of_a_run():
+    assert budget_steps(10000) == (1250, 2500, 5000, 10000)
+    assert budget_steps(4440) == (555, 1110, 2220, 4440)
+    with pytest.raises(ValueError, match="too short"):
+        budget_steps(4)

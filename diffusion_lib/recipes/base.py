@@ -224,6 +224,22 @@ def training_fields(
     }
 
 
+# chapter 10's training budgets: checkpoints kept at these fractions of each run
+BUDGET_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 1)
+
+
+def budget_steps(total: int) -> tuple[int, ...]:
+    """The steps at which a run of `total` steps keeps its budget checkpoints
+    (BUDGET_FRACTIONS of it); each must be a distinct positive step."""
+    steps = tuple(round(total * f) for f in BUDGET_FRACTIONS)
+    if len(set(steps)) != len(steps) or min(steps) < 1:
+        raise ValueError(
+            f"a run of {total} steps is too short for {len(BUDGET_FRACTIONS)} "
+            f"distinct budget checkpoints at fractions {BUDGET_FRACTIONS}"
+        )
+    return steps
+
+
 def budget_snapshots(name: str, out_dir, steps: tuple[int, ...], fields: dict):
     """(callback, every) for train_diffusion: the EMA weights after each of `steps`
     steps, saved as budgets/NAME-STEP.safetensors (+ manifest: `fields`, the step and

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import torch
 
@@ -16,11 +16,19 @@ from ..pipelines import MiniStableDiffusion, encode_scenes
 from ..schedules import NoiseSchedule
 from ..train import TrainConfig, save_checkpoint, train_diffusion, write_manifest
 from ..unet import UNet, UNetConfig
-from .base import Recipe, training_fields
-from .measure import SCENE_MEASURE_PROMPTS, guidance_sweep, measure_scene_pipeline
+from .base import Recipe, budget_snapshots, budget_steps, training_fields
+from .measure import (
+    SCENE_MEASURE_PROMPTS,
+    guidance_sweep,
+    measure_binding,
+    measure_budget_points,
+    measure_scene_pipeline,
+)
 
 # The mini Stable Diffusion's denoiser (chapter 8): a cross-attention UNet on 8x8x4
-# latents, attending to the CLIP text encoder's token states (width 64).
+# latents, attending to the CLIP text encoder's token states (width 64), with SD's
+# attention blocks (spatial_transformer: proj_in, self- and cross-attention, GEGLU,
+# proj_out), so that diffusers' UNet2DConditionModel loads it by renaming keys.
 SCENES_LDM_UNET = UNetConfig(
     in_channels=4,
     out_channels=4,
@@ -29,6 +37,7 @@ SCENES_LDM_UNET = UNetConfig(
     num_res_blocks=1,
     attention_levels=(0, 1),
     context_dim=64,
+    spatial_transformer=True,
 )
 # For chapter 6's cost comparison: the same UNet working on 64x64x3 pixels, with the
 # three extra levels (64 -> 32 -> 16 -> 8) that the VAE's encoder and decoder replace.
@@ -44,6 +53,9 @@ SCENES_LDM_TRAIN = TrainConfig(
     batch_size=128,
     lr=1e-3,
     warmup=200,
+    # constant after warm-up: the EMA kept at 1/8, 1/4 and 1/2 of the run is then the
+    # model a run of that length gives (chapter 10's training budgets)
+    lr_schedule="constant",
     ema_decay=0.9995,
     p_uncond=0.1,
     prediction_type="eps",
@@ -51,8 +63,8 @@ SCENES_LDM_TRAIN = TrainConfig(
     seed=0,
 )
 SCENES_LDM_IMAGES = 20000
-# a smoke run: through warm-up, every file written
-SCENES_LDM_QUICK = replace(SCENES_LDM_TRAIN, steps=4, warmup=2, batch_size=16)
+# a smoke run: through warm-up, every file written (8 steps: 4 distinct budgets)
+SCENES_LDM_QUICK = replace(SCENES_LDM_TRAIN, steps=8, warmup=2, batch_size=16)
 # Stable Diffusion's "scaled linear" betas (0.00085 -> 0.012): alpha_bar_T = 0.0047.
 # Not Part I's cosine schedule: its alpha_bar_T = 2.4e-9, and a DDIM step from T with
 # eps-prediction divides by sqrt(alpha_bar_T), which pixels survive only because x0 is
@@ -63,6 +75,23 @@ LDM_SCHEDULE = {"kind": "scaled_linear", "num_timesteps": 1000}
 LDM_TWO_OBJECT_FRACTION = 0.75
 LDM_GUIDANCE = 3.0  # the default guidance scale of the shipped pipeline
 LDM_SWEEP = (1.0, 2.0, 3.0, 5.0, 8.0)  # guidance scales of the sweep
+
+
+def _budget_fields(cfg, seed, quick, vae_info) -> dict:
+    """What a budget checkpoint's manifest records: enough to load it as the mini
+    SD's UNet (its config, schedule, prediction type, latent shape) and its run."""
+    return {
+        "recipe": "scenes-ldm",
+        "train": asdict(cfg),
+        "seed": seed,
+        "quick": quick,
+        "config": SCENES_LDM_UNET.to_dict(),
+        "schedule": LDM_SCHEDULE,
+        "prediction_type": cfg.prediction_type,
+        "guidance_scale": LDM_GUIDANCE,
+        "image_size": SCENE_SIZE,
+        "vae_sha256": vae_info["sha256"],
+    }
 
 
 def train_ldm(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None):
@@ -89,6 +118,10 @@ def train_ldm(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None):
     schedule = NoiseSchedule.make(LDM_SCHEDULE["kind"], LDM_SCHEDULE["num_timesteps"])
     torch.manual_seed(seed)
     model = UNet(SCENES_LDM_UNET).to(device)
+    budgets = budget_steps(cfg.steps)
+    save_budget, every = budget_snapshots(
+        "scenes-ldm", out_dir, budgets, _budget_fields(cfg, seed, quick, vae_info)
+    )
     result = train_diffusion(
         model,
         schedule,
@@ -98,6 +131,8 @@ def train_ldm(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None):
         context=context,
         null_context=null,
         accelerator=accelerator,
+        callback=save_budget,
+        callback_every=every,
     )
     ema = result.ema.model
     fields = training_fields(
@@ -123,6 +158,7 @@ def train_ldm(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None):
         "training_images": n_images,
         "two_object_fraction": LDM_TWO_OBJECT_FRACTION,
         "encode_seconds": round(encode_seconds, 1),
+        "budget_steps": list(budgets),
         "metrics": None,
     }
     return save_checkpoint(
@@ -131,6 +167,27 @@ def train_ldm(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None):
         info,
         accelerator=accelerator,
     )
+
+
+def measure_ldm_budgets(out_dir, metrics, *, quick, seed, device) -> dict:
+    """Chapter 10's points for the mini SD: the UNet its run kept at each budget step,
+    in the shipped pipeline, on the prompts, seeds and n the pipeline is measured on
+    (the whole run's groups are the pipeline's own, measured above), each with its
+    binding broken down by what went wrong. {step: {"groups", "binding"}}."""
+    info = pretrained.manifest("scenes-ldm", out_dir)
+    budgets = info.get("budget_steps") or []
+    n, steps = (8, 2) if quick else (SCENE_MEASURE_PROMPTS, 50)
+    out = {}
+    for step in budgets:
+        pipe = MiniStableDiffusion.from_pretrained(device, out_dir, step=step)
+        if step == info["train"]["steps"]:  # the whole run: the pipeline measured
+            binding = measure_binding({"run": pipe}, n, seed, steps)["run"]
+            out[str(step)] = {"groups": metrics["groups"], "binding": binding}
+        else:
+            label = f"step {step}"
+            point = measure_budget_points({label: lambda p=pipe: p}, n, seed, steps, n)
+            out[str(step)] = point[label]
+    return out
 
 
 def measure_ldm(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:
@@ -152,6 +209,9 @@ def measure_ldm(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:
         ),
         "guidance_sweep_steps": sweep_steps,
     }
+    metrics["budgets"] = measure_ldm_budgets(
+        out_dir, metrics, quick=quick, seed=seed, device=device
+    )
     print(json.dumps(metrics, indent=1))
     info = pretrained.manifest("scenes-ldm", out_dir)
     write_manifest(

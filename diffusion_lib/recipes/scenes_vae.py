@@ -18,7 +18,7 @@ from ..unet import count_parameters
 from ..vae import AutoencoderKL, VAEConfig, latent_scaling_factor, psnr, reconstruct
 from .base import Recipe, seed_of, where
 
-# in Stable Diffusion's layout (sd_layout): diffusers' AutoencoderKL loads it by renaming keys
+# in Stable Diffusion's layout: diffusers' AutoencoderKL loads it by renaming keys
 SCENES_VAE = VAEConfig(channels=(16, 32, 64, 64), blocks_per_level=1, sd_layout=True)
 SCENES_VAE_TRAIN = VAETrainConfig(
     steps=6000, batch_size=32, lr=2e-3, warmup=100, kl_weight=1e-6, seed=0
