@@ -372,16 +372,29 @@ class MiniDALLE2:
         return self.clip
 
     @classmethod
-    def from_pretrained(cls, device=None, directory=None) -> MiniDALLE2:
+    def from_pretrained(
+        cls, device=None, directory=None, steps: dict | None = None, twins=None
+    ) -> MiniDALLE2:
         """The shipped scenes-prior, scenes-decoder and scenes-upsampler with the
-        scenes-clip they were trained on (hash-checked)."""
+        scenes-clip they were trained on (hash-checked). steps {"prior" | "decoder" |
+        "upsampler": step}: the networks their runs kept at those steps (chapter 10's
+        budgets); twins {part: twin}: a twin trained beside it (e.g. {"decoder":
+        "text"}, the decoder on text embeddings), at the step given in steps."""
         from . import pretrained
         from .clip import tokenizer_from_manifest
 
+        steps, twins = dict(steps or {}), dict(twins or {})
+        parts = ("prior", "decoder", "upsampler", "clip")
+        unknown = (set(steps) | set(twins)) - set(parts[:3])
+        if unknown or not set(twins) <= set(steps):
+            raise ValueError(
+                f"steps and twins name parts among {parts[:3]} (a twin with its step); "
+                f"got steps {steps}, twins {twins}"
+            )
         models, infos = {}, {}
-        for name in ("prior", "decoder", "upsampler", "clip"):
+        for name in parts:
             models[name], infos[name] = pretrained.load_pretrained(
-                f"scenes-{name}", device, directory
+                f"scenes-{name}", device, directory, steps.get(name), twins.get(name)
             )
         for name in ("prior", "decoder"):
             if infos[name]["clip_sha256"] != infos["clip"]["sha256"]:

@@ -45,19 +45,27 @@ def available() -> list[str]:
 
 
 def checkpoint_path(
-    name: str, directory: str | Path | None = None, step: int | None = None
+    name: str,
+    directory: str | Path | None = None,
+    step: int | None = None,
+    twin: str | None = None,
 ) -> Path:
     """DIRECTORY/NAME.safetensors; with `step`, the checkpoint its recipe kept at that
-    step of its run (a training budget, chapter 10): DIRECTORY/budgets/NAME-STEP."""
+    step of its run (a training budget, chapter 10): DIRECTORY/budgets/NAME-STEP; with
+    `twin` too, the twin its recipe trained for that many steps beside it, one thing
+    changed (e.g. the upsampler predicting eps): DIRECTORY/budgets/NAME-TWIN-STEP."""
     if name not in BUILDERS and name not in ADAPTERS:
         raise ValueError(
             f"unknown checkpoint {name!r}; expected one of "
             f"{sorted(BUILDERS) + list(ADAPTERS)}"
         )
     base = Path(directory or PRETRAINED_DIR)
+    if twin is not None and step is None:
+        raise ValueError(f"a twin is kept at a step: pass step with twin={twin!r}")
     if step is None:
         return base / f"{name}.safetensors"
-    return base / "budgets" / f"{name}-{step}.safetensors"
+    label = name if twin is None else f"{name}-{twin}"
+    return base / "budgets" / f"{label}-{step}.safetensors"
 
 
 def manifest(name: str, directory: str | Path | None = None) -> dict:
@@ -66,16 +74,20 @@ def manifest(name: str, directory: str | Path | None = None) -> dict:
 
 
 def load_pretrained(
-    name: str, device=None, directory: str | Path | None = None, step: int | None = None
+    name: str,
+    device=None,
+    directory: str | Path | None = None,
+    step: int | None = None,
+    twin: str | None = None,
 ):
     """(model in eval mode, manifest) for a shipped checkpoint, hash-checked; with
-    `step`, the one its recipe kept at that step (checkpoint_path)."""
+    `step` (and `twin`), the one its recipe kept at that step (checkpoint_path)."""
     if name in ADAPTERS:
         raise ValueError(
             f"{name} is an adapter, not a model: load it into a pipeline "
             "(pipe.load_lora_weights / load_textual_inversion / load_controlnet)"
         )
-    path = checkpoint_path(name, directory, step)
+    path = checkpoint_path(name, directory, step, twin)
     state, info = load_checkpoint(path, recipe=name)
     try:
         cls = BUILDERS[name]

@@ -494,10 +494,12 @@ def train_upsampler(
     config: UpsamplerTrainConfig | None = None,
     progress: bool = True,
     accelerator=None,
+    callback=None,
+    callback_every: int = 0,
 ) -> TrainResult:
     """Train on high-resolution images [N, 3, H, W]: each batch downsamples them,
     corrupts the low-res copy, enlarges it, and crops both at the same place (the loop
-    is train.fit)."""
+    is train.fit; callback as train_diffusion's)."""
     cfg = config or UpsamplerTrainConfig()
 
     def next_batch(gen):  # [B, 3, crop, crop] targets and enlarged low-res inputs
@@ -514,6 +516,8 @@ def train_upsampler(
         cfg,
         accelerator,
         progress=progress,
+        callback=callback,
+        callback_every=callback_every,
         desc="upsampler",
     )
 

@@ -5,6 +5,7 @@ import torch
 from test_behaviour import QUICK_RUNS, check_recipe, quick_recipe
 
 from diffusion_lib import pretrained
+from diffusion_lib.recipes import budget_stacks
 from diffusion_lib.recipes.base import budget_steps
 
 
@@ -58,9 +59,38 @@ def test_quick_scene_recipes_chain_into_a_pipeline(tmp_path):
     for name in ("scenes-prior", "scenes-decoder"):
         assert pretrained.manifest(name, tmp_path)["clip_sha256"] == clip_sha
     up = pretrained.manifest("scenes-upsampler", tmp_path)
-    assert up["sampling_start"] < 999 and up["train"]["crop"] == 32
+    # from pure noise, predicting v (issue 25: the paper's upsampler)
+    assert up["sampling_start"] == 999 and up["prediction_type"] == "v"
+    assert up["train"]["crop"] == 32
     dalle2 = MiniDALLE2.from_pretrained(directory=tmp_path)
     assert dalle2(["a red circle"], num_steps=2).shape == (1, 3, 64, 64)
+    assert dalle2.decoder.config.text_conditioning
+    assert dalle2.decoder.config.unet.glide_attention
+    # the twins: trained for the quarter run's steps beside the main network, one
+    # thing changed, their FLOPs apart from the checkpoint's (same network and batch:
+    # the same FLOPs per step)
+    for name, twin, changed in (
+        ("scenes-upsampler", "eps", {"prediction_type": "eps"}),
+        ("scenes-decoder", "text", {}),
+    ):
+        main = pretrained.manifest(name, tmp_path)
+        quarter = main["budget_steps"][1]
+        record = main["twins"][twin]
+        (loop,) = main["training_compute"]["loops"]
+        assert record["steps"] == quarter
+        assert record["flops"] == quarter * loop["flops_per_step"]
+        _, info = pretrained.load_pretrained(name, None, tmp_path, quarter, twin)
+        assert info["twin"] == twin and info["budget_step"] == quarter
+        want = {**main["train"], "steps": quarter, **changed}
+        assert info["train"] == want, name
+    stacks = budget_stacks(tmp_path)
+    assert [s["decoder"] for s in stacks] == [1, 2, 4, 8]
+    text = MiniDALLE2.from_pretrained(
+        directory=tmp_path, steps=stacks[1], twins={"decoder": "text"}
+    )
+    assert text(["a red circle"], num_steps=2, embedding="text").shape[-1] == 64
+    with pytest.raises(ValueError, match="a twin with its step"):
+        MiniDALLE2.from_pretrained(directory=tmp_path, twins={"decoder": "text"})
     for args in QUICK_RUNS[2:]:  # each counts its own network's training only
         manifest = pretrained.manifest(args[0], tmp_path)
         (loop,) = manifest["training_compute"]["loops"]  # not the VAE's sweep

@@ -22,7 +22,7 @@ measurements several recipes share; `registry` the RECIPES that the command line
 
 from __future__ import annotations
 
-from .base import SEED_STREAMS, STAGES, Recipe, seed_of
+from .base import BUDGET_FRACTIONS, SEED_STREAMS, STAGES, Recipe, budget_steps, seed_of
 from .cli import main
 from .dalle2 import (
     UNCLIP_BASE_SIZE,
@@ -55,11 +55,16 @@ from .scenes_clip import (
 )
 from .scenes_controlnet import CONTROL_IMAGES, CONTROL_WATCH, CONTROLNET
 from .scenes_decoder import (
+    CAPTION_DROP,
     DECODER,
     DECODER_GUIDANCE,
+    PAPER_ABLATION_FID,
     SCENES_DECODER,
     SCENES_DECODER_TRAIN,
+    TEXT_TWIN,
     VARIATION_SOURCES,
+    budget_stacks,
+    decoder_conditions,
     embedding_ablation,
     measure_dalle2,
     measure_variations,
@@ -86,10 +91,13 @@ from .scenes_prior import (
     SCENES_PRIOR_TRAIN,
 )
 from .scenes_upsampler import (
+    EPS_TWIN,
     SCENES_UPSAMPLER,
     SCENES_UPSAMPLER_TRAIN,
     UPSAMPLER,
     UPSAMPLER_START,
+    X0_TIMESTEPS,
+    x0_psnr_by_t,
 )
 from .scenes_vae import SCENES_VAE, SCENES_VAE_TRAIN, VAE, VAE_TRADEOFF, vae_tradeoff
 from .shapes import (
@@ -133,6 +141,16 @@ __all__ = [
     "REPAINT_RESAMPLE",
     "Recipe",
     "SCENES_CLIP_TRAIN",
+    "BUDGET_FRACTIONS",
+    "CAPTION_DROP",
+    "EPS_TWIN",
+    "PAPER_ABLATION_FID",
+    "TEXT_TWIN",
+    "X0_TIMESTEPS",
+    "budget_stacks",
+    "budget_steps",
+    "decoder_conditions",
+    "x0_psnr_by_t",
     "SCENES_DECODER",
     "SCENES_DECODER_TRAIN",
     "SCENES_LDM_TRAIN",

@@ -188,6 +188,7 @@ SEED_STREAMS = {
     "variation sources": 9700,
     "binding prompts": 9800,
     "adapter init": 9900,  # the LoRA's A matrices (B starts at zero)
+    "upsampler x0 noise": 10000,  # the noise of the upsampler's x0-by-t test
 }
 
 
@@ -224,6 +225,19 @@ def training_fields(
     }
 
 
+def run_fields(name: str, cfg, seed: int, quick: bool, static: dict) -> dict:
+    """What a checkpoint kept along a run records (budget_snapshots): the recipe, its
+    training config, seed and mode, and `static`, the fields that load and sample it
+    (config, schedule, prediction type, guidance...), as the final manifest has them."""
+    return {
+        "recipe": name,
+        "train": asdict(cfg),
+        "seed": seed,
+        "quick": quick,
+        **static,
+    }
+
+
 # chapter 10's training budgets: checkpoints kept at these fractions of each run
 BUDGET_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 1)
 
@@ -238,6 +252,34 @@ def budget_steps(total: int) -> tuple[int, ...]:
             f"distinct budget checkpoints at fractions {BUDGET_FRACTIONS}"
         )
     return steps
+
+
+def train_twin(name: str, out_dir, twin: str, fields: dict, train) -> dict:
+    """A second training beside a recipe's network with one thing changed (`twin`
+    names it), started from the same initial weights and drawing the same batches
+    (train() sets both up as the recipe does), for fewer steps: an ablation at one
+    budget. Its FLOPs are counted apart (its own tally, not the checkpoint's) and its
+    EMA is saved as budgets/NAME-TWIN-STEPS with `fields`, its training and compute.
+    Returns what the main manifest records of it (steps, FLOPs, seconds)."""
+    with compute.tally() as loops:
+        result = train()
+    steps = len(result.losses)
+    count = compute.summary(loops)
+    manifest = {
+        **fields,
+        "twin": twin,
+        "budget_step": steps,
+        "training_seconds": round(result.seconds, 1),
+        "training_compute": count,
+        **loss_summary(result.losses),
+    }
+    path = pretrained.checkpoint_path(name, out_dir, steps, twin)
+    save_checkpoint(path, result.ema.model, manifest)
+    return {
+        "steps": steps,
+        "flops": count["flops"],
+        "training_seconds": manifest["training_seconds"],
+    }
 
 
 def budget_snapshots(name: str, out_dir, steps: tuple[int, ...], fields: dict):

@@ -24,11 +24,19 @@ from ..schedules import NoiseSchedule
 from ..train import TrainConfig, save_checkpoint, train_diffusion, write_manifest
 from ..unclip import DecoderConfig, UnCLIPDecoder, downsample
 from ..unet import UNetConfig
-from .base import Recipe, seed_of
+from .base import (
+    Recipe,
+    budget_snapshots,
+    budget_steps,
+    run_fields,
+    seed_of,
+    train_twin,
+)
 from .dalle2 import (
     UNCLIP_BASE_SIZE,
     UNCLIP_SCHEDULE,
     clip_embeddings,
+    empty_caption_embeddings,
     unclip_fields,
     unclip_training_scenes,
 )
@@ -37,69 +45,124 @@ from .measure import (
     SCENE_MEASURE_PROMPTS,
     guidance_sweep,
     measure_binding,
+    measure_budget_points,
     measure_scene_pipeline,
 )
 from .scenes_ldm import LDM_TWO_OBJECT_FRACTION
 
-# The decoder: a pixel UNet at 32x32 that sees the CLIP image embedding twice (added to
-# the time embedding, and as four context tokens for the attention at 8x8).
+# The decoder: a pixel UNet at 32x32, as the paper builds it on GLIDE (Sec. 2.1): the
+# CLIP image embedding projected and added to the time embedding and as four extra
+# context tokens, the caption's CLIP text embedding added too and its token states
+# after those four tokens (the text pathway the paper keeps), read at 8x8 by GLIDE's
+# attention (one softmax over the context tokens and the pixels).
 SCENES_DECODER = DecoderConfig(
     unet=UNetConfig(
         base_channels=32,
         channel_mults=(1, 2, 2),
         attention_levels=(2,),
         context_dim=64,
+        glide_attention=True,
     ),
     embed_dim=64,
     num_tokens=4,
+    text_conditioning=True,
+    text_width=64,
 )
 SCENES_DECODER_TRAIN = TrainConfig(
-    steps=3500,
+    # the decoder's share of the mini DALL-E 2's budget (chapter 10; scenes_prior)
+    steps=5000,
     batch_size=64,
     lr=1e-3,
     warmup=200,
+    lr_schedule="constant",  # its checkpoints along the run are chapter 10's budgets
     ema_decay=0.999,
     p_uncond=0.1,  # the image embedding is zeroed 10% of the time (guidance)
     prediction_type="eps",
     loss_weighting="none",
     seed=0,
 )
-# a smoke run: through warm-up, every file written
-SCENES_DECODER_QUICK = replace(SCENES_DECODER_TRAIN, steps=4, warmup=2, batch_size=16)
+# the caption (its embedding, token states and mask) is replaced by the empty
+# caption's 50% of the time, independently of the image embedding (the paper, Sec. 2.1)
+CAPTION_DROP = 0.5
+# a smoke run: through warm-up, every file written (8 steps: 4 distinct budgets)
+SCENES_DECODER_QUICK = replace(SCENES_DECODER_TRAIN, steps=8, warmup=2, batch_size=16)
+# the paper's Sec. 5.1 decoder conditioned on CLIP text embeddings: a twin trained on
+# the caption's text embedding in the image embedding's place, for the steps of the
+# quarter-run checkpoint (same initial weights and batches)
+TEXT_TWIN = "text"
 DECODER_GUIDANCE = 3.0
 DECODER_SWEEP = (1.0, 3.0, 5.0)
 # real scenes whose variations are judged, half with one object: 50 sources gave a
 # standard error of 0.05 on the one-object share, too wide for a gate at 0.90
 VARIATION_SOURCES = 300
+TEXT_CONDITIONS = ("text_embed", "text_states", "text_mask")
 ABLATION_GROUPS = {k: LDM_GROUPS[k] for k in ("one object, seen", "two objects, seen")}
 
 
+def decoder_conditions(
+    config: DecoderConfig, e: dict, null: dict, p_uncond: float, embedding="image_embed"
+) -> dict:
+    """train_diffusion's conditions for a decoder, from clip_embeddings `e` and the
+    empty caption's `null` (empty_caption_embeddings): `embedding` (the image
+    embedding; "text_embed" for the twin on text embeddings) in the image embedding's
+    slot, zeroed with probability p_uncond, and, for a decoder that reads the caption
+    (text_conditioning), its embedding, token states and mask, replaced by the empty
+    caption's with probability CAPTION_DROP on rows of their own."""
+    zeros = torch.zeros(config.embed_dim)
+    out = {"image_embed": (e[embedding], zeros, p_uncond)}
+    if config.text_conditioning:
+        out.update({k: (e[k], null[k], CAPTION_DROP) for k in TEXT_CONDITIONS})
+    return out
+
+
 def train_decoder(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None):
-    """32x32 scenes from their CLIP image embeddings."""
+    """32x32 scenes from their CLIP image embeddings and captions, and the twin
+    conditioned on text embeddings for a quarter of the run."""
     cfg = replace(SCENES_DECODER_QUICK if quick else SCENES_DECODER_TRAIN, seed=seed)
     device = torch.device(device)
     clip_model, clip_info = pretrained.load_pretrained("scenes-clip", device, out_dir)
+    tokenizer = tokenizer_from_manifest(clip_info)
     scenes = unclip_training_scenes(quick, seed)
     start = time.perf_counter()
-    embeds = clip_embeddings(clip_model, tokenizer_from_manifest(clip_info), scenes)
+    e = clip_embeddings(clip_model, tokenizer, scenes)
     encode_seconds = time.perf_counter() - start
     images = downsample(scenes.images, SCENE_SIZE // UNCLIP_BASE_SIZE)
     schedule = NoiseSchedule.make(
         UNCLIP_SCHEDULE["kind"], UNCLIP_SCHEDULE["num_timesteps"]
     )
+    null = empty_caption_embeddings(clip_model, tokenizer)
+
+    def conditions(embedding: str) -> dict:
+        return decoder_conditions(SCENES_DECODER, e, null, cfg.p_uncond, embedding)
+
+    static = {
+        "config": SCENES_DECODER.to_dict(),
+        "schedule": UNCLIP_SCHEDULE,
+        "prediction_type": cfg.prediction_type,
+        "image_size": UNCLIP_BASE_SIZE,
+        "clip_sha256": clip_info["sha256"],
+        "guidance_scale": DECODER_GUIDANCE,
+        "caption_drop": CAPTION_DROP,
+    }
+    name = "scenes-decoder"
+    budgets = budget_steps(cfg.steps)
+    save_budget, every = budget_snapshots(
+        name, out_dir, budgets, run_fields(name, cfg, seed, quick, static)
+    )
     torch.manual_seed(seed)
     model = UnCLIPDecoder(SCENES_DECODER).to(device)
-    null = torch.zeros(SCENES_DECODER.embed_dim)
     result = train_diffusion(
         model,
         schedule,
         images,
         config=cfg,
-        conditions={"image_embed": (embeds["image_embed"], null)},
+        conditions=conditions("image_embed"),
         accelerator=accelerator,
+        callback=save_budget,
+        callback_every=every,
     )
     fields = unclip_fields(
-        "scenes-decoder",
+        name,
         cfg,
         result,
         seed=seed,
@@ -107,17 +170,28 @@ def train_decoder(out_dir, *, quick=False, seed=0, device="cpu", accelerator=Non
         device=device,
         accelerator=accelerator,
     )
+    twin_cfg = replace(cfg, steps=budgets[1])
+
+    def train_text_twin():
+        torch.manual_seed(seed)  # the same initial weights
+        twin = UnCLIPDecoder(SCENES_DECODER).to(device)
+        return train_diffusion(
+            twin, schedule, images, config=twin_cfg, conditions=conditions("text_embed")
+        )
+
+    twin_static = {**static, "image_embed": "the caption's CLIP text embedding"}
+    twin_fields = run_fields(name, twin_cfg, seed, quick, twin_static)
+    twin = train_twin(name, out_dir, TEXT_TWIN, twin_fields, train_text_twin)
     info = {
         **fields,
-        "config": SCENES_DECODER.to_dict(),
-        "image_size": UNCLIP_BASE_SIZE,
-        "clip_sha256": clip_info["sha256"],
+        **static,
+        "budget_steps": list(budgets),
+        "twins": {TEXT_TWIN: twin},
         "training_images": len(scenes),
         "two_object_fraction": LDM_TWO_OBJECT_FRACTION,
         "encode_seconds": round(encode_seconds, 1),
-        "guidance_scale": DECODER_GUIDANCE,
     }
-    path = pretrained.checkpoint_path("scenes-decoder", out_dir)
+    path = pretrained.checkpoint_path(name, out_dir)
     return save_checkpoint(path, result.ema.model, info, accelerator=accelerator)
 
 
@@ -180,6 +254,99 @@ def measure_variations(pipe, n, seed, steps, per_source=2) -> dict:
     }
 
 
+# the paper's Sec. 5.1 ablation (small models, FID on a test set, guidance swept
+# for each): a decoder conditioned on CLIP text embeddings 9.16, the unCLIP stack
+# with the prior 7.99, text embeddings fed zero-shot to the image-embedding decoder
+# 16.55
+PAPER_ABLATION_FID = {
+    "decoder on text embeddings": 9.16,
+    "unCLIP (prior)": 7.99,
+    "text embedding, zero-shot": 16.55,
+}
+
+
+class WithEmbedding:
+    """A mini DALL-E 2 that samples with `embedding` ("prior" or "text", see
+    MiniDALLE2.__call__), called as measure_scene_pipeline calls a pipeline."""
+
+    def __init__(self, pipe: MiniDALLE2, embedding: str):
+        self.pipe, self.embedding = pipe, embedding
+        self.text_encoder = pipe.text_encoder
+
+    def __call__(self, prompts, **kwargs):
+        return self.pipe(prompts, embedding=self.embedding, **kwargs)
+
+
+def budget_stacks(out_dir=None) -> list[dict]:
+    """The mini DALL-E 2's training budgets: the k-th checkpoint each of its three
+    networks kept ({"prior": step, "decoder": step, "upsampler": step}), smallest
+    first (compare.budget_points pairs them with the mini SD's)."""
+    kept = {
+        part: pretrained.manifest(f"scenes-{part}", out_dir).get("budget_steps") or []
+        for part in ("prior", "decoder", "upsampler")
+    }
+    counts = {len(v) for v in kept.values()}
+    if counts == {0}:
+        return []
+    if len(counts) != 1:
+        raise ValueError(
+            f"the three networks kept different numbers of budgets: {kept}"
+        )
+    return [{part: v[k] for part, v in kept.items()} for k in range(counts.pop())]
+
+
+def measure_dalle2_budgets(out_dir, metrics, *, n, seed, steps) -> dict:
+    """Each budget's stack on the pipeline's prompts, seeds and n: groups and binding
+    (the whole runs' are the pipeline's own, measured above). {decoder step: ...}"""
+    stacks, out = budget_stacks(out_dir), {}
+    for k, stack in enumerate(stacks):
+        if k == len(stacks) - 1:  # the whole runs: the shipped pipeline
+            point = {
+                "groups": metrics["groups"],
+                "binding": metrics["binding"]["mini DALL-E 2"],
+            }
+        else:
+            pipe = MiniDALLE2.from_pretrained(None, out_dir, steps=stack)
+            label = f"budget {k + 1}"
+            point = measure_budget_points({label: lambda p=pipe: p}, n, seed, steps, n)
+            point = point[label]
+        out[str(stack["decoder"])] = {"steps": stack, **point}
+    return out
+
+
+def paper_ablation(out_dir, budgets: dict, *, n, seed, steps) -> dict:
+    """The paper's Sec. 5.1 at the quarter-run budget, every decoder trained for the
+    same steps: the twin decoder trained on text embeddings (sampled with them), the
+    unCLIP stack (its budget point, measured in measure_dalle2_budgets on the same
+    prompts and seeds) and the text embedding fed zero-shot to the image-embedding
+    decoder; prompt accuracy and FID on ABLATION_GROUPS, the paper's FID beside."""
+    stacks = budget_stacks(out_dir)
+    if len(stacks) < 2:
+        return {}
+    quarter = stacks[1]
+    twins = pretrained.manifest("scenes-decoder", out_dir).get("twins") or {}
+    if twins.get(TEXT_TWIN, {}).get("steps") != quarter["decoder"]:
+        raise ValueError(
+            f"the text-embedding decoder was trained for {twins.get(TEXT_TWIN)}, not "
+            f"the quarter run's {quarter['decoder']} steps"
+        )
+    text = MiniDALLE2.from_pretrained(
+        None, out_dir, steps=quarter, twins={"decoder": TEXT_TWIN}
+    )
+    stack = MiniDALLE2.from_pretrained(None, out_dir, steps=quarter)
+    unclip = budgets[str(quarter["decoder"])]["groups"]
+    rows = {
+        "decoder on text embeddings": measure_scene_pipeline(
+            WithEmbedding(text, "text"), n, seed, steps, ABLATION_GROUPS
+        ),
+        "unCLIP (prior)": {g: unclip[g] for g in ABLATION_GROUPS},
+        "text embedding, zero-shot": measure_scene_pipeline(
+            WithEmbedding(stack, "text"), n, seed, steps, ABLATION_GROUPS
+        ),
+    }
+    return {"steps": quarter, "rows": rows, "paper_fid": PAPER_ABLATION_FID}
+
+
 def measure_dalle2(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:
     """Measure the whole mini DALL-E 2 (text -> prior -> decoder -> upsampler) as the
     mini SD is measured, on the same prompts and seeds (SCENE_MEASURE_PROMPTS per
@@ -224,6 +391,12 @@ def measure_dalle2(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:
             steps,
         ),
     }
+    metrics["budgets"] = measure_dalle2_budgets(
+        out_dir, metrics, n=n, seed=seed, steps=steps
+    )
+    metrics["paper_ablation"] = paper_ablation(
+        out_dir, metrics["budgets"], n=n, seed=seed, steps=steps
+    )
     print(json.dumps(metrics, indent=1))
     info = pretrained.manifest("scenes-decoder", out_dir)
     write_manifest(

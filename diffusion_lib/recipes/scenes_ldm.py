@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import torch
 
@@ -16,7 +16,7 @@ from ..pipelines import MiniStableDiffusion, encode_scenes
 from ..schedules import NoiseSchedule
 from ..train import TrainConfig, save_checkpoint, train_diffusion, write_manifest
 from ..unet import UNet, UNetConfig
-from .base import Recipe, budget_snapshots, budget_steps, training_fields
+from .base import Recipe, budget_snapshots, budget_steps, run_fields, training_fields
 from .measure import (
     SCENE_MEASURE_PROMPTS,
     guidance_sweep,
@@ -77,23 +77,6 @@ LDM_GUIDANCE = 3.0  # the default guidance scale of the shipped pipeline
 LDM_SWEEP = (1.0, 2.0, 3.0, 5.0, 8.0)  # guidance scales of the sweep
 
 
-def _budget_fields(cfg, seed, quick, vae_info) -> dict:
-    """What a budget checkpoint's manifest records: enough to load it as the mini
-    SD's UNet (its config, schedule, prediction type, latent shape) and its run."""
-    return {
-        "recipe": "scenes-ldm",
-        "train": asdict(cfg),
-        "seed": seed,
-        "quick": quick,
-        "config": SCENES_LDM_UNET.to_dict(),
-        "schedule": LDM_SCHEDULE,
-        "prediction_type": cfg.prediction_type,
-        "guidance_scale": LDM_GUIDANCE,
-        "image_size": SCENE_SIZE,
-        "vae_sha256": vae_info["sha256"],
-    }
-
-
 def train_ldm(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None):
     """The latent UNet, on the VAE's latents of 20,000 training scenes and CLIP's
     token states of their captions (both frozen, encoded once)."""
@@ -118,9 +101,21 @@ def train_ldm(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None):
     schedule = NoiseSchedule.make(LDM_SCHEDULE["kind"], LDM_SCHEDULE["num_timesteps"])
     torch.manual_seed(seed)
     model = UNet(SCENES_LDM_UNET).to(device)
+    static = {  # what loads and samples it, in its budget checkpoints too
+        "config": SCENES_LDM_UNET.to_dict(),
+        "schedule": LDM_SCHEDULE,
+        "prediction_type": cfg.prediction_type,
+        "guidance_scale": LDM_GUIDANCE,
+        "image_size": SCENE_SIZE,
+        "vae_sha256": vae_info["sha256"],
+        "clip_sha256": clip_info["sha256"],
+    }
     budgets = budget_steps(cfg.steps)
     save_budget, every = budget_snapshots(
-        "scenes-ldm", out_dir, budgets, _budget_fields(cfg, seed, quick, vae_info)
+        "scenes-ldm",
+        out_dir,
+        budgets,
+        run_fields("scenes-ldm", cfg, seed, quick, static),
     )
     result = train_diffusion(
         model,
@@ -147,14 +142,8 @@ def train_ldm(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None):
     )
     info = {
         **fields,
-        "config": SCENES_LDM_UNET.to_dict(),
-        "schedule": LDM_SCHEDULE,
-        "prediction_type": cfg.prediction_type,
-        "guidance_scale": LDM_GUIDANCE,
-        "image_size": SCENE_SIZE,
+        **static,
         "latent_shape": list(latents.shape[1:]),
-        "vae_sha256": vae_info["sha256"],
-        "clip_sha256": clip_info["sha256"],
         "training_images": n_images,
         "two_object_fraction": LDM_TWO_OBJECT_FRACTION,
         "encode_seconds": round(encode_seconds, 1),

@@ -14,7 +14,7 @@ from ..pipelines import MiniDALLE2
 from ..prior import DiffusionPrior, PriorConfig
 from ..schedules import NoiseSchedule
 from ..train import TrainConfig, save_checkpoint, train_diffusion, write_manifest
-from .base import Recipe, seed_of
+from .base import Recipe, budget_snapshots, budget_steps, run_fields, seed_of
 from .dalle2 import (
     UNCLIP_SCHEDULE,
     clip_embeddings,
@@ -30,10 +30,14 @@ SCENES_PRIOR = PriorConfig(
     embed_dim=64, text_width=64, context_length=20, width=128, layers=4, heads=4
 )
 SCENES_PRIOR_TRAIN = TrainConfig(
-    steps=3000,
+    # the prior's share of the mini DALL-E 2's budget, the mini SD's UNet's training
+    # FLOPs (chapter 10): prior 8.7%, decoder 64.6%, upsampler 26.8%, as the first
+    # recipes split it
+    steps=4440,
     batch_size=128,
     lr=5e-4,
     warmup=200,
+    lr_schedule="constant",  # its checkpoints along the run are chapter 10's budgets
     weight_decay=0.0,
     ema_decay=0.999,
     p_uncond=0.1,  # the caption is dropped 10% of the time (guidance)
@@ -42,7 +46,7 @@ SCENES_PRIOR_TRAIN = TrainConfig(
     seed=0,
 )
 # a smoke run: through warm-up, every file written
-SCENES_PRIOR_QUICK = replace(SCENES_PRIOR_TRAIN, steps=4, warmup=2, batch_size=16)
+SCENES_PRIOR_QUICK = replace(SCENES_PRIOR_TRAIN, steps=8, warmup=2, batch_size=16)
 PRIOR_GUIDANCE = 2.0
 PRIOR_SWEEP = (1.0, 2.0, 4.0)
 # name -> (split, two_object_fraction) of captions never trained on
@@ -72,6 +76,22 @@ def train_prior(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None)
         UNCLIP_SCHEDULE["kind"], UNCLIP_SCHEDULE["num_timesteps"]
     )
     names = ("text_states", "text_embed", "text_mask")
+    static = {
+        "config": SCENES_PRIOR.to_dict(),
+        "schedule": UNCLIP_SCHEDULE,
+        "prediction_type": cfg.prediction_type,
+        "guidance_scale": PRIOR_GUIDANCE,
+        "candidates": 2,
+        "sampling_steps": 25,
+        "clip_sha256": clip_info["sha256"],
+    }
+    budgets = budget_steps(cfg.steps)
+    save_budget, every = budget_snapshots(
+        "scenes-prior",
+        out_dir,
+        budgets,
+        run_fields("scenes-prior", cfg, seed, quick, static),
+    )
     result = train_diffusion(
         model,
         schedule,
@@ -79,6 +99,8 @@ def train_prior(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None)
         config=cfg,
         conditions={k: (e[k], null[k]) for k in names},
         accelerator=accelerator,
+        callback=save_budget,
+        callback_every=every,
     )
     fields = unclip_fields(
         "scenes-prior",
@@ -91,11 +113,8 @@ def train_prior(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None)
     )
     info = {
         **fields,
-        "config": SCENES_PRIOR.to_dict(),
-        "guidance_scale": PRIOR_GUIDANCE,
-        "candidates": 2,
-        "sampling_steps": 25,
-        "clip_sha256": clip_info["sha256"],
+        **static,
+        "budget_steps": list(budgets),
         "training_images": len(scenes),
         "two_object_fraction": LDM_TWO_OBJECT_FRACTION,
     }

@@ -4,12 +4,14 @@ image beside the enlarged small one."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 
 import torch
 
 from .. import pretrained
 from ..data import SCENE_SIZE, make_scenes
+from ..forward import model_output_to_x0_eps, q_sample
 from ..pipelines import MiniDALLE2
 from ..schedules import NoiseSchedule
 from ..train import (
@@ -18,9 +20,17 @@ from ..train import (
     train_upsampler,
     write_manifest,
 )
-from ..unclip import UnCLIPUpsampler
+from ..unclip import UnCLIPUpsampler, downsample, enlarge
 from ..unet import UNetConfig
-from .base import Recipe, seed_of
+from ..vae import psnr
+from .base import (
+    Recipe,
+    budget_snapshots,
+    budget_steps,
+    run_fields,
+    seed_of,
+    train_twin,
+)
 from .dalle2 import UNCLIP_SCHEDULE, unclip_fields, unclip_training_scenes
 from .measure import upsampler_psnr
 
@@ -33,36 +43,46 @@ SCENES_UPSAMPLER = UNetConfig(
     mid_attention=False,
 )
 SCENES_UPSAMPLER_TRAIN = UpsamplerTrainConfig(
-    steps=1500,
+    # the upsampler's share of the mini DALL-E 2's budget (chapter 10; scenes_prior)
+    steps=2216,
     batch_size=64,
     lr=1e-3,
     warmup=100,
+    lr_schedule="constant",  # its checkpoints along the run are chapter 10's budgets
     ema_decay=0.999,
     p_uncond=0.0,  # no guidance
-    prediction_type="eps",
+    # v, not eps: it samples from pure noise, as the paper's upsamplers do. From
+    # x_t, x0 = (x_t - sqrt(1 - a) eps) / sqrt(a) magnifies an error in eps by
+    # 1 / sqrt(a), up to 20,000 at t = 999 on this schedule; from v, x0 = sqrt(a) x_t -
+    # sqrt(1 - a) v magnifies nothing (chapter 9 measures both: the eps twin)
+    prediction_type="v",
     loss_weighting="none",
     seed=0,
     crop=32,
     factor=2,
 )
-# a smoke run: through warm-up, every file written
+# a smoke run: through warm-up, every file written (8 steps: 4 distinct budgets)
 SCENES_UPSAMPLER_QUICK = replace(
-    SCENES_UPSAMPLER_TRAIN, steps=4, warmup=2, batch_size=8
+    SCENES_UPSAMPLER_TRAIN, steps=8, warmup=2, batch_size=8
 )
-# (first timestep, DDIM steps) measured. Started from pure noise (t = 999) the
-# eps-predicting upsampler fails: at the noisiest steps x0 = (x_t - sqrt(1 - a) eps) /
-# sqrt(a) magnifies its small errors in eps by up to 1 / sqrt(a) = 20,000 (chapter 8),
-# and the garbage it clips to [-1, 1] survives as texture. Started from the enlarged
-# low-resolution image noised to t = 700 (SDEdit), it skips those steps.
-UPSAMPLER_SETTINGS = ((999, 10), (700, 5), (700, 10), (500, 10))
+# the twin that predicts eps: the same initial weights and batches, for the steps of
+# the quarter-run checkpoint it is compared with (the parameterisation, measured)
+EPS_TWIN = "eps"
+# (first timestep, DDIM steps) measured: from pure noise (t = 999, the default) and
+# from the enlarged low-resolution image noised to t = 700 (SDEdit's start, which the
+# first, eps-predicting upsampler needed), each timed
+UPSAMPLER_SETTINGS = ((999, 10), (700, 10))
 UPSAMPLER_DEFAULT_STEPS = 10
-UPSAMPLER_START = 700
+UPSAMPLER_START = 999
+# timesteps at which the one-step estimate of x0 is measured (x0_psnr_by_t)
+X0_TIMESTEPS = (50, 200, 400, 600, 800, 900, 999)
 
 
 def train_scenes_upsampler(
     out_dir, *, quick=False, seed=0, device="cpu", accelerator=None
 ):
-    """The 32 -> 64 upsampler, on random 32x32 crops of the unCLIP training scenes."""
+    """The 32 -> 64 upsampler, on random 32x32 crops of the unCLIP training scenes,
+    and its eps twin for a quarter of the run."""
     cfg = replace(
         SCENES_UPSAMPLER_QUICK if quick else SCENES_UPSAMPLER_TRAIN, seed=seed
     )
@@ -70,13 +90,32 @@ def train_scenes_upsampler(
     schedule = NoiseSchedule.make(
         UNCLIP_SCHEDULE["kind"], UNCLIP_SCHEDULE["num_timesteps"]
     )
+    static = {
+        "config": SCENES_UPSAMPLER.to_dict(),
+        "schedule": UNCLIP_SCHEDULE,
+        "prediction_type": cfg.prediction_type,
+        "image_size": SCENE_SIZE,
+        "sampling_steps": UPSAMPLER_DEFAULT_STEPS,
+        "sampling_start": UPSAMPLER_START,
+    }
+    budgets = budget_steps(cfg.steps)
+    name = "scenes-upsampler"
+    save_budget, every = budget_snapshots(
+        name, out_dir, budgets, run_fields(name, cfg, seed, quick, static)
+    )
     torch.manual_seed(seed)
     model = UnCLIPUpsampler(SCENES_UPSAMPLER)
     result = train_upsampler(
-        model, schedule, scenes.images, cfg, accelerator=accelerator
+        model,
+        schedule,
+        scenes.images,
+        cfg,
+        accelerator=accelerator,
+        callback=save_budget,
+        callback_every=every,
     )
     fields = unclip_fields(
-        "scenes-upsampler",
+        name,
         cfg,
         result,
         seed=seed,
@@ -84,52 +123,112 @@ def train_scenes_upsampler(
         device="cpu",
         accelerator=accelerator,
     )
+    twin_cfg = replace(cfg, steps=budgets[1], prediction_type="eps")
+
+    def train_eps_twin():
+        torch.manual_seed(seed)  # the same initial weights
+        twin = UnCLIPUpsampler(SCENES_UPSAMPLER)
+        return train_upsampler(twin, schedule, scenes.images, twin_cfg)
+
+    twin_static = {**static, "prediction_type": "eps", "sampling_start": 999}
+    twin_fields = run_fields(name, twin_cfg, seed, quick, twin_static)
+    twin = train_twin(name, out_dir, EPS_TWIN, twin_fields, train_eps_twin)
     info = {
         **fields,
-        "config": SCENES_UPSAMPLER.to_dict(),
-        "image_size": SCENE_SIZE,
-        "sampling_steps": UPSAMPLER_DEFAULT_STEPS,
-        "sampling_start": UPSAMPLER_START,
+        **static,
+        "budget_steps": list(budgets),
+        "twins": {EPS_TWIN: twin},
         "training_images": len(scenes),
     }
-    path = pretrained.checkpoint_path("scenes-upsampler", out_dir)
+    path = pretrained.checkpoint_path(name, out_dir)
     return save_checkpoint(path, result.ema.model, info, accelerator=accelerator)
 
 
-def measure_upsampler(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:
-    """PSNR of the upsampler against bicubic enlargement, at each of
-    UPSAMPLER_SETTINGS."""
-    model, info = pretrained.load_pretrained("scenes-upsampler", None, out_dir)
-    schedule = pretrained.schedule_from_manifest(info)
-    pipe = MiniDALLE2(
+def upsampler_pipe(model, info) -> MiniDALLE2:
+    """A pipeline holding only the upsampler (and its schedule and prediction)."""
+    return MiniDALLE2(
         upsampler=model,
-        upsampler_schedule=schedule,
+        upsampler_schedule=pretrained.schedule_from_manifest(info),
         upsampler_prediction=info["prediction_type"],
+        upsampler_steps=info["sampling_steps"],
     )
+
+
+def timed_psnr(pipe, high, num_steps, seed, start) -> dict:
+    """upsampler_psnr at one setting, with the seconds it took."""
+    begin = time.perf_counter()
+    row = upsampler_psnr(pipe, high, num_steps, seed, start)
+    return {**row, "seconds": round(time.perf_counter() - begin, 2)}
+
+
+@torch.no_grad()
+def x0_psnr_by_t(model, info, high, seed, timesteps=X0_TIMESTEPS) -> dict:
+    """The upsampler's one-step estimate of x0 from x_t (real images noised to t,
+    clipped to [-1, 1]) against the real image, PSNR (dB) at each t: where along the
+    reverse process a prediction type loses the image."""
+    schedule = pretrained.schedule_from_manifest(info)
+    low = enlarge(downsample(high, 2), high.shape[-1])
+    gen = torch.Generator().manual_seed(seed_of(seed, "upsampler x0 noise"))
+    noise = torch.randn(high.shape, generator=gen)
+    out = {}
+    for step in timesteps:
+        t = torch.full((high.shape[0],), step, dtype=torch.long)
+        x_t = q_sample(schedule, high, t, noise)
+        pred = model(x_t, t, low_res=low)
+        x0, _ = model_output_to_x0_eps(schedule, pred, x_t, t, info["prediction_type"])
+        out[str(step)] = psnr(x0.clamp(-1, 1), high).mean().item()
+    return out
+
+
+def measure_upsampler(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:
+    """PSNR of the upsampler against bicubic enlargement at each of
+    UPSAMPLER_SETTINGS (timed), its one-step x0 by t, and the parameterisation
+    measured: the v upsampler's quarter-run checkpoint against its eps twin (same
+    initial weights, batches and steps), from pure noise and from SDEdit's start."""
+    name = "scenes-upsampler"
+    model, info = pretrained.load_pretrained(name, None, out_dir)
+    pipe = upsampler_pipe(model, info)
     n = 16 if quick else 200
     test_seed = seed_of(seed, "upsampler test scenes")
     high = make_scenes(n, SCENE_SIZE, seed=test_seed, split="all").images
-    rows = {
-        f"start {start}, {k} steps": {
-            "start_step": start,
-            "num_steps": k,
-            **upsampler_psnr(pipe, high, 2 if quick else k, seed, start),
+
+    def rows(pipe):
+        return {
+            f"start {start}, {k} steps": {
+                "start_step": start,
+                "num_steps": k,
+                **timed_psnr(pipe, high, 2 if quick else k, seed, start),
+            }
+            for start, k in UPSAMPLER_SETTINGS
         }
-        for start, k in UPSAMPLER_SETTINGS
-    }
-    print(json.dumps(rows, indent=1))
-    default = rows[f"start {UPSAMPLER_START}, {UPSAMPLER_DEFAULT_STEPS} steps"]
+
+    psnr_rows = rows(pipe)
+    print(json.dumps(psnr_rows, indent=1))
+    default = psnr_rows[f"start {UPSAMPLER_START}, {UPSAMPLER_DEFAULT_STEPS} steps"]
+    parameterisation = {}
+    twins = info.get("twins") or {}
+    if EPS_TWIN in twins:  # the recipe's own run (not a first-recipe checkpoint)
+        step = twins[EPS_TWIN]["steps"]
+        for label, twin in (("v", None), ("eps", EPS_TWIN)):
+            m, i = pretrained.load_pretrained(name, None, out_dir, step, twin)
+            parameterisation[label] = {
+                "prediction_type": i["prediction_type"],
+                "steps": step,
+                "psnr": rows(upsampler_pipe(m, i)),
+                "x0_psnr_by_t": x0_psnr_by_t(m, i, high[:64], seed),
+            }
+        print(json.dumps(parameterisation, indent=1))
     metrics = {
-        "psnr": rows,
+        "psnr": psnr_rows,
         "images": n,
         "gain_db": default["upsampler"] - default["bicubic"],
+        "x0_psnr_by_t": x0_psnr_by_t(model, info, high[:64], seed),
+        "parameterisation": parameterisation,
     }
-    info = {**info, "sampling_start": UPSAMPLER_START}
     write_manifest(
-        pretrained.checkpoint_path("scenes-upsampler", out_dir),
-        {**info, "metrics": metrics},
+        pretrained.checkpoint_path(name, out_dir), {**info, "metrics": metrics}
     )
-    return pretrained.manifest("scenes-upsampler", out_dir)
+    return pretrained.manifest(name, out_dir)
 
 
 UPSAMPLER = Recipe(
