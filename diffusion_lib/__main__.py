@@ -213,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         choices=MODELS,
         default="sd",
-        help="sd: the mini SD; dalle2: the mini DALL-E 2's prior, upsampler and text "
-        "encoder (its decoder has no diffusers equivalent yet)",
+        help="sd: the mini SD; dalle2: the mini DALL-E 2's prior, decoder, upsampler, "
+        "text encoder, tokenizer and schedulers (a first-recipe decoder is left out)",
     )
     exp.add_argument("--out", required=True, help="the folder to write")
     exp.add_argument("--overwrite", action="store_true", help="replace OUT")
@@ -266,7 +266,8 @@ def export(args, parser) -> None:
         parser.error(str(err))
     for part, paths in written.items():
         print(f"{part}: {', '.join(map(str, paths))}", file=sys.stderr)
-    if args.model == "dalle2":
+    exported = {path.name for paths in written.values() for path in paths}
+    if args.model == "dalle2" and "decoder" not in exported:
         from .interop import DALLE2_DECODER_NOTE
 
         print(DALLE2_DECODER_NOTE, file=sys.stderr)

@@ -104,9 +104,22 @@ class CourseVAE(ModelMixin, ConfigMixin):
         return DecoderOutput(sample=x) if return_dict else (x,)
 
 
-def course_scheduler(schedule_info: dict) -> DDIMScheduler:
+# the library's prediction types by diffusers' names
+PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
+
+
+def course_scheduler(
+    schedule_info: dict, prediction_type: str = "eps", clip_sample: bool = False
+) -> DDIMScheduler:
     """diffusers' DDIM with the library's defaults: the same betas, trailing timestep
-    spacing, alpha_bar = 1 after the last step, no clipping (latents)."""
+    spacing, alpha_bar = 1 after the last step; `prediction_type` (the library's name)
+    and clipping x0_hat to [-1, 1] as the library's DDIMSampler is set up (pixels:
+    clipped; latents and embeddings: not)."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"unknown prediction_type {prediction_type!r}; expected one of "
+            f"{sorted(PREDICTION_TYPES)}"
+        )
     # diffusers' name for each library schedule, with the library's beta range
     names = {
         "cosine": ("squaredcos_cap_v2", {}),
@@ -125,8 +138,9 @@ def course_scheduler(schedule_info: dict) -> DDIMScheduler:
         **betas,
         set_alpha_to_one=True,
         timestep_spacing="trailing",
-        clip_sample=False,
-        prediction_type="epsilon",
+        clip_sample=clip_sample,
+        clip_sample_range=1.0,
+        prediction_type=PREDICTION_TYPES[prediction_type],
         steps_offset=1,  # what diffusers expects; "trailing" spacing ignores it
     )
 
@@ -192,6 +206,19 @@ def load_diffusers(folder: str | Path) -> StableDiffusionPipeline:
 
 
 @torch.no_grad()
+def check_ddim_steps(num_steps: int, total: int, what: str = "num_steps") -> None:
+    """ValueError unless num_steps divides the `total` training timesteps: diffusers'
+    DDIMScheduler steps from t to t - total // num_steps, which is the next "trailing"
+    timestep (the course's, and diffusers' own timestep list) only then."""
+    if total % num_steps:
+        divisors = [k for k in range(1, 101) if total % k == 0]
+        raise ValueError(
+            f"{what}={num_steps} does not divide the {total} training timesteps: "
+            f"diffusers' DDIM would step from t to t - {total // num_steps}, not to "
+            f"the course's next trailing timestep; use one of {divisors}"
+        )
+
+
 def diffusers_generate(
     sd: StableDiffusionPipeline,
     course_pipe,
@@ -209,14 +236,7 @@ def diffusers_generate(
     steps from t to t - T // num_steps, which is the next "trailing" timestep (the
     course's, and diffusers' own timestep list) only then; otherwise the two samplers
     differ (by about 0.02 at 3 steps), and this function refuses."""
-    total = course_pipe.schedule.num_timesteps
-    if total % num_steps:
-        divisors = [k for k in range(1, 101) if total % k == 0]
-        raise ValueError(
-            f"num_steps={num_steps} does not divide the {total} training timesteps: "
-            f"diffusers' DDIM would step from t to t - {total // num_steps}, not to "
-            f"the course's next trailing timestep; use one of {divisors}"
-        )
+    check_ddim_steps(num_steps, course_pipe.schedule.num_timesteps)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     scale = course_pipe.guidance_scale if guidance_scale is None else guidance_scale
     n, device = len(prompts), course_pipe.device
@@ -738,18 +758,50 @@ def decoder_eps_diffusers(
 
 
 DALLE2_DECODER_NOTE = (
-    "the decoder is not exported: its attention blocks run self-attention and a "
-    "separate cross-attention to the text, where diffusers' unCLIP decoder (and the "
-    "paper's, GLIDE's) attends once over the pixels and the context tokens together; "
-    "no renaming turns one into the other (chapter 9 lists every difference)"
+    "the decoder is not exported: it was trained by the first recipe, whose attention "
+    "blocks run self-attention and a separate cross-attention to the image tokens, "
+    "where diffusers' unCLIP decoder (the paper's, GLIDE's) attends once over the "
+    "pixels and the context tokens together and reads the caption too; retrain it "
+    "with `python -m diffusion_lib.recipes scenes-decoder` (chapter 9)"
 )
 
 
+def exportable_decoder(decoder) -> bool:
+    """Whether a decoder maps onto diffusers' unCLIP decoder by renaming (GLIDE
+    attention and the paper's text conditioning: convert.decoder_configs)."""
+    return decoder.config.text_conditioning and decoder.config.unet.glide_attention
+
+
+def dalle2_schedulers(pipe) -> dict:
+    """A DDIMScheduler per stage, set up as the course samples it: the prior predicts
+    the (standardised) embedding, unclipped; the decoder eps, clipped; the upsampler
+    its own prediction type, clipped."""
+    return {
+        "prior_scheduler": course_scheduler(
+            _schedule_info(pipe.prior_schedule), "x0", clip_sample=False
+        ),
+        "decoder_scheduler": course_scheduler(
+            _schedule_info(pipe.decoder_schedule), "eps", clip_sample=True
+        ),
+        "super_res_scheduler": course_scheduler(
+            _schedule_info(pipe.upsampler_schedule),
+            pipe.upsampler_prediction,
+            clip_sample=True,
+        ),
+    }
+
+
+def _schedule_info(schedule) -> dict:
+    return {"kind": schedule.kind, "num_timesteps": schedule.num_timesteps}
+
+
 def export_dalle2(pipe, folder: str | Path) -> dict[str, Path]:
-    """The parts of the mini DALL-E 2 that are diffusers' and transformers' classes by
-    renaming: folder/prior (PriorTransformer), folder/upsampler (UNet2DModel),
-    folder/text_encoder (CLIPTextModelWithProjection) and folder/tokenizer. The decoder
-    is not one of them (DALLE2_DECODER_NOTE)."""
+    """The mini DALL-E 2 as diffusers' and transformers' classes, by renaming:
+    folder/prior (PriorTransformer), folder/decoder (UNet2DConditionModel) with
+    folder/text_proj (UnCLIPTextProjModel), folder/upsampler (UNet2DModel),
+    folder/text_encoder (CLIPTextModelWithProjection), folder/tokenizer, and a
+    DDIMScheduler per stage (dalle2_schedulers). A decoder of the first recipe has no
+    diffusers equivalent and is left out (DALLE2_DECODER_NOTE)."""
     folder = Path(folder)
     size = pipe.clip.config.image_size
     parts = {
@@ -757,11 +809,14 @@ def export_dalle2(pipe, folder: str | Path) -> dict[str, Path]:
         "upsampler": diffusers_upsampler(pipe.upsampler, size),
         "text_encoder": transformers_text_encoder(pipe.clip, with_projection=True),
         "tokenizer": convert.hf_tokenizer(pipe.tokenizer),
+        **dalle2_schedulers(pipe),
     }
+    if exportable_decoder(pipe.decoder):
+        parts["decoder"], parts["text_proj"] = diffusers_decoder(pipe.decoder)
     out = {}
     for name, part in parts.items():
         out[name] = folder / name
-        if name == "tokenizer":
+        if name == "tokenizer" or name.endswith("_scheduler"):
             part.save_pretrained(str(out[name]))
         else:
             part.save_pretrained(str(out[name]), safe_serialization=True)
@@ -833,6 +888,189 @@ def run_without_course(script: str, *args, timeout: int = 600) -> None:
         raise RuntimeError(
             f"the script failed outside the course:\n{run.stderr[-3000:]}"
         )
+
+
+# The mini DALL-E 2 run by diffusers' and transformers' classes alone, from an
+# exported folder (export_dalle2): each part's output on given inputs, and images from
+# the prompt strings through the three stages as the course samples them (DDIM with
+# each stage's exported scheduler, guidance, the better of `candidates` prior draws by
+# dot product with the text embedding, the upsampler from pure noise).
+DALLE2_WITH_DIFFUSERS = """
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, PriorTransformer, UNet2DConditionModel, UNet2DModel
+from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerFast
+
+folder, inputs, out = sys.argv[1:4]
+x = torch.load(inputs)
+load = lambda cls, name: cls.from_pretrained(f"{folder}/{name}").eval()
+prior, upsampler = load(PriorTransformer, "prior"), load(UNet2DModel, "upsampler")
+decoder = load(UNet2DConditionModel, "decoder")
+text_proj = load(UnCLIPTextProjModel, "text_proj")
+text = load(CLIPTextModelWithProjection, "text_encoder")
+tokenizer = PreTrainedTokenizerFast.from_pretrained(f"{folder}/tokenizer")
+scheduler = lambda name: DDIMScheduler.from_pretrained(f"{folder}/{name}")
+
+def encode(prompts):
+    ids = tokenizer(prompts, padding="max_length", return_tensors="pt").input_ids
+    encoded = text(ids)
+    return {"states": encoded.last_hidden_state, "mask": ids != tokenizer.pad_token_id,
+            "embed": F.normalize(encoded.text_embeds, dim=-1)}
+
+def run_prior(z, t, c):
+    return prior(hidden_states=z, timestep=t, proj_embedding=c["embed"],
+                 encoder_hidden_states=c["states"], attention_mask=c["mask"]
+                 ).predicted_image_embedding
+
+def run_decoder(z, t, e, c):
+    context, added = text_proj(image_embeddings=e, prompt_embeds=c["embed"],
+                               text_encoder_hidden_states=c["states"],
+                               do_classifier_free_guidance=False)
+    mask = F.pad(c["mask"], (text_proj.clip_extra_context_tokens, 0), value=True)
+    return decoder(z, t, encoder_hidden_states=context, class_labels=added,
+                   attention_mask=mask).sample
+
+def ddim(name, z, steps, model, guidance=1.0):
+    sched = scheduler(name)
+    sched.set_timesteps(steps)
+    for t in sched.timesteps:
+        tt = torch.full((z.shape[0],), int(t), dtype=torch.long)
+        cond, uncond = model(z, tt)
+        out = cond if uncond is None else uncond + guidance * (cond - uncond)
+        # with clipping, eps recomputed from the clipped x0 (as the course's step)
+        z = sched.step(out, t, z, use_clipped_model_output=sched.config.clip_sample
+                       ).prev_sample
+    return z
+
+with torch.no_grad():
+    c = encode(x["prompts"])
+    result = {
+        "text_states": c["states"], "text_embed": c["embed"],
+        "prior": run_prior(x["x_prior"], x["t"], c),
+        "decoder": run_decoder(x["x_decoder"], x["t"], x["image_embed"], c),
+        "upsampler": upsampler(torch.cat([x["x_up"], x["enlarged"]], 1), x["t"]).sample,
+    }
+    b, k = len(x["prompts"]), x["candidates"]
+    null = encode([""] * b)
+    repeat = lambda d: {n: v.repeat(k, *[1] * (v.ndim - 1)) for n, v in d.items()}
+    ck, nk = repeat(c), repeat(null)
+    gen = torch.Generator().manual_seed(x["seeds"]["prior"])
+    z = torch.randn(k * b, prior.config.embedding_dim, generator=gen)
+    z = ddim("prior_scheduler", z, x["prior_steps"],
+             lambda z, t: (run_prior(z, t, ck), run_prior(z, t, nk)),
+             x["prior_guidance"])
+    draws = F.normalize(prior.post_process_latents(z), dim=-1).unflatten(0, (k, b))
+    best = torch.einsum("kbd,bd->kb", draws, c["embed"]).argmax(0)
+    e = draws[best, torch.arange(b)]
+    size = decoder.config.sample_size
+    gen = torch.Generator().manual_seed(x["seeds"]["decoder"])
+    low = torch.randn(b, 3, size, size, generator=gen)
+    low = ddim("decoder_scheduler", low, x["decoder_steps"], lambda z, t: (
+        run_decoder(z, t, e, c), run_decoder(z, t, torch.zeros_like(e), null)),
+        x["decoder_guidance"])
+    up = upsampler.config.sample_size
+    enlarged = F.interpolate(low, size=(up, up), mode="bicubic",
+                             align_corners=False).clamp(-1, 1)
+    gen = torch.Generator().manual_seed(x["seeds"]["upsampler"])
+    high = torch.randn(b, 3, up, up, generator=gen)
+    high = ddim("super_res_scheduler", high, x["upsampler_steps"], lambda z, t: (
+        upsampler(torch.cat([z, enlarged], 1), t).sample, None))
+    result.update({"image_embeddings": e, "low_res": low, "images": high})
+torch.save(result, out)
+"""
+
+
+def dalle2_reference_inputs(pipe, prompts, steps: int, seed: int = 0) -> dict:
+    """Inputs for dalle2_reference_outputs and dalle2_course_outputs: the prompts,
+    random inputs for each part (fixed seed), the sampling settings of `pipe` and
+    the seeds of its stage generators."""
+    from .pipelines import stage_generator
+    from .unclip import enlarge
+
+    if pipe.upsampler_start not in (None, pipe.upsampler_schedule.num_timesteps - 1):
+        raise ValueError(
+            "the reference samples the upsampler from pure noise; this pipeline "
+            f"starts it at step {pipe.upsampler_start} (SDEdit)"
+        )
+    for what, k, schedule in (
+        ("the prior's steps", pipe.prior_steps, pipe.prior_schedule),
+        ("steps", steps, pipe.decoder_schedule),
+        ("the upsampler's steps", pipe.upsampler_steps, pipe.upsampler_schedule),
+    ):
+        check_ddim_steps(k, schedule.num_timesteps, what)
+    gen = torch.Generator().manual_seed(0)
+    n, d = len(prompts), pipe.prior.config.embed_dim
+    size = pipe.clip.config.image_size
+    small = pipe.decoder.config.image_size
+    low = torch.rand(n, 3, size // 2, size // 2, generator=gen) * 2 - 1
+    unit = torch.nn.functional.normalize(torch.randn(n, d, generator=gen), dim=-1)
+    return {
+        "prompts": list(prompts),
+        "t": torch.linspace(10, pipe.decoder_schedule.num_timesteps - 1, n).long(),
+        "x_prior": torch.randn(n, d, generator=gen),
+        "x_decoder": torch.randn(n, 3, small, small, generator=gen),
+        "image_embed": unit,
+        "x_up": torch.randn(n, 3, size, size, generator=gen),
+        "low": low,
+        "enlarged": enlarge(low, size),
+        "candidates": pipe.candidates,
+        "prior_steps": pipe.prior_steps,
+        "prior_guidance": pipe.prior_guidance,
+        "decoder_steps": steps,
+        "decoder_guidance": pipe.guidance_scale,
+        "upsampler_steps": pipe.upsampler_steps,
+        "seed": seed,
+        "seeds": {
+            stage: stage_generator(seed, stage).initial_seed()
+            for stage in ("prior", "decoder", "upsampler")
+        },
+    }
+
+
+def dalle2_reference_outputs(folder, inputs: dict) -> dict:
+    """What diffusers and transformers alone compute from an exported mini DALL-E 2
+    folder (DALLE2_WITH_DIFFUSERS, run_without_course)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(inputs, f"{tmp}/inputs.pt")
+        run_without_course(
+            DALLE2_WITH_DIFFUSERS, folder, f"{tmp}/inputs.pt", f"{tmp}/out.pt"
+        )
+        return torch.load(f"{tmp}/out.pt")
+
+
+@torch.no_grad()
+def dalle2_course_outputs(pipe, inputs: dict) -> dict:
+    """The course's own outputs for the same inputs (see dalle2_reference_outputs)."""
+    c = pipe.encode_prompts(inputs["prompts"])
+    e = pipe.prior_embeddings(inputs["prompts"], seed=inputs["seed"])
+    low = pipe.decoder_images(
+        e,
+        captions=inputs["prompts"],
+        num_steps=inputs["decoder_steps"],
+        seed=inputs["seed"],
+    )
+    out = {
+        "text_states": c["text_states"],
+        "text_embed": c["text_embed"],
+        "prior": pipe.prior(
+            inputs["x_prior"],
+            inputs["t"],
+            c["text_states"],
+            c["text_embed"],
+            c["text_mask"],
+        ),
+        "decoder": pipe.decoder(
+            inputs["x_decoder"], inputs["t"], inputs["image_embed"], **c
+        ),
+        "upsampler": pipe.upsampler(inputs["x_up"], inputs["t"], inputs["low"]),
+        "image_embeddings": e,
+        "low_res": low,
+        "images": pipe.upsample(low, seed=inputs["seed"]),
+    }
+    return {k: v.cpu() for k, v in out.items()}
 
 
 def sd_reference_inputs(pipe, prompts, steps: int, guidance=(3.0, 1.0), seed=0):

@@ -123,7 +123,10 @@ def test_the_decoder_is_not_exported_and_the_command_says_why(tmp_path, capsys):
 
     main(["export", "--model", "dalle2", "--out", str(tmp_path / "d")])
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [
+        "decoder_scheduler",
         "prior",
+        "prior_scheduler",
+        "super_res_scheduler",
         "text_encoder",
         "tokenizer",
         "upsampler",
@@ -220,3 +223,190 @@ def test_a_decoder_without_the_papers_parts_is_refused_with_the_reason():
     old = MiniDALLE2.from_pretrained().decoder.config
     with pytest.raises(ValueError, match="glide_attention=True.*text_conditioning"):
         convert.decoder_configs(old)
+
+
+def tiny_paper_dalle2() -> MiniDALLE2:
+    """A whole mini DALL-E 2 as the issue-25 recipes build it (GLIDE decoder reading
+    the caption, v-predicting upsampler from pure noise), tiny and random (every weight
+    drawn, so that each part's output depends on its inputs)."""
+    from diffusion_lib.clip import CLIP, CLIPConfig, scene_tokenizer
+    from diffusion_lib.prior import DiffusionPrior, PriorConfig
+    from diffusion_lib.schedules import NoiseSchedule
+    from diffusion_lib.unclip import DecoderConfig, UnCLIPDecoder, UnCLIPUpsampler
+    from diffusion_lib.unet import UNetConfig
+
+    torch.manual_seed(0)
+    tok = scene_tokenizer()
+    clip = CLIP(
+        CLIPConfig(
+            vocab_size=tok.vocab_size,
+            text_width=16,
+            text_layers=1,
+            text_heads=2,
+            vision_width=16,
+            vision_layers=1,
+            vision_heads=2,
+            embed_dim=16,
+        )
+    )
+    prior = DiffusionPrior(
+        # two layers: with one, the query token (which reads every token) alone
+        # decides the output, and the causal mask could not matter
+        PriorConfig(embed_dim=16, text_width=16, width=16, layers=2, heads=2)
+    )
+    decoder = UnCLIPDecoder(
+        DecoderConfig(
+            unet=UNetConfig(
+                base_channels=8,
+                channel_mults=(1, 2),
+                attention_levels=(1,),
+                heads=2,
+                groups=4,
+                context_dim=8,
+                glide_attention=True,
+            ),
+            embed_dim=16,
+            num_tokens=2,
+            image_size=32,
+            text_conditioning=True,
+            text_width=16,
+        )
+    )
+    upsampler = UnCLIPUpsampler(
+        UNetConfig(
+            in_channels=6,
+            base_channels=8,
+            channel_mults=(1, 2),
+            groups=4,
+            attention_levels=(),
+            mid_attention=False,
+        )
+    )
+    with torch.no_grad():
+        for model in (prior, decoder, upsampler):
+            for p in model.parameters():
+                p.normal_(0, 0.15)
+    cosine = NoiseSchedule.make("cosine", 1000)
+    return MiniDALLE2(
+        prior=prior.eval(),
+        decoder=decoder.eval(),
+        upsampler=upsampler.eval(),
+        clip_model=clip.eval(),
+        tokenizer=tok,
+        prior_schedule=cosine,
+        decoder_schedule=cosine,
+        upsampler_schedule=cosine,
+        prior_steps=4,
+        upsampler_steps=4,
+        candidates=2,
+        upsampler_prediction="v",
+    )
+
+
+@pytest.fixture(scope="module")
+def whole_stack(tmp_path_factory):
+    """The tiny stack exported whole, and what diffusers and transformers alone
+    compute from the folder: each part on the same inputs, and images from the
+    prompt strings through prior, decoder and upsampler."""
+    pipe = tiny_paper_dalle2()
+    folder = tmp_path_factory.mktemp("whole") / "mini-dalle2"
+    parts = interop.export_dalle2(pipe, folder)
+    prompts = ["a small red circle to the left of a large blue square", "a cyan square"]
+    inputs = interop.dalle2_reference_inputs(pipe, prompts, steps=4)
+    return pipe, parts, inputs, interop.dalle2_reference_outputs(folder, inputs)
+
+
+# the images' bar on this random stack: the decoder's first DDIM step, at t = 999 of
+# the cosine schedule, divides its eps by sqrt(alpha_bar) = 4.9e-5, so the two
+# implementations' ~2e-7 difference in one decoder call (attention kernels sum in
+# another order) reaches ~4e-3 in x0 wherever x0 is not clipped. The issue's 1e-3 is
+# for the trained models (test_pretrained_unclip)
+IMAGE_TOLERANCE = 5e-3
+
+
+def stack_difference(pipe, inputs, theirs) -> dict:
+    return interop.agreement(interop.dalle2_course_outputs(pipe, inputs), theirs)
+
+
+def test_the_whole_stack_runs_in_diffusers_and_gives_the_courses_images(whole_stack):
+    pipe, parts, inputs, theirs = whole_stack
+    assert {"decoder", "text_proj", "prior_scheduler", "super_res_scheduler"} <= set(
+        parts
+    )
+    diff = stack_difference(pipe, inputs, theirs)
+    print("max |course - diffusers|:", diff)
+    per_part = ("text_states", "text_embed", "prior", "decoder", "upsampler")
+    assert all(diff[k] <= TOLERANCE for k in per_part), diff
+    for k in ("image_embeddings", "low_res", "images"):
+        assert diff[k] <= IMAGE_TOLERANCE, diff
+    assert theirs["images"].std() > 0.05  # not a blank image on both sides
+
+
+def test_planted_bugs_in_the_stack_are_caught(whole_stack, monkeypatch):
+    """Each bug moves the course's images far past the bar: the prior's causal mask
+    opened, the worst prior candidate kept, GLIDE's context values negated, the
+    upsampler's v read as eps."""
+    from diffusion_lib import pipelines
+
+    pipe, _, inputs, theirs = whole_stack
+    moved = {}
+    mask = pipe.prior.causal_mask
+    saved = mask.clone()
+    mask.fill_(True)
+    try:
+        moved["causal mask opened"] = stack_difference(pipe, inputs, theirs)
+    finally:
+        mask.copy_(saved)
+
+    closest = pipelines.pick_closest
+    monkeypatch.setattr(
+        pipelines, "pick_closest", lambda e, t: closest(e, -t)
+    )  # the worst candidate
+    moved["worst candidate"] = stack_difference(pipe, inputs, theirs)
+    monkeypatch.undo()
+
+    from diffusion_lib.unet import GlideAttention
+
+    blocks = [m for m in pipe.decoder.modules() if isinstance(m, GlideAttention)]
+    for block in blocks:
+        block.add_v_proj.register_forward_hook(lambda m, i, out: -out)
+    try:
+        moved["GLIDE context values negated"] = stack_difference(pipe, inputs, theirs)
+    finally:
+        for block in blocks:
+            block.add_v_proj._forward_hooks.clear()
+
+    pipe.upsampler_prediction = "eps"
+    try:
+        moved["upsampler v read as eps"] = stack_difference(pipe, inputs, theirs)
+    finally:
+        pipe.upsampler_prediction = "v"
+    for bug, diff in moved.items():
+        print(bug, {k: f"{v:.2g}" for k, v in diff.items()})
+    for bug, diff in moved.items():  # the decoder's or the upsampler's images
+        assert max(diff["low_res"], diff["images"]) > 10 * IMAGE_TOLERANCE, (bug, diff)
+    assert stack_difference(pipe, inputs, theirs)["images"] <= IMAGE_TOLERANCE
+
+
+def test_each_stage_has_a_scheduler_set_up_as_the_course_samples(whole_stack):
+    from diffusers import DDIMScheduler
+
+    _, parts, _, _ = whole_stack
+    want = {
+        "prior_scheduler": ("sample", False),
+        "decoder_scheduler": ("epsilon", True),
+        "super_res_scheduler": ("v_prediction", True),
+    }
+    for name, (prediction, clip) in want.items():
+        cfg = DDIMScheduler.from_pretrained(parts[name]).config
+        assert (cfg.prediction_type, cfg.clip_sample) == (prediction, clip), name
+        assert cfg.timestep_spacing == "trailing" and cfg.set_alpha_to_one
+
+
+def test_the_reference_refuses_what_diffusers_would_sample_otherwise():
+    pipe = tiny_paper_dalle2()
+    with pytest.raises(ValueError, match="steps=3 does not divide"):
+        interop.dalle2_reference_inputs(pipe, ["a red circle"], steps=3)
+    pipe.upsampler_start = 700
+    with pytest.raises(ValueError, match="pure noise"):
+        interop.dalle2_reference_inputs(pipe, ["a red circle"], steps=2)
