@@ -151,22 +151,63 @@ def training_compute_table(directory=None) -> list[dict]:
     rows = []
     named = [(d, n) for d, names in DESIGNS.items() for n in names]
     named += [(label, n) for label, n in SHARED.items()]
+    twins = []
     for design, name in named:
         m = pretrained.manifest(name, directory)
         per_step = flops_per_step(m)
         steps = m["training_compute"]["loops"][0]["steps"]
-        rows.append(
-            {
-                "design": design,
-                "network": name,
-                "flops_per_step": per_step,
-                "steps": steps,
-                "flops": per_step * steps,
-                "seconds": m.get("training_seconds"),
-                "hardware": m.get("hardware"),
-            }
-        )
-    return rows
+        row = {
+            "design": design,
+            "network": name,
+            "flops_per_step": per_step,
+            "steps": steps,
+            "flops": per_step * steps,
+            "seconds": m.get("training_seconds"),
+            "hardware": m.get("hardware"),
+        }
+        rows.append(row)
+        for twin, record in (m.get("twins") or {}).items():  # an ablation's, apart
+            twins.append(
+                {
+                    **row,
+                    "design": f"{design}: ablation (apart)",
+                    "network": f"{name}, {twin} twin",
+                    "steps": record["steps"],
+                    "flops": record["flops"],
+                    "seconds": record["training_seconds"],
+                }
+            )
+    return rows + twins
+
+
+# whose manifest holds each design's measurements (the pipeline's last recipe)
+MEASURED_IN = {"Stable Diffusion": "scenes-ldm", "unCLIP": "scenes-decoder"}
+
+
+def quality_by_budget(directory=None) -> dict[str, list[dict]]:
+    """budget_points with each point's measurements (the measure stages' "budgets":
+    prompt accuracy and FID per group, binding outcomes), per design."""
+    from . import pretrained
+
+    out = {}
+    for design, points in budget_points(directory).items():
+        name = MEASURED_IN[design]
+        metrics = pretrained.manifest(name, directory).get("metrics") or {}
+        measured = metrics.get("budgets") or {}
+        out[design] = []
+        for point in points:
+            key = str(point["steps"][name])
+            if key not in measured:
+                raise ValueError(
+                    f"{name}'s manifest has no measurement of the budget at step "
+                    f"{key}: run `python -m diffusion_lib.recipes {name} --stage "
+                    "measure`"
+                )
+            row = measured[key]
+            out[design].append(
+                {**point, "groups": row["groups"], "binding": row["binding"]}
+            )
+    return out
 
 
 def budgets_agree(points: dict, tolerance: float = 0.1) -> list[str]:

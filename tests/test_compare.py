@@ -129,3 +129,56 @@ def test_the_compute_table_lists_each_designs_networks_and_the_shared_parts(tmp_
     (tmp_path / "scenes-vae.json").write_text('{"recipe": "scenes-vae", "sha256": "x"}')
     with pytest.raises(ValueError, match="--stage count"):
         training_compute_table(tmp_path)
+
+
+def _measured(directory, name, budgets: dict) -> None:
+    """Add measure-stage figures per budget step to a test manifest."""
+    import json
+
+    path = directory / f"{name}.json"
+    m = json.loads(path.read_text())
+    m["metrics"] = {
+        "budgets": {
+            str(step): {"groups": {"one object, seen": {"joint": acc}}, "binding": {}}
+            for step, acc in budgets.items()
+        }
+    }
+    path.write_text(json.dumps(m))
+
+
+def test_quality_by_budget_joins_each_point_with_its_measurements(tmp_path):
+    from diffusion_lib.compare import quality_by_budget, training_compute_table
+
+    _manifest(tmp_path, "scenes-ldm", 8, [1, 2, 4, 8], 100)
+    _manifest(tmp_path, "scenes-prior", 4, [0.5, 1, 2, 4], 10)
+    _manifest(tmp_path, "scenes-decoder", 16, [2, 4, 8, 16], 40)
+    _manifest(tmp_path, "scenes-upsampler", 8, [1, 2, 4, 8], 15)
+    _measured(tmp_path, "scenes-ldm", {1: 0.1, 2: 0.2, 4: 0.4, 8: 0.8})
+    _measured(tmp_path, "scenes-decoder", {2: 0.05, 4: 0.1, 8: 0.3, 16: 0.5})
+    rows = quality_by_budget(tmp_path)
+    acc = {
+        d: [r["groups"]["one object, seen"]["joint"] for r in v]
+        for d, v in rows.items()
+    }
+    assert acc == {
+        "Stable Diffusion": [0.1, 0.2, 0.4, 0.8],
+        "unCLIP": [0.05, 0.1, 0.3, 0.5],
+    }
+    assert [r["flops"] for r in rows["unCLIP"]] == [100, 200, 400, 800]
+    _measured(tmp_path, "scenes-decoder", {2: 0.05, 4: 0.1, 8: 0.3})  # one missing
+    with pytest.raises(ValueError, match="step 16.*--stage measure"):
+        quality_by_budget(tmp_path)
+    # a twin's training is listed apart from its design's budget
+    import json
+
+    path = tmp_path / "scenes-decoder.json"
+    m = json.loads(path.read_text())
+    m["twins"] = {"text": {"steps": 4, "flops": 160, "training_seconds": 3.0}}
+    path.write_text(json.dumps(m))
+    _manifest(tmp_path, "scenes-clip", 30, [30], 7)
+    _manifest(tmp_path, "scenes-vae", 6, [6], 9)
+    table = training_compute_table(tmp_path)
+    twin = table[-1]
+    assert twin["network"] == "scenes-decoder, text twin"
+    assert twin["design"] == "unCLIP: ablation (apart)" and twin["flops"] == 160
+    assert sum(r["flops"] for r in table if r["design"] == "unCLIP") == 800
