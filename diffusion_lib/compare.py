@@ -571,3 +571,14 @@ def pipeline_cost(
             else None
         )
     return {"stages": rows, "total": total}
+
+
+def budgets_measured(directory=None) -> bool:
+    """Whether the checkpoints in `directory` carry chapter 10's equal-budget points,
+    measured (quality_by_budget would answer); checkpoints trained before the
+    constant-rate recipes keep no budgets."""
+    try:
+        quality_by_budget(directory)
+    except (ValueError, KeyError):
+        return False
+    return True
