@@ -218,3 +218,17 @@ def test_budget_steps_are_the_fractions_of_a_run():
     assert budget_steps(4440) == (555, 1110, 2220, 4440)
     with pytest.raises(ValueError, match="too short"):
         budget_steps(4)
+
+
+def test_part_iv_recipes_train_in_the_layouts_diffusers_loads(tiny_part4_dir):
+    """The inpainting UNet takes SD's channel order and the ControlNet has the
+    released hint encoder: what export_inpaint and export_controlnet need."""
+    from diffusion_lib.loaders import load_controlnet, load_inpainting
+    from diffusion_lib.pipelines import MiniStableDiffusion
+
+    model, info = load_inpainting(tiny_part4_dir)
+    assert info["channel_order"] == "sd" and model.sd_order
+    pipe = MiniStableDiffusion.from_pretrained(directory=tiny_part4_dir)
+    info = load_controlnet(pipe, directory=tiny_part4_dir)
+    assert info["hint_widths"] == [16, 32, 64, 128]
+    assert pipe.controlnet.hint_widths == (16, 32, 64, 128)

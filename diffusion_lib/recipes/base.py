@@ -189,6 +189,7 @@ SEED_STREAMS = {
     "binding prompts": 9800,
     "adapter init": 9900,  # the LoRA's A matrices (B starts at zero)
     "upsampler x0 noise": 10000,  # the noise of the upsampler's x0-by-t test
+    "inpaint latents": 10100,  # the masked latents drawn from the VAE's posterior
 }
 
 

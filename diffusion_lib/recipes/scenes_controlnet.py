@@ -26,6 +26,9 @@ from .base import Recipe, seed_of, where
 from .part4 import base_pipe, quick_patch
 
 CONTROL_IMAGES = 20000
+# the hint encoder as the released code (and diffusers' ControlNetModel) has it, 64 ->
+# 8 in three stride-2 steps (SD's widths are 16, 32, 96, 256 for 512 -> 64)
+CONTROL_HINT_WIDTHS = (16, 32, 64, 128)
 CONTROL_WATCH = 250  # measure the IoU of a fixed batch every this many steps
 WATCH_STEPS = 20  # DDIM steps of the watched batch
 
@@ -86,6 +89,7 @@ def train_scenes_controlnet(
         pipe.prediction_type,
         callback,
         2 if quick else CONTROL_WATCH,
+        hint_widths=CONTROL_HINT_WIDTHS,
         accelerator=accelerator,
     )
     pipe.controlnet = net
@@ -94,6 +98,7 @@ def train_scenes_controlnet(
         "recipe": "scenes-controlnet",
         "kind": "controlnet",
         "control": "layout mask [1, 64, 64]: how much of each pixel the shapes cover",
+        "hint_widths": list(CONTROL_HINT_WIDTHS),
         "train": asdict(cfg),
         "seed": seed,
         "quick": quick,

@@ -39,6 +39,11 @@ INPAINT_TRAIN = TrainConfig(
     steps=3000, batch_size=64, lr=2e-4, warmup=100, ema_decay=0.999, p_uncond=0.1
 )
 EDIT_IMAGES = 20000  # the mini SD's training scenes, each with one mask
+# the condition's channels in Stable Diffusion's order, [x_t, mask, masked latent], the
+# mask sampled at the latent grid and the masked latent drawn from the VAE's
+# posterior (editing.inpaint_condition), so diffusers' StableDiffusionInpaintPipeline
+# runs the exported UNet
+INPAINT_SD_ORDER = True
 REPAINT_RESAMPLE = 5
 
 
@@ -97,11 +102,21 @@ def train_scenes_inpaint(
         pipe.vae, pipe.text_encoder, pipe.tokenizer, scenes
     )
     parts = [slice(i, i + 500) for i in range(0, n_images, 500)]
+    gen = torch.Generator().manual_seed(seed_of(seed, "inpaint latents"))
     cond = torch.cat(
-        [inpaint_condition(pipe, scenes.images[p], masks[p]) for p in parts]
+        [
+            inpaint_condition(
+                pipe,
+                scenes.images[p],
+                masks[p],
+                sd_order=INPAINT_SD_ORDER,
+                generator=gen,
+            )
+            for p in parts
+        ]
     )
     encode_seconds = time.perf_counter() - start
-    model = InpaintingUNet.from_text_to_image(pipe.unet)
+    model = InpaintingUNet.from_text_to_image(pipe.unet, sd_order=INPAINT_SD_ORDER)
     null = pipe.encode_prompts([""])[0]
     result = train_diffusion(
         model,
@@ -127,6 +142,7 @@ def train_scenes_inpaint(
         "guidance_scale": pipe.guidance_scale,
         "training_images": n_images,
         "masks": "1/2 a box around one object, 1/4 a random rectangle, 1/4 all",
+        "channel_order": "sd" if INPAINT_SD_ORDER else "course",
         "encode_seconds": round(encode_seconds, 1),
         "training_seconds": round(result.seconds, 1),
         "hardware": hardware(where(device, accelerator)),
