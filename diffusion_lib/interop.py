@@ -1095,6 +1095,66 @@ def sd_reference_inputs(pipe, prompts, steps: int, guidance=(3.0, 1.0), seed=0):
     }
 
 
+# Samples from an exported SD folder with diffusers' own schedulers, in a Python without
+# the course: each setting {label: ("ddim" or "dpm", steps)}, same prompts and seed.
+_SD_SCHEDULERS = """
+import time
+import torch
+from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+folder, inputs, out = sys.argv[1:4]
+x = torch.load(inputs)
+sd = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+sd.set_progress_bar_config(disable=True)
+ddim = sd.scheduler
+result = {}
+for label, (kind, steps) in x["settings"].items():
+    sd.scheduler = (
+        ddim if kind == "ddim" else DPMSolverMultistepScheduler.from_config(ddim.config)
+    )
+    start = time.perf_counter()
+    images = sd(x["prompts"], num_inference_steps=steps, guidance_scale=x["guidance"],
+                generator=torch.Generator().manual_seed(x["seed"]),
+                output_type="pt").images * 2 - 1
+    result[label] = {"images": images, "seconds": time.perf_counter() - start,
+                     "scheduler": type(sd.scheduler).__name__}
+torch.save(result, out)
+"""
+
+SCHEDULER_KINDS = ("ddim", "dpm")
+
+
+def sd_scheduler_images(
+    folder, prompts, settings: dict, guidance: float, seed: int = 0
+) -> dict:
+    """Images [B, 3, H, W] in [-1, 1] from an exported SD folder for each of
+    `settings` ({label: ("ddim" | "dpm", steps)}: the folder's DDIMScheduler, or
+    diffusers' DPMSolverMultistepScheduler built from its configuration), sampled by
+    diffusers alone (run_without_course) from the same prompts and seed, with the
+    seconds each took. {label: {"images", "seconds", "scheduler"}}."""
+    import tempfile
+
+    for label, (kind, steps) in settings.items():
+        if kind not in SCHEDULER_KINDS or steps < 1:
+            raise ValueError(
+                f"setting {label!r}: expected (one of {SCHEDULER_KINDS}, steps >= 1), "
+                f"got {(kind, steps)}"
+            )
+    from .pipelines import stage_generator
+
+    x = {
+        "prompts": list(prompts),
+        "settings": dict(settings),
+        "guidance": guidance,
+        # x_T drawn as the course's pipeline draws it for `seed`
+        "seed": stage_generator(seed, "latents").initial_seed(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(x, f"{tmp}/inputs.pt")
+        run_without_course(_SD_SCHEDULERS, folder, f"{tmp}/inputs.pt", f"{tmp}/out.pt")
+        return torch.load(f"{tmp}/out.pt")
+
+
 def sd_reference_outputs(folder, inputs: dict) -> dict:
     """What diffusers and transformers alone compute from an exported SD folder
     (run_without_course): each component's output on `inputs` and the pipeline's

@@ -605,3 +605,24 @@ def test_the_whole_clip_is_transformers_clipmodel_both_ways():
         wrong = theirs.get_text_features(input_ids=tokens)
     wrong = getattr(wrong, "pooler_output", wrong)
     assert (F.normalize(wrong, dim=-1) - clip.encode_text(tokens)).abs().max() > 0.01
+
+
+def test_diffusers_own_schedulers_sample_the_exported_folder(exported):
+    """sd_scheduler_images: the folder's DDIM in diffusers alone gives the course's
+    images (as the pipeline check does), and DPM-Solver++ builds from its configuration
+    and samples the same prompts; a bad setting is refused before anything runs."""
+    pipe, folder, inputs, _ = exported
+    out = interop.sd_scheduler_images(
+        folder,
+        PROMPTS,
+        {"DDIM 10": ("ddim", 10), "DPM-Solver++ 5": ("dpm", 5)},
+        guidance=GUIDANCE,
+        seed=SEED,
+    )
+    assert out["DPM-Solver++ 5"]["scheduler"] == "DPMSolverMultistepScheduler"
+    ours = pipe(PROMPTS, num_steps=10, seed=SEED, guidance_scale=GUIDANCE)
+    assert (out["DDIM 10"]["images"] - ours).abs().max() <= 1e-3
+    dpm = out["DPM-Solver++ 5"]["images"]
+    assert dpm.shape == ours.shape and 0 < (dpm - ours).abs().max() < 2
+    with pytest.raises(ValueError, match="expected"):
+        interop.sd_scheduler_images(folder, PROMPTS, {"x": ("euler", 5)}, GUIDANCE)
