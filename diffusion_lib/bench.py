@@ -78,9 +78,25 @@ def _case(name: str, n: int):
     elif name == "scenes-decoder":
         model = UnCLIPDecoder(recipes.SCENES_DECODER)
         images = torch.rand(n, 3, 32, 32, generator=g) * 2 - 1
-        d = recipes.SCENES_DECODER.embed_dim
-        embed = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=-1)
-        kwargs = {"conditions": {"image_embed": (embed, torch.zeros(d))}}
+        dc = recipes.SCENES_DECODER
+        unit = lambda: torch.nn.functional.normalize(  # noqa: E731
+            torch.randn(n, dc.embed_dim, generator=g), dim=-1
+        )
+        mask = torch.ones(n, CONTEXT_LENGTH, dtype=torch.bool)
+        e = {  # what clip_embeddings gives the recipe, random
+            "image_embed": unit(),
+            "text_embed": unit(),
+            "text_states": torch.randn(n, CONTEXT_LENGTH, dc.text_width, generator=g),
+            "text_mask": mask,
+        }
+        null = {
+            "text_embed": torch.zeros(dc.embed_dim),
+            "text_states": torch.zeros(CONTEXT_LENGTH, dc.text_width),
+            "text_mask": mask[0],
+        }
+        kwargs = {
+            "conditions": recipes.decoder_conditions(dc, e, null, 0.1),
+        }
         cfg, schedule = recipes.SCENES_DECODER_TRAIN, recipes.UNCLIP_SCHEDULE
     elif name == "scenes-prior":
         pc = recipes.SCENES_PRIOR
