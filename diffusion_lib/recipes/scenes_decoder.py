@@ -306,9 +306,9 @@ def measure_dalle2_budgets(out_dir, metrics, *, n, seed, steps) -> dict:
                 "binding": metrics["binding"]["mini DALL-E 2"],
             }
         else:
-            pipe = MiniDALLE2.from_pretrained(None, out_dir, steps=stack)
             label = f"budget {k + 1}"
-            point = measure_budget_points({label: lambda p=pipe: p}, n, seed, steps, n)
+            build = lambda s=stack: MiniDALLE2.from_pretrained(None, out_dir, steps=s)  # noqa: E731
+            point = measure_budget_points({label: build}, n, seed, steps, n)
             point = point[label]
         out[str(stack["decoder"])] = {"steps": stack, **point}
     return out

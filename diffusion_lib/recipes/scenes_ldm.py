@@ -168,13 +168,16 @@ def measure_ldm_budgets(out_dir, metrics, *, quick, seed, device) -> dict:
     n, steps = (8, 2) if quick else (SCENE_MEASURE_PROMPTS, 50)
     out = {}
     for step in budgets:
-        pipe = MiniStableDiffusion.from_pretrained(device, out_dir, step=step)
+
+        def build(s=step):
+            return MiniStableDiffusion.from_pretrained(device, out_dir, step=s)
+
         if step == info["train"]["steps"]:  # the whole run: the pipeline measured
-            binding = measure_binding({"run": pipe}, n, seed, steps)["run"]
+            binding = measure_binding({"run": build()}, n, seed, steps)["run"]
             out[str(step)] = {"groups": metrics["groups"], "binding": binding}
         else:
             label = f"step {step}"
-            point = measure_budget_points({label: lambda p=pipe: p}, n, seed, steps, n)
+            point = measure_budget_points({label: build}, n, seed, steps, n)
             out[str(step)] = point[label]
     return out
 
