@@ -216,6 +216,7 @@ def test_the_command_line_runs_several_recipes_or_all(capsys):
 def test_budget_steps_are_the_fractions_of_a_run():
     assert budget_steps(10000) == (1250, 2500, 5000, 10000)
     assert budget_steps(4440) == (555, 1110, 2220, 4440)
+    assert budget_steps(6000) == (750, 1500, 3000, 6000)
     with pytest.raises(ValueError, match="too short"):
         budget_steps(4)
 

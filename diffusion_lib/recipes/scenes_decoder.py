@@ -70,7 +70,7 @@ SCENES_DECODER = DecoderConfig(
 )
 SCENES_DECODER_TRAIN = TrainConfig(
     # the decoder's share of the mini DALL-E 2's budget (chapter 10; scenes_prior)
-    steps=5000,
+    steps=3000,
     batch_size=64,
     lr=1e-3,
     warmup=200,

@@ -33,7 +33,7 @@ SCENES_PRIOR_TRAIN = TrainConfig(
     # the prior's share of the mini DALL-E 2's budget, the mini SD's UNet's training
     # FLOPs (chapter 10): prior 8.7%, decoder 64.6%, upsampler 26.8%, as the first
     # recipes split it
-    steps=4440,
+    steps=2664,
     batch_size=128,
     lr=5e-4,
     warmup=200,

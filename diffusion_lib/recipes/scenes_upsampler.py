@@ -44,7 +44,7 @@ SCENES_UPSAMPLER = UNetConfig(
 )
 SCENES_UPSAMPLER_TRAIN = UpsamplerTrainConfig(
     # the upsampler's share of the mini DALL-E 2's budget (chapter 10; scenes_prior)
-    steps=2216,
+    steps=1328,
     batch_size=64,
     lr=1e-3,
     warmup=100,
