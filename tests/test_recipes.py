@@ -1,4 +1,6 @@
 import json
+import math
+import shutil
 
 import pytest
 import torch
@@ -6,7 +8,7 @@ from test_behaviour import QUICK_RUNS, check_recipe, quick_recipe
 
 from diffusion_lib import pretrained
 from diffusion_lib.recipes import budget_stacks
-from diffusion_lib.recipes.base import budget_steps
+from diffusion_lib.recipes.base import MeasureMemo, budget_steps
 
 
 def test_quick_recipes_write_loadable_checkpoints(tmp_path):
@@ -233,3 +235,39 @@ def test_part_iv_recipes_train_in_the_layouts_diffusers_loads(tiny_part4_dir):
     info = load_controlnet(pipe, directory=tiny_part4_dir)
     assert info["hint_widths"] == [16, 32, 64, 128]
     assert pipe.controlnet.hint_widths == (16, 32, 64, 128)
+
+
+def test_a_stopped_measure_stage_keeps_what_it_measured(tiny_sd_dir, tmp_path):
+    """A measure stage stopped part-way (the session ends, a key is pressed) keeps
+    the pieces it finished; run again on the same weights it measures only the rest,
+    and on other weights it starts over."""
+    out = tmp_path / "run"
+    shutil.copytree(tiny_sd_dir, out)
+    names, calls = ("scenes-vae", "scenes-clip", "scenes-ldm"), []
+
+    def piece(v):
+        def measure():
+            calls.append(v)
+            return {"value": v, "relation": float("nan"), "steps": (1, 2)}
+
+        return measure
+
+    def stopped():
+        raise KeyboardInterrupt
+
+    memo = MeasureMemo("scenes-ldm", out, names, quick=True)
+    first = memo("groups", piece(1))
+    # what is returned is what the manifest will hold (JSON: tuples become lists)
+    assert first["steps"] == [1, 2] and math.isnan(first["relation"])
+    with pytest.raises(KeyboardInterrupt):
+        memo("sweep", stopped)
+    again = MeasureMemo("scenes-ldm", out, names, quick=True)
+    assert again("groups", piece(2))["value"] == 1  # kept, not measured again
+    assert again("sweep", piece(3))["value"] == 3
+    assert calls == [1, 3]
+    other = MeasureMemo("scenes-ldm", out, names, quick=False)  # another key
+    assert other("groups", piece(4))["value"] == 4 and calls == [1, 3, 4]
+    assert other.path.exists()
+    other.finish()
+    assert not other.path.exists()
+    assert MeasureMemo.none("x", piece(5))["value"] == 5

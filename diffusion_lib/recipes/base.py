@@ -303,3 +303,45 @@ def budget_snapshots(name: str, out_dir, steps: tuple[int, ...], fields: dict):
             save_checkpoint(path, ema_model, {**fields, "budget_step": step})
 
     return save, math.gcd(*steps)
+
+
+class MeasureMemo:
+    """A measure stage that survives being stopped: each named piece of it is computed
+    once and kept in NAME.measure-partial.json beside the checkpoint, with the sha256
+    of every checkpoint it measures (`names`, read from their manifests in out_dir)
+    and the quick flag. Run again on the same weights, the stage reuses the pieces it
+    kept and computes only the rest; on other weights it starts over. `finish()`
+    removes the file once the manifest holds the figures. The pieces round-trip
+    through JSON, as the manifest's figures do."""
+
+    def __init__(self, name: str, out_dir, names: tuple[str, ...], quick: bool):
+        checkpoint = pretrained.checkpoint_path(name, out_dir)
+        self.path = checkpoint.with_name(f"{name}.measure-partial.json")
+        self.key = {
+            "quick": quick,
+            **{n: pretrained.manifest(n, out_dir)["sha256"] for n in names},
+        }
+        self.pieces: dict = {}
+        if self.path.exists():
+            kept = json.loads(self.path.read_text())
+            if kept.get("weights") == self.key:
+                self.pieces = kept["pieces"]
+
+    def __call__(self, label: str, compute_piece: Callable[[], object]):
+        if label in self.pieces:
+            print(f"{label}: kept from an earlier, stopped run", flush=True)
+            return self.pieces[label]
+        value = json.loads(json.dumps(compute_piece()))  # as the manifest will hold it
+        self.pieces[label] = value
+        partial = self.path.with_name(self.path.name + ".tmp")
+        partial.write_text(json.dumps({"weights": self.key, "pieces": self.pieces}))
+        partial.replace(self.path)
+        return value
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    @staticmethod
+    def none(label: str, compute_piece: Callable[[], object]):
+        """No memo: compute the piece."""
+        return compute_piece()

@@ -25,6 +25,7 @@ from ..train import TrainConfig, save_checkpoint, train_diffusion, write_manifes
 from ..unclip import DecoderConfig, UnCLIPDecoder, downsample
 from ..unet import UNetConfig
 from .base import (
+    MeasureMemo,
     Recipe,
     budget_snapshots,
     budget_steps,
@@ -295,9 +296,11 @@ def budget_stacks(out_dir=None) -> list[dict]:
     return [{part: v[k] for part, v in kept.items()} for k in range(counts.pop())]
 
 
-def measure_dalle2_budgets(out_dir, metrics, *, n, seed, steps) -> dict:
+def measure_dalle2_budgets(out_dir, metrics, *, n, seed, steps, memo=None) -> dict:
     """Each budget's stack on the pipeline's prompts, seeds and n: groups and binding
-    (the whole runs' are the pipeline's own, measured above). {decoder step: ...}"""
+    (the whole runs' are the pipeline's own, measured above). {decoder step: ...}
+    memo: a MeasureMemo that keeps each budget's figures as they are measured."""
+    memo = memo or MeasureMemo.none
     stacks, out = budget_stacks(out_dir), {}
     for k, stack in enumerate(stacks):
         if k == len(stacks) - 1:  # the whole runs: the shipped pipeline
@@ -308,18 +311,23 @@ def measure_dalle2_budgets(out_dir, metrics, *, n, seed, steps) -> dict:
         else:
             label = f"budget {k + 1}"
             build = lambda s=stack: MiniDALLE2.from_pretrained(None, out_dir, steps=s)  # noqa: E731
-            point = measure_budget_points({label: build}, n, seed, steps, n)
-            point = point[label]
+
+            def measure(b=build, label=label):
+                return measure_budget_points({label: b}, n, seed, steps, n)[label]
+
+            point = memo(label, measure)
         out[str(stack["decoder"])] = {"steps": stack, **point}
     return out
 
 
-def paper_ablation(out_dir, budgets: dict, *, n, seed, steps) -> dict:
+def paper_ablation(out_dir, budgets: dict, *, n, seed, steps, memo=None) -> dict:
     """The paper's Sec. 5.1 at the quarter-run budget, every decoder trained for the
     same steps: the twin decoder trained on text embeddings (sampled with them), the
     unCLIP stack (its budget point, measured in measure_dalle2_budgets on the same
     prompts and seeds) and the text embedding fed zero-shot to the image-embedding
-    decoder; prompt accuracy and FID on ABLATION_GROUPS, the paper's FID beside."""
+    decoder; prompt accuracy and FID on ABLATION_GROUPS, the paper's FID beside.
+    memo: a MeasureMemo that keeps each row as it is measured."""
+    memo = memo or MeasureMemo.none
     stacks = budget_stacks(out_dir)
     if len(stacks) < 2:
         return {}
@@ -336,15 +344,32 @@ def paper_ablation(out_dir, budgets: dict, *, n, seed, steps) -> dict:
     stack = MiniDALLE2.from_pretrained(None, out_dir, steps=quarter)
     unclip = budgets[str(quarter["decoder"])]["groups"]
     rows = {
-        "decoder on text embeddings": measure_scene_pipeline(
-            WithEmbedding(text, "text"), n, seed, steps, ABLATION_GROUPS
+        "decoder on text embeddings": memo(
+            "paper ablation: decoder on text embeddings",
+            lambda: measure_scene_pipeline(
+                WithEmbedding(text, "text"), n, seed, steps, ABLATION_GROUPS
+            ),
         ),
         "unCLIP (prior)": {g: unclip[g] for g in ABLATION_GROUPS},
-        "text embedding, zero-shot": measure_scene_pipeline(
-            WithEmbedding(stack, "text"), n, seed, steps, ABLATION_GROUPS
+        "text embedding, zero-shot": memo(
+            "paper ablation: text embedding, zero-shot",
+            lambda: measure_scene_pipeline(
+                WithEmbedding(stack, "text"), n, seed, steps, ABLATION_GROUPS
+            ),
         ),
     }
     return {"steps": quarter, "rows": rows, "paper_fid": PAPER_ABLATION_FID}
+
+
+# the checkpoints whose weights the mini DALL-E 2's figures depend on
+DECODER_MEASURES = (
+    "scenes-vae",
+    "scenes-clip",
+    "scenes-prior",
+    "scenes-upsampler",
+    "scenes-decoder",
+    "scenes-ldm",
+)
 
 
 def measure_dalle2(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:
@@ -355,6 +380,7 @@ def measure_dalle2(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:
     pipe = MiniDALLE2.from_pretrained(None, out_dir)
     n, steps = (8, 2) if quick else (SCENE_MEASURE_PROMPTS, 50)
     sweep_steps = 2 if quick else 25
+    memo = MeasureMemo("scenes-decoder", out_dir, DECODER_MEASURES, quick)
     metrics = {
         "judge": "open-set scene judge (diffusion_lib.judge.SceneJudge)",
         "features": "scene appearance features (diffusion_lib.metrics.scene_features)",
@@ -371,31 +397,44 @@ def measure_dalle2(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:
             },
             "upsampler": {"num_steps": pipe.upsampler_steps},
         },
-        "groups": (groups := measure_scene_pipeline(pipe, n, seed, steps)),
-        "ablation": embedding_ablation(pipe, n, seed, steps, groups),
-        "variations": measure_variations(
-            pipe, 4 if quick else VARIATION_SOURCES, seed, steps
+        "groups": (
+            groups := memo(
+                "groups", lambda: measure_scene_pipeline(pipe, n, seed, steps)
+            )
         ),
-        "guidance_sweep": guidance_sweep(
-            pipe, n, seed, sweep_steps, scales=DECODER_SWEEP
+        "ablation": memo(
+            "ablation", lambda: embedding_ablation(pipe, n, seed, steps, groups)
+        ),
+        "variations": memo(
+            "variations",
+            lambda: measure_variations(
+                pipe, 4 if quick else VARIATION_SOURCES, seed, steps
+            ),
+        ),
+        "guidance_sweep": memo(
+            "guidance_sweep",
+            lambda: guidance_sweep(pipe, n, seed, sweep_steps, scales=DECODER_SWEEP),
         ),
         "guidance_sweep_steps": sweep_steps,
         # measured here for both minis, on the same prompts and seeds (chapter 10)
-        "binding": measure_binding(
-            {
-                "mini DALL-E 2": pipe,
-                "mini SD": MiniStableDiffusion.from_pretrained(None, out_dir),
-            },
-            n,
-            seed,
-            steps,
+        "binding": memo(
+            "binding",
+            lambda: measure_binding(
+                {
+                    "mini DALL-E 2": pipe,
+                    "mini SD": MiniStableDiffusion.from_pretrained(None, out_dir),
+                },
+                n,
+                seed,
+                steps,
+            ),
         ),
     }
     metrics["budgets"] = measure_dalle2_budgets(
-        out_dir, metrics, n=n, seed=seed, steps=steps
+        out_dir, metrics, n=n, seed=seed, steps=steps, memo=memo
     )
     metrics["paper_ablation"] = paper_ablation(
-        out_dir, metrics["budgets"], n=n, seed=seed, steps=steps
+        out_dir, metrics["budgets"], n=n, seed=seed, steps=steps, memo=memo
     )
     print(json.dumps(metrics, indent=1))
     info = pretrained.manifest("scenes-decoder", out_dir)
@@ -403,6 +442,7 @@ def measure_dalle2(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:
         pretrained.checkpoint_path("scenes-decoder", out_dir),
         {**info, "metrics": metrics},
     )
+    memo.finish()
     return pretrained.manifest("scenes-decoder", out_dir)
 
 

@@ -16,7 +16,14 @@ from ..pipelines import MiniStableDiffusion, encode_scenes
 from ..schedules import NoiseSchedule
 from ..train import TrainConfig, save_checkpoint, train_diffusion, write_manifest
 from ..unet import UNet, UNetConfig
-from .base import Recipe, budget_snapshots, budget_steps, run_fields, training_fields
+from .base import (
+    MeasureMemo,
+    Recipe,
+    budget_snapshots,
+    budget_steps,
+    run_fields,
+    training_fields,
+)
 from .measure import (
     SCENE_MEASURE_PROMPTS,
     guidance_sweep,
@@ -160,11 +167,13 @@ def train_ldm(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None):
     )
 
 
-def measure_ldm_budgets(out_dir, metrics, *, quick, seed, device) -> dict:
+def measure_ldm_budgets(out_dir, metrics, *, quick, seed, device, memo=None) -> dict:
     """Chapter 10's points for the mini SD: the UNet its run kept at each budget step,
     in the shipped pipeline, on the prompts, seeds and n the pipeline is measured on
     (the whole run's groups are the pipeline's own, measured above), each with its
-    binding broken down by what went wrong. {step: {"groups", "binding"}}."""
+    binding broken down by what went wrong. {step: {"groups", "binding"}}. memo: a
+    MeasureMemo that keeps each budget's figures as they are measured."""
+    memo = memo or MeasureMemo.none
     info = pretrained.manifest("scenes-ldm", out_dir)
     budgets = info.get("budget_steps") or []
     n, steps = (8, 2) if quick else (SCENE_MEASURE_PROMPTS, 50)
@@ -174,13 +183,22 @@ def measure_ldm_budgets(out_dir, metrics, *, quick, seed, device) -> dict:
         def build(s=step):
             return MiniStableDiffusion.from_pretrained(device, out_dir, step=s)
 
+        label = f"step {step}"
         if step == info["train"]["steps"]:  # the whole run: the pipeline measured
-            binding = measure_binding({"run": build()}, n, seed, steps)["run"]
-            out[str(step)] = {"groups": metrics["groups"], "binding": binding}
+
+            def binding(b=build):
+                return measure_binding({"run": b()}, n, seed, steps)["run"]
+
+            out[str(step)] = {
+                "groups": metrics["groups"],
+                "binding": memo(f"budget {label}: binding", binding),
+            }
         else:
-            label = f"step {step}"
-            point = measure_budget_points({label: build}, n, seed, steps, n)
-            out[str(step)] = point[label]
+
+            def point(b=build, label=label):
+                return measure_budget_points({label: b}, n, seed, steps, n)[label]
+
+            out[str(step)] = memo(f"budget {label}", point)
     return out
 
 
@@ -189,6 +207,9 @@ def measure_ldm(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:
     pipe = MiniStableDiffusion.from_pretrained(device, out_dir)
     n, n_sweep, steps = (8, 8, 2) if quick else (SCENE_MEASURE_PROMPTS, 200, 50)
     sweep_steps = 2 if quick else 25
+    memo = MeasureMemo(
+        "scenes-ldm", out_dir, ("scenes-vae", "scenes-clip", "scenes-ldm"), quick
+    )
     metrics = {
         "judge": "open-set scene judge (diffusion_lib.judge.SceneJudge)",
         "features": "scene appearance features (diffusion_lib.metrics.scene_features)",
@@ -197,20 +218,22 @@ def measure_ldm(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:
             "num_steps": steps,
             "guidance_scale": pipe.guidance_scale,
         },
-        "groups": measure_scene_pipeline(pipe, n, seed, steps),
-        "guidance_sweep": guidance_sweep(
-            pipe, n_sweep, seed, sweep_steps, scales=LDM_SWEEP
+        "groups": memo("groups", lambda: measure_scene_pipeline(pipe, n, seed, steps)),
+        "guidance_sweep": memo(
+            "guidance_sweep",
+            lambda: guidance_sweep(pipe, n_sweep, seed, sweep_steps, scales=LDM_SWEEP),
         ),
         "guidance_sweep_steps": sweep_steps,
     }
     metrics["budgets"] = measure_ldm_budgets(
-        out_dir, metrics, quick=quick, seed=seed, device=device
+        out_dir, metrics, quick=quick, seed=seed, device=device, memo=memo
     )
     print(json.dumps(metrics, indent=1))
     info = pretrained.manifest("scenes-ldm", out_dir)
     write_manifest(
         pretrained.checkpoint_path("scenes-ldm", out_dir), {**info, "metrics": metrics}
     )
+    memo.finish()
     return pretrained.manifest("scenes-ldm", out_dir)
 
 

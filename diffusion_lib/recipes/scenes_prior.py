@@ -14,7 +14,14 @@ from ..pipelines import MiniDALLE2
 from ..prior import DiffusionPrior, PriorConfig
 from ..schedules import NoiseSchedule
 from ..train import TrainConfig, save_checkpoint, train_diffusion, write_manifest
-from .base import Recipe, budget_snapshots, budget_steps, run_fields, seed_of
+from .base import (
+    MeasureMemo,
+    Recipe,
+    budget_snapshots,
+    budget_steps,
+    run_fields,
+    seed_of,
+)
 from .dalle2 import (
     UNCLIP_SCHEDULE,
     clip_embeddings,
@@ -145,7 +152,9 @@ def measure_prior(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:
     )
     n, groups = (16 if quick else 1000), {}
     seen = unclip_training_captions(info["seed"]) if not quick else set()
-    for k, (name, (split, two)) in enumerate(PRIOR_GROUPS.items()):
+    memo = MeasureMemo("scenes-prior", out_dir, ("scenes-clip", "scenes-prior"), quick)
+
+    def measure_group(k, split, two):
         scenes = unseen_scenes(
             n, seed_of(seed, "held-out captions", 10 * k), split, two, seen
         )
@@ -170,6 +179,10 @@ def measure_prior(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:
         row["training_captions"] = sum(c in seen for c in scenes.captions)
         row["captions_sha256"] = captions_sha256(scenes.captions)
         row["spread"] = prior_spread(row)
+        return row
+
+    for k, (name, (split, two)) in enumerate(PRIOR_GROUPS.items()):
+        row = memo(name, lambda k=k, s=split, t=two: measure_group(k, s, t))
         groups[name] = row
         print(f"{name}: {row}", flush=True)
     metrics = {
@@ -184,6 +197,7 @@ def measure_prior(out_dir=None, *, quick=False, seed=0, device="cpu") -> dict:
         pretrained.checkpoint_path("scenes-prior", out_dir),
         {**info, "metrics": metrics},
     )
+    memo.finish()
     return pretrained.manifest("scenes-prior", out_dir)
 
 
