@@ -56,8 +56,8 @@ PIXEL_COMPARISON_UNET = replace(
     attention_levels=(3, 4),
 )
 SCENES_LDM_TRAIN = TrainConfig(
-    # 6000 steps: 2 h on 2 CPU cores in SD's layout (1.26 s a step); chapter 10's
-    # budgets are 750, 1500, 3000 and 6000 of them
+    # 6000 steps: 6,750 s on 2 CPU threads in SD's layout (the run's manifest);
+    # chapter 10's budgets are 750, 1500, 3000 and 6000 of them
     steps=6000,
     batch_size=128,
     lr=1e-3,
