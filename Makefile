@@ -44,8 +44,9 @@ test-notebooks: $(STAMP)
 
 ## make checkpoints: retrain every shipped checkpoint with its recipe (minutes on a GPU; on 2 CPU cores
 ## about 1 min for the evaluator, ~50 min for shapes-ddpm (8000 steps, then ~5 min of measuring),
-## ~75 min for scenes-vae (6000 steps + the KL trade-off sweep), ~25 min for scenes-clip, ~80 min for
-## scenes-ldm (6000 steps of batch 128: ~113 min in SD's layout) plus ~36 min measuring it, ~9 min for scenes-prior (+ ~60 min
+## ~75 min for scenes-vae (6000 steps + the KL trade-off sweep), ~25 min for scenes-clip, ~2 h 20 min for
+## scenes-ldm (6000 steps of batch 128 in SD's layout, ~113 min; then a 1,200-step decay, ~14 min, and the smaller
+## budgets' decays, 1,050 steps, ~12 min) plus ~36 min measuring it, ~9 min for scenes-prior (+ ~60 min
 ## measuring), ~18 min for scenes-upsampler (+ ~4), ~49 min for scenes-decoder plus up to ~2 h measuring the
 ## whole mini DALL-E 2 (about 2,800 images at 200 prompts per group: 117 min beside other jobs); for Part IV ~10 min for scenes-lora (2500 steps in ~5 min, then ~5 min measuring),
 ## ~5 min for scenes-inversion (1500 steps in ~3 min), ~60 min for scenes-inpaint (3000 steps, part of it beside other jobs) plus ~10 min measuring,

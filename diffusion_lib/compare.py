@@ -100,15 +100,22 @@ def flops_per_step(manifest: dict) -> int:
             f"with `python -m diffusion_lib.recipes {manifest.get('recipe')} --stage "
             "count`"
         )
-    (loop,) = compute["loops"]
-    return loop["flops_per_step"]
+    per_step = {loop["flops_per_step"] for loop in compute["loops"]}
+    if len(per_step) != 1:  # a run and its decay train the same network
+        raise ValueError(
+            f"the {manifest.get('recipe')} manifest's training loops differ in FLOPs "
+            f"per step ({sorted(per_step)}): one network trained, one count each"
+        )
+    return per_step.pop()
 
 
 def budget_points(directory=None) -> dict[str, list[dict]]:
     """For each design, its training budgets: the k-th checkpoint each of its
     networks kept (budget_steps in their manifests) make the k-th point; its FLOPs
-    are the networks' FLOPs per step times those steps. [{"fraction" (of the whole
-    run), "steps" {name: step}, "flops"}] per design."""
+    are the networks' FLOPs per step times those steps, plus the steps of the decay
+    that ends each budget (budget_cooldown_steps; recipes.base.cool_down), where the
+    recipe has one. [{"fraction" (of the whole run), "steps" {name: step}, "flops"}]
+    per design."""
     from . import pretrained
 
     out = {}
@@ -129,10 +136,27 @@ def budget_points(directory=None) -> dict[str, list[dict]]:
                     f"{design}: budget {k} is not the same share of every network's "
                     f"run: {steps}"
                 )
-            flops = sum(flops_per_step(m) * steps[n] for n, m in manifests.items())
+            flops = sum(
+                flops_per_step(m) * (steps[n] + _cooldown(m, k))
+                for n, m in manifests.items()
+            )
             rows.append({"fraction": fractions.pop(), "steps": steps, "flops": flops})
         out[design] = rows
     return out
+
+
+def _cooldown(manifest: dict, k: int) -> int:
+    """The steps of the decay that ends a network's k-th budget (0 where its recipe
+    has none)."""
+    decays = manifest.get("budget_cooldown_steps")
+    if decays is None:
+        return 0
+    if len(decays) != len(manifest["budget_steps"]):
+        raise ValueError(
+            f"the {manifest.get('recipe')} manifest has {len(decays)} budget "
+            f"cooldowns for {len(manifest['budget_steps'])} budgets"
+        )
+    return decays[k]
 
 
 # what both designs use and neither trains in its budget: counted apart
@@ -155,7 +179,7 @@ def training_compute_table(directory=None) -> list[dict]:
     for design, name in named:
         m = pretrained.manifest(name, directory)
         per_step = flops_per_step(m)
-        steps = m["training_compute"]["loops"][0]["steps"]
+        steps = sum(loop["steps"] for loop in m["training_compute"]["loops"])
         row = {
             "design": design,
             "network": name,
@@ -172,7 +196,7 @@ def training_compute_table(directory=None) -> list[dict]:
                     **row,
                     "design": f"{design}: ablation (apart)",
                     "network": f"{name}, {twin} twin",
-                    "steps": record["steps"],
+                    "steps": record["steps"] + record.get("cooldown_steps", 0),
                     "flops": record["flops"],
                     "seconds": record["training_seconds"],
                 }

@@ -105,6 +105,14 @@ def aside():
         _TALLIES.pop()
 
 
+def count_in_enclosing(loops: list[LoopCompute]) -> None:
+    """Add loops that an inner tally() collected to the tally around it (an inner
+    tally keeps its loops from the outer ones): a loop counted apart that is part of
+    the checkpoint's training too."""
+    if _TALLIES and _TALLIES[-1] is not None:
+        _TALLIES[-1].extend(loops)
+
+
 @contextlib.contextmanager
 def only_count():
     """Inside, the first step of the first counted loop raises CountedOnly with its

@@ -98,6 +98,32 @@ def test_budget_points_sum_each_designs_networks_and_flag_unequal_budgets(tmp_pa
     assert [p["flops"] for p in points["unCLIP"]] == [100, 200, 400, 800]
     assert [p["fraction"] for p in points["unCLIP"]] == [1 / 8, 1 / 4, 1 / 2, 1]
     assert budgets_agree(points) == []
+    # a budget's decay (recipes.base.cool_down) is part of its compute; a run and
+    # its decay are one network, one count per step
+    import json
+
+    path = tmp_path / "scenes-ldm.json"
+    m = json.loads(path.read_text())
+    m["budget_cooldown_steps"] = [1, 1, 1, 2]
+    loop = {"loop": "t", "flops_per_step": 100, "steps": 2}
+    m["training_compute"]["loops"].append(loop)
+    path.write_text(json.dumps(m))
+    points = budget_points(tmp_path)
+    assert [p["flops"] for p in points["Stable Diffusion"]] == [200, 300, 500, 1000]
+    assert len(budgets_agree(points)) == 4
+    _manifest(tmp_path, "scenes-clip", 30, [30], 7)
+    _manifest(tmp_path, "scenes-vae", 6, [6], 9)
+    table = compare.training_compute_table(tmp_path)
+    assert table[0]["steps"] == 10 and table[0]["flops"] == 1000
+    m["budget_cooldown_steps"] = [1, 2]
+    path.write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="2 budget cooldowns for 4 budgets"):
+        budget_points(tmp_path)
+    m["training_compute"]["loops"][1]["flops_per_step"] = 99
+    path.write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="differ in FLOPs per step"):
+        compare.flops_per_step(m)
+    _manifest(tmp_path, "scenes-ldm", 8, [1, 2, 4, 8], 100)
     _manifest(tmp_path, "scenes-upsampler", 8, [1, 2, 4, 8], 30)  # 15% more compute
     problems = budgets_agree(budget_points(tmp_path))
     assert len(problems) == 4 and "apart" in problems[0]

@@ -140,6 +140,87 @@ def test_a_constant_rate_run_leaves_a_model_per_budget(tmp_path):
         budget_snapshots("scenes-ldm", tmp_path, (2, 4), cosine)
 
 
+def test_every_budget_ends_with_its_own_decay_counted_where_it_belongs(tmp_path):
+    """cool_down trains a decay of 20% of each budget from the constant run's EMA at
+    that budget: the smaller budgets' decays are counted apart, in their own
+    manifests; the last one's is the checkpoint's training too. cooldown_config
+    decays the rate from lr and refuses a run that was not constant."""
+    from dataclasses import asdict, replace
+
+    from diffusion_lib import pretrained
+    from diffusion_lib.recipes.base import (
+        CONSTANT,
+        budget_snapshots,
+        cool_down,
+        cooldown_config,
+        cooldown_steps,
+    )
+    from diffusion_lib.train import lr_at
+
+    assert [cooldown_steps(s) for s in (750, 6000, 2, 1)] == [150, 1200, 1, 1]
+    with pytest.raises(ValueError, match="positive"):
+        cooldown_steps(0)
+    cfg = TrainConfig(steps=10, batch_size=4, warmup=1, lr_schedule="constant")
+    decay = cooldown_config(cfg, 10)
+    assert (decay.steps, decay.warmup, decay.lr_schedule) == (2, 0, "cosine")
+    rates = [lr_at(i, decay.steps, decay.lr, decay.warmup, "cosine") for i in (0, 1)]
+    assert rates[0] == cfg.lr and rates[1] < cfg.lr
+    with pytest.raises(ValueError, match="ends a constant-rate run"):
+        cooldown_config(replace(cfg, lr_schedule="cosine"), 10)
+    fields = {"recipe": "scenes-ldm", "train": asdict(cfg)}
+    calls = []
+
+    def cool(step):
+        calls.append(step)
+        model, _ = pretrained.load_pretrained(
+            "scenes-ldm", None, tmp_path, step, CONSTANT
+        )
+        start = model.conv_in.weight.detach().clone()
+        result = train_diffusion(
+            model.train().requires_grad_(True),
+            NoiseSchedule.make("cosine", 100),
+            torch.rand(16, 3, 8, 8) * 2 - 1,
+            None,
+            cooldown_config(cfg, step),
+            progress=False,
+        )
+        assert not torch.equal(result.ema.model.conv_in.weight, start)
+        return result
+
+    with compute.tally() as loops:
+        torch.manual_seed(0)
+        model = UNet(
+            UNetConfig(base_channels=8, channel_mults=(1, 2), attention_levels=(1,))
+        )
+        # the run's config (and so its manifest) is the recipe's: a real UNet config
+        fields["config"] = model.config.to_dict()
+        save, every = budget_snapshots(
+            "scenes-ldm", tmp_path, (5, 10), fields, CONSTANT
+        )
+        train_diffusion(
+            model,
+            NoiseSchedule.make("cosine", 100),
+            torch.rand(16, 3, 8, 8) * 2 - 1,
+            None,
+            cfg,
+            progress=False,
+            callback=save,
+            callback_every=every,
+        )
+        last, decays = cool_down("scenes-ldm", tmp_path, (5, 10), fields, cool)
+    assert calls == [5, 10] and decays == [1, 2] and len(last.losses) == 2
+    assert [r.steps for r in loops] == [10, 2]  # the run, then the last decay only
+    for step, n in ((5, 1), (10, 2)):
+        path = pretrained.checkpoint_path("scenes-ldm", tmp_path, step)
+        info = pretrained.read_manifest(path.with_suffix(".json"))
+        assert info["budget_step"] == step and info["cooldown_steps"] == n
+        assert info["cooldown_compute"]["flops"] == n * loops[0].flops_per_step
+    cooled, _ = pretrained.load_pretrained("scenes-ldm", None, tmp_path, 10)
+    assert torch.equal(
+        cooled.conv_in.weight, last.ema.model.conv_in.weight.half().float()
+    )
+
+
 @pytest.mark.parametrize("loop", ["fit", "vae"])
 def test_counting_leaves_the_training_bit_for_bit_as_it_is(loop, monkeypatch):
     """The count runs the first step's pass once more on the side (under the

@@ -49,12 +49,27 @@ def test_quick_scene_recipes_chain_into_a_pipeline(tmp_path):
 
     pipe = MiniStableDiffusion.from_pretrained(directory=tmp_path)
     assert pipe(["a red circle"], num_steps=2).shape == (1, 3, 64, 64)
-    # the constant-rate run keeps a UNet per training budget (chapter 10)
+    # the constant-rate run keeps a UNet per training budget (chapter 10), and each
+    # budget ends with a decay of its own, the last one the shipped UNet's
     assert ldm["budget_steps"] == [1, 2, 4, 8] == list(budget_steps(8))
+    assert ldm["budget_cooldown_steps"] == [1, 1, 1, 2]
+    assert ldm["cooldown"]["train"]["steps"] == 2
+    assert ldm["cooldown"]["train"]["lr_schedule"] == "cosine"
     early = MiniStableDiffusion.from_pretrained(directory=tmp_path, step=2)
     last = MiniStableDiffusion.from_pretrained(directory=tmp_path, step=8)
+    constant, _ = pretrained.load_pretrained(
+        "scenes-ldm", None, tmp_path, 8, "constant"
+    )
     assert torch.equal(last.unet.conv_in.weight, pipe.unet.conv_in.weight)
     assert not torch.equal(early.unet.conv_in.weight, pipe.unet.conv_in.weight)
+    assert not torch.equal(constant.conv_in.weight, pipe.unet.conv_in.weight)
+    run, decay = ldm["training_compute"]["loops"]  # the run, then the last decay
+    assert (run["steps"], decay["steps"]) == (8, 2)
+    assert run["flops_per_step"] == decay["flops_per_step"]
+    for step, n in zip(ldm["budget_steps"], ldm["budget_cooldown_steps"]):
+        _, info = pretrained.load_pretrained("scenes-ldm", None, tmp_path, step)
+        assert info["cooldown_steps"] == n
+        assert info["cooldown_compute"]["flops"] == n * run["flops_per_step"]
     from diffusion_lib.pipelines import MiniDALLE2
 
     clip_sha = pretrained.manifest("scenes-clip", tmp_path)["sha256"]
@@ -77,12 +92,14 @@ def test_quick_scene_recipes_chain_into_a_pipeline(tmp_path):
     ):
         main = pretrained.manifest(name, tmp_path)
         quarter = main["budget_steps"][1]
+        decay = main["budget_cooldown_steps"][1]  # a twin's budget ends as the main's
         record = main["twins"][twin]
-        (loop,) = main["training_compute"]["loops"]
-        assert record["steps"] == quarter
-        assert record["flops"] == quarter * loop["flops_per_step"]
+        loop, _ = main["training_compute"]["loops"]  # its run and decay
+        assert (record["steps"], record["cooldown_steps"]) == (quarter, decay)
+        assert record["flops"] == (quarter + decay) * loop["flops_per_step"]
         _, info = pretrained.load_pretrained(name, None, tmp_path, quarter, twin)
         assert info["twin"] == twin and info["budget_step"] == quarter
+        assert info["cooldown_steps"] == decay
         want = {**main["train"], "steps": quarter, **changed}
         assert info["train"] == want, name
     stacks = budget_stacks(tmp_path)
@@ -95,13 +112,26 @@ def test_quick_scene_recipes_chain_into_a_pipeline(tmp_path):
         MiniDALLE2.from_pretrained(directory=tmp_path, twins={"decoder": "text"})
     for args in QUICK_RUNS[2:]:  # each counts its own network's training only
         manifest = pretrained.manifest(args[0], tmp_path)
-        (loop,) = manifest["training_compute"]["loops"]  # not the VAE's sweep
+        loops = manifest["training_compute"]["loops"]  # not the VAE's sweep
+        steps = manifest["train"]["steps"]
+        if "budget_cooldown_steps" in manifest:  # its run, then its last decay
+            loop, decay = loops
+            assert decay["steps"] == manifest["budget_cooldown_steps"][-1]
+            assert decay["flops_per_step"] == loop["flops_per_step"]
+            steps += decay["steps"]
+        else:
+            (loop,) = loops
         assert loop["steps"] == manifest["train"]["steps"], args[0]
-        assert (
-            manifest["training_compute"]["flops"]
-            == loop["steps"] * loop["flops_per_step"]
-            > 0
-        )
+        assert manifest["training_compute"]["flops"] == steps * loop["flops_per_step"]
+        assert steps * loop["flops_per_step"] > 0
+    # stage "count" finds the run and its decay again, without training
+    trained = pretrained.manifest("scenes-ldm", tmp_path)
+    (tmp_path / "scenes-ldm.json").write_text(
+        json.dumps({**trained, "training_compute": None})
+    )
+    quick_recipe(["scenes-ldm", "--stage", "count"], tmp_path)
+    counted = pretrained.manifest("scenes-ldm", tmp_path)
+    assert counted["training_compute"] == trained["training_compute"]
 
 
 def test_quick_ablation_reports_every_variant():

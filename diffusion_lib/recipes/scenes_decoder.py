@@ -27,10 +27,10 @@ from ..unet import UNetConfig
 from .base import (
     MeasureMemo,
     Recipe,
-    budget_snapshots,
-    budget_steps,
+    decay_fields,
     run_fields,
     seed_of,
+    train_budgets,
     train_twin,
 )
 from .dalle2 import (
@@ -146,21 +146,32 @@ def train_decoder(out_dir, *, quick=False, seed=0, device="cpu", accelerator=Non
         "caption_drop": CAPTION_DROP,
     }
     name = "scenes-decoder"
-    budgets = budget_steps(cfg.steps)
-    save_budget, every = budget_snapshots(
-        name, out_dir, budgets, run_fields(name, cfg, seed, quick, static)
-    )
+
+    def trainer(embedding: str, accelerator=None):
+        def train(decoder, config, **kw):
+            return train_diffusion(
+                decoder,
+                schedule,
+                images,
+                config=config,
+                conditions=conditions(embedding),
+                accelerator=accelerator,
+                **kw,
+            )
+
+        return train
+
     torch.manual_seed(seed)
     model = UnCLIPDecoder(SCENES_DECODER).to(device)
-    result = train_diffusion(
+    result, last, budgets, decays = train_budgets(
+        name,
+        out_dir,
+        cfg,
+        run_fields(name, cfg, seed, quick, static),
         model,
-        schedule,
-        images,
-        config=cfg,
-        conditions=conditions("image_embed"),
+        trainer("image_embed", accelerator),
+        device=device,
         accelerator=accelerator,
-        callback=save_budget,
-        callback_every=every,
     )
     fields = unclip_fields(
         name,
@@ -172,28 +183,33 @@ def train_decoder(out_dir, *, quick=False, seed=0, device="cpu", accelerator=Non
         accelerator=accelerator,
     )
     twin_cfg = replace(cfg, steps=budgets[1])
-
-    def train_text_twin():
-        torch.manual_seed(seed)  # the same initial weights
-        twin = UnCLIPDecoder(SCENES_DECODER).to(device)
-        return train_diffusion(
-            twin, schedule, images, config=twin_cfg, conditions=conditions("text_embed")
-        )
-
+    torch.manual_seed(seed)  # the same initial weights
+    twin_model = UnCLIPDecoder(SCENES_DECODER).to(device)
     twin_static = {**static, "image_embed": "the caption's CLIP text embedding"}
     twin_fields = run_fields(name, twin_cfg, seed, quick, twin_static)
-    twin = train_twin(name, out_dir, TEXT_TWIN, twin_fields, train_text_twin)
+    twin = train_twin(
+        name,
+        out_dir,
+        TEXT_TWIN,
+        twin_fields,
+        twin_cfg,
+        twin_model,
+        trainer("text_embed"),
+        device=device,
+    )
     info = {
         **fields,
+        **decay_fields(cfg, result, last),
         **static,
         "budget_steps": list(budgets),
+        "budget_cooldown_steps": decays,
         "twins": {TEXT_TWIN: twin},
         "training_images": len(scenes),
         "two_object_fraction": LDM_TWO_OBJECT_FRACTION,
         "encode_seconds": round(encode_seconds, 1),
     }
     path = pretrained.checkpoint_path(name, out_dir)
-    return save_checkpoint(path, result.ema.model, info, accelerator=accelerator)
+    return save_checkpoint(path, last.ema.model, info, accelerator=accelerator)
 
 
 def embedding_ablation(pipe, n, seed, steps, groups=None) -> dict:

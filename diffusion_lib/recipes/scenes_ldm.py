@@ -14,14 +14,19 @@ from ..clip import tokenizer_from_manifest
 from ..data import SCENE_SIZE, make_scenes
 from ..pipelines import MiniStableDiffusion, encode_scenes
 from ..schedules import NoiseSchedule
-from ..train import TrainConfig, save_checkpoint, train_diffusion, write_manifest
+from ..train import (
+    TrainConfig,
+    save_checkpoint,
+    train_diffusion,
+    write_manifest,
+)
 from ..unet import UNet, UNetConfig
 from .base import (
     MeasureMemo,
     Recipe,
-    budget_snapshots,
-    budget_steps,
+    decay_fields,
     run_fields,
+    train_budgets,
     training_fields,
 )
 from .measure import (
@@ -62,8 +67,10 @@ SCENES_LDM_TRAIN = TrainConfig(
     batch_size=128,
     lr=1e-3,
     warmup=200,
-    # constant after warm-up: the EMA kept at 1/8, 1/4 and 1/2 of the run is then the
-    # model a run of that length gives (chapter 10's training budgets)
+    # constant after warm-up: the EMA kept at 1/8, 1/4, 1/2 and all of the run is
+    # then the model a run of that length gives, and each ends with a decay of 20% of
+    # its steps (recipes.base.cool_down): chapter 10's training budgets, the last of
+    # them the shipped model (6,000 + 1,200 steps)
     lr_schedule="constant",
     ema_decay=0.9995,
     p_uncond=0.1,
@@ -119,44 +126,51 @@ def train_ldm(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None):
         "vae_sha256": vae_info["sha256"],
         "clip_sha256": clip_info["sha256"],
     }
-    budgets = budget_steps(cfg.steps)
-    save_budget, every = budget_snapshots(
+    run = run_fields("scenes-ldm", cfg, seed, quick, static)
+
+    def train(unet, config, **kw):
+        return train_diffusion(
+            unet,
+            schedule,
+            latents,
+            None,
+            config,
+            context=context,
+            null_context=null,
+            accelerator=accelerator,
+            **kw,
+        )
+
+    result, last, budgets, decays = train_budgets(
         "scenes-ldm",
         out_dir,
-        budgets,
-        run_fields("scenes-ldm", cfg, seed, quick, static),
-    )
-    result = train_diffusion(
+        cfg,
+        run,
         model,
-        schedule,
-        latents,
-        None,
-        cfg,
-        context=context,
-        null_context=null,
-        accelerator=accelerator,
-        callback=save_budget,
-        callback_every=every,
-    )
-    ema = result.ema.model
-    fields = training_fields(
-        "scenes-ldm",
-        cfg,
-        ema,
-        result,
-        seed=seed,
-        quick=quick,
+        train,
         device=device,
         accelerator=accelerator,
     )
+    ema = last.ema.model
     info = {
-        **fields,
+        **training_fields(
+            "scenes-ldm",
+            cfg,
+            ema,
+            result,
+            seed=seed,
+            quick=quick,
+            device=device,
+            accelerator=accelerator,
+        ),
+        **decay_fields(cfg, result, last),
         **static,
         "latent_shape": list(latents.shape[1:]),
         "training_images": n_images,
         "two_object_fraction": LDM_TWO_OBJECT_FRACTION,
         "encode_seconds": round(encode_seconds, 1),
         "budget_steps": list(budgets),
+        "budget_cooldown_steps": decays,
         "metrics": None,
     }
     return save_checkpoint(

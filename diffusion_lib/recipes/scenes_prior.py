@@ -17,10 +17,10 @@ from ..train import TrainConfig, save_checkpoint, train_diffusion, write_manifes
 from .base import (
     MeasureMemo,
     Recipe,
-    budget_snapshots,
-    budget_steps,
+    decay_fields,
     run_fields,
     seed_of,
+    train_budgets,
 )
 from .dalle2 import (
     UNCLIP_SCHEDULE,
@@ -92,22 +92,22 @@ def train_prior(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None)
         "sampling_steps": 25,
         "clip_sha256": clip_info["sha256"],
     }
-    budgets = budget_steps(cfg.steps)
-    save_budget, every = budget_snapshots(
-        "scenes-prior",
-        out_dir,
-        budgets,
-        run_fields("scenes-prior", cfg, seed, quick, static),
-    )
-    result = train_diffusion(
-        model,
-        schedule,
-        model.standardise(e["image_embed"]),
-        config=cfg,
-        conditions={k: (e[k], null[k]) for k in names},
-        accelerator=accelerator,
-        callback=save_budget,
-        callback_every=every,
+    targets = model.standardise(e["image_embed"])
+
+    def train(prior, config, **kw):
+        return train_diffusion(
+            prior,
+            schedule,
+            targets,
+            config=config,
+            conditions={k: (e[k], null[k]) for k in names},
+            accelerator=accelerator,
+            **kw,
+        )
+
+    run = run_fields("scenes-prior", cfg, seed, quick, static)
+    result, last, budgets, decays = train_budgets(
+        "scenes-prior", out_dir, cfg, run, model, train, accelerator=accelerator
     )
     fields = unclip_fields(
         "scenes-prior",
@@ -120,13 +120,15 @@ def train_prior(out_dir, *, quick=False, seed=0, device="cpu", accelerator=None)
     )
     info = {
         **fields,
+        **decay_fields(cfg, result, last),
         **static,
         "budget_steps": list(budgets),
+        "budget_cooldown_steps": decays,
         "training_images": len(scenes),
         "two_object_fraction": LDM_TWO_OBJECT_FRACTION,
     }
     path = pretrained.checkpoint_path("scenes-prior", out_dir)
-    return save_checkpoint(path, result.ema.model, info, accelerator=accelerator)
+    return save_checkpoint(path, last.ema.model, info, accelerator=accelerator)
 
 
 def _prior_setting(pipe, scenes, real_vs_real: float, seed: int, **setting) -> dict:

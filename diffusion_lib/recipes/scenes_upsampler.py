@@ -25,10 +25,10 @@ from ..unet import UNetConfig
 from ..vae import psnr
 from .base import (
     Recipe,
-    budget_snapshots,
-    budget_steps,
+    decay_fields,
     run_fields,
     seed_of,
+    train_budgets,
     train_twin,
 )
 from .dalle2 import UNCLIP_SCHEDULE, unclip_fields, unclip_training_scenes
@@ -98,21 +98,31 @@ def train_scenes_upsampler(
         "sampling_steps": UPSAMPLER_DEFAULT_STEPS,
         "sampling_start": UPSAMPLER_START,
     }
-    budgets = budget_steps(cfg.steps)
     name = "scenes-upsampler"
-    save_budget, every = budget_snapshots(
-        name, out_dir, budgets, run_fields(name, cfg, seed, quick, static)
-    )
+
+    def trainer(accelerator=None):
+        def train(upsampler, config, **kw):
+            return train_upsampler(
+                upsampler,
+                schedule,
+                scenes.images,
+                config,
+                accelerator=accelerator,
+                **kw,
+            )
+
+        return train
+
     torch.manual_seed(seed)
     model = UnCLIPUpsampler(SCENES_UPSAMPLER)
-    result = train_upsampler(
-        model,
-        schedule,
-        scenes.images,
+    result, last, budgets, decays = train_budgets(
+        name,
+        out_dir,
         cfg,
+        run_fields(name, cfg, seed, quick, static),
+        model,
+        trainer(accelerator),
         accelerator=accelerator,
-        callback=save_budget,
-        callback_every=every,
     )
     fields = unclip_fields(
         name,
@@ -124,24 +134,24 @@ def train_scenes_upsampler(
         accelerator=accelerator,
     )
     twin_cfg = replace(cfg, steps=budgets[1], prediction_type="eps")
-
-    def train_eps_twin():
-        torch.manual_seed(seed)  # the same initial weights
-        twin = UnCLIPUpsampler(SCENES_UPSAMPLER)
-        return train_upsampler(twin, schedule, scenes.images, twin_cfg)
-
+    torch.manual_seed(seed)  # the same initial weights
+    twin_model = UnCLIPUpsampler(SCENES_UPSAMPLER)
     twin_static = {**static, "prediction_type": "eps", "sampling_start": 999}
     twin_fields = run_fields(name, twin_cfg, seed, quick, twin_static)
-    twin = train_twin(name, out_dir, EPS_TWIN, twin_fields, train_eps_twin)
+    twin = train_twin(
+        name, out_dir, EPS_TWIN, twin_fields, twin_cfg, twin_model, trainer()
+    )
     info = {
         **fields,
+        **decay_fields(cfg, result, last),
         **static,
         "budget_steps": list(budgets),
+        "budget_cooldown_steps": decays,
         "twins": {EPS_TWIN: twin},
         "training_images": len(scenes),
     }
     path = pretrained.checkpoint_path(name, out_dir)
-    return save_checkpoint(path, result.ema.model, info, accelerator=accelerator)
+    return save_checkpoint(path, last.ema.model, info, accelerator=accelerator)
 
 
 def upsampler_pipe(model, info) -> MiniDALLE2:
