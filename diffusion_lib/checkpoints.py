@@ -37,6 +37,7 @@ UNSEALED = frozenset(
         "loss_curve",
         "final_loss",
         "encode_seconds",
+        "previous_recipe",  # an earlier model's measurement, kept for a comparison
     }
 )
 
