@@ -19,12 +19,13 @@ def test_lora_gates():
     m = info["metrics"]
     assert info["trainable_parameters"] / info["unet_parameters"] < MAX_TRAINABLE
     assert m["after"]["concept"]["joint"] >= LORA_CONCEPT_GATE, m["after"]["concept"]
+    n = m["prompts"]  # accuracies count prompts (stored as float32): compare counts
     for group in finetune.OLD_GROUPS:
         drop = (
             m["before (new word, no adapter)"][group]["joint"]
             - m["after"][group]["joint"]
         )
-        assert drop <= MAX_DROP, (group, drop)
+        assert round(drop * n) <= round(MAX_DROP * n), (group, drop)
     # the groups are what their names say (finetune.measured_prompts)
     counts = m["training_captions_measured"]
     assert counts == {
