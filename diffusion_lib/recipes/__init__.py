@@ -69,7 +69,13 @@ from .scenes_decoder import (
     measure_dalle2,
     measure_variations,
 )
-from .scenes_inpaint import EDIT_IMAGES, INPAINT, INPAINT_TRAIN, REPAINT_RESAMPLE
+from .scenes_inpaint import (
+    EDIT_IMAGES,
+    INPAINT,
+    INPAINT_SD_ORDER,
+    INPAINT_TRAIN,
+    REPAINT_RESAMPLE,
+)
 from .scenes_inversion import INVERSION
 from .scenes_ldm import (
     LDM,
@@ -124,6 +130,7 @@ __all__ = [
     "EVALUATOR",
     "EVAL_SAMPLER",
     "INPAINT",
+    "INPAINT_SD_ORDER",
     "INPAINT_TRAIN",
     "INVERSION",
     "LDM",
