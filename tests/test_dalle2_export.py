@@ -322,6 +322,11 @@ def whole_stack(tmp_path_factory):
 # another order) reaches ~4e-3 in x0 wherever x0 is not clipped. The 1e-3 is
 # for the trained models (test_pretrained_unclip)
 IMAGE_TOLERANCE = 5e-3
+# the decoder's 32x32 images take that amplification whole: 2.8e-3 when this test was
+# written, 5.1e-3 on another machine with the same package versions (its CPU kernels
+# round differently), so their bar is 1e-2; the planted bugs below move the images by
+# more than 10 x IMAGE_TOLERANCE
+LOW_RES_TOLERANCE = 1e-2
 
 
 def stack_difference(pipe, inputs, theirs) -> dict:
@@ -337,8 +342,9 @@ def test_the_whole_stack_runs_in_diffusers_and_gives_the_courses_images(whole_st
     print("max |course - diffusers|:", diff)
     per_part = ("text_states", "text_embed", "prior", "decoder", "upsampler")
     assert all(diff[k] <= TOLERANCE for k in per_part), diff
-    for k in ("image_embeddings", "low_res", "images"):
+    for k in ("image_embeddings", "images"):
         assert diff[k] <= IMAGE_TOLERANCE, diff
+    assert diff["low_res"] <= LOW_RES_TOLERANCE, diff
     assert theirs["images"].std() > 0.05  # not a blank image on both sides
 
 
