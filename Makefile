@@ -49,7 +49,7 @@ test-notebooks: $(STAMP)
 ## budgets' decays, 1,050 steps, ~12 min) plus ~36 min measuring it, ~9 min for scenes-prior (+ ~60 min
 ## measuring), ~18 min for scenes-upsampler (+ ~4), ~49 min for scenes-decoder plus up to ~2 h measuring the
 ## whole mini DALL-E 2 (about 2,800 images at 200 prompts per group: 117 min beside other jobs); for Part IV ~10 min for scenes-lora (2500 steps in ~5 min, then ~5 min measuring),
-## ~5 min for scenes-inversion (1500 steps in ~3 min), ~60 min for scenes-inpaint (3000 steps, part of it beside other jobs) plus ~10 min measuring,
+## ~5 min for scenes-inversion (1500 steps in ~3 min), ~20 min for scenes-inpaint (3000 steps in ~15 min in SD's layout) plus ~3 min measuring,
 ## and ~20 min for scenes-controlnet (3000 steps in ~17 min) plus ~3 min measuring)
 checkpoints: $(STAMP)
 	$(PY) -m diffusion_lib.recipes all  # diffusion_lib.recipes.RECIPES, in order
