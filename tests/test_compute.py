@@ -188,25 +188,14 @@ def test_every_budget_ends_with_its_own_decay_counted_where_it_belongs(tmp_path)
         return result
 
     with compute.tally() as loops:
-        torch.manual_seed(0)
-        model = UNet(
-            UNetConfig(base_channels=8, channel_mults=(1, 2), attention_levels=(1,))
-        )
-        # the run's config (and so its manifest) is the recipe's: a real UNet config
-        fields["config"] = model.config.to_dict()
+        # the snapshots' manifests carry tiny_run's UNet config, as a recipe's do
+        fields["config"] = UNetConfig(
+            base_channels=8, channel_mults=(1, 2), attention_levels=(1,)
+        ).to_dict()
         save, every = budget_snapshots(
             "scenes-ldm", tmp_path, (5, 10), fields, CONSTANT
         )
-        train_diffusion(
-            model,
-            NoiseSchedule.make("cosine", 100),
-            torch.rand(16, 3, 8, 8) * 2 - 1,
-            None,
-            cfg,
-            progress=False,
-            callback=save,
-            callback_every=every,
-        )
+        tiny_run(10, "constant", callback=save, callback_every=every)
         last, decays = cool_down("scenes-ldm", tmp_path, (5, 10), fields, cool)
     assert calls == [5, 10] and decays == [1, 2] and len(last.losses) == 2
     assert [r.steps for r in loops] == [10, 2]  # the run, then the last decay only
