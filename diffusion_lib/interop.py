@@ -774,14 +774,16 @@ def exportable_decoder(decoder) -> bool:
 
 def dalle2_schedulers(pipe) -> dict:
     """A DDIMScheduler per stage, set up as the course samples it: the prior predicts
-    the (standardised) embedding, unclipped; the decoder eps, clipped; the upsampler
-    its own prediction type, clipped."""
+    the (standardised) embedding, unclipped; the decoder and the upsampler their own
+    prediction types, clipped."""
     return {
         "prior_scheduler": course_scheduler(
             _schedule_info(pipe.prior_schedule), "x0", clip_sample=False
         ),
         "decoder_scheduler": course_scheduler(
-            _schedule_info(pipe.decoder_schedule), "eps", clip_sample=True
+            _schedule_info(pipe.decoder_schedule),
+            pipe.decoder_prediction,
+            clip_sample=True,
         ),
         "super_res_scheduler": course_scheduler(
             _schedule_info(pipe.upsampler_schedule),

@@ -352,6 +352,7 @@ class MiniDALLE2:
         candidates=2,
         upsampler_start=None,
         upsampler_prediction="eps",
+        decoder_prediction="eps",
     ):
         self.prior, self.decoder, self.upsampler = prior, decoder, upsampler
         self.clip, self.tokenizer = clip_model, tokenizer
@@ -364,6 +365,7 @@ class MiniDALLE2:
         # the upsampler's first timestep (None: the last one, from pure noise)
         self.upsampler_start = upsampler_start
         self.upsampler_prediction = upsampler_prediction  # what it predicts
+        self.decoder_prediction = decoder_prediction  # ("eps" or "v")
 
     @property
     def text_encoder(self):
@@ -417,6 +419,7 @@ class MiniDALLE2:
             upsampler_steps=infos["upsampler"].get("sampling_steps", 10),
             upsampler_start=infos["upsampler"].get("sampling_start"),
             upsampler_prediction=infos["upsampler"].get("prediction_type", "eps"),
+            decoder_prediction=infos["decoder"].get("prediction_type", "eps"),
         )
 
     @property
@@ -526,7 +529,7 @@ class MiniDALLE2:
         size = self.decoder.config.image_size
         return sample(
             _in_chunks(self.decoder, batch_size * 2),
-            DDIMSampler(self.decoder_schedule),
+            DDIMSampler(self.decoder_schedule, prediction_type=self.decoder_prediction),
             (len(image_embed), 3, size, size),
             num_steps=num_steps,
             model_kwargs=cond,

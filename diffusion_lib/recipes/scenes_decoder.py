@@ -78,7 +78,10 @@ SCENES_DECODER_TRAIN = TrainConfig(
     lr_schedule="constant",  # its checkpoints along the run are chapter 10's budgets
     ema_decay=0.999,
     p_uncond=0.1,  # the image embedding is zeroed 10% of the time (guidance)
-    prediction_type="eps",
+    # v, as the upsampler: with eps, x0_hat = (x_t - sqrt(1 - a) eps_hat) / sqrt(a)
+    # multiplies the error of eps_hat by 1/sqrt(a) (over 3 above t = 800), and DDIM's
+    # trajectory drifted into noisy backgrounds there (chapter 9)
+    prediction_type="v",
     loss_weighting="none",
     seed=0,
 )
