@@ -416,3 +416,27 @@ def test_the_reference_refuses_what_diffusers_would_sample_otherwise():
     pipe.upsampler_start = 700
     with pytest.raises(ValueError, match="pure noise"):
         interop.dalle2_reference_inputs(pipe, ["a red circle"], steps=2)
+
+
+def test_the_ablation_decodes_every_embedding_with_the_caption():
+    """The ablation's rows differ in the embedding only: each is decoded with its
+    caption, as the pipeline decodes the prior's, so its own prior row is the
+    pipeline's (measure_scene_pipeline) exactly; decoded without the caption, that
+    decoder (which reads it) would draw other images."""
+    from diffusion_lib.recipes import scenes_decoder as D
+    from diffusion_lib.recipes.measure import measure_scene_pipeline
+
+    pipe = tiny_paper_dalle2()
+    groups = measure_scene_pipeline(pipe, 4, 0, 2, D.ABLATION_GROUPS, verbose=False)
+    rows = D.embedding_ablation(pipe, 4, 0, 2)
+    for name in D.ABLATION_GROUPS:
+        for key in ("joint", "clean", "fid"):
+            assert rows[name]["prior"][key] == pytest.approx(groups[name][key]), (
+                name,
+                key,
+            )
+    e = pipe.prior_embeddings(["a red circle", "a cyan square"], seed=0)
+    with_caption = pipe.from_embeddings(
+        e, captions=["a red circle", "a cyan square"], num_steps=2
+    )
+    assert (with_caption - pipe.from_embeddings(e, num_steps=2)).abs().max() > 1e-3

@@ -218,7 +218,8 @@ def train_decoder(out_dir, *, quick=False, seed=0, device="cpu", accelerator=Non
 def embedding_ablation(pipe, n, seed, steps, groups=None) -> dict:
     """The paper's Sec. 5.1 in miniature: the decoder given (a) the true image embedding
     of a real scene with the prompt's labels, (b) the prior's sample, (c) the text
-    embedding in place of an image embedding: prompt accuracy and FID of each. groups:
+    embedding in place of an image embedding, each with the caption (for a decoder
+    that reads it): prompt accuracy and FID of each. groups:
     measure_scene_pipeline's rows on the same prompts and seeds, whose "prior" numbers
     are reused."""
     judge, feats, out = SceneJudge(), scene_features(pipe.clip), {}
@@ -241,7 +242,11 @@ def embedding_ablation(pipe, n, seed, steps, groups=None) -> dict:
                 e = pipe.prior_embeddings(captions, seed=seed + k)
             else:
                 e = pipe.encode_prompts(captions)["text_embed"]
-            fake = pipe.from_embeddings(e, num_steps=steps, seed=seed + k)
+            # every row with the caption, as the pipeline decodes the prior's: only the
+            # embedding differs
+            fake = pipe.from_embeddings(
+                e, captions=captions, num_steps=steps, seed=seed + k
+            )
             out[name][what] = {
                 **scene_accuracy(judge(fake), *labels),
                 **fid_kid_with(feats, fake, real, min(100, n)),
