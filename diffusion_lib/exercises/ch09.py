@@ -114,9 +114,18 @@ def reference_slerp(a, b, weight) -> torch.Tensor:
 def _slerp_inputs(gen: torch.Generator) -> dict:
     b, d = (int(torch.randint(1, m, (), generator=gen)) for m in (5, 17))
     d = max(d, 2)
+    a = F.normalize(torch.randn(b, d, generator=gen), dim=-1)
+    other = F.normalize(torch.randn(b, d, generator=gen), dim=-1)
+    # at (anti)parallel pairs sin(theta) -> 0 and two correct answers part by more than
+    # the tolerance (how each clamps the cosine): not what the exercise is about, so
+    # such a pair's b becomes (-a_1, a_0, 0, ...), orthogonal to a (mostly at d = 2)
+    near = (a * other).sum(-1).abs() > 0.95
+    perpendicular = torch.zeros_like(a)
+    perpendicular[:, 0], perpendicular[:, 1] = -a[:, 1], a[:, 0]
+    other = torch.where(near[:, None], F.normalize(perpendicular, dim=-1), other)
     return {
-        "a": F.normalize(torch.randn(b, d, generator=gen), dim=-1),
-        "b": F.normalize(torch.randn(b, d, generator=gen), dim=-1),
+        "a": a,
+        "b": other,
         "weight": float(torch.rand((), generator=gen)) * 0.8 + 0.1,
     }
 
